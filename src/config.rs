@@ -1,0 +1,560 @@
+//! Model and training configuration as plain data, and the named presets.
+//!
+//! One [`ModelConfig`] expresses every rung of the lecture's ladder (bigram, one head, many heads,
+//! feed-forward, residual blocks, LayerNorm) and the scaled-up models, by switching parts of the
+//! block on or off. Both configs serialise to JSON (inside checkpoints) and accept `KEY=VALUE`
+//! overrides by field name ([`apply_override`]).
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("unknown preset {0:?}; run `chargpt presets` to list them")]
+    UnknownPreset(String),
+    #[error("unknown setting {key:?}; known settings: {known}")]
+    UnknownKey { key: String, known: String },
+    #[error("invalid value {value:?} for {key}: {reason}")]
+    InvalidValue {
+        key: String,
+        value: String,
+        reason: String,
+    },
+    #[error("expected KEY=VALUE, got {0:?}")]
+    MalformedOverride(String),
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// What predicts the next character.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Architecture {
+    /// `logits = table[token]`: a (vocab, vocab) table, no context at all.
+    Bigram,
+    /// Token + position embedding, `n_layer` blocks, optional final LayerNorm, `lm_head`.
+    Transformer,
+}
+
+/// The factor applied to the dot products `q . k` before the softmax.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AttentionScale {
+    /// `1 / sqrt(head_size)`: keeps the scores at unit variance (the corrected lecture code).
+    HeadSize,
+    /// `1 / sqrt(n_embd)`: what the video's code did.
+    NEmbd,
+}
+
+/// The feed-forward part of a block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FeedForward {
+    None,
+    /// `act(x W^T + b)` with W of shape (C, C): the ladder's first feed-forward rung.
+    Linear,
+    /// `act(x W1^T + b1) W2^T + b2` with W1 (4C, C) and W2 (C, 4C): the transformer's MLP.
+    Mlp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Activation {
+    Relu,
+    /// The tanh approximation of GELU (as in GPT-2 and llm.c).
+    Gelu,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Init {
+    /// Linear and embedding weights N(0, 0.02), biases 0 (the current lecture repository).
+    Lecture,
+    /// PyTorch's defaults, as the video used: Linear weight and bias U(-1/sqrt(fan_in),
+    /// 1/sqrt(fan_in)), Embedding N(0, 1).
+    Pytorch,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    pub architecture: Architecture,
+    /// Number of distinct characters; filled in from the data (0 in a preset).
+    pub vocab_size: usize,
+    /// Context length T: the most characters the model sees at once.
+    pub block_size: usize,
+    /// Width C of the residual stream.
+    pub n_embd: usize,
+    pub n_head: usize,
+    pub n_layer: usize,
+    /// Probability of zeroing an activation in training (attention weights, attention output, FFN
+    /// output).
+    pub dropout: f32,
+    pub attention_scale: AttentionScale,
+    /// Linear(C, C) with bias after the concatenated heads.
+    pub attention_projection: bool,
+    pub feed_forward: FeedForward,
+    pub activation: Activation,
+    /// `x = x + f(x)` around attention and feed-forward instead of `x = f(x)`.
+    pub residual: bool,
+    /// Pre-norm LayerNorm before attention and before the feed-forward, and a final one before
+    /// `lm_head`.
+    pub layer_norm: bool,
+    pub init: Init,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LrSchedule {
+    Constant,
+    /// Linear warm-up over `warmup_steps`, then cosine decay to `min_lr` at the last step.
+    Cosine,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DecayOn {
+    /// Every parameter, as `torch.optim.AdamW(model.parameters())` does in the lecture.
+    All,
+    /// Only tensors of two or more dimensions (weights and embeddings), as nanoGPT does.
+    Matrices,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Sequences per step (B).
+    pub batch_size: usize,
+    /// Optimizer steps in the whole run.
+    pub steps: usize,
+    pub learning_rate: f32,
+    pub lr_schedule: LrSchedule,
+    pub warmup_steps: usize,
+    pub min_lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+    pub decay_on: DecayOn,
+    /// Clip the global gradient norm to this value; 0 turns clipping off.
+    pub grad_clip: f32,
+    /// Estimate train and val loss every this many steps (and at the last step).
+    pub eval_interval: usize,
+    /// Random batches per split in the loss estimate (the lecture's `eval_iters`).
+    pub eval_iters: usize,
+    pub seed: u64,
+}
+
+impl TrainConfig {
+    /// The lecture's optimizer: AdamW with PyTorch's defaults, constant learning rate.
+    pub fn lecture(batch_size: usize, steps: usize, learning_rate: f32) -> Self {
+        TrainConfig {
+            batch_size,
+            steps,
+            learning_rate,
+            lr_schedule: LrSchedule::Constant,
+            warmup_steps: 0,
+            min_lr: learning_rate,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.01,
+            decay_on: DecayOn::All,
+            grad_clip: 0.0,
+            eval_interval: 500,
+            eval_iters: 200,
+            seed: 1337,
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |msg: &str| Err(ConfigError::Invalid(msg.to_string()));
+        if self.batch_size == 0 {
+            return bad("batch_size must be at least 1");
+        }
+        if !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
+            return bad("learning_rate must be a positive number");
+        }
+        if !(self.min_lr.is_finite() && self.min_lr >= 0.0) {
+            return bad("min_lr must be zero or positive");
+        }
+        if !(0.0..1.0).contains(&self.beta1) || !(0.0..1.0).contains(&self.beta2) {
+            return bad("beta1 and beta2 must lie in [0, 1)");
+        }
+        if !(self.eps.is_finite() && self.eps > 0.0) {
+            return bad("eps must be positive");
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return bad("weight_decay must be zero or positive");
+        }
+        if !(self.grad_clip.is_finite() && self.grad_clip >= 0.0) {
+            return bad("grad_clip must be zero (off) or positive");
+        }
+        if self.eval_interval == 0 {
+            return bad("eval_interval must be at least 1");
+        }
+        if self.eval_iters == 0 {
+            return bad("eval_iters must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+impl ModelConfig {
+    pub fn head_size(&self) -> usize {
+        self.n_embd / self.n_head
+    }
+
+    /// The factor on `q . k` before the softmax.
+    pub fn attention_scale_factor(&self) -> f32 {
+        match self.attention_scale {
+            AttentionScale::HeadSize => 1.0 / (self.head_size() as f32).sqrt(),
+            AttentionScale::NEmbd => 1.0 / (self.n_embd as f32).sqrt(),
+        }
+    }
+
+    /// Width of the feed-forward hidden layer.
+    pub fn ffn_hidden(&self) -> usize {
+        match self.feed_forward {
+            FeedForward::None => 0,
+            FeedForward::Linear => self.n_embd,
+            FeedForward::Mlp => 4 * self.n_embd,
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |msg: String| Err(ConfigError::Invalid(msg));
+        if self.vocab_size == 0 {
+            return bad("vocab_size must be at least 1".into());
+        }
+        if self.block_size == 0 {
+            return bad("block_size must be at least 1".into());
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return bad(format!("dropout must lie in [0, 1), got {}", self.dropout));
+        }
+        if self.architecture == Architecture::Bigram {
+            return Ok(());
+        }
+        if self.n_embd == 0 || self.n_head == 0 || self.n_layer == 0 {
+            return bad("n_embd, n_head and n_layer must be at least 1".into());
+        }
+        if self.n_embd % self.n_head != 0 {
+            return bad(format!(
+                "n_embd ({}) must be divisible by n_head ({})",
+                self.n_embd, self.n_head
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A named starting point: a model shape and how to train it.
+#[derive(Debug, Clone)]
+pub struct Preset {
+    pub name: &'static str,
+    pub description: &'static str,
+    pub model: ModelConfig,
+    pub train: TrainConfig,
+}
+
+/// The preset `chargpt train` uses without `--preset`.
+pub const DEFAULT_PRESET: &str = "default";
+
+/// A transformer with everything on, as in the lecture's final `gpt.py`.
+fn gpt(
+    n_embd: usize,
+    n_head: usize,
+    n_layer: usize,
+    block_size: usize,
+    dropout: f32,
+) -> ModelConfig {
+    ModelConfig {
+        architecture: Architecture::Transformer,
+        vocab_size: 0,
+        block_size,
+        n_embd,
+        n_head,
+        n_layer,
+        dropout,
+        attention_scale: AttentionScale::HeadSize,
+        attention_projection: true,
+        feed_forward: FeedForward::Mlp,
+        activation: Activation::Relu,
+        residual: true,
+        layer_norm: true,
+        init: Init::Lecture,
+    }
+}
+
+/// The ladder's early rungs: n_embd 32, block 8, PyTorch init, scores scaled by n_embd, nothing but
+/// attention (and optionally a feed-forward) between the embedding and `lm_head`.
+fn ladder_rung(n_head: usize, feed_forward: FeedForward) -> ModelConfig {
+    ModelConfig {
+        attention_scale: AttentionScale::NEmbd,
+        attention_projection: false,
+        feed_forward,
+        residual: false,
+        layer_norm: false,
+        init: Init::Pytorch,
+        ..gpt(32, n_head, 1, 8, 0.0)
+    }
+}
+
+/// Every preset, in the order of the lecture's ladder, then the larger ones.
+pub fn presets() -> Vec<Preset> {
+    let ladder_train = TrainConfig::lecture(32, 5000, 1e-3);
+    let nanogpt_train = TrainConfig {
+        lr_schedule: LrSchedule::Cosine,
+        warmup_steps: 100,
+        min_lr: 1e-4,
+        beta2: 0.99,
+        weight_decay: 0.1,
+        decay_on: DecayOn::Matrices,
+        grad_clip: 1.0,
+        eval_interval: 250,
+        eval_iters: 20,
+        ..TrainConfig::lecture(12, 2000, 1e-3)
+    };
+    vec![
+        Preset {
+            name: "bigram",
+            description: "the lecture's bigram model: a (vocab, vocab) table of logits",
+            model: ModelConfig {
+                architecture: Architecture::Bigram,
+                n_embd: 0,
+                n_head: 0,
+                n_layer: 0,
+                feed_forward: FeedForward::None,
+                attention_projection: false,
+                residual: false,
+                layer_norm: false,
+                init: Init::Pytorch,
+                ..gpt(0, 0, 0, 8, 0.0)
+            },
+            train: TrainConfig {
+                eval_interval: 300,
+                ..TrainConfig::lecture(32, 3000, 1e-2)
+            },
+        },
+        Preset {
+            name: "single-head",
+            description: "ladder: one attention head of size 32 between embedding and lm_head",
+            model: ladder_rung(1, FeedForward::None),
+            train: ladder_train.clone(),
+        },
+        Preset {
+            name: "multi-head",
+            description: "ladder: four heads of size 8, concatenated, no projection",
+            model: ladder_rung(4, FeedForward::None),
+            train: ladder_train.clone(),
+        },
+        Preset {
+            name: "feed-forward",
+            description: "ladder: multi-head attention, then Linear(C, C) + ReLU",
+            model: ladder_rung(4, FeedForward::Linear),
+            train: ladder_train.clone(),
+        },
+        Preset {
+            name: "residual",
+            description: "ladder: 3 blocks of attention + projection and a 4x MLP, residual adds",
+            model: ModelConfig {
+                attention_projection: true,
+                feed_forward: FeedForward::Mlp,
+                residual: true,
+                n_layer: 3,
+                ..ladder_rung(4, FeedForward::Mlp)
+            },
+            train: ladder_train.clone(),
+        },
+        Preset {
+            name: "layernorm",
+            description: "ladder: residual blocks with pre-norm LayerNorm (gpt.py at n_embd 32)",
+            model: gpt(32, 4, 3, 8, 0.0),
+            train: ladder_train,
+        },
+        Preset {
+            name: "nanogpt-cpu",
+            description:
+                "nanoGPT's CPU run: 4 layers, 4 heads, 128 wide, block 64, GELU, cosine lr",
+            model: ModelConfig {
+                activation: Activation::Gelu,
+                ..gpt(128, 4, 4, 64, 0.0)
+            },
+            train: nanogpt_train.clone(),
+        },
+        Preset {
+            name: DEFAULT_PRESET,
+            description: "the best model for about 5 minutes of a 2-core CPU",
+            model: ModelConfig {
+                activation: Activation::Gelu,
+                ..gpt(192, 6, 4, 128, 0.0)
+            },
+            train: TrainConfig {
+                batch_size: 16,
+                steps: 3000,
+                min_lr: 1e-4,
+                eval_interval: 500,
+                eval_iters: 20,
+                ..nanogpt_train
+            },
+        },
+        Preset {
+            name: "lecture",
+            description:
+                "the lecture's 10.8M-parameter model: 6 layers, 6 heads, 384 wide, block 256",
+            model: gpt(384, 6, 6, 256, 0.2),
+            train: TrainConfig {
+                eval_interval: 500,
+                ..TrainConfig::lecture(64, 5000, 3e-4)
+            },
+        },
+    ]
+}
+
+pub fn preset(name: &str) -> Result<Preset, ConfigError> {
+    presets()
+        .into_iter()
+        .find(|p| p.name == name)
+        .ok_or_else(|| ConfigError::UnknownPreset(name.to_string()))
+}
+
+/// Splits `KEY=VALUE`.
+pub fn parse_override(text: &str) -> Result<(&str, &str), ConfigError> {
+    match text.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim(), v.trim())),
+        _ => Err(ConfigError::MalformedOverride(text.to_string())),
+    }
+}
+
+/// The field names a config of type `T` accepts.
+pub fn field_names<T: Serialize>(config: &T) -> Vec<String> {
+    match serde_json::to_value(config) {
+        Ok(serde_json::Value::Object(map)) => map.keys().cloned().collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Sets field `key` of `config` to `value`, parsed as JSON where it parses (numbers, booleans) and
+/// as a string otherwise (enum names such as `gelu`). Returns `Ok(false)` if `T` has no such field.
+pub fn apply_override<T: Serialize + DeserializeOwned>(
+    config: &mut T,
+    key: &str,
+    value: &str,
+) -> Result<bool, ConfigError> {
+    let mut map = match serde_json::to_value(&*config) {
+        Ok(serde_json::Value::Object(map)) => map,
+        _ => return Err(ConfigError::Invalid("config is not an object".into())),
+    };
+    let Some(slot) = map.get_mut(key) else {
+        return Ok(false);
+    };
+    let parsed = serde_json::from_str::<serde_json::Value>(value)
+        .unwrap_or_else(|_| serde_json::Value::String(value.to_string()));
+    *slot = parsed;
+    let invalid = |reason: String| ConfigError::InvalidValue {
+        key: key.to_string(),
+        value: value.to_string(),
+        reason,
+    };
+    // Strings that look like numbers ("1e-3") parse as numbers above; a string field such as
+    // `activation` still wants a string, so retry as one before giving up.
+    match serde_json::from_value::<T>(serde_json::Value::Object(map.clone())) {
+        Ok(updated) => {
+            *config = updated;
+            Ok(true)
+        }
+        Err(first) => {
+            map.insert(
+                key.to_string(),
+                serde_json::Value::String(value.to_string()),
+            );
+            match serde_json::from_value::<T>(serde_json::Value::Object(map)) {
+                Ok(updated) => {
+                    *config = updated;
+                    Ok(true)
+                }
+                Err(_) => Err(invalid(first.to_string())),
+            }
+        }
+    }
+}
+
+/// Applies one `KEY=VALUE` to whichever of the two configs has the key.
+pub fn apply_to_configs(
+    model: &mut ModelConfig,
+    train: &mut TrainConfig,
+    key: &str,
+    value: &str,
+) -> Result<(), ConfigError> {
+    if key == "vocab_size" {
+        return Err(ConfigError::InvalidValue {
+            key: key.into(),
+            value: value.into(),
+            reason: "the vocabulary comes from the data".into(),
+        });
+    }
+    if apply_override(model, key, value)? || apply_override(train, key, value)? {
+        return Ok(());
+    }
+    let mut known = field_names(model);
+    known.retain(|k| k != "vocab_size");
+    known.extend(field_names(train));
+    Err(ConfigError::UnknownKey {
+        key: key.to_string(),
+        known: known.join(", "),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_are_valid_and_unique() {
+        let all = presets();
+        for p in &all {
+            let mut m = p.model.clone();
+            m.vocab_size = 65;
+            m.validate().unwrap();
+            p.train.validate().unwrap();
+        }
+        let mut names: Vec<_> = all.iter().map(|p| p.name).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), all.len());
+        assert!(preset("nope").is_err());
+    }
+
+    #[test]
+    fn overrides_parse_numbers_enums_and_reject_unknown_keys() {
+        let p = preset("layernorm").unwrap();
+        let (mut m, mut t) = (p.model, p.train);
+        apply_to_configs(&mut m, &mut t, "n_embd", "64").unwrap();
+        apply_to_configs(&mut m, &mut t, "activation", "gelu").unwrap();
+        apply_to_configs(&mut m, &mut t, "learning_rate", "3e-4").unwrap();
+        apply_to_configs(&mut m, &mut t, "layer_norm", "false").unwrap();
+        assert_eq!(m.n_embd, 64);
+        assert_eq!(m.activation, Activation::Gelu);
+        assert!(!m.layer_norm);
+        assert_eq!(t.learning_rate, 3e-4);
+        let err = apply_to_configs(&mut m, &mut t, "n_embed", "64").unwrap_err();
+        assert!(err.to_string().contains("n_embd"), "{err}");
+        assert!(apply_to_configs(&mut m, &mut t, "n_embd", "-3").is_err());
+        assert!(apply_to_configs(&mut m, &mut t, "activation", "tanh").is_err());
+        assert!(parse_override("novalue").is_err());
+    }
+
+    #[test]
+    fn validation_rejects_nonsense() {
+        let mut m = preset("layernorm").unwrap().model;
+        m.vocab_size = 65;
+        m.n_head = 5;
+        assert!(m.validate().unwrap_err().to_string().contains("divisible"));
+        m.n_head = 4;
+        m.dropout = 1.0;
+        assert!(m.validate().is_err());
+        m.dropout = 0.0;
+        m.block_size = 0;
+        assert!(m.validate().is_err());
+    }
+}

@@ -1,0 +1,114 @@
+//! Elementwise nonlinearities of the feed-forward layer, any shape.
+//!
+//! ReLU: `y = max(0, x)`, `dy/dx = [x > 0]`.
+//!
+//! GELU, tanh approximation (GPT-2, llm.c; PyTorch's `gelu(x, approximate="tanh")`):
+//! `y = x/2 * (1 + tanh(u))` with `u = sqrt(2/pi) * (x + 0.044715 x^3)`, so
+//! `dy/dx = (1 + tanh u)/2 + x/2 * (1 - tanh^2 u) * sqrt(2/pi) * (1 + 3 * 0.044715 x^2)`.
+
+use crate::config::Activation;
+use rayon::prelude::*;
+
+const CHUNK: usize = 1 << 13;
+const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+const GELU_CUBIC: f32 = 0.044_715;
+
+#[inline]
+fn gelu(x: f32) -> f32 {
+    let u = SQRT_2_OVER_PI * (x + GELU_CUBIC * x * x * x);
+    0.5 * x * (1.0 + u.tanh())
+}
+
+#[inline]
+fn gelu_grad(x: f32) -> f32 {
+    let u = SQRT_2_OVER_PI * (x + GELU_CUBIC * x * x * x);
+    let th = u.tanh();
+    let du = SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_CUBIC * x * x);
+    0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * du
+}
+
+/// `out = f(inp)`.
+pub fn forward(kind: Activation, out: &mut [f32], inp: &[f32]) {
+    out.par_chunks_mut(CHUNK)
+        .zip(inp.par_chunks(CHUNK))
+        .with_min_len(2)
+        .for_each(|(o, x)| match kind {
+            Activation::Relu => {
+                for (o, &x) in o.iter_mut().zip(x) {
+                    *o = x.max(0.0);
+                }
+            }
+            Activation::Gelu => {
+                for (o, &x) in o.iter_mut().zip(x) {
+                    *o = gelu(x);
+                }
+            }
+        });
+}
+
+/// `dinp += f'(inp) * dout`.
+pub fn backward(kind: Activation, dinp: &mut [f32], dout: &[f32], inp: &[f32]) {
+    dinp.par_chunks_mut(CHUNK)
+        .zip(dout.par_chunks(CHUNK).zip(inp.par_chunks(CHUNK)))
+        .with_min_len(2)
+        .for_each(|(d, (g, x))| match kind {
+            Activation::Relu => {
+                for ((d, &g), &x) in d.iter_mut().zip(g).zip(x) {
+                    if x > 0.0 {
+                        *d += g;
+                    }
+                }
+            }
+            Activation::Gelu => {
+                for ((d, &g), &x) in d.iter_mut().zip(g).zip(x) {
+                    *d += gelu_grad(x) * g;
+                }
+            }
+        });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::gradcheck::*;
+    use crate::rng::Rng;
+
+    #[test]
+    fn gradient_matches_finite_differences() {
+        let mut rng = Rng::new(2);
+        for kind in [Activation::Relu, Activation::Gelu] {
+            let n = 64;
+            // Keep ReLU inputs away from the kink at 0, where the derivative is undefined.
+            let x: Vec<f32> = random_vec(n, &mut rng, 2.0)
+                .into_iter()
+                .map(|v| if v.abs() < 0.1 { v + 0.3 } else { v })
+                .collect();
+            let w = random_vec(n, &mut rng, 1.0);
+            let mut dx = vec![0.0; n];
+            backward(kind, &mut dx, &w, &x);
+            check(
+                &format!("{kind:?}"),
+                &x,
+                &dx,
+                |x| {
+                    let mut y = vec![0.0; n];
+                    forward(kind, &mut y, x);
+                    weighted_sum(&y, &w)
+                },
+                1e-3,
+            );
+        }
+    }
+
+    #[test]
+    fn known_values() {
+        let mut y = [0.0; 3];
+        forward(Activation::Gelu, &mut y, &[0.0, 1.0, -1.0]);
+        // torch.nn.functional.gelu(torch.tensor([0., 1., -1.]), approximate="tanh")
+        assert!((y[0]).abs() < 1e-7);
+        assert!((y[1] - 0.841_192).abs() < 1e-5, "{}", y[1]);
+        assert!((y[2] + 0.158_808).abs() < 1e-5, "{}", y[2]);
+        forward(Activation::Relu, &mut y, &[-2.0, 0.5, 0.0]);
+        assert_eq!(y, [0.0, 0.5, 0.0]);
+    }
+}

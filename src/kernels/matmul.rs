@@ -1,0 +1,240 @@
+//! Linear layer: `out = inp @ weight^T + bias`.
+//!
+//! Shapes: `inp` (N, IC) with N = B*T rows; `weight` (OC, IC), PyTorch's `nn.Linear` layout;
+//! `bias` (OC) or absent; `out` (N, OC).
+//!
+//! Backward:
+//! - `dinp += dout @ weight`           (N, OC) x (OC, IC)
+//! - `dweight += dout^T @ inp`         (OC, N) x (N, IC)
+//! - `dbias += sum over rows of dout`
+//!
+//! All three products go through the `gemm` crate, which picks the widest SIMD kernel the CPU has
+//! at run time (AVX-512 with feature `x86-v4`) and splits large products over rayon's threads.
+//! Transposes cost nothing: gemm takes row and column strides, so `weight^T` and `dout^T` are the
+//! same memory read with swapped strides.
+
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+/// `dst (m, n) = dst_scale * dst + lhs (m, k) @ rhs (k, n)`, every operand addressed by
+/// `(row stride, column stride)`.
+///
+/// # Safety
+/// Every index `i * rs + j * cs` for i, j within the stated shape must lie inside the
+/// corresponding slice; the callers below derive strides from slice lengths they check.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_strided(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    dst_strides: (usize, usize),
+    accumulate: bool,
+    lhs: &[f32],
+    lhs_strides: (usize, usize),
+    rhs: &[f32],
+    rhs_strides: (usize, usize),
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    // A product runs on the rayon pool only when called from outside a parallel region;
+    // gemm itself keeps small products on one thread.
+    let parallelism = if rayon::current_num_threads() > 1 && m * n * k >= 64 * 64 * 64 {
+        Parallelism::Rayon(0)
+    } else {
+        Parallelism::None
+    };
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst.as_mut_ptr(),
+        dst_strides.1 as isize,
+        dst_strides.0 as isize,
+        accumulate,
+        lhs.as_ptr(),
+        lhs_strides.1 as isize,
+        lhs_strides.0 as isize,
+        rhs.as_ptr(),
+        rhs_strides.1 as isize,
+        rhs_strides.0 as isize,
+        1.0,
+        1.0,
+        false,
+        false,
+        false,
+        parallelism,
+    );
+}
+
+/// `out = inp @ weight^T + bias`.
+pub fn forward(
+    out: &mut [f32],
+    inp: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    in_channels: usize,
+    out_channels: usize,
+) {
+    let (ic, oc) = (in_channels, out_channels);
+    let n = inp.len() / ic;
+    assert!(inp.len() == n * ic && out.len() >= n * oc && weight.len() == oc * ic);
+    let out = &mut out[..n * oc];
+    if let Some(bias) = bias {
+        assert_eq!(bias.len(), oc);
+        out.par_chunks_mut(oc)
+            .with_min_len(super::min_items(oc * 64))
+            .for_each(|row| row.copy_from_slice(bias));
+    }
+    // SAFETY: out is (n, oc) row-major, inp (n, ic) row-major, and weight (oc, ic) read as its
+    // transpose (ic, oc) with strides (1, ic); the asserts above check the lengths.
+    unsafe {
+        gemm_strided(
+            n,
+            oc,
+            ic,
+            out,
+            (oc, 1),
+            bias.is_some(),
+            inp,
+            (ic, 1),
+            weight,
+            (1, ic),
+        );
+    }
+}
+
+/// Accumulates the gradients of `out = inp @ weight^T + bias`; `dinp` may be skipped (`None`) when
+/// the input needs no gradient.
+#[allow(clippy::too_many_arguments)]
+pub fn backward(
+    dinp: Option<&mut [f32]>,
+    dweight: &mut [f32],
+    dbias: Option<&mut [f32]>,
+    dout: &[f32],
+    inp: &[f32],
+    weight: &[f32],
+    in_channels: usize,
+    out_channels: usize,
+) {
+    let (ic, oc) = (in_channels, out_channels);
+    let n = inp.len() / ic;
+    assert!(inp.len() == n * ic && dout.len() == n * oc);
+    assert!(weight.len() == oc * ic && dweight.len() == oc * ic);
+    if let Some(dinp) = dinp {
+        assert_eq!(dinp.len(), n * ic);
+        // SAFETY: dinp (n, ic) += dout (n, oc) @ weight (oc, ic), all row-major, lengths checked.
+        unsafe {
+            gemm_strided(
+                n,
+                ic,
+                oc,
+                dinp,
+                (ic, 1),
+                true,
+                dout,
+                (oc, 1),
+                weight,
+                (ic, 1),
+            );
+        }
+    }
+    // SAFETY: dweight (oc, ic) += dout^T (oc, n) @ inp (n, ic); dout^T is dout read with strides
+    // (1, oc). Lengths checked above.
+    unsafe {
+        gemm_strided(
+            oc,
+            ic,
+            n,
+            dweight,
+            (ic, 1),
+            true,
+            dout,
+            (1, oc),
+            inp,
+            (ic, 1),
+        );
+    }
+    if let Some(dbias) = dbias {
+        assert_eq!(dbias.len(), oc);
+        const COLUMN_BLOCK: usize = 64;
+        dbias
+            .par_chunks_mut(COLUMN_BLOCK)
+            .enumerate()
+            .with_min_len(super::min_items(n * COLUMN_BLOCK))
+            .for_each(|(blk, db)| {
+                let c0 = blk * COLUMN_BLOCK;
+                for row in dout.chunks_exact(oc) {
+                    super::axpy(db, 1.0, &row[c0..c0 + db.len()]);
+                }
+            });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::gradcheck::*;
+    use crate::rng::Rng;
+
+    fn naive(inp: &[f32], w: &[f32], b: &[f32], ic: usize, oc: usize) -> Vec<f32> {
+        let n = inp.len() / ic;
+        let mut out = vec![0.0; n * oc];
+        for r in 0..n {
+            for o in 0..oc {
+                let mut s = b[o] as f64;
+                for i in 0..ic {
+                    s += inp[r * ic + i] as f64 * w[o * ic + i] as f64;
+                }
+                out[r * oc + o] = s as f32;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn forward_matches_naive_product_small_and_large() {
+        let mut rng = Rng::new(6);
+        for (n, ic, oc) in [(5, 3, 4), (130, 96, 200)] {
+            let inp = random_vec(n * ic, &mut rng, 1.0);
+            let w = random_vec(oc * ic, &mut rng, 1.0);
+            let b = random_vec(oc, &mut rng, 1.0);
+            let mut out = vec![0.0; n * oc];
+            forward(&mut out, &inp, &w, Some(&b), ic, oc);
+            let want = naive(&inp, &w, &b, ic, oc);
+            for (x, y) in out.iter().zip(&want) {
+                assert!((x - y).abs() < 1e-4 * (1.0 + y.abs()), "{x} vs {y}");
+            }
+        }
+    }
+
+    #[test]
+    fn gradient_matches_finite_differences() {
+        let mut rng = Rng::new(7);
+        let (n, ic, oc) = (9, 70, 66);
+        let inp = random_vec(n * ic, &mut rng, 1.0);
+        let wt = random_vec(oc * ic, &mut rng, 0.3);
+        let bs = random_vec(oc, &mut rng, 0.3);
+        let g = random_vec(n * oc, &mut rng, 1.0);
+        let f = |inp: &[f32], wt: &[f32], bs: &[f32]| {
+            let mut out = vec![0.0; n * oc];
+            forward(&mut out, inp, wt, Some(bs), ic, oc);
+            weighted_sum(&out, &g)
+        };
+        let (mut dinp, mut dw, mut db) = (vec![0.0; n * ic], vec![0.0; oc * ic], vec![0.0; oc]);
+        backward(
+            Some(&mut dinp),
+            &mut dw,
+            Some(&mut db),
+            &g,
+            &inp,
+            &wt,
+            ic,
+            oc,
+        );
+        check("dinp", &inp, &dinp, |x| f(x, &wt, &bs), 1e-3);
+        check("dweight", &wt, &dw, |x| f(&inp, x, &bs), 1e-3);
+        check("dbias", &bs, &db, |x| f(&inp, &wt, x), 1e-3);
+    }
+}

@@ -1,0 +1,139 @@
+//! The layers of the model, each a pair of plain functions `forward` and `backward` on flat `f32`
+//! slices in row-major order (the style of llm.c's `train_gpt2.c`).
+//!
+//! Conventions shared by every kernel:
+//! - Shapes are given in the doc comments; `(B, T, C)` means `x[(b * T + t) * C + c]`.
+//! - `forward` writes its outputs (and whatever it caches for the backward pass).
+//! - `backward` **adds** into every gradient it produces, input and parameter gradients alike
+//!   (`dinp += ...`, `dweight += ...`), so a tensor used twice (the residual stream) just receives
+//!   both contributions; the caller zeroes gradients before a step.
+//! - No kernel allocates. Parallel kernels split work with rayon into pieces large enough to pay
+//!   for the fork-join; small models therefore run their kernels on one thread.
+//!
+//! Every kernel has a finite-difference gradient test in its module.
+
+pub mod activation;
+pub mod attention;
+pub mod cross_entropy;
+pub mod dropout;
+pub mod embedding;
+pub mod layernorm;
+pub mod matmul;
+pub mod residual;
+
+/// Rough number of floating-point operations below which a piece of parallel work is not split
+/// further: rayon's fork-join costs microseconds, a few tens of thousands of flops.
+pub(crate) const GRAIN_FLOPS: usize = 1 << 15;
+
+/// The minimum number of items per rayon task when each item costs `flops_per_item`.
+#[inline]
+pub(crate) fn min_items(flops_per_item: usize) -> usize {
+    (GRAIN_FLOPS / flops_per_item.max(1)).max(1)
+}
+
+/// A raw pointer that may cross threads. Kernels that write disjoint, non-contiguous parts of one
+/// buffer from several threads (e.g. one attention head's columns of a (B, T, C) tensor) use it;
+/// each such use states why the writes are disjoint.
+#[derive(Clone, Copy)]
+pub(crate) struct SharedMut(pub *mut f32);
+// SAFETY: only used for writes to disjoint elements, as argued at each use.
+unsafe impl Send for SharedMut {}
+unsafe impl Sync for SharedMut {}
+
+impl SharedMut {
+    /// The pointer. A method rather than field access, so that closures capture the whole
+    /// `SharedMut` (which is `Sync`) and not the bare raw pointer (which is not).
+    #[inline]
+    pub(crate) fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// Dot product with eight independent accumulators, so that the compiler can keep them in SIMD
+/// lanes (a single running sum would force strictly sequential, unvectorisable additions).
+#[inline]
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0.0f32; 8];
+    let chunks = n / 8;
+    for i in 0..chunks {
+        let (x, y) = (&a[i * 8..i * 8 + 8], &b[i * 8..i * 8 + 8]);
+        for j in 0..8 {
+            acc[j] += x[j] * y[j];
+        }
+    }
+    let mut sum = 0.0;
+    for i in chunks * 8..n {
+        sum += a[i] * b[i];
+    }
+    sum + ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
+}
+
+/// `y += a * x`.
+#[inline]
+pub(crate) fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    for (yi, &xi) in y.iter_mut().zip(x) {
+        *yi += a * xi;
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod gradcheck {
+    //! Finite-difference gradient checking shared by the kernel tests.
+    //!
+    //! For a scalar function `L(x)` built from a kernel's forward pass and a fixed random weighting
+    //! of its outputs, the analytic gradient from the backward pass must match the central
+    //! difference `(L(x + h e_i) - L(x - h e_i)) / 2h`, computed in f64 on the f32 kernel.
+
+    use crate::rng::Rng;
+
+    pub fn random_vec(n: usize, rng: &mut Rng, scale: f32) -> Vec<f32> {
+        (0..n).map(|_| rng.normal() * scale).collect()
+    }
+
+    /// Compares `analytic` with central differences of `loss` around `x`, for at most `max_checks`
+    /// evenly spread coordinates. Fails if the relative error (against the gradient's scale)
+    /// exceeds `tol`.
+    pub fn check(
+        name: &str,
+        x: &[f32],
+        analytic: &[f32],
+        mut loss: impl FnMut(&[f32]) -> f64,
+        tol: f64,
+    ) {
+        assert_eq!(x.len(), analytic.len(), "{name}: gradient length");
+        let scale = analytic
+            .iter()
+            .map(|g| g.abs() as f64)
+            .fold(0.0, f64::max)
+            .max(1e-3);
+        let step = (x.len() / 64).max(1);
+        let mut probe = x.to_vec();
+        let mut worst = 0.0f64;
+        for i in (0..x.len()).step_by(step) {
+            let h = 1e-2 * (x[i].abs().max(0.1)) as f64;
+            probe[i] = (x[i] as f64 + h) as f32;
+            let up = loss(&probe);
+            probe[i] = (x[i] as f64 - h) as f32;
+            let down = loss(&probe);
+            probe[i] = x[i];
+            let real_h =
+                (((x[i] as f64 + h) as f32) as f64 - ((x[i] as f64 - h) as f32) as f64) / 2.0;
+            let numeric = (up - down) / (2.0 * real_h);
+            let err = (numeric - analytic[i] as f64).abs() / scale;
+            worst = worst.max(err);
+            assert!(
+                err < tol,
+                "{name}[{i}]: analytic {} vs numeric {numeric} (relative error {err:.2e})",
+                analytic[i]
+            );
+        }
+        assert!(worst.is_finite());
+    }
+
+    /// `sum_i w_i * y_i` in f64: a scalar loss whose gradient with respect to `y` is `w`.
+    pub fn weighted_sum(y: &[f32], w: &[f32]) -> f64 {
+        y.iter().zip(w).map(|(&a, &b)| a as f64 * b as f64).sum()
+    }
+}

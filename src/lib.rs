@@ -1,0 +1,19 @@
+//! chargpt: a character-level GPT built from its parts, with an explicit forward and backward
+//! pass for every layer (no autograd), trained with AdamW on a CPU.
+//!
+//! The modules follow the order a learner meets the ideas:
+//! [`tokenizer`] (characters to ids), [`data`] (splits and batches), [`config`] (model shapes and
+//! presets), [`kernels`] (one file per layer, forward and backward), [`model`] (the network and
+//! its parameter layout), [`optimizer`] (AdamW, schedule, clipping), [`training`] (the loop and
+//! loss estimates), [`sampling`] (generation), [`checkpoint`] (safetensors + JSON).
+
+pub mod checkpoint;
+pub mod config;
+pub mod data;
+pub mod kernels;
+pub mod model;
+pub mod optimizer;
+pub mod rng;
+pub mod sampling;
+pub mod tokenizer;
+pub mod training;

@@ -1,0 +1,203 @@
+//! AdamW, the learning-rate schedule, and global-norm gradient clipping.
+//!
+//! AdamW (Loshchilov and Hutter), written as PyTorch computes it, for step t = 1, 2, ...:
+//! ```text
+//! p  <- p * (1 - lr * wd)                       decoupled weight decay
+//! m  <- m + (1 - beta1) * (g - m)               first moment (running mean of g)
+//! v  <- beta2 * v + (1 - beta2) * g^2           second moment (running mean of g^2)
+//! p  <- p - lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
+//! ```
+//! The moments share the parameters' flat layout, so the whole update is one fused loop over the
+//! buffer; the only per-tensor choice is whether weight decay applies (all tensors, or matrices).
+
+use crate::config::{DecayOn, LrSchedule, TrainConfig};
+use crate::model::ParamLayout;
+use rayon::prelude::*;
+
+/// The optimizer's state: both moments and the number of steps taken.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdamW {
+    pub m: Vec<f32>,
+    pub v: Vec<f32>,
+    pub step: u64,
+}
+
+const CHUNK: usize = 1 << 14;
+
+impl AdamW {
+    pub fn new(num_params: usize) -> Self {
+        AdamW {
+            m: vec![0.0; num_params],
+            v: vec![0.0; num_params],
+            step: 0,
+        }
+    }
+
+    /// One update of `params` from `grads` (multiplied by `grad_scale`, the clipping factor) at
+    /// learning rate `lr`.
+    pub fn update(
+        &mut self,
+        params: &mut [f32],
+        grads: &[f32],
+        layout: &ParamLayout,
+        cfg: &TrainConfig,
+        lr: f32,
+        grad_scale: f32,
+    ) {
+        assert!(params.len() == grads.len() && params.len() == self.m.len());
+        self.step += 1;
+        let t = self.step as i32;
+        let bias1 = 1.0 - (cfg.beta1 as f64).powi(t);
+        let bias2 = 1.0 - (cfg.beta2 as f64).powi(t);
+        let step_size = (lr as f64 / bias1) as f32;
+        let bias2_sqrt = bias2.sqrt() as f32;
+        let (b1, b2, eps) = (cfg.beta1, cfg.beta2, cfg.eps);
+        for spec in &layout.specs {
+            let decay = match cfg.decay_on {
+                DecayOn::All => true,
+                DecayOn::Matrices => spec.is_matrix(),
+            };
+            let keep = if decay {
+                1.0 - lr * cfg.weight_decay
+            } else {
+                1.0
+            };
+            let r = spec.range();
+            params[r.clone()]
+                .par_chunks_mut(CHUNK)
+                .zip(grads[r.clone()].par_chunks(CHUNK))
+                .zip(self.m[r.clone()].par_chunks_mut(CHUNK))
+                .zip(self.v[r].par_chunks_mut(CHUNK))
+                .for_each(|(((p, g), m), v)| {
+                    for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut())
+                    {
+                        let g = g * grad_scale;
+                        *p *= keep;
+                        *m += (1.0 - b1) * (g - *m);
+                        *v = b2 * *v + (1.0 - b2) * g * g;
+                        *p -= step_size * *m / (v.sqrt() / bias2_sqrt + eps);
+                    }
+                });
+        }
+    }
+}
+
+/// The L2 norm of the whole gradient, `sqrt(sum g^2)` (accumulated in f64).
+pub fn grad_norm(grads: &[f32]) -> f32 {
+    grads
+        .par_chunks(CHUNK)
+        .map(|c| c.iter().map(|&g| g as f64 * g as f64).sum::<f64>())
+        .sum::<f64>()
+        .sqrt() as f32
+}
+
+/// The factor that brings the gradient norm down to `max_norm` (PyTorch's `clip_grad_norm_`:
+/// `max_norm / (norm + 1e-6)`, capped at 1). `max_norm == 0` means no clipping.
+pub fn clip_scale(norm: f32, max_norm: f32) -> f32 {
+    if max_norm <= 0.0 {
+        return 1.0;
+    }
+    (max_norm / (norm + 1e-6)).min(1.0)
+}
+
+/// The learning rate at step `step` (0-based): constant, or nanoGPT's linear warm-up
+/// `lr * (step + 1) / (warmup + 1)` followed by cosine decay from `lr` to `min_lr` at the last
+/// step.
+pub fn learning_rate(cfg: &TrainConfig, step: usize) -> f32 {
+    match cfg.lr_schedule {
+        LrSchedule::Constant => cfg.learning_rate,
+        LrSchedule::Cosine => {
+            let (warmup, total) = (cfg.warmup_steps, cfg.steps);
+            if step < warmup {
+                return cfg.learning_rate * (step + 1) as f32 / (warmup + 1) as f32;
+            }
+            if step > total || total <= warmup {
+                return cfg.min_lr;
+            }
+            let ratio = (step - warmup) as f64 / (total - warmup) as f64;
+            let coeff = 0.5 * (1.0 + (std::f64::consts::PI * ratio).cos());
+            (cfg.min_lr as f64 + coeff * (cfg.learning_rate - cfg.min_lr) as f64) as f32
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{preset, ModelConfig};
+
+    fn tiny_layout() -> (ModelConfig, ParamLayout) {
+        let mut cfg = preset("layernorm").unwrap().model;
+        cfg.vocab_size = 5;
+        cfg.n_embd = 4;
+        cfg.n_head = 2;
+        cfg.n_layer = 1;
+        let layout = ParamLayout::new(&cfg);
+        (cfg, layout)
+    }
+
+    #[test]
+    fn first_step_moves_each_parameter_by_lr_against_its_gradient_sign() {
+        // With m and v starting at 0, the bias-corrected first step is lr * g / (|g| + eps).
+        let (_, layout) = tiny_layout();
+        let n = layout.len;
+        let mut cfg = TrainConfig::lecture(1, 1, 0.1);
+        cfg.weight_decay = 0.0;
+        let mut params = vec![1.0; n];
+        let grads: Vec<f32> = (0..n)
+            .map(|i| if i % 2 == 0 { 0.5 } else { -2.0 })
+            .collect();
+        let mut opt = AdamW::new(n);
+        opt.update(&mut params, &grads, &layout, &cfg, 0.1, 1.0);
+        for (i, p) in params.iter().enumerate() {
+            let want = if i % 2 == 0 { 0.9 } else { 1.1 };
+            assert!((p - want).abs() < 1e-5, "{i}: {p}");
+        }
+    }
+
+    #[test]
+    fn weight_decay_on_matrices_spares_vectors() {
+        let (_, layout) = tiny_layout();
+        let n = layout.len;
+        let mut cfg = TrainConfig::lecture(1, 1, 0.1);
+        cfg.weight_decay = 0.5;
+        cfg.decay_on = DecayOn::Matrices;
+        let mut params = vec![1.0; n];
+        let mut opt = AdamW::new(n);
+        opt.update(&mut params, &vec![0.0; n], &layout, &cfg, 0.1, 1.0);
+        for spec in &layout.specs {
+            let want = if spec.is_matrix() { 0.95 } else { 1.0 };
+            assert!(
+                params[spec.range()]
+                    .iter()
+                    .all(|&p| (p - want).abs() < 1e-6),
+                "{}",
+                spec.name
+            );
+        }
+    }
+
+    #[test]
+    fn cosine_schedule_warms_up_then_decays_to_min() {
+        let mut cfg = TrainConfig::lecture(1, 1000, 1e-3);
+        cfg.lr_schedule = LrSchedule::Cosine;
+        cfg.warmup_steps = 100;
+        cfg.min_lr = 1e-4;
+        assert!((learning_rate(&cfg, 0) - 1e-3 / 101.0).abs() < 1e-9);
+        assert!((learning_rate(&cfg, 99) - 1e-3 * 100.0 / 101.0).abs() < 1e-9);
+        assert!((learning_rate(&cfg, 100) - 1e-3).abs() < 1e-9);
+        assert!((learning_rate(&cfg, 550) - 5.5e-4).abs() < 1e-7);
+        assert!((learning_rate(&cfg, 1000) - 1e-4).abs() < 1e-9);
+        cfg.lr_schedule = LrSchedule::Constant;
+        assert_eq!(learning_rate(&cfg, 5), 1e-3);
+    }
+
+    #[test]
+    fn clipping_scales_down_only_large_gradients() {
+        let g = vec![3.0, 4.0];
+        assert!((grad_norm(&g) - 5.0).abs() < 1e-6);
+        assert!((clip_scale(5.0, 1.0) - 0.2).abs() < 1e-6);
+        assert_eq!(clip_scale(0.5, 1.0), 1.0);
+        assert_eq!(clip_scale(50.0, 0.0), 1.0);
+    }
+}
