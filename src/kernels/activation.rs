@@ -3,8 +3,9 @@
 //! ReLU: `y = max(0, x)`, `dy/dx = [x > 0]`.
 //!
 //! GELU, tanh approximation (GPT-2, llm.c; PyTorch's `gelu(x, approximate="tanh")`):
-//! `y = x/2 * (1 + tanh(u))` with `u = sqrt(2/pi) * (x + 0.044715 x^3)`, so
-//! `dy/dx = (1 + tanh u)/2 + x/2 * (1 - tanh^2 u) * sqrt(2/pi) * (1 + 3 * 0.044715 x^2)`.
+//! `y = x/2 * (1 + tanh(u))` with `u = sqrt(2/pi) * (x + 0.044715 x^3)`.
+//! Since `(1 + tanh u) / 2 = sigmoid(2u) = s`, this is `y = x s`, computed with one exponential, and
+//! `dy/dx = s + x s (1 - s) * 2 du/dx` with `du/dx = sqrt(2/pi) * (1 + 3 * 0.044715 x^2)`.
 
 use crate::config::Activation;
 use rayon::prelude::*;
@@ -13,18 +14,23 @@ const CHUNK: usize = 1 << 13;
 const SQRT_2_OVER_PI: f32 = 0.797_884_6;
 const GELU_CUBIC: f32 = 0.044_715;
 
-#[inline]
-fn gelu(x: f32) -> f32 {
+/// `sigmoid(2u) = (1 + tanh u) / 2` for GELU's `u`.
+#[inline(always)]
+fn gelu_gate(x: f32) -> f32 {
     let u = SQRT_2_OVER_PI * (x + GELU_CUBIC * x * x * x);
-    0.5 * x * (1.0 + u.tanh())
+    1.0 / (1.0 + super::exp(-2.0 * u))
 }
 
-#[inline]
+#[inline(always)]
+fn gelu(x: f32) -> f32 {
+    x * gelu_gate(x)
+}
+
+#[inline(always)]
 fn gelu_grad(x: f32) -> f32 {
-    let u = SQRT_2_OVER_PI * (x + GELU_CUBIC * x * x * x);
-    let th = u.tanh();
+    let s = gelu_gate(x);
     let du = SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_CUBIC * x * x);
-    0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * du
+    s + x * s * (1.0 - s) * 2.0 * du
 }
 
 /// `out = f(inp)`.

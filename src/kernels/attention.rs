@@ -82,7 +82,7 @@ pub fn forward(
             }
             let mut sum = 0.0;
             for a_u in a[..=t].iter_mut() {
-                *a_u = (*a_u - max).exp();
+                *a_u = super::exp(*a_u - max);
                 sum += *a_u;
             }
             let inv = 1.0 / sum;

@@ -28,7 +28,7 @@ pub fn forward(
             let max = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let mut sum = 0.0;
             for (p, &z) in p.iter_mut().zip(z) {
-                *p = (z - max).exp();
+                *p = super::exp(z - max);
                 sum += *p;
             }
             // ln p_y = z_y - max - ln(sum), exact even where p_y underflows to 0.

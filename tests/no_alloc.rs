@@ -1,0 +1,81 @@
+//! A training step allocates nothing: every buffer is made when the trainer is built.
+//!
+//! This test binary replaces the global allocator with one that counts allocations, runs a few
+//! warm-up steps (thread pools and per-thread caches start lazily), then requires that further
+//! steps allocate zero times.
+
+use chargpt::config::preset;
+use chargpt::data::{Dataset, TINY_SHAKESPEARE};
+use chargpt::model::Model;
+use chargpt::tokenizer::Tokenizer;
+use chargpt::training::Trainer;
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+struct Counting;
+
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        System.alloc(layout)
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        System.dealloc(ptr, layout)
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        System.realloc(ptr, layout, new_size)
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn allocations_per_step(preset_name: &str, threads: usize, overrides: &[(&str, &str)]) -> usize {
+    let text = &TINY_SHAKESPEARE[..200_000];
+    let tokenizer = Tokenizer::from_text(text).unwrap();
+    let data = Dataset::new(text, &tokenizer).unwrap();
+    let p = preset(preset_name).unwrap();
+    let (mut m, mut t) = (p.model, p.train);
+    m.vocab_size = tokenizer.vocab_size();
+    for (k, v) in overrides {
+        chargpt::config::apply_to_configs(&mut m, &mut t, k, v).unwrap();
+    }
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap();
+    pool.install(|| {
+        let mut trainer = Trainer::new(Model::new(m, 1), t);
+        for _ in 0..3 {
+            trainer.train_step(&data.train).unwrap();
+        }
+        let before = ALLOCATIONS.load(Ordering::SeqCst);
+        for _ in 0..5 {
+            trainer.train_step(&data.train).unwrap();
+        }
+        (ALLOCATIONS.load(Ordering::SeqCst) - before) / 5
+    })
+}
+
+#[test]
+fn training_steps_do_not_allocate() {
+    // Tests in one binary run concurrently and would count each other's allocations.
+    for threads in [1, 2] {
+        for (name, overrides) in [
+            ("bigram", &[][..]),
+            ("feed-forward", &[][..]),
+            ("layernorm", &[][..]),
+            // Wide enough that the products and attention split over threads, with dropout on.
+            ("nanogpt-cpu", &[("dropout", "0.1"), ("n_layer", "2")][..]),
+        ] {
+            let n = allocations_per_step(name, threads, overrides);
+            assert_eq!(
+                n, 0,
+                "{name} with {threads} threads: {n} allocations per step"
+            );
+        }
+    }
+}
