@@ -7,13 +7,16 @@
 //! its parameter layout), [`optimizer`] (AdamW, schedule, clipping), [`training`] (the loop and
 //! loss estimates), [`sampling`] (generation), [`checkpoint`] (safetensors + JSON).
 
+pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod kernels;
 pub mod model;
 pub mod optimizer;
+pub mod profile;
 pub mod rng;
+pub mod runtime;
 pub mod sampling;
 pub mod tokenizer;
 pub mod training;

@@ -44,40 +44,78 @@ impl AdamW {
         lr: f32,
         grad_scale: f32,
     ) {
+        let _timer = crate::profile::scope(crate::profile::Kernel::Optimizer, false);
         assert!(params.len() == grads.len() && params.len() == self.m.len());
         self.step += 1;
         let t = self.step as i32;
         let bias1 = 1.0 - (cfg.beta1 as f64).powi(t);
         let bias2 = 1.0 - (cfg.beta2 as f64).powi(t);
-        let step_size = (lr as f64 / bias1) as f32;
-        let bias2_sqrt = bias2.sqrt() as f32;
-        let (b1, b2, eps) = (cfg.beta1, cfg.beta2, cfg.eps);
-        for spec in &layout.specs {
-            let decay = match cfg.decay_on {
-                DecayOn::All => true,
-                DecayOn::Matrices => spec.is_matrix(),
-            };
-            let keep = if decay {
-                1.0 - lr * cfg.weight_decay
-            } else {
-                1.0
-            };
-            let r = spec.range();
-            params[r.clone()]
-                .par_chunks_mut(CHUNK)
-                .zip(grads[r.clone()].par_chunks(CHUNK))
-                .zip(self.m[r.clone()].par_chunks_mut(CHUNK))
-                .zip(self.v[r].par_chunks_mut(CHUNK))
-                .for_each(|(((p, g), m), v)| {
-                    for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut())
-                    {
-                        let g = g * grad_scale;
-                        *p *= keep;
-                        *m += (1.0 - b1) * (g - *m);
-                        *v = b2 * *v + (1.0 - b2) * g * g;
-                        *p -= step_size * *m / (v.sqrt() / bias2_sqrt + eps);
-                    }
-                });
+        let hyper = Hyper {
+            step_size: (lr as f64 / bias1) as f32,
+            bias2_sqrt: bias2.sqrt() as f32,
+            beta1: cfg.beta1,
+            beta2: cfg.beta2,
+            eps: cfg.eps,
+            grad_scale,
+        };
+        let decay_factor = 1.0 - lr * cfg.weight_decay;
+        let specs = &layout.specs;
+        // One pass over the flat buffer in fixed chunks; each chunk walks the tensors it overlaps
+        // to know whether weight decay applies to them.
+        params
+            .par_chunks_mut(CHUNK)
+            .zip(grads.par_chunks(CHUNK))
+            .zip(
+                self.m
+                    .par_chunks_mut(CHUNK)
+                    .zip(self.v.par_chunks_mut(CHUNK)),
+            )
+            .enumerate()
+            .with_min_len(crate::kernels::min_items(20 * CHUNK))
+            .for_each(|(i, ((p, g), (m, v)))| {
+                let (c0, c1) = (i * CHUNK, i * CHUNK + p.len());
+                let first = specs.partition_point(|s| s.offset + s.len() <= c0);
+                for spec in specs[first..].iter().take_while(|s| s.offset < c1) {
+                    let lo = spec.offset.max(c0) - c0;
+                    let hi = (spec.offset + spec.len()).min(c1) - c0;
+                    let decay = match cfg.decay_on {
+                        DecayOn::All => true,
+                        DecayOn::Matrices => spec.is_matrix(),
+                    };
+                    let keep = if decay { decay_factor } else { 1.0 };
+                    adamw_chunk(
+                        &mut p[lo..hi],
+                        &g[lo..hi],
+                        &mut m[lo..hi],
+                        &mut v[lo..hi],
+                        keep,
+                        hyper,
+                    );
+                }
+            });
+    }
+}
+
+/// The per-step constants of the update.
+#[derive(Clone, Copy)]
+struct Hyper {
+    step_size: f32,
+    bias2_sqrt: f32,
+    beta1: f32,
+    beta2: f32,
+    eps: f32,
+    grad_scale: f32,
+}
+
+crate::kernels::simd_fn! {
+    /// The fused AdamW update of one contiguous piece of one tensor.
+    fn adamw_chunk(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], keep: f32, h: Hyper) {
+        for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+            let g = g * h.grad_scale;
+            *p *= keep;
+            *m += (1.0 - h.beta1) * (g - *m);
+            *v = h.beta2 * *v + (1.0 - h.beta2) * g * g;
+            *p -= h.step_size * *m / (v.sqrt() / h.bias2_sqrt + h.eps);
         }
     }
 }
@@ -86,6 +124,7 @@ impl AdamW {
 pub fn grad_norm(grads: &[f32]) -> f32 {
     grads
         .par_chunks(CHUNK)
+        .with_min_len(crate::kernels::min_items(2 * CHUNK))
         .map(|c| c.iter().map(|&g| g as f64 * g as f64).sum::<f64>())
         .sum::<f64>()
         .sqrt() as f32

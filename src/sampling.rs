@@ -1,9 +1,18 @@
 //! Generation: repeatedly predict the next character and sample it.
 //!
-//! For a context of at most `block_size` characters (longer contexts keep their last
-//! `block_size`), the model's logits `z` at the last position become a distribution
-//! `p = softmax(z / temperature)`, optionally restricted to the `top_k` most likely characters,
-//! and the next character is drawn from it with a seeded generator: same seed, same text.
+//! The model's logits `z` at the last position become a distribution `p = softmax(z / temperature)`,
+//! optionally restricted to the `top_k` most likely characters, and the next character is drawn
+//! from it with a seeded generator: same seed, same text.
+//!
+//! The context is at most `block_size` characters, since the model has a position embedding for
+//! each of `0..block_size` only. The lecture's `generate` crops the context to its last
+//! `block_size` characters and recomputes all of them for every new character. [`Generator`]
+//! instead keeps every layer's keys and values (a KV cache) and computes only the new
+//! character's row: the first `block_size` characters are exactly the lecture's. When the context
+//! is full, the positions of all cached characters would shift, so the cache is rebuilt from the
+//! last `block_size - shift` characters (`shift` = a quarter of the block by default) and growth
+//! resumes; the model then sees between 3/4 and all of a block of context instead of exactly one
+//! block. `shift = 1` reproduces the lecture exactly, at the lecture's cost.
 
 use crate::model::{Activations, Model};
 use crate::rng::Rng;
@@ -63,8 +72,75 @@ pub fn sample_from_logits(
     scratch.iter().rposition(|&p| p > 0.0).unwrap_or(0) as TokenId
 }
 
-/// Generates `max_new` ids after `prompt` (an empty prompt starts from id 0, `'\n'` for Tiny
-/// Shakespeare, as the lecture does), calling `on_token` as each one is drawn. Returns the new ids.
+/// Generates one character at a time from a model, with a KV cache.
+pub struct Generator<'a> {
+    model: &'a Model,
+    settings: SampleSettings,
+    acts: Activations,
+    /// The current context, at most `block_size` ids.
+    window: Vec<TokenId>,
+    /// How many ids of `window` the activations hold.
+    computed: usize,
+    /// Ids dropped from the front when the context is full.
+    shift: usize,
+    scratch: Vec<f32>,
+}
+
+impl<'a> Generator<'a> {
+    /// Starts from `prompt` (an empty prompt starts from id 0, `'\n'` for Tiny Shakespeare, as the
+    /// lecture does; a long one keeps its last `block_size` ids).
+    pub fn new(model: &'a Model, prompt: &[TokenId], settings: SampleSettings) -> Self {
+        let block = model.config.block_size;
+        let start = prompt.len().saturating_sub(block);
+        let window = if prompt.is_empty() {
+            vec![0]
+        } else {
+            prompt[start..].to_vec()
+        };
+        let mut window_buf = Vec::with_capacity(block);
+        window_buf.extend_from_slice(&window);
+        Generator {
+            model,
+            settings,
+            acts: Activations::new(&model.config, 1, block, false),
+            window: window_buf,
+            computed: 0,
+            shift: (block / 4).max(1),
+            scratch: Vec::with_capacity(model.config.vocab_size),
+        }
+    }
+
+    /// Sets how many ids are dropped when the context is full (1 = exactly the lecture's
+    /// cropping, recomputing the whole context for every character).
+    pub fn with_shift(mut self, shift: usize) -> Self {
+        self.shift = shift.clamp(1, self.model.config.block_size);
+        self
+    }
+
+    /// Draws the next id and appends it to the context.
+    pub fn next_token(&mut self, rng: &mut Rng) -> TokenId {
+        let v = self.model.config.vocab_size;
+        if self.computed < self.window.len() {
+            self.model
+                .forward_from(&mut self.acts, &self.window, self.computed);
+            self.computed = self.window.len();
+        }
+        let t = self.window.len();
+        let last = &self.acts.logits()[(t - 1) * v..t * v];
+        let next = sample_from_logits(last, self.settings, rng, &mut self.scratch);
+        if self.window.len() == self.model.config.block_size {
+            // Positions are absolute: dropping ids shifts every position, so the cache restarts.
+            let drop = self.shift.min(self.window.len());
+            self.window.drain(..drop);
+            self.computed = 0;
+        }
+        self.window.push(next);
+        next
+    }
+}
+
+/// Generates `max_new` ids after `prompt` (see [`Generator`]), calling `on_token` as each one is
+/// drawn. Returns the new ids.
 pub fn generate(
     model: &Model,
     prompt: &[TokenId],
@@ -73,33 +149,104 @@ pub fn generate(
     rng: &mut Rng,
     mut on_token: impl FnMut(TokenId),
 ) -> Vec<TokenId> {
-    let block = model.config.block_size;
-    let v = model.config.vocab_size;
-    let mut context: Vec<TokenId> = if prompt.is_empty() {
-        vec![0]
-    } else {
-        prompt.to_vec()
-    };
-    let mut acts = Activations::new(&model.config, 1, block, false);
-    let mut scratch = Vec::with_capacity(v);
-    let mut out = Vec::with_capacity(max_new);
-    for _ in 0..max_new {
-        let start = context.len().saturating_sub(block);
-        let window = &context[start..];
-        let t = window.len();
-        model.forward(&mut acts, window, None, 1, t, None);
-        let last = &acts.logits()[(t - 1) * v..t * v];
-        let next = sample_from_logits(last, settings, rng, &mut scratch);
-        on_token(next);
-        out.push(next);
-        context.push(next);
-    }
-    out
+    let mut generator = Generator::new(model, prompt, settings);
+    (0..max_new)
+        .map(|_| {
+            let id = generator.next_token(rng);
+            on_token(id);
+            id
+        })
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::preset;
+
+    fn tiny_model() -> Model {
+        let mut cfg = preset("layernorm").unwrap().model;
+        cfg.vocab_size = 11;
+        cfg.block_size = 6;
+        cfg.n_layer = 2;
+        Model::new(cfg, 3)
+    }
+
+    /// The lecture's generate: crop to the last block_size ids and recompute everything.
+    fn lecture_logits(model: &Model, context: &[TokenId]) -> Vec<f32> {
+        let block = model.config.block_size;
+        let v = model.config.vocab_size;
+        let window = &context[context.len().saturating_sub(block)..];
+        let mut acts = Activations::new(&model.config, 1, block, false);
+        model.forward(&mut acts, window, None, 1, window.len(), None);
+        acts.logits()[(window.len() - 1) * v..].to_vec()
+    }
+
+    fn argmax(v: &[f32]) -> TokenId {
+        v.iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .unwrap()
+            .0 as TokenId
+    }
+
+    #[test]
+    fn kv_cache_matches_recomputation_and_shift_one_is_the_lecture() {
+        let model = tiny_model();
+        let greedy = SampleSettings {
+            temperature: 1.0,
+            top_k: Some(1),
+        };
+        // Greedy text is a function of the logits: each character must be the argmax of a full
+        // recomputation over the generator's window, for 20 characters (well past block_size 6,
+        // so the cache is rebuilt several times).
+        for shift in [1, 2, 6] {
+            let mut gen = Generator::new(&model, &[3, 1], greedy).with_shift(shift);
+            let mut rng = Rng::new(0);
+            let mut context = vec![3, 1];
+            for step in 0..20 {
+                let window = gen.window.clone();
+                if shift == 1 {
+                    // Exactly the lecture's crop to the last block_size ids.
+                    assert_eq!(
+                        window,
+                        context[context.len().saturating_sub(6)..],
+                        "step {step}"
+                    );
+                }
+                let id = gen.next_token(&mut rng);
+                assert_eq!(
+                    id,
+                    argmax(&lecture_logits(&model, &window)),
+                    "shift {shift}, step {step}"
+                );
+                context.push(id);
+            }
+        }
+        // Before the context is full, the cached logits equal a full recomputation.
+        let mut gen = Generator::new(&model, &[3, 1, 4], SampleSettings::default());
+        let mut rng = Rng::new(5);
+        gen.next_token(&mut rng);
+        gen.next_token(&mut rng);
+        let window = gen.window.clone();
+        gen.model.forward_from(&mut gen.acts, &window, gen.computed);
+        let t = window.len();
+        let cached = gen.acts.logits()[(t - 1) * 11..t * 11].to_vec();
+        for (a, b) in cached.iter().zip(&lecture_logits(&model, &window)) {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn same_seed_same_text() {
+        let model = tiny_model();
+        let s = SampleSettings::default();
+        let a = generate(&model, &[1], 30, s, &mut Rng::new(9), |_| {});
+        let b = generate(&model, &[1], 30, s, &mut Rng::new(9), |_| {});
+        let c = generate(&model, &[1], 30, s, &mut Rng::new(10), |_| {});
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+    }
 
     #[test]
     fn top_k_one_is_greedy_and_low_temperature_sharpens() {

@@ -164,3 +164,8 @@ fn prenorm_blocks_with_relu_match_pytorch() {
 fn prenorm_blocks_with_gelu_and_nanogpt_optimizer_match_pytorch() {
     check_case("blocks_gelu");
 }
+
+#[test]
+fn wide_heads_use_the_matrix_product_attention_and_match_pytorch() {
+    check_case("blocks_wide_heads");
+}

@@ -64,6 +64,9 @@ CASES = {
     # Full pre-norm blocks with GELU, nanoGPT's optimizer (warm-up + cosine, wd on matrices,
     # beta2 0.99, clipping at 1.0).
     "blocks_gelu": (model_cfg(activation="gelu"), train_cfg(**NANOGPT_OPT)),
+    # Heads large enough (T 64, head size 32) for the engine's matrix-product attention path.
+    "blocks_wide_heads": (model_cfg(block_size=64, n_embd=64, n_head=2, activation="gelu"),
+                          train_cfg(batch_size=2, **NANOGPT_OPT)),
 }
 
 

@@ -7,6 +7,7 @@
 //! Since `(1 + tanh u) / 2 = sigmoid(2u) = s`, this is `y = x s`, computed with one exponential, and
 //! `dy/dx = s + x s (1 - s) * 2 du/dx` with `du/dx = sqrt(2/pi) * (1 + 3 * 0.044715 x^2)`.
 
+use super::simd_fn;
 use crate::config::Activation;
 use rayon::prelude::*;
 
@@ -33,44 +34,83 @@ fn gelu_grad(x: f32) -> f32 {
     s + x * s * (1.0 - s) * 2.0 * du
 }
 
-/// `out = f(inp)`.
-pub fn forward(kind: Activation, out: &mut [f32], inp: &[f32]) {
-    out.par_chunks_mut(CHUNK)
-        .zip(inp.par_chunks(CHUNK))
-        .with_min_len(2)
-        .for_each(|(o, x)| match kind {
+simd_fn! {
+    fn forward_chunk(kind: Activation, out: &mut [f32], inp: &[f32]) {
+        match kind {
             Activation::Relu => {
-                for (o, &x) in o.iter_mut().zip(x) {
+                for (o, &x) in out.iter_mut().zip(inp) {
                     *o = x.max(0.0);
                 }
             }
             Activation::Gelu => {
-                for (o, &x) in o.iter_mut().zip(x) {
+                for (o, &x) in out.iter_mut().zip(inp) {
                     *o = gelu(x);
                 }
             }
-        });
+        }
+    }
+}
+
+simd_fn! {
+    fn backward_chunk(kind: Activation, dinp: &mut [f32], dout: &[f32], inp: &[f32]) {
+        match kind {
+            Activation::Relu => {
+                for ((d, &g), &x) in dinp.iter_mut().zip(dout).zip(inp) {
+                    *d += if x > 0.0 { g } else { 0.0 };
+                }
+            }
+            Activation::Gelu => {
+                for ((d, &g), &x) in dinp.iter_mut().zip(dout).zip(inp) {
+                    *d += gelu_grad(x) * g;
+                }
+            }
+        }
+    }
+}
+
+simd_fn! {
+    fn backward_in_place_chunk(kind: Activation, d: &mut [f32], inp: &[f32]) {
+        match kind {
+            Activation::Relu => {
+                for (d, &x) in d.iter_mut().zip(inp) {
+                    *d = if x > 0.0 { *d } else { 0.0 };
+                }
+            }
+            Activation::Gelu => {
+                for (d, &x) in d.iter_mut().zip(inp) {
+                    *d *= gelu_grad(x);
+                }
+            }
+        }
+    }
+}
+
+/// `out = f(inp)`.
+pub fn forward(kind: Activation, out: &mut [f32], inp: &[f32]) {
+    let _timer = crate::profile::scope(crate::profile::Kernel::Activation, false);
+    out.par_chunks_mut(CHUNK)
+        .zip(inp.par_chunks(CHUNK))
+        .with_min_len(super::min_items(CHUNK * 20))
+        .for_each(|(o, x)| forward_chunk(kind, o, x));
 }
 
 /// `dinp += f'(inp) * dout`.
 pub fn backward(kind: Activation, dinp: &mut [f32], dout: &[f32], inp: &[f32]) {
+    let _timer = crate::profile::scope(crate::profile::Kernel::Activation, true);
     dinp.par_chunks_mut(CHUNK)
         .zip(dout.par_chunks(CHUNK).zip(inp.par_chunks(CHUNK)))
-        .with_min_len(2)
-        .for_each(|(d, (g, x))| match kind {
-            Activation::Relu => {
-                for ((d, &g), &x) in d.iter_mut().zip(g).zip(x) {
-                    if x > 0.0 {
-                        *d += g;
-                    }
-                }
-            }
-            Activation::Gelu => {
-                for ((d, &g), &x) in d.iter_mut().zip(g).zip(x) {
-                    *d += gelu_grad(x) * g;
-                }
-            }
-        });
+        .with_min_len(super::min_items(CHUNK * 30))
+        .for_each(|(d, (g, x))| backward_chunk(kind, d, g, x));
+}
+
+/// `d = f'(inp) * d`: turns the gradient of the output into that of the input, in place (the
+/// backward pass keeps one buffer for both).
+pub fn backward_in_place(kind: Activation, d: &mut [f32], inp: &[f32]) {
+    let _timer = crate::profile::scope(crate::profile::Kernel::Activation, true);
+    d.par_chunks_mut(CHUNK)
+        .zip(inp.par_chunks(CHUNK))
+        .with_min_len(super::min_items(CHUNK * 30))
+        .for_each(|(d, x)| backward_in_place_chunk(kind, d, x));
 }
 
 #[cfg(test)]
@@ -92,6 +132,9 @@ mod tests {
             let w = random_vec(n, &mut rng, 1.0);
             let mut dx = vec![0.0; n];
             backward(kind, &mut dx, &w, &x);
+            let mut in_place = w.clone();
+            backward_in_place(kind, &mut in_place, &x);
+            assert_eq!(dx, in_place);
             check(
                 &format!("{kind:?}"),
                 &x,

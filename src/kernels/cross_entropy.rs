@@ -7,8 +7,26 @@
 //! Backward of the mean loss: `dz[n, v] += (p[n, v] - [v == target_n]) / N`, the famously simple
 //! gradient of softmax followed by negative log-likelihood.
 
+use super::simd_fn;
 use crate::tokenizer::TokenId;
 use rayon::prelude::*;
+
+simd_fn! {
+    /// `p = softmax(z)`; returns `-ln p[y]`.
+    fn softmax_row(p: &mut [f32], z: &[f32], y: usize) -> f32 {
+        let max = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        for (p, &z) in p.iter_mut().zip(z) {
+            *p = super::exp(z - max);
+        }
+        let sum = super::sum(p);
+        let inv = 1.0 / sum;
+        for p in p.iter_mut() {
+            *p *= inv;
+        }
+        // ln p_y = z_y - max - ln(sum), exact even where p_y underflows to 0.
+        (sum.ln() + max) - z[y]
+    }
+}
 
 /// Writes `probs` and `losses`; returns the mean loss.
 pub fn forward(
@@ -18,32 +36,21 @@ pub fn forward(
     targets: &[TokenId],
     vocab: usize,
 ) -> f32 {
+    let _timer = crate::profile::scope(crate::profile::Kernel::CrossEntropy, false);
     let n = targets.len();
     probs[..n * vocab]
         .par_chunks_mut(vocab)
         .zip(logits.par_chunks(vocab))
         .zip(losses[..n].par_iter_mut().zip(targets.par_iter()))
         .with_min_len(super::min_items(4 * vocab))
-        .for_each(|((p, z), (loss, &y))| {
-            let max = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0.0;
-            for (p, &z) in p.iter_mut().zip(z) {
-                *p = super::exp(z - max);
-                sum += *p;
-            }
-            // ln p_y = z_y - max - ln(sum), exact even where p_y underflows to 0.
-            *loss = (sum.ln() + max) - z[y as usize];
-            let inv = 1.0 / sum;
-            for p in p.iter_mut() {
-                *p *= inv;
-            }
-        });
+        .for_each(|((p, z), (loss, &y))| *loss = softmax_row(p, z, y as usize));
     // Sum in f64 so the mean of ~10^5 terms does not lose digits.
     (losses[..n].iter().map(|&l| l as f64).sum::<f64>() / n as f64) as f32
 }
 
 /// Accumulates the gradient of the mean loss into `dlogits`.
 pub fn backward(dlogits: &mut [f32], probs: &[f32], targets: &[TokenId], vocab: usize) {
+    let _timer = crate::profile::scope(crate::profile::Kernel::CrossEntropy, true);
     let n = targets.len();
     let scale = 1.0 / n as f32;
     dlogits[..n * vocab]

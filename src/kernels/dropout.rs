@@ -14,6 +14,7 @@ pub(crate) const CHUNK: usize = 1 << 12;
 /// Applies dropout to `x` in place and records the mask: `x *= m / (1 - p)`, `mask = m`.
 /// Shapes: `x` and `mask` any shape, same length.
 pub fn forward(x: &mut [f32], mask: &mut [u8], p: f32, seed: u64) {
+    let _timer = crate::profile::scope(crate::profile::Kernel::Dropout, false);
     let scale = 1.0 / (1.0 - p);
     x.par_chunks_mut(CHUNK)
         .zip(mask.par_chunks_mut(CHUNK))
@@ -30,6 +31,7 @@ pub fn forward(x: &mut [f32], mask: &mut [u8], p: f32, seed: u64) {
 
 /// `dx += dy * m / (1 - p)`.
 pub fn backward(dx: &mut [f32], dy: &[f32], mask: &[u8], p: f32) {
+    let _timer = crate::profile::scope(crate::profile::Kernel::Dropout, true);
     let scale = 1.0 / (1.0 - p);
     dx.par_chunks_mut(CHUNK)
         .zip(dy.par_chunks(CHUNK).zip(mask.par_chunks(CHUNK)))

@@ -1,7 +1,8 @@
-//! Token and position embedding: `out[b, t, :] = wte[tokens[b, t], :] + wpe[t, :]`.
+//! Token and position embedding: `out[b, t, :] = wte[tokens[b, t], :] + wpe[first + t, :]`.
 //!
-//! Shapes: `tokens` (B, T); `wte` (V, C); `wpe` (T_max, C) with `T <= T_max`, or absent (the bigram
-//! model looks up its logits directly); `out` (B, T, C).
+//! Shapes: `tokens` (B, T); `wte` (V, C); `wpe` (T_max, C) with `first + T <= T_max`, or absent (the
+//! bigram model looks up its logits directly); `out` (B, T, C). `first` is the position of the
+//! first token (0, except when generation extends a sequence by a few tokens).
 //!
 //! Backward: a lookup routes each output gradient back to the row it came from,
 //! `dwte[tokens[b, t], :] += dout[b, t, :]` and `dwpe[t, :] += sum_b dout[b, t, :]`. Rows of `wte`
@@ -20,8 +21,10 @@ pub fn forward(
     wte: &[f32],
     wpe: Option<&[f32]>,
     seq_len: usize,
+    first: usize,
     channels: usize,
 ) {
+    let _timer = crate::profile::scope(crate::profile::Kernel::Embedding, false);
     let c = channels;
     out.par_chunks_mut(c)
         .zip(tokens.par_iter())
@@ -31,7 +34,7 @@ pub fn forward(
             let e = &wte[tok as usize * c..(tok as usize + 1) * c];
             match wpe {
                 Some(wpe) => {
-                    let t = row % seq_len;
+                    let t = first + row % seq_len;
                     let p = &wpe[t * c..(t + 1) * c];
                     for ((o, &e), &p) in o.iter_mut().zip(e).zip(p) {
                         *o = e + p;
@@ -50,6 +53,7 @@ pub fn backward(
     seq_len: usize,
     channels: usize,
 ) {
+    let _timer = crate::profile::scope(crate::profile::Kernel::Embedding, true);
     let c = channels;
     let dwte = super::SharedMut(dwte.as_mut_ptr());
     let dwpe = dwpe.map(|d| super::SharedMut(d.as_mut_ptr()));
@@ -99,7 +103,7 @@ mod tests {
         backward(&mut dwte, Some(&mut dwpe), &w, &tokens, t, c);
         let f = |wte: &[f32], wpe: &[f32]| {
             let mut out = vec![0.0; b * t * c];
-            forward(&mut out, &tokens, wte, Some(wpe), t, c);
+            forward(&mut out, &tokens, wte, Some(wpe), t, 0, c);
             weighted_sum(&out, &w)
         };
         check("dwte", &wte, &dwte, |x| f(x, &wpe), 1e-3);
@@ -110,7 +114,7 @@ mod tests {
     fn lookup_without_positions_copies_rows() {
         let wte = vec![1.0, 2.0, 3.0, 4.0];
         let mut out = vec![0.0; 4];
-        forward(&mut out, &[1, 0], &wte, None, 2, 2);
+        forward(&mut out, &[1, 0], &wte, None, 2, 0, 2);
         assert_eq!(out, vec![3.0, 4.0, 1.0, 2.0]);
     }
 }

@@ -10,12 +10,77 @@
 //! `dx += rstd * (g - mean(g) - xhat * mean(g * xhat))`
 //! (the two means remove the components of g that the normalisation itself cancels).
 
+use super::simd_fn;
 use rayon::prelude::*;
 
 pub const EPS: f32 = 1e-5;
 
 /// Columns per parallel task when reducing the parameter gradients over rows.
 const COLUMN_BLOCK: usize = 64;
+
+simd_fn! {
+    /// One row: normalise, scale, shift; returns (mean, rstd).
+    fn forward_row(y: &mut [f32], x: &[f32], weight: &[f32], bias: &[f32]) -> (f32, f32) {
+        let c = x.len() as f32;
+        let mu = super::sum(x) / c;
+        let mut acc = [0.0f32; 8];
+        let chunks = x.chunks_exact(8);
+        let mut var: f32 = chunks.remainder().iter().map(|&v| (v - mu) * (v - mu)).sum();
+        for ch in chunks {
+            for j in 0..8 {
+                acc[j] += (ch[j] - mu) * (ch[j] - mu);
+            }
+        }
+        var += acc.iter().sum::<f32>();
+        let rs = 1.0 / (var / c + EPS).sqrt();
+        normalize_row(y, x, weight, bias, mu, rs);
+        (mu, rs)
+    }
+}
+
+simd_fn! {
+    /// One row of the input gradient: `dx += rstd * (g - mean(g) - xhat * mean(g * xhat))`.
+    fn backward_row(dx: &mut [f32], dy: &[f32], x: &[f32], weight: &[f32], mu: f32, rs: f32) {
+        let c = x.len() as f32;
+        let (mut acc_g, mut acc_gx) = ([0.0f32; 8], [0.0f32; 8]);
+        let n8 = x.len() / 8 * 8;
+        for i in (0..n8).step_by(8) {
+            for j in 0..8 {
+                let g = dy[i + j] * weight[i + j];
+                acc_g[j] += g;
+                acc_gx[j] += g * (x[i + j] - mu) * rs;
+            }
+        }
+        let (mut mean_g, mut mean_gx) = (acc_g.iter().sum::<f32>(), acc_gx.iter().sum::<f32>());
+        for i in n8..x.len() {
+            let g = dy[i] * weight[i];
+            mean_g += g;
+            mean_gx += g * (x[i] - mu) * rs;
+        }
+        mean_g /= c;
+        mean_gx /= c;
+        for (((dx, &dy), &x), &w) in dx.iter_mut().zip(dy).zip(x).zip(weight) {
+            let xhat = (x - mu) * rs;
+            *dx += rs * (dy * w - mean_g - xhat * mean_gx);
+        }
+    }
+}
+
+simd_fn! {
+    /// Parameter gradients of a block of columns, summed over all rows.
+    fn param_grad_columns(dw: &mut [f32], db: &mut [f32], dout: &[f32], inp: &[f32], mean: &[f32], rstd: &[f32], c: usize, c0: usize) {
+        let width = dw.len();
+        for row in 0..mean.len() {
+            let (mu, rs) = (mean[row], rstd[row]);
+            let dy = &dout[row * c + c0..row * c + c0 + width];
+            let x = &inp[row * c + c0..row * c + c0 + width];
+            for (((dw, db), &dy), &x) in dw.iter_mut().zip(db.iter_mut()).zip(dy).zip(x) {
+                *dw += dy * (x - mu) * rs;
+                *db += dy;
+            }
+        }
+    }
+}
 
 pub fn forward(
     out: &mut [f32],
@@ -26,21 +91,43 @@ pub fn forward(
     bias: &[f32],
     channels: usize,
 ) {
+    let _timer = crate::profile::scope(crate::profile::Kernel::LayerNorm, false);
     let c = channels;
     out.par_chunks_mut(c)
         .zip(inp.par_chunks(c))
         .zip(mean.par_iter_mut().zip(rstd.par_iter_mut()))
         .with_min_len(super::min_items(8 * c))
         .for_each(|((y, x), (m, r))| {
-            let mu = x.iter().sum::<f32>() / c as f32;
-            let var = x.iter().map(|&v| (v - mu) * (v - mu)).sum::<f32>() / c as f32;
-            let rs = 1.0 / (var + EPS).sqrt();
-            for (((y, &x), &w), &b) in y.iter_mut().zip(x).zip(weight).zip(bias) {
-                *y = (x - mu) * rs * w + b;
-            }
-            *m = mu;
-            *r = rs;
+            (*m, *r) = forward_row(y, x, weight, bias);
         });
+}
+
+/// `out = (inp - mean) * rstd * weight + bias` with the statistics a forward pass computed:
+/// recomputes the forward output bit for bit, so the backward pass need not keep it.
+pub fn normalize(
+    out: &mut [f32],
+    inp: &[f32],
+    weight: &[f32],
+    bias: &[f32],
+    mean: &[f32],
+    rstd: &[f32],
+    channels: usize,
+) {
+    let _timer = crate::profile::scope(crate::profile::Kernel::LayerNorm, true);
+    let c = channels;
+    out.par_chunks_mut(c)
+        .zip(inp.par_chunks(c))
+        .zip(mean.par_iter().zip(rstd.par_iter()))
+        .with_min_len(super::min_items(4 * c))
+        .for_each(|((y, x), (&mu, &rs))| normalize_row(y, x, weight, bias, mu, rs));
+}
+
+simd_fn! {
+    fn normalize_row(y: &mut [f32], x: &[f32], weight: &[f32], bias: &[f32], mu: f32, rs: f32) {
+        for (((y, &x), &w), &b) in y.iter_mut().zip(x).zip(weight).zip(bias) {
+            *y = (x - mu) * rs * w + b;
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -55,43 +142,22 @@ pub fn backward(
     rstd: &[f32],
     channels: usize,
 ) {
+    let _timer = crate::profile::scope(crate::profile::Kernel::LayerNorm, true);
     let c = channels;
     let rows = mean.len();
     dinp.par_chunks_mut(c)
         .zip(dout.par_chunks(c).zip(inp.par_chunks(c)))
         .zip(mean.par_iter().zip(rstd.par_iter()))
         .with_min_len(super::min_items(10 * c))
-        .for_each(|((dx, (dy, x)), (&mu, &rs))| {
-            let (mut mean_g, mut mean_gx) = (0.0f32, 0.0f32);
-            for ((&dy, &x), &w) in dy.iter().zip(x).zip(weight) {
-                let g = dy * w;
-                mean_g += g;
-                mean_gx += g * (x - mu) * rs;
-            }
-            mean_g /= c as f32;
-            mean_gx /= c as f32;
-            for (((dx, &dy), &x), &w) in dx.iter_mut().zip(dy).zip(x).zip(weight) {
-                let xhat = (x - mu) * rs;
-                *dx += rs * (dy * w - mean_g - xhat * mean_gx);
-            }
-        });
+        .for_each(|((dx, (dy, x)), (&mu, &rs))| backward_row(dx, dy, x, weight, mu, rs));
     // Parameter gradients sum over rows; each task owns a block of columns.
     dweight
         .par_chunks_mut(COLUMN_BLOCK)
         .zip(dbias.par_chunks_mut(COLUMN_BLOCK))
         .enumerate()
-        .with_min_len(super::min_items(3 * rows * COLUMN_BLOCK))
+        .with_min_len(super::min_items(4 * rows * COLUMN_BLOCK))
         .for_each(|(blk, (dw, db))| {
-            let c0 = blk * COLUMN_BLOCK;
-            for row in 0..rows {
-                let (mu, rs) = (mean[row], rstd[row]);
-                let dy = &dout[row * c + c0..row * c + c0 + dw.len()];
-                let x = &inp[row * c + c0..row * c + c0 + dw.len()];
-                for (((dw, db), &dy), &x) in dw.iter_mut().zip(db.iter_mut()).zip(dy).zip(x) {
-                    *dw += dy * (x - mu) * rs;
-                    *db += dy;
-                }
-            }
+            param_grad_columns(dw, db, dout, inp, mean, rstd, c, blk * COLUMN_BLOCK)
         });
 }
 
@@ -127,6 +193,20 @@ mod tests {
         check("dx", &x, &dx, |v| f(v, &wt, &bs), 2e-3);
         check("dweight", &wt, &dw, |v| f(&x, v, &bs), 2e-3);
         check("dbias", &bs, &db, |v| f(&x, &wt, v), 2e-3);
+    }
+
+    #[test]
+    fn normalize_reproduces_the_forward_output_exactly() {
+        let mut rng = Rng::new(6);
+        let (n, c) = (5, 37);
+        let x = random_vec(n * c, &mut rng, 2.0);
+        let w = random_vec(c, &mut rng, 1.0);
+        let b = random_vec(c, &mut rng, 1.0);
+        let (mut y, mut m, mut r) = (vec![0.0; n * c], vec![0.0; n], vec![0.0; n]);
+        forward(&mut y, &mut m, &mut r, &x, &w, &b, c);
+        let mut again = vec![0.0; n * c];
+        normalize(&mut again, &x, &w, &b, &m, &r, c);
+        assert_eq!(y, again);
     }
 
     #[test]

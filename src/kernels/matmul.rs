@@ -16,14 +16,16 @@
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-/// `dst (m, n) = dst_scale * dst + lhs (m, k) @ rhs (k, n)`, every operand addressed by
-/// `(row stride, column stride)`.
+/// `dst (m, n) = [dst +] scale * lhs (m, k) @ rhs (k, n)`, every operand addressed by
+/// `(row stride, column stride)` from the start of its slice; `accumulate` keeps `dst`'s old
+/// value. `parallel` lets gemm split the product over the rayon pool; per-head products inside
+/// an already parallel loop pass `false`.
 ///
 /// # Safety
 /// Every index `i * rs + j * cs` for i, j within the stated shape must lie inside the
-/// corresponding slice; the callers below derive strides from slice lengths they check.
+/// corresponding slice; callers derive strides and extents from slice lengths they check.
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm_strided(
+pub(crate) unsafe fn gemm_strided(
     m: usize,
     n: usize,
     k: usize,
@@ -34,13 +36,52 @@ unsafe fn gemm_strided(
     lhs_strides: (usize, usize),
     rhs: &[f32],
     rhs_strides: (usize, usize),
+    scale: f32,
+    parallel: bool,
+) {
+    gemm_ptr(
+        m,
+        n,
+        k,
+        dst.as_mut_ptr(),
+        dst_strides,
+        accumulate,
+        lhs.as_ptr(),
+        lhs_strides,
+        rhs.as_ptr(),
+        rhs_strides,
+        scale,
+        parallel,
+    );
+}
+
+/// [`gemm_strided`] on raw pointers, for destinations that several threads write in disjoint,
+/// interleaved parts (one attention head's columns of a (B, T, C) tensor), where a `&mut` slice
+/// per thread would alias.
+///
+/// # Safety
+/// As [`gemm_strided`], and no other thread may touch the elements of `dst` this writes.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_ptr(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_strides: (usize, usize),
+    accumulate: bool,
+    lhs: *const f32,
+    lhs_strides: (usize, usize),
+    rhs: *const f32,
+    rhs_strides: (usize, usize),
+    scale: f32,
+    parallel: bool,
 ) {
     if m == 0 || n == 0 {
         return;
     }
-    // A product runs on the rayon pool only when called from outside a parallel region;
-    // gemm itself keeps small products on one thread.
-    let parallelism = if rayon::current_num_threads() > 1 && m * n * k >= 64 * 64 * 64 {
+    // gemm itself keeps small products on one thread; below this size even asking costs more
+    // than it saves.
+    let parallelism = if parallel && rayon::current_num_threads() > 1 && m * n * k >= 64 * 64 * 64 {
         Parallelism::Rayon(0)
     } else {
         Parallelism::None
@@ -49,18 +90,18 @@ unsafe fn gemm_strided(
         m,
         n,
         k,
-        dst.as_mut_ptr(),
+        dst,
         dst_strides.1 as isize,
         dst_strides.0 as isize,
         accumulate,
-        lhs.as_ptr(),
+        lhs,
         lhs_strides.1 as isize,
         lhs_strides.0 as isize,
-        rhs.as_ptr(),
+        rhs,
         rhs_strides.1 as isize,
         rhs_strides.0 as isize,
         1.0,
-        1.0,
+        scale,
         false,
         false,
         false,
@@ -77,6 +118,7 @@ pub fn forward(
     in_channels: usize,
     out_channels: usize,
 ) {
+    let _timer = crate::profile::scope(crate::profile::Kernel::Matmul, false);
     let (ic, oc) = (in_channels, out_channels);
     let n = inp.len() / ic;
     assert!(inp.len() == n * ic && out.len() >= n * oc && weight.len() == oc * ic);
@@ -101,6 +143,8 @@ pub fn forward(
             (ic, 1),
             weight,
             (1, ic),
+            1.0,
+            true,
         );
     }
 }
@@ -118,6 +162,7 @@ pub fn backward(
     in_channels: usize,
     out_channels: usize,
 ) {
+    let _timer = crate::profile::scope(crate::profile::Kernel::Matmul, true);
     let (ic, oc) = (in_channels, out_channels);
     let n = inp.len() / ic;
     assert!(inp.len() == n * ic && dout.len() == n * oc);
@@ -137,6 +182,8 @@ pub fn backward(
                 (oc, 1),
                 weight,
                 (ic, 1),
+                1.0,
+                true,
             );
         }
     }
@@ -154,6 +201,8 @@ pub fn backward(
             (1, oc),
             inp,
             (ic, 1),
+            1.0,
+            true,
         );
     }
     if let Some(dbias) = dbias {

@@ -9,6 +9,7 @@ const CHUNK: usize = 1 << 14;
 
 /// `out = a + b`.
 pub fn forward(out: &mut [f32], a: &[f32], b: &[f32]) {
+    let _timer = crate::profile::scope(crate::profile::Kernel::Residual, false);
     out.par_chunks_mut(CHUNK)
         .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
         .with_min_len(2)
@@ -21,6 +22,7 @@ pub fn forward(out: &mut [f32], a: &[f32], b: &[f32]) {
 
 /// `dinp += dout`: the backward pass of each operand of the sum (also of an identity copy).
 pub fn backward(dinp: &mut [f32], dout: &[f32]) {
+    let _timer = crate::profile::scope(crate::profile::Kernel::Residual, true);
     dinp.par_chunks_mut(CHUNK)
         .zip(dout.par_chunks(CHUNK))
         .with_min_len(2)

@@ -1,0 +1,355 @@
+//! The backward pass: the chain rule through the forward pass in reverse, one kernel backward
+//! at a time. Parameter gradients accumulate into a buffer with the parameters' layout.
+
+use super::activations::{Activations, BlockActivations, GradScratch, Transient};
+use super::layout::{linear_grads, two_mut, view, BlockLayout};
+use super::Model;
+use crate::config::Architecture;
+use crate::kernels::{
+    activation, attention, cross_entropy, dropout, embedding, layernorm, matmul, residual,
+};
+
+impl Model {
+    /// Accumulates the gradient of the last forward pass's mean loss into `grads` (same layout as
+    /// the parameters). The forward pass must have been given targets and training activations.
+    pub fn backward(&self, acts: &mut Activations, grads: &mut [f32]) {
+        assert!(
+            acts.has_targets,
+            "backward needs a forward pass with targets"
+        );
+        assert_eq!(grads.len(), self.layout.len);
+        let cfg = &self.config;
+        let (c, v) = (cfg.n_embd, cfg.vocab_size);
+        let (batch, seq_len) = (acts.batch, acts.seq_len);
+        let n = batch * seq_len;
+        let lay = &self.layout;
+        let p = &self.params;
+        let has_dropout = acts.dropout_seed.is_some();
+        let g = &mut acts.grad;
+        assert!(
+            g.d_logits.len() >= n * v,
+            "backward needs training activations"
+        );
+
+        g.d_logits[..n * v].fill(0.0);
+        cross_entropy::backward(
+            &mut g.d_logits[..n * v],
+            &acts.probs[..n * v],
+            &acts.targets[..n],
+            v,
+        );
+        if cfg.architecture == Architecture::Bigram {
+            embedding::backward(
+                &mut grads[lay.token_embedding.clone()],
+                None,
+                &g.d_logits[..n * v],
+                &acts.tokens[..n],
+                seq_len,
+                v,
+            );
+            return;
+        }
+
+        // lm_head and the final LayerNorm; d_out ends up holding d(loss)/d(last block output).
+        let x_last = match acts.blocks.last() {
+            Some(last) => &last.output()[..n * c],
+            None => &acts.encoded[..n * c],
+        };
+        let lm = lay.lm_head.as_ref().expect("transformer has an lm_head");
+        let head_in = if lay.ln_f.is_some() {
+            &acts.ln_f[..n * c]
+        } else {
+            x_last
+        };
+        g.d_norm[..n * c].fill(0.0);
+        let (dw, db) = linear_grads(grads, lm);
+        matmul::backward(
+            Some(&mut g.d_norm[..n * c]),
+            dw,
+            db,
+            &g.d_logits[..n * v],
+            head_in,
+            view(p, &lm.weight),
+            c,
+            v,
+        );
+        g.d_out[..n * c].fill(0.0);
+        match &lay.ln_f {
+            Some(norm) => {
+                let (dw, db) = two_mut(grads, &norm.weight, &norm.bias);
+                layernorm::backward(
+                    &mut g.d_out[..n * c],
+                    dw,
+                    db,
+                    &g.d_norm[..n * c],
+                    x_last,
+                    view(p, &norm.weight),
+                    &acts.ln_f_mean[..n],
+                    &acts.ln_f_rstd[..n],
+                    c,
+                );
+            }
+            None => residual::backward(&mut g.d_out[..n * c], &g.d_norm[..n * c]),
+        }
+
+        let shape = attention::Shape {
+            batch,
+            seq_len,
+            channels: c,
+            n_head: cfg.n_head,
+        };
+        for l in (0..lay.blocks.len()).rev() {
+            let x = if l == 0 {
+                &acts.encoded[..n * c]
+            } else {
+                &acts.blocks[l - 1].output()[..n * c]
+            };
+            let block = BlockRefs {
+                layout: &lay.blocks[l],
+                x,
+                acts: &acts.blocks[l],
+            };
+            self.block_backward(block, &mut acts.transient, g, grads, shape, has_dropout);
+            std::mem::swap(&mut g.d_out, &mut g.d_in);
+        }
+
+        let pos = lay
+            .position_embedding
+            .as_ref()
+            .expect("transformer has positions");
+        let (dwte, dwpe) = two_mut(grads, &lay.token_embedding, pos);
+        embedding::backward(
+            dwte,
+            Some(dwpe),
+            &g.d_out[..n * c],
+            &acts.tokens[..n],
+            seq_len,
+            c,
+        );
+    }
+
+    /// Backward through one block: reads `g.d_out` (gradient of the block output), writes
+    /// `g.d_in` (gradient of its input `x`), accumulates parameter gradients. LayerNorm outputs
+    /// and the feed-forward activation are recomputed into `tr` from what the forward pass kept.
+    fn block_backward(
+        &self,
+        block: BlockRefs,
+        tr: &mut Transient,
+        g: &mut GradScratch,
+        grads: &mut [f32],
+        shape: attention::Shape,
+        has_dropout: bool,
+    ) {
+        let BlockRefs {
+            layout: bl,
+            x,
+            acts: a,
+        } = block;
+        let cfg = &self.config;
+        let p = &self.params;
+        let (c, f) = (cfg.n_embd, cfg.ffn_hidden());
+        let n = shape.batch * shape.seq_len;
+        let att_len = n * cfg.n_head * shape.seq_len;
+        let (rc, rf) = (0..n * c, 0..n * f);
+        let dropout_p = cfg.dropout;
+        let res = cfg.residual;
+
+        // Feed-forward half: from d_out (gradient of the block output) to d_mid (gradient of the
+        // stream after attention).
+        let d_mid = &mut g.d_mid[rc.clone()];
+        d_mid.fill(0.0);
+        if let Some(fc) = &bl.fc {
+            if res {
+                residual::backward(d_mid, &g.d_out[rc.clone()]);
+            }
+            let mid = &a.mid()[rc.clone()];
+            let ffn_in = match &bl.ln2 {
+                Some(norm) => {
+                    layernorm::normalize(
+                        &mut tr.norm_out[rc.clone()],
+                        mid,
+                        view(p, &norm.weight),
+                        view(p, &norm.bias),
+                        &a.ln2_mean[..n],
+                        &a.ln2_rstd[..n],
+                        c,
+                    );
+                    &tr.norm_out[rc.clone()]
+                }
+                None => mid,
+            };
+            let d_fc = &mut g.d_fc[rf.clone()];
+            d_fc.fill(0.0);
+            match &bl.fc2 {
+                Some(fc2) => {
+                    let d_branch: &[f32] = if has_dropout {
+                        g.d_branch[rc.clone()].fill(0.0);
+                        dropout::backward(
+                            &mut g.d_branch[rc.clone()],
+                            &g.d_out[rc.clone()],
+                            &a.ffn_mask[rc.clone()],
+                            dropout_p,
+                        );
+                        &g.d_branch[rc.clone()]
+                    } else {
+                        &g.d_out[rc.clone()]
+                    };
+                    let hidden = &mut tr.hidden[rf.clone()];
+                    activation::forward(cfg.activation, hidden, &a.fc[rf.clone()]);
+                    let (dw, db) = linear_grads(grads, fc2);
+                    matmul::backward(
+                        Some(&mut *d_fc),
+                        dw,
+                        db,
+                        d_branch,
+                        hidden,
+                        view(p, &fc2.weight),
+                        f,
+                        c,
+                    );
+                }
+                None => match has_dropout {
+                    true => dropout::backward(
+                        d_fc,
+                        &g.d_out[rc.clone()],
+                        &a.ffn_mask[rf.clone()],
+                        dropout_p,
+                    ),
+                    false => residual::backward(d_fc, &g.d_out[rc.clone()]),
+                },
+            }
+            // d_fc held the gradient of the activation's output; now that of its input.
+            activation::backward_in_place(cfg.activation, d_fc, &a.fc[rf.clone()]);
+            g.d_norm[rc.clone()].fill(0.0);
+            let (dw, db) = linear_grads(grads, fc);
+            matmul::backward(
+                Some(&mut g.d_norm[rc.clone()]),
+                dw,
+                db,
+                d_fc,
+                ffn_in,
+                view(p, &fc.weight),
+                c,
+                f,
+            );
+            match &bl.ln2 {
+                Some(norm) => {
+                    let (dw, db) = two_mut(grads, &norm.weight, &norm.bias);
+                    layernorm::backward(
+                        d_mid,
+                        dw,
+                        db,
+                        &g.d_norm[rc.clone()],
+                        mid,
+                        view(p, &norm.weight),
+                        &a.ln2_mean[..n],
+                        &a.ln2_rstd[..n],
+                        c,
+                    );
+                }
+                None => residual::backward(d_mid, &g.d_norm[rc.clone()]),
+            }
+        } else {
+            residual::backward(d_mid, &g.d_out[rc.clone()]);
+        }
+        let d_mid = &g.d_mid[rc.clone()];
+
+        // Attention half: from d_mid to d_in.
+        let d_in = &mut g.d_in[rc.clone()];
+        d_in.fill(0.0);
+        if res {
+            residual::backward(d_in, d_mid);
+        }
+        let d_y: &[f32] = match &bl.proj {
+            Some(proj) => {
+                let d_branch: &[f32] = if has_dropout {
+                    g.d_branch[rc.clone()].fill(0.0);
+                    dropout::backward(
+                        &mut g.d_branch[rc.clone()],
+                        d_mid,
+                        &a.proj_mask[rc.clone()],
+                        dropout_p,
+                    );
+                    &g.d_branch[rc.clone()]
+                } else {
+                    d_mid
+                };
+                g.d_attn_y[rc.clone()].fill(0.0);
+                let (dw, db) = linear_grads(grads, proj);
+                matmul::backward(
+                    Some(&mut g.d_attn_y[rc.clone()]),
+                    dw,
+                    db,
+                    d_branch,
+                    &a.attn_y[rc.clone()],
+                    view(p, &proj.weight),
+                    c,
+                    c,
+                );
+                &g.d_attn_y[rc.clone()]
+            }
+            None => d_mid,
+        };
+        g.d_qkv[..n * 3 * c].fill(0.0);
+        attention::backward(
+            &mut g.d_qkv[..n * 3 * c],
+            &mut g.att_scratch,
+            d_y,
+            &a.qkv[..n * 3 * c],
+            &a.att[..att_len],
+            has_dropout.then(|| (&a.att_mask[..att_len], dropout_p)),
+            shape,
+            cfg.attention_scale_factor(),
+        );
+        let attn_in = match &bl.ln1 {
+            Some(norm) => {
+                layernorm::normalize(
+                    &mut tr.norm_out[rc.clone()],
+                    x,
+                    view(p, &norm.weight),
+                    view(p, &norm.bias),
+                    &a.ln1_mean[..n],
+                    &a.ln1_rstd[..n],
+                    c,
+                );
+                &tr.norm_out[rc.clone()]
+            }
+            None => x,
+        };
+        g.d_norm[rc.clone()].fill(0.0);
+        matmul::backward(
+            Some(&mut g.d_norm[rc.clone()]),
+            &mut grads[bl.qkv.weight.clone()],
+            None,
+            &g.d_qkv[..n * 3 * c],
+            attn_in,
+            view(p, &bl.qkv.weight),
+            c,
+            3 * c,
+        );
+        match &bl.ln1 {
+            Some(norm) => {
+                let (dw, db) = two_mut(grads, &norm.weight, &norm.bias);
+                layernorm::backward(
+                    d_in,
+                    dw,
+                    db,
+                    &g.d_norm[rc.clone()],
+                    x,
+                    view(p, &norm.weight),
+                    &a.ln1_mean[..n],
+                    &a.ln1_rstd[..n],
+                    c,
+                );
+            }
+            None => residual::backward(d_in, &g.d_norm[rc]),
+        }
+    }
+}
+
+/// One block's parameters, input and kept activations.
+struct BlockRefs<'a> {
+    layout: &'a BlockLayout,
+    x: &'a [f32],
+    acts: &'a BlockActivations,
+}

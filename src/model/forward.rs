@@ -1,0 +1,362 @@
+//! The forward pass: embedding, blocks, final LayerNorm, `lm_head`, cross-entropy.
+
+use super::activations::{Activations, BlockActivations, Transient};
+use super::layout::{view, BlockLayout};
+use super::Model;
+use crate::config::Architecture;
+use crate::kernels::{
+    activation, attention, cross_entropy, dropout, embedding, layernorm, matmul, residual,
+};
+use crate::tokenizer::TokenId;
+
+impl Model {
+    /// Runs the forward pass over `inputs` (B, T). With `targets` it returns the mean
+    /// cross-entropy loss. `dropout_seed` switches dropout on (training); `None` is evaluation
+    /// mode. Panics if the shape exceeds the activations' capacity or a token is out of range.
+    pub fn forward(
+        &self,
+        acts: &mut Activations,
+        inputs: &[TokenId],
+        targets: Option<&[TokenId]>,
+        batch: usize,
+        seq_len: usize,
+        dropout_seed: Option<u64>,
+    ) -> Option<f32> {
+        let cfg = &self.config;
+        let v = cfg.vocab_size;
+        let n = batch * seq_len;
+        self.set_inputs(acts, inputs, batch, seq_len);
+        acts.has_targets = targets.is_some();
+        if let Some(targets) = targets {
+            assert_eq!(targets.len(), n);
+            assert!(targets.iter().all(|&t| (t as usize) < v));
+            acts.targets[..n].copy_from_slice(targets);
+        }
+        let dropout_p = if dropout_seed.is_some() && cfg.dropout > 0.0 {
+            assert!(
+                acts.grad.d_logits.len() >= n * v,
+                "dropout needs training activations"
+            );
+            cfg.dropout
+        } else {
+            0.0
+        };
+        acts.dropout_seed = dropout_seed.filter(|_| dropout_p > 0.0);
+        self.forward_rows(acts, 0, dropout_p);
+        targets.map(|targets| {
+            cross_entropy::forward(
+                &mut acts.probs[..n * v],
+                &mut acts.losses[..n],
+                &acts.logits[..n * v],
+                targets,
+                v,
+            )
+        })
+    }
+
+    /// Extends the forward pass of a single sequence (B = 1) to `inputs`, whose first `start`
+    /// tokens were already computed by an earlier call on the same `acts` with the same prefix:
+    /// only rows `start..` are computed, their attention reading the earlier rows' keys and values
+    /// (a KV cache). `start = 0` computes everything. Evaluation mode; the logits of the new rows
+    /// are in [`Activations::logits`].
+    pub fn forward_from(&self, acts: &mut Activations, inputs: &[TokenId], start: usize) {
+        assert!(start == 0 || (acts.batch == 1 && start <= acts.seq_len));
+        debug_assert!(acts.tokens[..start] == inputs[..start]);
+        self.set_inputs(acts, inputs, 1, inputs.len());
+        acts.has_targets = false;
+        acts.dropout_seed = None;
+        self.forward_rows(acts, start, 0.0);
+    }
+
+    fn set_inputs(&self, acts: &mut Activations, inputs: &[TokenId], batch: usize, seq_len: usize) {
+        let cfg = &self.config;
+        let n = batch * seq_len;
+        assert!(batch <= acts.capacity_batch && seq_len <= acts.capacity_seq);
+        assert!(seq_len <= cfg.block_size || cfg.architecture == Architecture::Bigram);
+        assert_eq!(inputs.len(), n);
+        assert!(
+            inputs.iter().all(|&t| (t as usize) < cfg.vocab_size),
+            "token id outside the vocabulary"
+        );
+        acts.batch = batch;
+        acts.seq_len = seq_len;
+        acts.tokens[..n].copy_from_slice(inputs);
+    }
+
+    /// The forward pass for rows `first..B*T` of the (B, T) input set in `acts` (`first > 0` only
+    /// with B = 1, the earlier rows already computed).
+    fn forward_rows(&self, acts: &mut Activations, first: usize, dropout_p: f32) {
+        let cfg = &self.config;
+        let (c, v, h) = (cfg.n_embd, cfg.vocab_size, cfg.n_head);
+        let (batch, seq_len) = (acts.batch, acts.seq_len);
+        let n = batch * seq_len;
+        let p = &self.params;
+        let lay = &self.layout;
+        let tokens = &acts.tokens[first..n];
+
+        if cfg.architecture == Architecture::Bigram {
+            embedding::forward(
+                &mut acts.logits[first * v..n * v],
+                tokens,
+                view(p, &lay.token_embedding),
+                None,
+                seq_len,
+                first,
+                v,
+            );
+            return;
+        }
+        embedding::forward(
+            &mut acts.encoded[first * c..n * c],
+            tokens,
+            view(p, &lay.token_embedding),
+            lay.position_embedding.as_ref().map(|r| view(p, r)),
+            seq_len,
+            first,
+            c,
+        );
+        let shape = attention::Shape {
+            batch,
+            seq_len,
+            channels: c,
+            n_head: h,
+        };
+        for (l, bl) in lay.blocks.iter().enumerate() {
+            let (done, rest) = acts.blocks.split_at_mut(l);
+            let x = match done.last() {
+                Some(prev) => &prev.output()[..n * c],
+                None => &acts.encoded[..n * c],
+            };
+            let seed = acts
+                .dropout_seed
+                .map(|s| crate::rng::mix(s ^ (l as u64 + 1)));
+            let step = BlockStep {
+                shape,
+                first,
+                seed,
+                dropout_p,
+            };
+            let scratch = &mut acts.grad.att_scratch;
+            self.block_forward(bl, x, &mut rest[0], &mut acts.transient, scratch, step);
+        }
+        let x = match acts.blocks.last() {
+            Some(last) => &last.output()[first * c..n * c],
+            None => &acts.encoded[first * c..n * c],
+        };
+        let head_in = match &lay.ln_f {
+            Some(norm) => {
+                layernorm::forward(
+                    &mut acts.ln_f[first * c..n * c],
+                    &mut acts.ln_f_mean[first..n],
+                    &mut acts.ln_f_rstd[first..n],
+                    x,
+                    view(p, &norm.weight),
+                    view(p, &norm.bias),
+                    c,
+                );
+                &acts.ln_f[first * c..n * c]
+            }
+            None => x,
+        };
+        let lm = lay.lm_head.as_ref().expect("transformer has an lm_head");
+        matmul::forward(
+            &mut acts.logits[first * v..n * v],
+            head_in,
+            view(p, &lm.weight),
+            lm.bias.as_ref().map(|b| view(p, b)),
+            c,
+            v,
+        );
+    }
+
+    /// One block's forward pass for rows `first..B*T`; `x` is the whole (B, T, C) block input.
+    fn block_forward(
+        &self,
+        bl: &BlockLayout,
+        x: &[f32],
+        a: &mut BlockActivations,
+        tr: &mut Transient,
+        att_scratch: &mut [f32],
+        step: BlockStep,
+    ) {
+        let cfg = &self.config;
+        let p = &self.params;
+        let (c, f) = (cfg.n_embd, cfg.ffn_hidden());
+        let BlockStep {
+            shape,
+            first,
+            seed,
+            dropout_p,
+        } = step;
+        let n = shape.batch * shape.seq_len;
+        let att_len = n * cfg.n_head * shape.seq_len;
+        // Each dropout site gets its own stream; dropout only runs on whole batches (first = 0).
+        let drop = |site: u64| seed.map(|s| crate::rng::mix(s ^ (site << 32)));
+        // The rows being computed, for tensors of width C and F.
+        let rc = first * c..n * c;
+        let rf = first * f..n * f;
+        let res = cfg.residual;
+
+        // Attention half.
+        let attn_in = match &bl.ln1 {
+            Some(norm) => {
+                layernorm::forward(
+                    &mut tr.norm_out[rc.clone()],
+                    &mut a.ln1_mean[first..n],
+                    &mut a.ln1_rstd[first..n],
+                    &x[rc.clone()],
+                    view(p, &norm.weight),
+                    view(p, &norm.bias),
+                    c,
+                );
+                &tr.norm_out[rc.clone()]
+            }
+            None => &x[rc.clone()],
+        };
+        matmul::forward(
+            &mut a.qkv[first * 3 * c..n * 3 * c],
+            attn_in,
+            view(p, &bl.qkv.weight),
+            None,
+            c,
+            3 * c,
+        );
+        if first == 0 {
+            let att_dropout = drop(1).map(|seed| attention::DropoutBuffers {
+                mask: &mut a.att_mask[..att_len],
+                dropped: &mut att_scratch[..att_len],
+                dropout: attention::AttentionDropout { p: dropout_p, seed },
+            });
+            attention::forward(
+                &mut a.attn_y[..n * c],
+                &mut a.att[..att_len],
+                att_dropout,
+                &a.qkv[..n * 3 * c],
+                shape,
+                cfg.attention_scale_factor(),
+            );
+        } else {
+            // Extending one sequence: each new row attends over all rows so far. The softmax
+            // weights are not kept (nothing reads them back in evaluation).
+            for t in first..n {
+                attention::forward_row(
+                    &mut a.attn_y[t * c..(t + 1) * c],
+                    &mut a.att[..n],
+                    &a.qkv[..(t + 1) * 3 * c],
+                    t,
+                    c,
+                    cfg.n_head,
+                    cfg.attention_scale_factor(),
+                );
+            }
+        }
+        if let Some(proj) = &bl.proj {
+            let out = if res { &mut tr.branch } else { &mut a.proj };
+            matmul::forward(
+                &mut out[rc.clone()],
+                &a.attn_y[rc.clone()],
+                view(p, &proj.weight),
+                proj.bias.as_ref().map(|b| view(p, b)),
+                c,
+                c,
+            );
+            if let Some(seed) = drop(2) {
+                dropout::forward(
+                    &mut out[..n * c],
+                    &mut a.proj_mask[..n * c],
+                    dropout_p,
+                    seed,
+                );
+            }
+        }
+        if res {
+            let branch = if bl.proj.is_some() {
+                &tr.branch
+            } else {
+                &a.attn_y
+            };
+            residual::forward(&mut a.r1[rc.clone()], &x[rc.clone()], &branch[rc.clone()]);
+        }
+
+        // Feed-forward half.
+        let Some(fc) = &bl.fc else { return };
+        let mid = if res {
+            &a.r1[rc.clone()]
+        } else if bl.proj.is_some() {
+            &a.proj[rc.clone()]
+        } else {
+            &a.attn_y[rc.clone()]
+        };
+        let ffn_in = match &bl.ln2 {
+            Some(norm) => {
+                layernorm::forward(
+                    &mut tr.norm_out[rc.clone()],
+                    &mut a.ln2_mean[first..n],
+                    &mut a.ln2_rstd[first..n],
+                    mid,
+                    view(p, &norm.weight),
+                    view(p, &norm.bias),
+                    c,
+                );
+                &tr.norm_out[rc.clone()]
+            }
+            None => mid,
+        };
+        matmul::forward(
+            &mut a.fc[rf.clone()],
+            ffn_in,
+            view(p, &fc.weight),
+            fc.bias.as_ref().map(|b| view(p, b)),
+            c,
+            f,
+        );
+        let hidden = if a.act.is_empty() {
+            &mut tr.hidden
+        } else {
+            &mut a.act
+        };
+        activation::forward(cfg.activation, &mut hidden[rf.clone()], &a.fc[rf.clone()]);
+        let branch: &[f32] = match &bl.fc2 {
+            Some(fc2) => {
+                let out = if res { &mut tr.branch } else { &mut a.fc2 };
+                matmul::forward(
+                    &mut out[rc.clone()],
+                    &hidden[rf.clone()],
+                    view(p, &fc2.weight),
+                    fc2.bias.as_ref().map(|b| view(p, b)),
+                    f,
+                    c,
+                );
+                if let Some(seed) = drop(3) {
+                    dropout::forward(&mut out[..n * c], &mut a.ffn_mask[..n * c], dropout_p, seed);
+                }
+                out
+            }
+            None => {
+                if let Some(seed) = drop(3) {
+                    dropout::forward(
+                        &mut hidden[..n * f],
+                        &mut a.ffn_mask[..n * f],
+                        dropout_p,
+                        seed,
+                    );
+                }
+                hidden
+            }
+        };
+        if res {
+            residual::forward(&mut a.r2[rc.clone()], &a.r1[rc.clone()], &branch[rc]);
+        }
+    }
+}
+
+/// What varies between calls of `block_forward`.
+#[derive(Clone, Copy)]
+struct BlockStep {
+    shape: attention::Shape,
+    /// First row computed (B = 1 when > 0).
+    first: usize,
+    /// Dropout seed of this block (None: no dropout).
+    seed: Option<u64>,
+    dropout_p: f32,
+}

