@@ -361,54 +361,78 @@ pub fn forward(
     }
 }
 
-/// Attention for the single query at position `t` of one sequence (B = 1), over keys and values
-/// `0..=t`: how generation extends a sequence by one token without recomputing the others (the
-/// rows of `qkv` before `t` are the cache of keys and values). Writes `out_row` (C); `scores`
-/// (at least t + 1 floats) is scratch. No dropout: generation is evaluation.
+/// Attention for the single query `q` (C) at position `t` of one sequence, over the cached keys
+/// and values of positions `0..=t`: how generation extends a sequence by one token without
+/// recomputing the others. `keys` and `values` are laid out (H, T_cap, hs), so that one head's
+/// keys are contiguous and stream through the cache (in the (T, 3C) q/k/v layout consecutive keys
+/// lie 3C floats apart and every one is a cache miss). Writes `out_row` (C); `scores` (at least
+/// t + 1 floats) is scratch. No dropout: generation is evaluation.
+#[allow(clippy::too_many_arguments)]
 pub fn forward_row(
     out_row: &mut [f32],
     scores: &mut [f32],
-    qkv: &[f32],
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
     t: usize,
-    channels: usize,
     n_head: usize,
     scale: f32,
 ) {
     let _timer = crate::profile::scope(crate::profile::Kernel::Attention, false);
-    let c = channels;
+    let c = q.len();
     let hs = c / n_head;
-    assert!(qkv.len() >= (t + 1) * 3 * c && out_row.len() >= c && scores.len() > t);
+    let cap = keys.len() / c;
+    assert!(t < cap && values.len() == keys.len() && out_row.len() >= c && scores.len() > t);
     for h in 0..n_head {
-        let head = Head {
-            q: qkv[h * hs..].as_ptr(),
-            o: std::ptr::null(),
-            t_n: t + 1,
-            c,
-            hs,
-        };
-        // SAFETY: the head's rows 0..=t lie inside qkv (checked above).
-        unsafe {
-            head_row(
-                head,
-                &mut out_row[h * hs..(h + 1) * hs],
-                &mut scores[..=t],
-                t,
-                scale,
-            )
-        };
+        let head = h * cap * hs..(h * cap + t + 1) * hs;
+        head_row(
+            &mut out_row[h * hs..(h + 1) * hs],
+            &mut scores[..=t],
+            &q[h * hs..(h + 1) * hs],
+            &keys[head.clone()],
+            &values[head],
+            scale,
+        );
     }
 }
 
 simd_fn! {
-    /// `out = softmax(scale * q_t . k_u for u <= t) . v`, one head, one query.
-    unsafe fn head_row(head: Head, out: &mut [f32], scores: &mut [f32], t: usize, scale: f32) {
-        for (u, s) in scores.iter_mut().enumerate() {
-            *s = scale * dot(head.q(t), head.k(u));
+    /// `out = softmax(scale * q . k_u for all u) . v`, one head, one query; `keys` and `values`
+    /// hold the head's rows contiguously.
+    fn head_row(out: &mut [f32], scores: &mut [f32], q: &[f32], keys: &[f32], values: &[f32], scale: f32) {
+        let hs = q.len();
+        for (s, k) in scores.iter_mut().zip(keys.chunks_exact(hs)) {
+            *s = scale * dot(q, k);
         }
+        let t = scores.len() - 1;
         softmax_causal(scores, t);
         out.fill(0.0);
-        for (u, &s) in scores.iter().enumerate() {
-            axpy(out, s, head.v(u));
+        for (&s, v) in scores.iter().zip(values.chunks_exact(hs)) {
+            axpy(out, s, v);
+        }
+    }
+}
+
+/// Copies the keys and values of rows `rows` of `qkv` (T, 3C) into the (H, T_cap, hs) caches
+/// that [`forward_row`] reads (`keys` and `values` hold H * T_cap * hs floats each).
+pub fn cache_keys_values(
+    keys: &mut [f32],
+    values: &mut [f32],
+    qkv: &[f32],
+    rows: std::ops::Range<usize>,
+    channels: usize,
+    n_head: usize,
+) {
+    let c = channels;
+    let hs = c / n_head;
+    let cap = keys.len() / c;
+    assert!(rows.end <= cap && values.len() == keys.len() && qkv.len() >= rows.end * 3 * c);
+    for t in rows {
+        let row = &qkv[t * 3 * c..(t + 1) * 3 * c];
+        for h in 0..n_head {
+            let dst = (h * cap + t) * hs..(h * cap + t + 1) * hs;
+            keys[dst.clone()].copy_from_slice(&row[c + h * hs..c + (h + 1) * hs]);
+            values[dst].copy_from_slice(&row[2 * c + h * hs..2 * c + (h + 1) * hs]);
         }
     }
 }
@@ -819,11 +843,10 @@ mod tests {
                 assert!(r[t + 1..].iter().all(|&x| x == 0.0));
             }
             // The first position attends only to itself: its output is its own value vector.
-            let (c, hs) = (shape.channels, shape.channels / 2);
+            let c = shape.channels;
             for (x, y) in out[..c].iter().zip(&qkv[2 * c..3 * c]) {
                 assert!((x - y).abs() < 1e-6);
             }
-            let _ = hs;
         }
     }
 
@@ -840,8 +863,12 @@ mod tests {
         let (out, _, _) = run_forward(&qkv, shape, 0.4, None);
         let mut row = vec![0.0; 12];
         let mut scores = vec![0.0; 7];
+        // Cache capacity 9 > 7: rows beyond the sequence are never read.
+        let (mut keys, mut values) = (vec![f32::NAN; 9 * 12], vec![f32::NAN; 9 * 12]);
         for t in 0..7 {
-            forward_row(&mut row, &mut scores, &qkv[..(t + 1) * 36], t, 12, 3, 0.4);
+            cache_keys_values(&mut keys, &mut values, &qkv, t..t + 1, 12, 3);
+            let q = &qkv[t * 36..t * 36 + 12];
+            forward_row(&mut row, &mut scores, q, &keys, &values, t, 3, 0.4);
             for (a, b) in row.iter().zip(&out[t * 12..(t + 1) * 12]) {
                 assert!((a - b).abs() < 1e-6, "row {t}: {a} vs {b}");
             }

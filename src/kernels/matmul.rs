@@ -125,6 +125,13 @@ pub fn forward(
     let out = &mut out[..n * oc];
     if let Some(bias) = bias {
         assert_eq!(bias.len(), oc);
+    }
+    if n == 1 {
+        // One row (generation): a matrix-vector product, bound by reading the weights once.
+        // Threads split the output features.
+        return matvec(out, inp, weight, bias);
+    }
+    if let Some(bias) = bias {
         out.par_chunks_mut(oc)
             .with_min_len(super::min_items(oc * 64))
             .for_each(|row| row.copy_from_slice(bias));
@@ -146,6 +153,30 @@ pub fn forward(
             1.0,
             true,
         );
+    }
+}
+
+/// Output features per task of a matrix-vector product.
+const MATVEC_BLOCK: usize = 32;
+
+/// `out = weight @ x + bias` for one input row `x` (IC); `weight` (OC, IC), `out` (OC).
+fn matvec(out: &mut [f32], x: &[f32], weight: &[f32], bias: Option<&[f32]>) {
+    let ic = x.len();
+    out.par_chunks_mut(MATVEC_BLOCK)
+        .zip(weight.par_chunks(MATVEC_BLOCK * ic))
+        .enumerate()
+        .with_min_len(super::min_items(2 * MATVEC_BLOCK * ic))
+        .for_each(|(blk, (o, w))| {
+            let b = bias.map(|b| &b[blk * MATVEC_BLOCK..blk * MATVEC_BLOCK + o.len()]);
+            matvec_block(o, x, w, b)
+        });
+}
+
+super::simd_fn! {
+    fn matvec_block(out: &mut [f32], x: &[f32], weight: &[f32], bias: Option<&[f32]>) {
+        for (i, (o, w)) in out.iter_mut().zip(weight.chunks_exact(x.len())).enumerate() {
+            *o = super::dot(w, x) + bias.map_or(0.0, |b| b[i]);
+        }
     }
 }
 
@@ -255,6 +286,20 @@ mod tests {
             for (x, y) in out.iter().zip(&want) {
                 assert!((x - y).abs() < 1e-4 * (1.0 + y.abs()), "{x} vs {y}");
             }
+        }
+    }
+
+    #[test]
+    fn one_row_matches_naive_product() {
+        let mut rng = Rng::new(16);
+        let (ic, oc) = (70, 100);
+        let inp = random_vec(ic, &mut rng, 1.0);
+        let w = random_vec(oc * ic, &mut rng, 1.0);
+        let b = random_vec(oc, &mut rng, 1.0);
+        let mut out = vec![0.0; oc];
+        forward(&mut out, &inp, &w, Some(&b), ic, oc);
+        for (x, y) in out.iter().zip(&naive(&inp, &w, &b, ic, oc)) {
+            assert!((x - y).abs() < 1e-4 * (1.0 + y.abs()), "{x} vs {y}");
         }
     }
 

@@ -42,6 +42,10 @@ pub(super) struct BlockActivations {
     pub ffn_mask: Vec<u8>,
     /// `r1 + feed-forward branch` (with residual).
     pub r2: Vec<f32>,
+    /// Keys and values of every position so far, (H, T, hs) each: the cache generation reads
+    /// (single-sequence evaluation activations only).
+    pub kv_keys: Vec<f32>,
+    pub kv_values: Vec<f32>,
 }
 
 impl BlockActivations {
@@ -144,6 +148,8 @@ impl Activations {
         let ffn = cfg.feed_forward != FeedForward::None;
         let mlp = cfg.feed_forward == FeedForward::Mlp;
         let act_is_stream = cfg.feed_forward == FeedForward::Linear && !res;
+        // Generation extends one sequence a token at a time.
+        let kv_cache = !training && batch == 1;
         let blocks = (0..if transformer { cfg.n_layer } else { 0 })
             .map(|_| BlockActivations {
                 ln1_mean: buf(ln, n),
@@ -162,6 +168,8 @@ impl Activations {
                 fc2: buf(mlp && !res, n * c),
                 ffn_mask: mask(dropout && ffn, if mlp { n * c } else { n * f }),
                 r2: buf(res && ffn, n * c),
+                kv_keys: buf(kv_cache, n * c),
+                kv_values: buf(kv_cache, n * c),
             })
             .collect();
         let transient = Transient {
@@ -255,6 +263,8 @@ impl Activations {
                     + f(&b.fc2)
                     + b.ffn_mask.len()
                     + f(&b.r2)
+                    + f(&b.kv_keys)
+                    + f(&b.kv_values)
             })
             .sum();
         let t = &self.transient;

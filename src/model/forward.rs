@@ -221,6 +221,16 @@ impl Model {
             c,
             3 * c,
         );
+        if !a.kv_keys.is_empty() {
+            attention::cache_keys_values(
+                &mut a.kv_keys,
+                &mut a.kv_values,
+                &a.qkv[..n * 3 * c],
+                first..n,
+                c,
+                cfg.n_head,
+            );
+        }
         if first == 0 {
             let att_dropout = drop(1).map(|seed| attention::DropoutBuffers {
                 mask: &mut a.att_mask[..att_len],
@@ -236,15 +246,20 @@ impl Model {
                 cfg.attention_scale_factor(),
             );
         } else {
-            // Extending one sequence: each new row attends over all rows so far. The softmax
-            // weights are not kept (nothing reads them back in evaluation).
+            // Extending one sequence: each new row attends over the cached keys and values of
+            // all rows so far. The softmax weights are not kept (nothing reads them back).
+            assert!(
+                !a.kv_keys.is_empty(),
+                "extending a sequence needs a KV cache"
+            );
             for t in first..n {
                 attention::forward_row(
                     &mut a.attn_y[t * c..(t + 1) * c],
                     &mut a.att[..n],
-                    &a.qkv[..(t + 1) * 3 * c],
+                    &a.qkv[t * 3 * c..t * 3 * c + c],
+                    &a.kv_keys,
+                    &a.kv_values,
                     t,
-                    c,
                     cfg.n_head,
                     cfg.attention_scale_factor(),
                 );

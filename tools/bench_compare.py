@@ -1,0 +1,90 @@
+"""Runs `chargpt bench` and the PyTorch counterparts (tools/bench_pytorch.py) on the same
+workloads, one after the other on the same machine with the same thread count, and prints the
+ratios as a Markdown table.
+
+    cargo build --release
+    python3 tools/bench_compare.py [--threads 2] [--repeats 3] [--workloads lecture,nanogpt-cpu,...]
+
+Each number is the median of `--repeats` runs (each run itself reports a median step time).
+Peak RSS is each process's maximum resident set size. PyTorch stays out of CI: this script is
+run by hand.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+CHARGPT = os.path.join(ROOT, "target", "release", "chargpt")
+TARGETS = {"lecture": 1.4, "nanogpt-cpu": 1.6, "layernorm": 6.0, "bigram": 10.0}
+
+
+def run(cmd):
+    """Runs cmd, returns (parsed JSON of its last stdout line, peak RSS in MB)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = proc.communicate()
+    if proc.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed:\n{err}")
+    # ru_maxrss of the finished child alone: wait4 is not available after communicate, so each
+    # tool reports its own peak RSS in its JSON.
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def median_of(runs, key):
+    vals = [r[key] for r in runs if r.get(key) is not None]
+    return statistics.median(vals) if vals else None
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--workloads", default="lecture,nanogpt-cpu,layernorm,bigram")
+    args = ap.parse_args()
+    rows = []
+    for w in args.workloads.split(","):
+        results = {}
+        for name, cmd in [
+            ("chargpt", [CHARGPT, "--threads", str(args.threads), "bench", "--preset", w, "--json"]),
+            ("gptpy", [sys.executable, os.path.join(HERE, "bench_pytorch.py"), "--workload", w,
+                       "--model", "gptpy", "--threads", str(args.threads), "--json"]
+             + (["--generate", "20"] if w == "lecture" else [])),
+            ("fused", [sys.executable, os.path.join(HERE, "bench_pytorch.py"), "--workload", w,
+                       "--model", "fused", "--threads", str(args.threads), "--json"]
+             + (["--generate", "20"] if w == "lecture" else [])),
+        ]:
+            if w == "bigram" and name == "fused":
+                continue  # the bigram has no attention to fuse
+            runs = []
+            for _ in range(args.repeats):
+                runs.append(run(cmd))
+                print(f"{w} {name}: {runs[-1]['ms_per_step']:.3f} ms/step", file=sys.stderr)
+            results[name] = {k: median_of(runs, k) for k in
+                             ("ms_per_step", "tokens_per_s", "gflops", "gen_tokens_per_s", "peak_rss_mb")}
+        rows.append((w, results))
+
+    print(f"| workload | chargpt ms/step | gpt.py ms/step | fused ms/step | tokens/s vs fastest PyTorch | target |")
+    print("|---|---|---|---|---|---|")
+    for w, r in rows:
+        base = min((r[k]["ms_per_step"] for k in ("gptpy", "fused") if k in r))
+        ratio = base / r["chargpt"]["ms_per_step"]
+        fused = r.get("fused", {}).get("ms_per_step")
+        print(f"| {w} | {r['chargpt']['ms_per_step']:.3f} ({r['chargpt']['gflops']:.0f} GFLOP/s) | "
+              f"{r['gptpy']['ms_per_step']:.3f} | {fused if fused is None else f'{fused:.3f}'} | "
+              f"{ratio:.2f}x | >= {TARGETS.get(w, 0)}x |")
+    for w, r in rows:
+        if w == "lecture":
+            c, g, f = r["chargpt"], r["gptpy"], r["fused"]
+            print(f"\ngeneration (10.8M, full context): chargpt {c['gen_tokens_per_s']:.0f} tok/s, "
+                  f"gpt.py {g['gen_tokens_per_s']:.1f}, fused {f['gen_tokens_per_s']:.1f} "
+                  f"-> {c['gen_tokens_per_s'] / max(g['gen_tokens_per_s'], f['gen_tokens_per_s']):.1f}x (target >= 10x)")
+            print(f"peak RSS training the 10.8M model: chargpt {c['peak_rss_mb']:.0f} MB, gpt.py "
+                  f"{g['peak_rss_mb']:.0f} MB, fused {f['peak_rss_mb']:.0f} MB -> "
+                  f"{c['peak_rss_mb'] / g['peak_rss_mb']:.2f}x / {c['peak_rss_mb'] / f['peak_rss_mb']:.2f}x (target <= 0.5x)")
+
+
+if __name__ == "__main__":
+    main()
