@@ -4,6 +4,15 @@
 //! the global gradient norm, one AdamW update at the scheduled learning rate. All buffers are
 //! allocated when the [`Trainer`] is built, so a step allocates nothing.
 //!
+//! Threads split the batch (data parallelism): with P worker threads the B sequences are cut
+//! into P shards of consecutive rows, each thread runs the forward and backward pass of its shard
+//! with its own activations and gradient buffer (its kernels on that thread alone), and the
+//! shards' gradients are summed. Shard s contributes `n_s / N` times the gradient of its own mean
+//! loss, so the sum is exactly the gradient of the whole batch's mean. One fork-join per step
+//! instead of one per kernel is what makes small models fast on several threads; the memory for
+//! activations is the same (each shard holds its own rows), plus one gradient buffer per extra
+//! thread.
+//!
 //! Loss is measured two ways:
 //! - [`Trainer::estimate_loss`]: the lecture's `estimate_loss`, the mean loss over `eval_iters`
 //!   random batches of a split, without dropout. Cheap and noisy; used during training.
@@ -12,10 +21,13 @@
 
 use crate::config::TrainConfig;
 use crate::data::{fill_windows, sample_batch, window_count, Dataset, Split};
+use crate::kernels::sequentially;
 use crate::model::{Activations, Model};
 use crate::optimizer::{clip_scale, grad_norm, learning_rate, AdamW};
 use crate::rng::Rng;
 use crate::tokenizer::TokenId;
+use rayon::prelude::*;
+use std::ops::Range;
 
 /// What one training step did.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -44,18 +56,46 @@ pub struct Trainer {
     pub data_rng: Rng,
     /// Steps completed so far.
     pub step: usize,
-    acts: Activations,
-    eval_acts: Activations,
+    shards: Vec<Shard>,
     inputs: Vec<TokenId>,
     targets: Vec<TokenId>,
 }
 
+/// Consecutive batch rows and the buffers one thread needs to run them.
+#[derive(Debug)]
+struct Shard {
+    rows: Range<usize>,
+    acts: Activations,
+    /// This shard's gradient; empty for shard 0, which borrows the trainer's buffer.
+    grads: Vec<f32>,
+    /// The shard's last mean loss.
+    loss: f32,
+}
+
+/// `batch` rows cut into at most `parts` near-equal shards of consecutive rows.
+fn shard_rows(batch: usize, parts: usize) -> Vec<Range<usize>> {
+    let parts = parts.clamp(1, batch.max(1));
+    (0..parts)
+        .map(|i| (i * batch / parts)..((i + 1) * batch / parts))
+        .collect()
+}
+
 impl Trainer {
+    /// A trainer whose steps use every thread of the current rayon pool (build it inside
+    /// `pool.install`); results are reproducible for a given thread count.
     pub fn new(model: Model, config: TrainConfig) -> Self {
         let n = model.num_params();
         let (b, t) = (config.batch_size, model.config.block_size);
-        let acts = Activations::new(&model.config, b, t, true);
-        let eval_acts = Activations::new(&model.config, b, t, false);
+        let shards = shard_rows(b, rayon::current_num_threads())
+            .into_iter()
+            .enumerate()
+            .map(|(i, rows)| Shard {
+                acts: Activations::new(&model.config, rows.len(), t, true),
+                grads: if i == 0 { Vec::new() } else { vec![0.0; n] },
+                rows,
+                loss: 0.0,
+            })
+            .collect();
         let data_rng = Rng::derived(config.seed, 0xDA7A, 0, 0);
         Trainer {
             model,
@@ -63,12 +103,87 @@ impl Trainer {
             optimizer: AdamW::new(n),
             data_rng,
             step: 0,
-            acts,
-            eval_acts,
+            shards,
             inputs: vec![0; b * t],
             targets: vec![0; b * t],
             config,
         }
+    }
+
+    /// The threads a step is split over.
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// The forward pass of the batch (B, T) on every shard, and with `backward` the gradient of
+    /// the batch's mean loss into `self.grads`. Returns the batch's mean loss.
+    fn run_shards(
+        &mut self,
+        inputs: &[TokenId],
+        targets: &[TokenId],
+        dropout_seed: Option<u64>,
+        backward: bool,
+    ) -> f32 {
+        let t = self.model.config.block_size;
+        let batch = self.shards.last().map_or(0, |s| s.rows.end);
+        let model = &self.model;
+        let one = |s: &mut Shard, index: usize| {
+            let rows = s.rows.start * t..s.rows.end * t;
+            let seed = dropout_seed.map(|d| crate::rng::mix(d ^ index as u64));
+            s.loss = model
+                .forward(
+                    &mut s.acts,
+                    &inputs[rows.clone()],
+                    Some(&targets[rows]),
+                    s.rows.len(),
+                    t,
+                    seed,
+                )
+                .expect("targets given");
+            if backward {
+                s.grads.fill(0.0);
+                let share = s.rows.len() as f32 / batch as f32;
+                model.backward_scaled(&mut s.acts, &mut s.grads, share);
+            }
+        };
+        if backward {
+            std::mem::swap(&mut self.grads, &mut self.shards[0].grads);
+        }
+        if self.shards.len() == 1 {
+            one(&mut self.shards[0], 0);
+        } else {
+            self.shards
+                .par_iter_mut()
+                .enumerate()
+                .with_max_len(1)
+                .for_each(|(i, s)| sequentially(|| one(s, i)));
+        }
+        if backward {
+            let (first, rest) = self.shards.split_first_mut().expect("at least one shard");
+            if !rest.is_empty() {
+                const CHUNK: usize = 1 << 14;
+                first
+                    .grads
+                    .par_chunks_mut(CHUNK)
+                    .enumerate()
+                    .with_min_len(crate::kernels::min_items(CHUNK * rest.len()))
+                    .for_each(|(i, g)| {
+                        for other in rest.iter() {
+                            let o = &other.grads[i * CHUNK..i * CHUNK + g.len()];
+                            for (g, &o) in g.iter_mut().zip(o) {
+                                *g += o;
+                            }
+                        }
+                    });
+            }
+            std::mem::swap(&mut self.grads, &mut self.shards[0].grads);
+        }
+        // The batch mean is the rows-weighted mean of the shard means.
+        self.shards
+            .iter()
+            .map(|s| s.loss as f64 * s.rows.len() as f64)
+            .sum::<f64>() as f32
+            / batch as f32
     }
 
     /// One optimizer step on a random batch of `data`.
@@ -93,18 +208,12 @@ impl Trainer {
         inputs: &[TokenId],
         targets: &[TokenId],
     ) -> Result<StepStats, TrainError> {
-        let (b, t) = (self.config.batch_size, self.model.config.block_size);
         let step = self.step;
         let seed = crate::rng::mix(self.config.seed ^ crate::rng::mix(step as u64 + 1));
-        let loss = self
-            .model
-            .forward(&mut self.acts, inputs, Some(targets), b, t, Some(seed))
-            .expect("targets given");
+        let loss = self.run_shards(inputs, targets, Some(seed), true);
         if !loss.is_finite() {
             return Err(TrainError::NonFiniteLoss { step, loss });
         }
-        self.grads.fill(0.0);
-        self.model.backward(&mut self.acts, &mut self.grads);
         let norm = grad_norm(&self.grads);
         if !norm.is_finite() {
             return Err(TrainError::NonFiniteLoss { step, loss: norm });
@@ -132,24 +241,19 @@ impl Trainer {
     /// evaluation mode. The batches depend only on the seed, the step and the split, so the
     /// estimate does not disturb the training stream.
     pub fn estimate_loss(&mut self, data: &[TokenId], split: Split) -> f32 {
-        let (b, t) = (self.config.batch_size, self.model.config.block_size);
+        let t = self.model.config.block_size;
         let mut rng = Rng::derived(self.config.seed, 0xE7A1, self.step as u64, split as u64);
+        let (mut inputs, mut targets) = (
+            std::mem::take(&mut self.inputs),
+            std::mem::take(&mut self.targets),
+        );
         let mut total = 0.0f64;
         for _ in 0..self.config.eval_iters {
-            sample_batch(data, t, &mut rng, &mut self.inputs, &mut self.targets);
-            let loss = self
-                .model
-                .forward(
-                    &mut self.eval_acts,
-                    &self.inputs,
-                    Some(&self.targets),
-                    b,
-                    t,
-                    None,
-                )
-                .expect("targets given");
-            total += loss as f64;
+            sample_batch(data, t, &mut rng, &mut inputs, &mut targets);
+            total += self.run_shards(&inputs, &targets, None, false) as f64;
         }
+        self.inputs = inputs;
+        self.targets = targets;
         (total / self.config.eval_iters as f64) as f32
     }
 

@@ -120,17 +120,25 @@ fn check_case(name: &str) {
         worst_grad = worst_grad.max(e);
     }
 
-    let mut trainer = Trainer::new(model, fx.train.clone());
+    // One thread runs the batch whole; two split it into two data-parallel shards whose
+    // gradients are summed. Both must follow PyTorch.
     let want_losses = &fx.f32s["step_losses"];
     let mut worst_step = 0.0f32;
-    for (i, &want) in want_losses.iter().enumerate() {
-        let stats = trainer.step_on_batch(&fx.inputs, &fx.targets).unwrap();
-        assert!(
-            (stats.loss - want).abs() <= 1e-5 * want.abs().max(1.0),
-            "{name}: step {i} loss {} vs PyTorch {want}",
-            stats.loss
-        );
-        worst_step = worst_step.max((stats.loss - want).abs());
+    for threads in [1, 2] {
+        let pool = chargpt::runtime::thread_pool(Some(threads)).unwrap();
+        pool.install(|| {
+            let mut trainer = Trainer::new(model.clone(), fx.train.clone());
+            assert_eq!(trainer.shard_count(), threads.min(b));
+            for (i, &want) in want_losses.iter().enumerate() {
+                let stats = trainer.step_on_batch(&fx.inputs, &fx.targets).unwrap();
+                assert!(
+                    (stats.loss - want).abs() <= 1e-5 * want.abs().max(1.0),
+                    "{name}, {threads} threads: step {i} loss {} vs PyTorch {want}",
+                    stats.loss
+                );
+                worst_step = worst_step.max((stats.loss - want).abs());
+            }
+        });
     }
     // Shown with --nocapture: how close the agreement actually is.
     eprintln!(

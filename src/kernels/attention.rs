@@ -58,43 +58,52 @@ pub struct AttentionDropout {
 /// about `1/2 + ROWS/(2T)` of the full square.
 const ROWS: usize = 64;
 
-simd_fn! {
-    /// Softmax of `row[..=t]` in place (the scores of query t against keys 0..=t); zeroes the
-    /// masked `row[t+1..]`.
-    fn softmax_causal(row: &mut [f32], t: usize) {
-        let (live, masked) = row.split_at_mut(t + 1);
-        let max = live.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        for a in live.iter_mut() {
-            *a = super::exp(*a - max);
-        }
-        let inv = 1.0 / super::sum(live);
-        for a in live.iter_mut() {
-            *a *= inv;
-        }
-        masked.fill(0.0);
+/// Softmax of `row[..=t]` in place (the scores of query t against keys 0..=t); zeroes the
+/// masked `row[t+1..]`. Always inlined into a caller compiled for the CPU's vector width.
+#[inline(always)]
+fn softmax_causal(row: &mut [f32], t: usize) {
+    let (live, masked) = row.split_at_mut(t + 1);
+    let max = live
+        .iter()
+        .fold(f32::NEG_INFINITY, |m, &a| if a > m { a } else { m });
+    for a in live.iter_mut() {
+        *a = super::exp(*a - max);
     }
+    let inv = 1.0 / super::sum(live);
+    for a in live.iter_mut() {
+        *a *= inv;
+    }
+    masked.fill(0.0);
 }
 
-simd_fn! {
-    /// Softmax backward of one row, with the dropout mask and the score scale folded in:
-    /// `ds[u] = scale * a[u] * (da[u] - sum_w a[w] da[w])` where `da = da' * mask * keep`
-    /// (`mask` absent without dropout); `d` holds `da'` on entry and `ds` on return, zero above t.
-    fn softmax_causal_backward(d: &mut [f32], a: &[f32], mask: Option<&[u8]>, keep: f32, t: usize, scale: f32) {
-        let (live, masked) = d.split_at_mut(t + 1);
-        if let Some(mask) = mask {
-            for (d, &m) in live.iter_mut().zip(mask) {
-                *d *= m as f32 * keep;
-            }
+/// Softmax backward of one row, with the dropout mask and the score scale folded in:
+/// `ds[u] = scale * a[u] * (da[u] - sum_w a[w] da[w])` where `da = da' * mask * keep`
+/// (`mask` absent without dropout); `d` holds `da'` on entry (entries above t may hold anything)
+/// and `ds` on return, zero above t.
+#[inline(always)]
+fn softmax_causal_backward(
+    d: &mut [f32],
+    a: &[f32],
+    mask: Option<&[u8]>,
+    keep: f32,
+    t: usize,
+    scale: f32,
+) {
+    let (live, masked) = d.split_at_mut(t + 1);
+    if let Some(mask) = mask {
+        for (d, &m) in live.iter_mut().zip(mask) {
+            *d *= m as f32 * keep;
         }
-        let weighted = dot(&a[..=t], live);
-        for (d, &a) in live.iter_mut().zip(a) {
-            *d = scale * a * (*d - weighted);
-        }
-        masked.fill(0.0);
     }
+    let weighted = dot(&a[..=t], live);
+    for (d, &a) in live.iter_mut().zip(a) {
+        *d = scale * a * (*d - weighted);
+    }
+    masked.fill(0.0);
 }
 
 /// Draws row t of a head's dropout mask (keys 0..=t) from the head's stream.
+#[inline(always)]
 fn draw_mask_row(rng: &mut Rng, mask_row: &mut [u8], t: usize, p: f32) {
     for m in &mut mask_row[..=t] {
         *m = (rng.uniform() >= p) as u8;
@@ -115,12 +124,15 @@ struct Head {
 }
 
 impl Head {
+    #[inline(always)]
     unsafe fn q(&self, t: usize) -> &[f32] {
         std::slice::from_raw_parts(self.q.add(t * 3 * self.c), self.hs)
     }
+    #[inline(always)]
     unsafe fn k(&self, t: usize) -> &[f32] {
         std::slice::from_raw_parts(self.q.add(self.c + t * 3 * self.c), self.hs)
     }
+    #[inline(always)]
     unsafe fn v(&self, t: usize) -> &[f32] {
         std::slice::from_raw_parts(self.q.add(2 * self.c + t * 3 * self.c), self.hs)
     }
@@ -132,6 +144,7 @@ impl Head {
 /// # Safety
 /// `head` points into live `qkv` and `out` buffers of the stated shape, and no other thread
 /// writes this head's columns of `out`.
+#[inline(always)]
 unsafe fn head_forward_gemm(
     head: Head,
     out: *mut f32,
@@ -200,6 +213,7 @@ unsafe fn head_forward_gemm(
 }
 
 /// `out` for one head, row by row (small heads). Same contract as [`head_forward_gemm`].
+#[inline(always)]
 unsafe fn head_forward_rows(
     head: Head,
     out: *mut f32,
@@ -442,6 +456,7 @@ pub fn cache_keys_values(
 /// # Safety
 /// `head` points into live `qkv` and `dout` buffers; `dhead` is this head's `q` columns in `dqkv`
 /// (same layout as `head.q`), which no other thread touches.
+#[inline(always)]
 unsafe fn head_backward_gemm(
     head: Head,
     dhead: *mut f32,
@@ -550,6 +565,7 @@ unsafe fn head_backward_gemm(
 }
 
 /// The backward pass of one head, row by row (small heads). `d` holds at least T floats.
+#[inline(always)]
 unsafe fn head_backward_rows(
     head: Head,
     dhead: *mut f32,

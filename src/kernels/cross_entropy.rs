@@ -48,11 +48,18 @@ pub fn forward(
     (losses[..n].iter().map(|&l| l as f64).sum::<f64>() / n as f64) as f32
 }
 
-/// Accumulates the gradient of the mean loss into `dlogits`.
-pub fn backward(dlogits: &mut [f32], probs: &[f32], targets: &[TokenId], vocab: usize) {
+/// Accumulates the gradient of `loss_scale` times the mean loss into `dlogits` (`loss_scale` is
+/// the part of a larger batch these rows are, in data-parallel training; otherwise 1).
+pub fn backward(
+    dlogits: &mut [f32],
+    probs: &[f32],
+    targets: &[TokenId],
+    vocab: usize,
+    loss_scale: f32,
+) {
     let _timer = crate::profile::scope(crate::profile::Kernel::CrossEntropy, true);
     let n = targets.len();
-    let scale = 1.0 / n as f32;
+    let scale = loss_scale / n as f32;
     dlogits[..n * vocab]
         .par_chunks_mut(vocab)
         .zip(probs.par_chunks(vocab).zip(targets.par_iter()))
@@ -80,7 +87,7 @@ mod tests {
         let (mut p, mut l) = (vec![0.0; n * v], vec![0.0; n]);
         forward(&mut p, &mut l, &z, &y, v);
         let mut dz = vec![0.0; n * v];
-        backward(&mut dz, &p, &y, v);
+        backward(&mut dz, &p, &y, v, 1.0);
         check(
             "dlogits",
             &z,

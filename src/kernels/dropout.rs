@@ -19,6 +19,7 @@ pub fn forward(x: &mut [f32], mask: &mut [u8], p: f32, seed: u64) {
     x.par_chunks_mut(CHUNK)
         .zip(mask.par_chunks_mut(CHUNK))
         .enumerate()
+        .with_min_len(super::min_items(CHUNK * 8))
         .for_each(|(chunk, (x, m))| {
             let mut rng = Rng::derived(seed, chunk as u64, 0, 0);
             for (x, m) in x.iter_mut().zip(m.iter_mut()) {

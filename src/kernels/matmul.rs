@@ -55,6 +55,10 @@ pub(crate) unsafe fn gemm_strided(
     );
 }
 
+/// Products smaller than this (in multiply-adds) stay on one thread: waking a second one costs
+/// more than it saves.
+const PARALLEL_PRODUCT: usize = 128 * 128 * 128;
+
 /// [`gemm_strided`] on raw pointers, for destinations that several threads write in disjoint,
 /// interleaved parts (one attention head's columns of a (B, T, C) tensor), where a `&mut` slice
 /// per thread would alias.
@@ -81,7 +85,11 @@ pub(crate) unsafe fn gemm_ptr(
     }
     // gemm itself keeps small products on one thread; below this size even asking costs more
     // than it saves.
-    let parallelism = if parallel && rayon::current_num_threads() > 1 && m * n * k >= 64 * 64 * 64 {
+    let parallelism = if parallel
+        && !super::is_sequential()
+        && rayon::current_num_threads() > 1
+        && m * n * k >= PARALLEL_PRODUCT
+    {
         Parallelism::Rayon(0)
     } else {
         Parallelism::None

@@ -102,10 +102,34 @@ macro_rules! simd_fn {
 }
 pub(crate) use simd_fn;
 
-/// The minimum number of items per rayon task when each item costs `flops_per_item`.
+/// The minimum number of items per rayon task when each item costs `flops_per_item`
+/// (everything, on a thread that runs its kernels [`sequentially`]).
 #[inline]
 pub(crate) fn min_items(flops_per_item: usize) -> usize {
+    if is_sequential() {
+        return usize::MAX;
+    }
     (GRAIN_FLOPS / flops_per_item.max(1)).max(1)
+}
+
+thread_local! {
+    static SEQUENTIAL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether kernels called on this thread must not split their work.
+#[inline]
+pub(crate) fn is_sequential() -> bool {
+    SEQUENTIAL.with(|s| s.get())
+}
+
+/// Runs `f` with every kernel it calls on the calling thread alone. Data-parallel training gives
+/// each thread a part of the batch; splitting that part's kernels again would only add fork-join
+/// overhead, since every thread is busy.
+pub fn sequentially<R>(f: impl FnOnce() -> R) -> R {
+    let before = SEQUENTIAL.with(|s| s.replace(true));
+    let result = f();
+    SEQUENTIAL.with(|s| s.set(before));
+    result
 }
 
 /// A raw pointer that may cross threads. Kernels that write disjoint, non-contiguous parts of one

@@ -13,6 +13,12 @@ impl Model {
     /// Accumulates the gradient of the last forward pass's mean loss into `grads` (same layout as
     /// the parameters). The forward pass must have been given targets and training activations.
     pub fn backward(&self, acts: &mut Activations, grads: &mut [f32]) {
+        self.backward_scaled(acts, grads, 1.0);
+    }
+
+    /// [`Model::backward`] of `loss_scale` times the mean loss: a part of a batch computed on
+    /// its own contributes its share of the whole batch's mean.
+    pub fn backward_scaled(&self, acts: &mut Activations, grads: &mut [f32], loss_scale: f32) {
         assert!(
             acts.has_targets,
             "backward needs a forward pass with targets"
@@ -37,6 +43,7 @@ impl Model {
             &acts.probs[..n * v],
             &acts.targets[..n],
             v,
+            loss_scale,
         );
         if cfg.architecture == Architecture::Bigram {
             embedding::backward(
