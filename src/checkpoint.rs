@@ -86,6 +86,9 @@ pub struct CheckpointConfig {
     pub final_val_loss: Option<f64>,
     #[serde(default)]
     pub data: Option<DataInfo>,
+    /// The preset the run started from, for people reading the file.
+    #[serde(default)]
+    pub preset: Option<String>,
 }
 
 impl CheckpointConfig {
@@ -100,6 +103,7 @@ impl CheckpointConfig {
             best_val_step: None,
             final_val_loss: None,
             data: None,
+            preset: None,
         }
     }
 }

@@ -9,7 +9,8 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) => {
             // One line that says what went wrong and what to do.
-            eprintln!("error: {}", cli::one_line(&err));
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), "error: {}", cli::one_line(&err));
             ExitCode::from(cli::exit_status(&err))
         }
     }

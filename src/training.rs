@@ -306,6 +306,8 @@ pub struct Run {
     pub tokenizer: Tokenizer,
     pub dataset: Dataset,
     pub data: DataInfo,
+    /// The preset the run started from (recorded in `config.json`).
+    pub preset: Option<String>,
     /// The best val loss estimate and its step.
     pub best: Option<(f32, usize)>,
     /// Wall-clock seconds of the run's earlier sessions (a resumed run).
@@ -382,6 +384,7 @@ impl Run {
             tokenizer,
             dataset,
             data,
+            preset: None,
             best: None,
             elapsed_before_s: 0.0,
             metrics: Vec::new(),
@@ -432,6 +435,7 @@ impl Run {
             tokenizer: checkpoint.tokenizer,
             dataset,
             data,
+            preset: checkpoint.config.preset,
             best: counters.best_val_loss.zip(counters.best_val_step),
             elapsed_before_s: counters.elapsed_s,
             metrics,
@@ -716,6 +720,7 @@ fn save(
     config.best_val_step = run.best.map(|b| b.1);
     config.final_val_loss = final_val_loss;
     config.data = Some(run.data.clone());
+    config.preset = run.preset.clone();
     let counters = RunCounters {
         step,
         data_rng_state: run.trainer.data_rng.state(),

@@ -45,7 +45,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let batch = ckpt.config.train.batch_size;
     let exact = evaluate_exact(&ckpt.model, dataset.split(split), batch);
     if args.json {
-        println!(
+        say!(
             "{{\"split\": \"{}\", \"loss\": {}, \"tokens\": {}, \"windows\": {}}}",
             split.name(),
             exact.loss,
@@ -53,7 +53,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
             exact.windows
         );
     } else {
-        println!(
+        say!(
             "{} loss {:.4} over {} tokens ({} windows of {})",
             split.name(),
             exact.loss,

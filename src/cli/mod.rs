@@ -3,6 +3,23 @@
 //!
 //! Adding a command means one variant in [`Command`] and one module.
 
+/// `println!` that ignores a closed stdout: a reader that stops early (`| head`) is no reason to
+/// stop a training run, or to panic as `println!` does.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
+/// `eprintln!` that ignores a closed stderr.
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
 mod eval;
 mod plot;
 mod presets;

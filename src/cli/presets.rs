@@ -1,7 +1,7 @@
 //! `chargpt presets`: the presets with their shapes and parameter counts.
 
 use anyhow::Result;
-use chargpt::config::{self, Architecture, FeedForward, Preset, DEFAULT_PRESET};
+use chargpt::config::{self, Architecture, Preset, DEFAULT_PRESET};
 use chargpt::model::ParamLayout;
 use clap::Args;
 
@@ -32,37 +32,8 @@ pub fn thousands(n: usize) -> String {
     out
 }
 
-/// The block's parts in a few words: `4x MLP, GELU, res, LN`.
-fn parts(preset: &Preset) -> String {
-    let m = &preset.model;
-    if m.architecture == Architecture::Bigram {
-        return "lookup table".into();
-    }
-    let mut parts = vec![if m.attention_projection {
-        "attn+proj"
-    } else {
-        "attn"
-    }
-    .to_string()];
-    match m.feed_forward {
-        FeedForward::None => {}
-        FeedForward::Linear => parts.push(format!("linear {:?}", m.activation).to_lowercase()),
-        FeedForward::Mlp => parts.push(format!("4x mlp {:?}", m.activation).to_lowercase()),
-    }
-    if m.residual {
-        parts.push("residual".into());
-    }
-    if m.layer_norm {
-        parts.push("layernorm".into());
-    }
-    if m.dropout > 0.0 {
-        parts.push(format!("dropout {}", m.dropout));
-    }
-    parts.join(", ")
-}
-
 pub fn run(args: PresetsArgs) -> Result<()> {
-    let rows: Vec<[String; 9]> = config::presets()
+    let rows: Vec<[String; 8]> = config::presets()
         .iter()
         .map(|p| {
             let m = &p.model;
@@ -88,7 +59,6 @@ pub fn run(args: PresetsArgs) -> Result<()> {
                 m.block_size.to_string(),
                 thousands(parameter_count(p, args.vocab)),
                 format!("{}x{}", t.steps, t.batch_size),
-                parts(p),
                 p.description.to_string(),
             ]
         })
@@ -123,13 +93,13 @@ pub fn run(args: PresetsArgs) -> Result<()> {
                 out.push_str(&format!("{cell}{}  ", " ".repeat(pad)));
             }
         }
-        println!("{}", out.trim_end());
+        say!("{}", out.trim_end());
     };
     line(&header);
     for row in &rows {
         line(&row.iter().map(String::as_str).collect::<Vec<_>>());
     }
-    println!(
+    say!(
         "\n* `chargpt train` uses `{DEFAULT_PRESET}` when no --preset is given. Parameter counts are \
          for a vocabulary of {} characters.",
         args.vocab

@@ -6,13 +6,13 @@ use super::presets::thousands;
 use super::{load_recorded_text, load_text, UsageError};
 use anyhow::{anyhow, bail, Context, Result};
 use chargpt::checkpoint::{self, Checkpoint, DataInfo, EMBEDDED_SOURCE};
-use chargpt::config::{self, ModelConfig, TrainConfig, DEFAULT_PRESET};
+use chargpt::config::{self, ConfigError, ModelConfig, TrainConfig, DEFAULT_PRESET};
 use chargpt::data;
 use chargpt::model::Model;
 use chargpt::rng::Rng;
 use chargpt::sampling::{self, SampleSettings};
 use chargpt::tokenizer::Tokenizer;
-use chargpt::training::{run_training, Run, RunEvent, RunOptions, RunOutcome};
+use chargpt::training::{run_training, Run, RunError, RunEvent, RunOptions, RunOutcome};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::Write;
@@ -225,7 +225,7 @@ fn prepare(args: &TrainArgs) -> Result<Prepared> {
         };
         if let Some(recorded) = &saved.data {
             if recorded.fingerprint != info.fingerprint {
-                eprintln!(
+                note!(
                     "warning: {} is not the text this run started on ({}); the continuation will not match an uninterrupted run",
                     info.source, recorded.source
                 );
@@ -233,10 +233,14 @@ fn prepare(args: &TrainArgs) -> Result<Prepared> {
         }
         check_writable(&out)?;
         let run = Run::resume(&out, train_cfg, &text, info)?;
+        let name = saved
+            .preset
+            .clone()
+            .unwrap_or_else(|| "the run".to_string());
         return Ok(Prepared {
             run,
             out,
-            name: display_name(&saved),
+            name,
             resumed: true,
         });
     }
@@ -269,7 +273,8 @@ fn prepare(args: &TrainArgs) -> Result<Prepared> {
         let model = Model::from_params(model_cfg, ckpt.model.params)
             .ok_or_else(|| anyhow!("the checkpoint's parameters do not fit its config"))?;
         let name = format!("fine-tune of {}", init.display());
-        let run = Run::fine_tune(
+        let base_preset = ckpt.config.preset.clone();
+        let mut run = Run::fine_tune(
             Checkpoint {
                 model,
                 tokenizer: ckpt.tokenizer,
@@ -279,6 +284,7 @@ fn prepare(args: &TrainArgs) -> Result<Prepared> {
             &text,
             info,
         )?;
+        run.preset = base_preset;
         return Ok(Prepared {
             run,
             out,
@@ -300,7 +306,13 @@ fn prepare(args: &TrainArgs) -> Result<Prepared> {
     refuse_to_overwrite(&out)?;
     let (text, info) = load_text(args.data.as_deref())?;
     // Validate settings and data before touching the output directory.
-    let run = Run::new(model_cfg, train_cfg, &text, info)?;
+    let mut run = Run::new(model_cfg, train_cfg, &text, info).map_err(|e| match e {
+        RunError::Config(ConfigError::Invalid(_)) => {
+            anyhow!("{e}; change it with --set KEY=VALUE or in the --config file")
+        }
+        e => e.into(),
+    })?;
+    run.preset = Some(name.clone());
     check_writable(&out)?;
     Ok(Prepared {
         run,
@@ -308,18 +320,6 @@ fn prepare(args: &TrainArgs) -> Result<Prepared> {
         name,
         resumed: false,
     })
-}
-
-fn display_name(saved: &checkpoint::CheckpointConfig) -> String {
-    config::presets()
-        .into_iter()
-        .find(|p| {
-            let mut m = p.model.clone();
-            m.vocab_size = saved.model.vocab_size;
-            m == saved.model
-        })
-        .map(|p| p.name.to_string())
-        .unwrap_or_else(|| "the model".to_string())
 }
 
 fn data_name(info: &DataInfo) -> String {
@@ -382,7 +382,7 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
     let samples_path = out.join(SAMPLES_FILE);
     let plot_path = out.join(PLOT_FILE);
     if resumed {
-        println!(
+        say!(
             "resuming {} at step {} of {} ({} parameters); checkpoints in {}",
             name,
             run.trainer.step,
@@ -394,7 +394,7 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
         // A new run starts a new record of samples.
         std::fs::write(&samples_path, "")
             .with_context(|| format!("cannot write {}", samples_path.display()))?;
-        println!(
+        say!(
             "training {} ({} parameters: {} layers, {} heads, n_embd {}, block {}) for {} steps of {}x{} characters of {}; checkpoints in {}",
             name,
             thousands(run.trainer.model.num_params()),
@@ -416,10 +416,10 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
         // A second Ctrl-C quits at once; the atomic writes keep the last checkpoint intact.
         let _ = ctrlc::set_handler(move || {
             if stop.swap(true, Ordering::SeqCst) {
-                eprintln!("\nquitting without saving");
+                note!("\nquitting without saving");
                 std::process::exit(130);
             }
-            eprintln!("\nstopping after this step to save (Ctrl-C again to quit without saving)");
+            note!("\nstopping after this step to save (Ctrl-C again to quit without saving)");
         });
     }
 
@@ -473,7 +473,7 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
                         if saved { ", saved" } else { "" }
                     ));
                 }
-                println!("{line}\n{}", indent(&sample));
+                say!("{line}\n{}", indent(&sample));
             });
             let record = format!("step {} (val {:.4}):\n{sample}\n\n", row.step, row.val_loss);
             let plotted = append(&samples_path, &record)
@@ -481,14 +481,14 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
                 .and_then(|()| loss_plot(&plot_path, &format!("{name}: loss"), metrics));
             if let Err(e) = plotted {
                 if !plot_warning {
-                    bar.suspend(|| eprintln!("warning: {}", super::one_line(&e)));
+                    bar.suspend(|| note!("warning: {}", super::one_line(&e)));
                     plot_warning = true;
                 }
             }
         }
         RunEvent::ExactEval { windows } => {
             bar.finish_and_clear();
-            println!("measuring the exact val loss over {windows} windows...");
+            say!("measuring the exact val loss over {windows} windows...");
         }
     });
     bar.finish_and_clear();
@@ -505,7 +505,7 @@ fn report(
 ) -> Result<ExitCode> {
     let shown = out.display();
     if outcome.interrupted {
-        println!(
+        say!(
             "stopped at step {}; saved to {shown}; continue with `chargpt train --resume --out {shown}`",
             outcome.steps_done
         );
@@ -519,7 +519,7 @@ fn report(
         .final_val
         .map(|e| format!("exact val loss {:.4} over {} tokens", e.loss, e.tokens))
         .unwrap_or_default();
-    println!(
+    say!(
         "done: {} steps in {} ({} in training, {}); {exact}{best}",
         outcome.steps_done,
         duration(outcome.elapsed_s),
@@ -535,12 +535,12 @@ fn report(
         outcome.steps_done + 1,
         FINAL_SAMPLE,
     );
-    println!("sample:\n{sample}");
+    say!("sample:\n{sample}");
     let _ = append(
         samples_path,
         &format!("final, step {} ({name}):\n{sample}\n", outcome.steps_done),
     );
-    println!(
+    say!(
         "saved to {shown}: model.safetensors, config.json, optimizer.safetensors, metrics.csv, loss.png, samples.txt; try `chargpt sample --model {shown}`"
     );
     Ok(ExitCode::SUCCESS)
