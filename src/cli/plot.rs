@@ -171,8 +171,11 @@ where
                 && (!plot.log_x || px > 0.0)
                 && (!plot.log_y || py > 0.0)
         });
+        // Sparse lines (a loss estimate every few hundred steps) get a dot at each point, so
+        // that the reader sees where the measurements are.
+        let size = if series.points.len() <= 60 { 3 } else { 0 };
         chart
-            .draw_series(LineSeries::new(points, colour.stroke_width(2)))
+            .draw_series(LineSeries::new(points, colour.stroke_width(2)).point_size(size))
             .map_err(|e| err(&e))?
             .label(series.label.as_str())
             .legend(move |(lx, ly)| {

@@ -410,19 +410,6 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
         );
     }
 
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        // A second Ctrl-C quits at once; the atomic writes keep the last checkpoint intact.
-        let _ = ctrlc::set_handler(move || {
-            if stop.swap(true, Ordering::SeqCst) {
-                note!("\nquitting without saving");
-                std::process::exit(130);
-            }
-            note!("\nstopping after this step to save (Ctrl-C again to quit without saving)");
-        });
-    }
-
     let bar = ProgressBar::new(train_cfg.steps as u64).with_position(run.trainer.step as u64);
     bar.set_style(
         ProgressStyle::with_template("step {pos}/{len} [{bar:30}] {msg}  ETA {eta}")
@@ -430,6 +417,23 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar.enable_steady_tick(Duration::from_millis(250));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        let bar = bar.clone();
+        // A second Ctrl-C quits at once; the atomic writes keep the last checkpoint intact.
+        let _ = ctrlc::set_handler(move || {
+            if stop.swap(true, Ordering::SeqCst) {
+                note!("\nquitting without saving");
+                std::process::exit(130);
+            }
+            bar.suspend(|| {
+                note!("stopping after this step to save (Ctrl-C again to quit without saving)")
+            });
+        });
+    }
+
     let mut plot_warning = false;
     let options = RunOptions {
         out: Some(out.clone()),
