@@ -328,6 +328,12 @@ fn bad_settings() {
         &with(&["--set", "activation=tanh"]),
         "expected `relu` or `gelu`",
     );
+    // Settings whose buffers could never be allocated are refused before anything is allocated.
+    fails(
+        d,
+        &with(&["--set", "n_embd=4000000000000", "--set", "n_head=1"]),
+        "GiB of memory and this machine has",
+    );
     fails(d, &["train", "--bogus"], "see `chargpt train --help`");
     fails(
         d,
@@ -384,6 +390,11 @@ fn bad_sampling_options() {
         d,
         &["sample", "--model", "m", "--top-k", "0"],
         "--top-k must be at least 1",
+    );
+    fails(
+        d,
+        &["sample", "--model", "m", "--tokens", "100000000000"],
+        "--tokens must be at most",
     );
     fails(
         d,

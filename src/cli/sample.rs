@@ -9,6 +9,9 @@ use clap::Args;
 use std::io::Write;
 use std::path::PathBuf;
 
+/// More characters than a person reads; the generator keeps every one in memory.
+const MAX_TOKENS: usize = 10_000_000;
+
 #[derive(Args)]
 pub struct SampleArgs {
     /// Checkpoint directory.
@@ -51,6 +54,9 @@ pub fn run(args: SampleArgs) -> Result<()> {
     }
     if args.top_k == Some(0) {
         bail!("--top-k must be at least 1 (1 always picks the most likely character); leave it out to use all");
+    }
+    if args.tokens > MAX_TOKENS {
+        bail!("--tokens must be at most {MAX_TOKENS}; run several samples for more");
     }
     if args.num_samples == 0 {
         bail!("--num-samples must be at least 1");

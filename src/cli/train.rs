@@ -179,6 +179,53 @@ fn check_writable(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Roughly the bytes a run takes: parameters, gradients and both AdamW moments, plus the training
+/// and evaluation activations (per token and layer about 10 C + 2 F values and H T attention
+/// weights, and the logits). In f64, so that absurd settings cannot overflow.
+fn memory_needed(model: &ModelConfig, train: &TrainConfig) -> f64 {
+    let (c, f, h, t, l, v) = (
+        model.n_embd as f64,
+        model.ffn_hidden() as f64,
+        model.n_head as f64,
+        model.block_size as f64,
+        model.n_layer as f64,
+        model.vocab_size.max(1) as f64,
+    );
+    let params = if model.architecture == chargpt::config::Architecture::Bigram {
+        v * v
+    } else {
+        // Embeddings, per block qkv + projection + two feed-forward layers, lm_head.
+        (v + t) * c + l * (4.0 * c * c + 2.0 * f * c) + v * c
+    };
+    let tokens = train.batch_size as f64 * t;
+    let per_token = l * (10.0 * c + 2.0 * f + 1.25 * h * t) + 10.0 * c + 3.0 * v;
+    4.0 * (4.0 * params + 2.0 * tokens * per_token)
+}
+
+/// The machine's memory in bytes, where the system says (Linux).
+fn memory_total() -> Option<f64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024.0)
+}
+
+/// Refuses settings whose buffers could not be allocated, rather than letting the allocator abort.
+fn check_memory(model: &ModelConfig, train: &TrainConfig) -> Result<()> {
+    let needed = memory_needed(model, train);
+    if let Some(total) = memory_total() {
+        if needed > total {
+            let gib = |b: f64| b / (1u64 << 30) as f64;
+            bail!(
+                "these settings need about {:.0} GiB of memory and this machine has {:.0} GiB; choose a smaller n_embd, n_layer, block_size or batch_size",
+                gib(needed).ceil(),
+                gib(total)
+            );
+        }
+    }
+    Ok(())
+}
+
 fn refuse_to_overwrite(out: &Path) -> Result<()> {
     if checkpoint::exists(out) {
         let step = checkpoint::load_config(out)
@@ -219,6 +266,7 @@ fn prepare(args: &TrainArgs) -> Result<Prepared> {
         let (mut model_cfg, mut train_cfg) = (saved.model.clone(), saved.train.clone());
         apply(&settings, &mut model_cfg, &mut train_cfg)?;
         check_model_unchanged(&saved.model, &model_cfg, &[], "resuming")?;
+        check_memory(&model_cfg, &train_cfg)?;
         let (text, info) = match &args.data {
             Some(path) => load_text(Some(path))?,
             None => load_recorded_text(saved.data.as_ref())?,
@@ -268,6 +316,7 @@ fn prepare(args: &TrainArgs) -> Result<Prepared> {
             );
         }
         refuse_to_overwrite(&out)?;
+        check_memory(&model_cfg, &train_cfg)?;
         let (text, info) = load_text(args.data.as_deref())?;
         check_writable(&out)?;
         let model = Model::from_params(model_cfg, ckpt.model.params)
@@ -305,6 +354,9 @@ fn prepare(args: &TrainArgs) -> Result<Prepared> {
         .unwrap_or_else(|| PathBuf::from("runs").join(&name));
     refuse_to_overwrite(&out)?;
     let (text, info) = load_text(args.data.as_deref())?;
+    let mut sized = model_cfg.clone();
+    sized.vocab_size = Tokenizer::from_text(&text).map_or(1, |t| t.vocab_size());
+    check_memory(&sized, &train_cfg)?;
     // Validate settings and data before touching the output directory.
     let mut run = Run::new(model_cfg, train_cfg, &text, info).map_err(|e| match e {
         RunError::Config(ConfigError::Invalid(_)) => {
