@@ -40,9 +40,30 @@ pub enum CheckpointError {
     },
     #[error("{path} is corrupt or truncated ({reason}); retrain or restore it")]
     Corrupt { path: String, reason: String },
-    #[error("{path} does not match its config: {reason}")]
+    #[error("{path} does not match its config.json: {reason}; the files come from different models: retrain, or restore both from one run")]
     Mismatch { path: String, reason: String },
+    #[error("{dir} holds files of different steps (model {model_step}, optimizer {optimizer_step}): a save was cut off; the model still samples and evaluates, but cannot resume exactly: fine-tune it with --init-from {dir} instead")]
+    Torn {
+        dir: String,
+        model_step: usize,
+        optimizer_step: usize,
+    },
 }
+
+/// Where a run's text came from, so that `--resume` and `eval` can find it again and tell when it
+/// changed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataInfo {
+    /// A path, or `embedded:tinyshakespeare`.
+    pub source: String,
+    pub characters: usize,
+    /// [`crate::data::fingerprint`] of the text.
+    pub fingerprint: String,
+}
+
+/// `DataInfo::source` for the text built into the binary.
+pub const EMBEDDED_SOURCE: &str = "embedded:tinyshakespeare";
 
 /// What `config.json` holds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -55,19 +76,57 @@ pub struct CheckpointConfig {
     pub train: TrainConfig,
     /// Optimizer steps taken when these parameters were saved.
     pub step: usize,
-    /// The best exact-or-estimated validation loss seen so far.
+    /// The best validation loss estimate (`estimate_loss`) seen so far, and its step.
     pub best_val_loss: Option<f32>,
+    #[serde(default)]
+    pub best_val_step: Option<usize>,
+    /// The exact loss over the whole val split of these parameters, when measured (at the end of
+    /// a run).
+    #[serde(default)]
+    pub final_val_loss: Option<f64>,
+    #[serde(default)]
+    pub data: Option<DataInfo>,
+    /// The preset the run started from, for people reading the file.
+    #[serde(default)]
+    pub preset: Option<String>,
 }
 
-/// The training state beyond the parameters that an exact resume needs.
-#[derive(Debug, Clone, PartialEq)]
-pub struct OptimizerState {
-    pub adamw: AdamW,
+impl CheckpointConfig {
+    pub fn new(model: &ModelConfig, tokenizer: &Tokenizer, train: &TrainConfig) -> Self {
+        CheckpointConfig {
+            format: FORMAT.into(),
+            model: model.clone(),
+            vocab: tokenizer.chars().iter().map(|c| c.to_string()).collect(),
+            train: train.clone(),
+            step: 0,
+            best_val_loss: None,
+            best_val_step: None,
+            final_val_loss: None,
+            data: None,
+            preset: None,
+        }
+    }
+}
+
+/// A run's counters and random state: with the parameters and the AdamW moments, all an exact
+/// resume needs (dropout masks and loss-estimate batches are derived from the seed and the step).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RunCounters {
     /// Steps completed.
     pub step: usize,
     /// State of the batch-sampling generator.
     pub data_rng_state: u64,
     pub best_val_loss: Option<f32>,
+    pub best_val_step: Option<usize>,
+    /// Wall-clock seconds the run had taken when saved (all sessions together).
+    pub elapsed_s: f64,
+}
+
+/// What `optimizer.safetensors` holds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OptimizerState {
+    pub adamw: AdamW,
+    pub counters: RunCounters,
 }
 
 /// A loaded model with its vocabulary and saved settings.
@@ -235,32 +294,62 @@ fn model_tensors<'a>(
         .collect()
 }
 
-/// Saves the model and its config into `dir` (created if needed).
+/// Saves the model and its config into `dir` (created if needed). `config.step` is also written
+/// into the tensor file's metadata, so that a resume can check it against the optimizer's.
 pub fn save_model(
     dir: &Path,
     model: &Model,
-    tokenizer: &Tokenizer,
-    train: &TrainConfig,
-    step: usize,
-    best_val_loss: Option<f32>,
+    config: &CheckpointConfig,
 ) -> Result<(), CheckpointError> {
+    create_dir(dir)?;
+    let meta = HashMap::from([
+        ("format".to_string(), FORMAT.to_string()),
+        ("step".to_string(), config.step.to_string()),
+    ]);
+    let bytes = tensors_to_bytes(&model_tensors(&model.layout, &model.params, ""), Some(meta));
+    let json = serde_json::to_vec_pretty(config).expect("config serialises");
+    write_atomic(&dir.join(MODEL_FILE), &bytes)?;
+    write_atomic(&dir.join(CONFIG_FILE), &json)
+}
+
+/// Saves everything a run needs to continue: the optimizer state first, then the model and its
+/// config. Each file is replaced atomically; the steps recorded in both tensor files let
+/// [`load_optimizer`]'s caller detect the one torn state a crash between two renames can leave.
+pub fn save_checkpoint(
+    dir: &Path,
+    model: &Model,
+    config: &CheckpointConfig,
+    adamw: &AdamW,
+    counters: &RunCounters,
+) -> Result<(), CheckpointError> {
+    create_dir(dir)?;
+    save_optimizer(dir, &model.layout, adamw, counters)?;
+    save_model(dir, model, config)
+}
+
+fn create_dir(dir: &Path) -> Result<(), CheckpointError> {
     std::fs::create_dir_all(dir).map_err(|source| CheckpointError::Write {
         path: dir.display().to_string(),
         source,
-    })?;
-    let meta = HashMap::from([("format".to_string(), FORMAT.to_string())]);
-    let bytes = tensors_to_bytes(&model_tensors(&model.layout, &model.params, ""), Some(meta));
-    let config = CheckpointConfig {
-        format: FORMAT.into(),
-        model: model.config.clone(),
-        vocab: tokenizer.chars().iter().map(|c| c.to_string()).collect(),
-        train: train.clone(),
-        step,
-        best_val_loss,
-    };
-    let json = serde_json::to_vec_pretty(&config).expect("config serialises");
-    write_atomic(&dir.join(MODEL_FILE), &bytes)?;
-    write_atomic(&dir.join(CONFIG_FILE), &json)
+    })
+}
+
+/// Whether `dir` holds a checkpoint (its `config.json`).
+pub fn exists(dir: &Path) -> bool {
+    dir.join(CONFIG_FILE).exists()
+}
+
+/// The step recorded in a model file's metadata (None for files without one).
+pub fn model_file_step(dir: &Path) -> Result<Option<usize>, CheckpointError> {
+    let path = dir.join(MODEL_FILE);
+    let file = read_tensor_file(&path)?;
+    match file.metadata.get("step") {
+        None => Ok(None),
+        Some(s) => s.parse().map(Some).map_err(|e| CheckpointError::Corrupt {
+            path: path.display().to_string(),
+            reason: format!("metadata step: {e}"),
+        }),
+    }
 }
 
 /// Reads `config.json` alone.
@@ -351,13 +440,14 @@ pub fn load(dir: &Path) -> Result<Checkpoint, CheckpointError> {
 pub fn save_optimizer(
     dir: &Path,
     layout: &ParamLayout,
-    state: &OptimizerState,
+    adamw: &AdamW,
+    state: &RunCounters,
 ) -> Result<(), CheckpointError> {
-    let mut tensors = model_tensors(layout, &state.adamw.m, "m.");
-    tensors.extend(model_tensors(layout, &state.adamw.v, "v."));
+    let mut tensors = model_tensors(layout, &adamw.m, "m.");
+    tensors.extend(model_tensors(layout, &adamw.v, "v."));
     let mut meta = HashMap::from([
         ("format".to_string(), FORMAT.to_string()),
-        ("adamw_step".to_string(), state.adamw.step.to_string()),
+        ("adamw_step".to_string(), adamw.step.to_string()),
         ("step".to_string(), state.step.to_string()),
         (
             "data_rng_state".to_string(),
@@ -367,6 +457,11 @@ pub fn save_optimizer(
     if let Some(best) = state.best_val_loss {
         meta.insert("best_val_loss".into(), best.to_string());
     }
+    if let Some(step) = state.best_val_step {
+        meta.insert("best_val_step".into(), step.to_string());
+    }
+    // `{:?}` prints the shortest text that parses back to the same f64.
+    meta.insert("elapsed_s".into(), format!("{:?}", state.elapsed_s));
     write_atomic(
         &dir.join(OPTIMIZER_FILE),
         &tensors_to_bytes(&tensors, Some(meta)),
@@ -418,14 +513,28 @@ pub fn load_optimizer(dir: &Path, layout: &ParamLayout) -> Result<OptimizerState
         ),
         None => None,
     };
+    let best_val_step = match file.metadata.get("best_val_step") {
+        Some(_) => Some(number("best_val_step")? as usize),
+        None => None,
+    };
+    let elapsed_s = match file.metadata.get("elapsed_s") {
+        Some(s) => s
+            .parse::<f64>()
+            .map_err(|e| corrupt(format!("elapsed_s: {e}")))?,
+        None => 0.0,
+    };
     Ok(OptimizerState {
         adamw: AdamW {
             m,
             v,
             step: number("adamw_step")?,
         },
-        step: number("step")? as usize,
-        data_rng_state: number("data_rng_state")?,
-        best_val_loss,
+        counters: RunCounters {
+            step: number("step")? as usize,
+            data_rng_state: number("data_rng_state")?,
+            best_val_loss,
+            best_val_step,
+            elapsed_s,
+        },
     })
 }

@@ -23,6 +23,12 @@ pub enum ConfigError {
     MalformedOverride(String),
     #[error("invalid configuration: {0}")]
     Invalid(String),
+    #[error("{path}{}: {message}", .line.map(|l| format!(" line {l}")).unwrap_or_default())]
+    File {
+        path: String,
+        line: Option<usize>,
+        message: String,
+    },
 }
 
 /// What predicts the next character.
@@ -170,6 +176,9 @@ impl TrainConfig {
         let bad = |msg: &str| Err(ConfigError::Invalid(msg.to_string()));
         if self.batch_size == 0 {
             return bad("batch_size must be at least 1");
+        }
+        if self.steps == 0 {
+            return bad("steps must be at least 1");
         }
         if !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
             return bad("learning_rate must be a positive number");
@@ -473,10 +482,28 @@ pub fn apply_override<T: Serialize + DeserializeOwned>(
                     *config = updated;
                     Ok(true)
                 }
-                Err(_) => Err(invalid(first.to_string())),
+                Err(_) => Err(invalid(plain_reason(&first.to_string()))),
             }
         }
     }
+}
+
+/// serde's reason for a rejected value, with Rust type names replaced by what a user would type.
+fn plain_reason(reason: &str) -> String {
+    reason
+        .replace("expected usize", "expected a whole number (0, 1, 2, ...)")
+        .replace("expected u64", "expected a whole number (0, 1, 2, ...)")
+        .replace("expected f32", "expected a number")
+        .replace("expected a boolean", "expected true or false")
+}
+
+/// Every key `--set` and a config file accept: the model's fields (but `vocab_size`, which the
+/// data decides) and the training fields.
+pub fn known_keys(model: &ModelConfig, train: &TrainConfig) -> Vec<String> {
+    let mut known = field_names(model);
+    known.retain(|k| k != "vocab_size");
+    known.extend(field_names(train));
+    known
 }
 
 /// Applies one `KEY=VALUE` to whichever of the two configs has the key.
@@ -496,13 +523,62 @@ pub fn apply_to_configs(
     if apply_override(model, key, value)? || apply_override(train, key, value)? {
         return Ok(());
     }
-    let mut known = field_names(model);
-    known.retain(|k| k != "vocab_size");
-    known.extend(field_names(train));
     Err(ConfigError::UnknownKey {
         key: key.to_string(),
-        known: known.join(", "),
+        known: known_keys(model, train).join(", "),
     })
+}
+
+/// The settings of a TOML config file: flat `key = value` lines with the names `--set` takes,
+/// and optionally `preset = "name"`. Returns the preset name (if any) and the settings in file
+/// order as `(key, value)` strings for [`apply_to_configs`].
+#[allow(clippy::type_complexity)]
+pub fn parse_config_file(
+    path: &str,
+    text: &str,
+) -> Result<(Option<String>, Vec<(String, String)>), ConfigError> {
+    let file_error = |line: Option<usize>, message: String| ConfigError::File {
+        path: path.to_string(),
+        line,
+        message,
+    };
+    let table: toml::Table = toml::from_str(text).map_err(|e| {
+        let line = e
+            .span()
+            .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+        file_error(
+            line,
+            format!(
+                "{}; write one `key = value` per line",
+                e.message().trim().replace('\n', " ")
+            ),
+        )
+    })?;
+    let mut preset = None;
+    let mut settings = Vec::new();
+    for (key, value) in table {
+        let text = match value {
+            toml::Value::String(s) => s,
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            other => {
+                return Err(file_error(
+                    None,
+                    format!(
+                        "{key} is a {}, expected a number, true/false or a string",
+                        other.type_str()
+                    ),
+                ))
+            }
+        };
+        if key == "preset" {
+            preset = Some(text);
+        } else {
+            settings.push((key, text));
+        }
+    }
+    Ok((preset, settings))
 }
 
 #[cfg(test)]
@@ -542,6 +618,37 @@ mod tests {
         assert!(apply_to_configs(&mut m, &mut t, "n_embd", "-3").is_err());
         assert!(apply_to_configs(&mut m, &mut t, "activation", "tanh").is_err());
         assert!(parse_override("novalue").is_err());
+    }
+
+    #[test]
+    fn config_files_give_settings_and_an_optional_preset() {
+        let text = "preset = \"layernorm\"\nn_layer = 2\nlearning_rate = 3e-4\nactivation = \"gelu\"\nlayer_norm = false\n";
+        let (preset_name, settings) = parse_config_file("a.toml", text).unwrap();
+        assert_eq!(preset_name.as_deref(), Some("layernorm"));
+        let p = preset("layernorm").unwrap();
+        let (mut m, mut t) = (p.model, p.train);
+        for (k, v) in &settings {
+            apply_to_configs(&mut m, &mut t, k, v).unwrap();
+        }
+        assert_eq!(m.n_layer, 2);
+        assert_eq!(t.learning_rate, 3e-4);
+        assert_eq!(m.activation, Activation::Gelu);
+        assert!(!m.layer_norm);
+        let err = parse_config_file("a.toml", "n_layer = 2\nn_embd = = 3\n").unwrap_err();
+        let shown = err.to_string();
+        assert!(shown.starts_with("a.toml line 2: "), "{shown}");
+        assert!(!shown.contains('\n'), "{shown}");
+        assert!(parse_config_file("a.toml", "n_layer = [1, 2]").is_err());
+    }
+
+    #[test]
+    fn rejected_values_are_explained_in_plain_words() {
+        let p = preset("layernorm").unwrap();
+        let (mut m, mut t) = (p.model, p.train);
+        let err = apply_to_configs(&mut m, &mut t, "n_embd", "-3").unwrap_err();
+        assert!(err.to_string().contains("whole number"), "{err}");
+        t.steps = 0;
+        assert!(t.validate().unwrap_err().to_string().contains("steps"));
     }
 
     #[test]

@@ -29,8 +29,34 @@ pub enum DataError {
         block_size: usize,
         needed: usize,
     },
+    #[error("{source_name} has {count} character{} that the model's vocabulary lacks: {listed}; remove or replace them, or train a new model on this text", if *.count == 1 { "" } else { "s" })]
+    OutsideVocabulary {
+        source_name: String,
+        count: usize,
+        /// The characters, quoted and escaped (`'\t'`), the first few only if there are many.
+        listed: String,
+    },
     #[error(transparent)]
     Tokenizer(#[from] TokenizerError),
+}
+
+/// `'a', 'b', '\t'` for the first `max` characters, then "and N more".
+pub fn list_chars(chars: &[char], max: usize) -> String {
+    let mut listed: Vec<String> = chars.iter().take(max).map(|c| format!("{c:?}")).collect();
+    if chars.len() > max {
+        listed.push(format!("and {} more", chars.len() - max));
+    }
+    listed.join(", ")
+}
+
+/// A 64-bit FNV-1a hash of the text, in hex: enough to tell whether a resumed run reads the same
+/// text it started on.
+pub fn fingerprint(text: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in text.as_bytes() {
+        h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
 }
 
 /// Reads a UTF-8 text file, rejecting empty files and invalid UTF-8 with a message that says so.
@@ -80,6 +106,24 @@ impl Dataset {
         let mut train = tokens;
         train.truncate(n);
         Ok(Dataset { train, val })
+    }
+
+    /// Like [`Dataset::new`] with a vocabulary fixed beforehand (a trained model's): every
+    /// character of `text` outside it is reported at once, named, rather than the first alone.
+    pub fn with_vocabulary(
+        text: &str,
+        tokenizer: &Tokenizer,
+        source_name: &str,
+    ) -> Result<Self, DataError> {
+        let unknown = tokenizer.unknown_chars(text);
+        if !unknown.is_empty() {
+            return Err(DataError::OutsideVocabulary {
+                source_name: source_name.to_string(),
+                count: unknown.len(),
+                listed: list_chars(&unknown, 20),
+            });
+        }
+        Self::new(text, tokenizer)
     }
 
     pub fn split(&self, split: Split) -> &[TokenId] {
@@ -192,6 +236,24 @@ mod tests {
         fill_windows(&data, 4, 3, 2, &mut x, &mut y);
         assert_eq!(x, vec![12, 13, 14, 15, 16, 17, 18, 19]);
         assert_eq!(y, vec![13, 14, 15, 16, 17, 18, 19, 20]);
+    }
+
+    #[test]
+    fn foreign_characters_are_all_listed() {
+        let tok = Tokenizer::from_text("abc \n").unwrap();
+        let err = Dataset::with_vocabulary("abc\té€ cab\té", &tok, "new.txt").unwrap_err();
+        let shown = err.to_string();
+        assert!(
+            shown.starts_with(
+                "new.txt has 3 characters that the model's vocabulary lacks: '\\t', 'é', '€';"
+            ),
+            "{shown}"
+        );
+        assert!(!shown.contains('\n'));
+        assert!(Dataset::with_vocabulary("cab\nabc", &tok, "x").is_ok());
+        let many: Vec<char> = ('A'..='Z').collect();
+        assert!(list_chars(&many, 20).ends_with("'T', and 6 more"));
+        assert_ne!(fingerprint("abc"), fingerprint("abd"));
     }
 
     #[test]

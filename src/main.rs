@@ -1,16 +1,17 @@
-//! The `chargpt` command line: train, sample, evaluate.
+//! The `chargpt` command line: train, sample, evaluate, list presets.
 
 mod cli;
 
-fn main() {
-    if let Err(err) = cli::run() {
-        // One line that says what went wrong and what to do; the chain gives the cause.
-        let mut message = err.to_string();
-        for cause in err.chain().skip(1) {
-            message.push_str(": ");
-            message.push_str(&cause.to_string());
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    match cli::run() {
+        Ok(code) => code,
+        Err(err) => {
+            // One line that says what went wrong and what to do.
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), "error: {}", cli::one_line(&err));
+            ExitCode::from(cli::exit_status(&err))
         }
-        eprintln!("error: {message}");
-        std::process::exit(1);
     }
 }

@@ -19,15 +19,26 @@
 //! - [`evaluate_exact`]: the mean loss over every target of a split, cut into consecutive
 //!   non-overlapping windows of `block_size`. Deterministic; used to report results.
 
-use crate::config::TrainConfig;
-use crate::data::{fill_windows, sample_batch, window_count, Dataset, Split};
+use crate::checkpoint::{
+    save_checkpoint, write_atomic, Checkpoint, CheckpointConfig, CheckpointError, DataInfo,
+    RunCounters,
+};
+use crate::config::{ConfigError, ModelConfig, TrainConfig};
+use crate::data::{
+    fill_windows, fingerprint, sample_batch, window_count, DataError, Dataset, Split,
+};
 use crate::kernels::sequentially;
 use crate::model::{Activations, Model};
 use crate::optimizer::{clip_scale, grad_norm, learning_rate, AdamW};
 use crate::rng::Rng;
-use crate::tokenizer::TokenId;
+use crate::tokenizer::{TokenId, Tokenizer};
 use rayon::prelude::*;
+use std::io::Write;
 use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
 
 /// What one training step did.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -304,4 +315,524 @@ pub fn evaluate_exact(model: &Model, data: &[TokenId], batch: usize) -> ExactLos
         tokens,
         windows,
     }
+}
+
+/// One row of `metrics.csv`: the loss estimates at an evaluation.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MetricsRow {
+    /// Steps completed.
+    pub step: usize,
+    pub train_loss: f32,
+    pub val_loss: f32,
+    /// The learning rate of the last step taken (of the first step at step 0).
+    pub lr: f32,
+    /// Training throughput since the previous evaluation (0 at step 0).
+    pub tokens_per_s: f64,
+    /// Wall-clock seconds since the run started, all sessions of a resumed run together.
+    pub elapsed_s: f64,
+}
+
+pub const METRICS_FILE: &str = "metrics.csv";
+const METRICS_HEADER: &str = "step,train_loss,val_loss,lr,tokens_per_s,elapsed_s";
+
+impl MetricsRow {
+    /// One CSV line. Losses and the learning rate use Rust's shortest round-trip formatting, so
+    /// a resumed run's rows compare bit for bit with a straight run's.
+    pub fn to_csv(&self) -> String {
+        format!(
+            "{},{},{},{},{:.0},{:.3}",
+            self.step, self.train_loss, self.val_loss, self.lr, self.tokens_per_s, self.elapsed_s
+        )
+    }
+
+    pub fn parse(line: &str) -> Option<Self> {
+        let mut it = line.trim().split(',');
+        let row = MetricsRow {
+            step: it.next()?.parse().ok()?,
+            train_loss: it.next()?.parse().ok()?,
+            val_loss: it.next()?.parse().ok()?,
+            lr: it.next()?.parse().ok()?,
+            tokens_per_s: it.next()?.parse().ok()?,
+            elapsed_s: it.next()?.parse().ok()?,
+        };
+        it.next().is_none().then_some(row)
+    }
+}
+
+/// The rows of a `metrics.csv` (the header and any unreadable line are skipped; a missing file has
+/// none).
+pub fn read_metrics(path: &Path) -> Vec<MetricsRow> {
+    std::fs::read_to_string(path)
+        .map(|text| text.lines().filter_map(MetricsRow::parse).collect())
+        .unwrap_or_default()
+}
+
+fn metrics_text(rows: &[MetricsRow]) -> String {
+    let mut text = String::from(METRICS_HEADER);
+    text.push('\n');
+    for row in rows {
+        text.push_str(&row.to_csv());
+        text.push('\n');
+    }
+    text
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Data(#[from] DataError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error("the {what} became {value} in step {step}; training stopped, {kept} (try a lower learning_rate, or grad_clip=1.0)")]
+    NonFinite {
+        what: &'static str,
+        value: f32,
+        /// 1-based: the step that failed.
+        step: usize,
+        /// Where the last good checkpoint is, in words.
+        kept: String,
+    },
+    #[error("the run in {dir} already finished its {steps} steps; continue it with --set steps=N (N > {steps})")]
+    AlreadyFinished { dir: String, steps: usize },
+    #[error("cannot write {path}: {source}; check that the directory is writable")]
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// A training run: the trainer, its data, and what has been recorded so far.
+#[derive(Debug)]
+pub struct Run {
+    pub trainer: Trainer,
+    pub tokenizer: Tokenizer,
+    pub dataset: Dataset,
+    pub data: DataInfo,
+    /// The preset the run started from (recorded in `config.json`).
+    pub preset: Option<String>,
+    /// The best val loss estimate and its step.
+    pub best: Option<(f32, usize)>,
+    /// Wall-clock seconds of the run's earlier sessions (a resumed run).
+    pub elapsed_before_s: f64,
+    pub metrics: Vec<MetricsRow>,
+    /// The step of the checkpoint on disk, if any.
+    pub saved_step: Option<usize>,
+}
+
+/// Where a run's text came from and what it was.
+pub fn data_info(source: &str, text: &str) -> DataInfo {
+    DataInfo {
+        source: source.to_string(),
+        characters: text.chars().count(),
+        fingerprint: fingerprint(text),
+    }
+}
+
+impl Run {
+    /// A new model, initialised from `train.seed`, trained on `text` with the vocabulary of
+    /// `text`.
+    pub fn new(
+        mut model: ModelConfig,
+        train: TrainConfig,
+        text: &str,
+        data: DataInfo,
+    ) -> Result<Self, RunError> {
+        let tokenizer = Tokenizer::from_text(text).map_err(DataError::from)?;
+        model.vocab_size = tokenizer.vocab_size();
+        model.validate()?;
+        train.validate()?;
+        let dataset = Dataset::new(text, &tokenizer)?;
+        dataset.check_block_size(model.block_size)?;
+        let seed = train.seed;
+        Ok(Run::fresh(
+            Model::new(model, seed),
+            tokenizer,
+            dataset,
+            train,
+            data,
+        ))
+    }
+
+    /// Fine-tuning: a trained model's parameters and vocabulary, a fresh optimizer, `text`
+    /// encoded with the model's vocabulary (characters outside it are an error that lists them).
+    pub fn fine_tune(
+        checkpoint: Checkpoint,
+        train: TrainConfig,
+        text: &str,
+        data: DataInfo,
+    ) -> Result<Self, RunError> {
+        checkpoint.model.config.validate()?;
+        train.validate()?;
+        let dataset = Dataset::with_vocabulary(text, &checkpoint.tokenizer, &data.source)?;
+        dataset.check_block_size(checkpoint.model.config.block_size)?;
+        Ok(Run::fresh(
+            checkpoint.model,
+            checkpoint.tokenizer,
+            dataset,
+            train,
+            data,
+        ))
+    }
+
+    fn fresh(
+        model: Model,
+        tokenizer: Tokenizer,
+        dataset: Dataset,
+        train: TrainConfig,
+        data: DataInfo,
+    ) -> Self {
+        Run {
+            trainer: Trainer::new(model, train),
+            tokenizer,
+            dataset,
+            data,
+            preset: None,
+            best: None,
+            elapsed_before_s: 0.0,
+            metrics: Vec::new(),
+            saved_step: None,
+        }
+    }
+
+    /// Continues the run saved in `dir` with training settings `train` (the saved ones, or those
+    /// with `steps` raised): parameters, AdamW moments and step, the batch generator's state, the
+    /// best val loss and the metrics up to the saved step all come back, so the continuation is
+    /// the same, bit for bit, as a run that never stopped.
+    pub fn resume(
+        dir: &Path,
+        train: TrainConfig,
+        text: &str,
+        data: DataInfo,
+    ) -> Result<Self, RunError> {
+        let checkpoint = crate::checkpoint::load(dir)?;
+        let state = crate::checkpoint::load_optimizer(dir, &checkpoint.model.layout)?;
+        let model_step = crate::checkpoint::model_file_step(dir)?.unwrap_or(checkpoint.config.step);
+        let counters = state.counters;
+        if model_step != counters.step || checkpoint.config.step != counters.step {
+            return Err(CheckpointError::Torn {
+                dir: dir.display().to_string(),
+                model_step,
+                optimizer_step: counters.step,
+            }
+            .into());
+        }
+        if counters.step >= train.steps {
+            return Err(RunError::AlreadyFinished {
+                dir: dir.display().to_string(),
+                steps: train.steps,
+            });
+        }
+        train.validate()?;
+        let dataset = Dataset::with_vocabulary(text, &checkpoint.tokenizer, &data.source)?;
+        dataset.check_block_size(checkpoint.model.config.block_size)?;
+        let mut trainer = Trainer::new(checkpoint.model, train);
+        trainer.optimizer = state.adamw;
+        trainer.data_rng = Rng::from_state(counters.data_rng_state);
+        trainer.step = counters.step;
+        let mut metrics = read_metrics(&dir.join(METRICS_FILE));
+        // Rows after the checkpoint belong to steps that will be run again.
+        metrics.retain(|r| r.step <= counters.step);
+        Ok(Run {
+            trainer,
+            tokenizer: checkpoint.tokenizer,
+            dataset,
+            data,
+            preset: checkpoint.config.preset,
+            best: counters.best_val_loss.zip(counters.best_val_step),
+            elapsed_before_s: counters.elapsed_s,
+            metrics,
+            saved_step: Some(counters.step),
+        })
+    }
+}
+
+/// How [`run_training`] runs.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Checkpoint directory (model, config, optimizer, metrics.csv); None keeps the run in memory.
+    pub out: Option<PathBuf>,
+    /// Set from elsewhere (a Ctrl-C handler) to stop after the current step; the state is saved.
+    pub stop: Option<Arc<AtomicBool>>,
+    /// Stop, as if interrupted, once this many steps are done.
+    pub stop_at: Option<usize>,
+    /// Score the final model on the whole val split (`evaluate_exact`).
+    pub exact_eval: bool,
+}
+
+/// What [`run_training`] reports as it goes.
+#[derive(Debug)]
+pub enum RunEvent<'a> {
+    /// A step finished. `tokens_per_s` is the training throughput of this session so far.
+    Step {
+        stats: StepStats,
+        steps: usize,
+        tokens_per_s: f64,
+    },
+    /// The loss estimates at an evaluation (`metrics` ends with `row`).
+    Eval {
+        row: MetricsRow,
+        improved: bool,
+        saved: bool,
+        model: &'a Model,
+        tokenizer: &'a Tokenizer,
+        metrics: &'a [MetricsRow],
+    },
+    /// The final model's exact val loss is being computed (it takes a moment).
+    ExactEval { windows: usize },
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunOutcome {
+    pub steps_done: usize,
+    /// Stopped early (Ctrl-C or `stop_at`) rather than finished.
+    pub interrupted: bool,
+    pub best: Option<(f32, usize)>,
+    pub final_val: Option<ExactLoss>,
+    /// The step of the checkpoint on disk at the end.
+    pub saved_step: Option<usize>,
+    /// Seconds spent in training steps, this session.
+    pub train_time_s: f64,
+    pub tokens_per_s: f64,
+    /// Wall-clock seconds, all sessions together.
+    pub elapsed_s: f64,
+}
+
+/// Trains `run` to its configured number of steps: evaluates (`estimate_losses`) at step 0 of a
+/// new run, every `eval_interval` steps and at the last step; records a metrics row at each;
+/// saves a checkpoint (atomically) when the val estimate improves, at the end and when stopped;
+/// never saves non-finite parameters: a NaN or infinite loss stops the run with an error naming
+/// the step and the checkpoint that is kept.
+pub fn run_training(
+    run: &mut Run,
+    options: &RunOptions,
+    on_event: &mut dyn FnMut(RunEvent<'_>),
+) -> Result<RunOutcome, RunError> {
+    let start = Instant::now();
+    let steps = run.trainer.config.steps;
+    let eval_interval = run.trainer.config.eval_interval;
+    let tokens_per_step =
+        (run.trainer.config.batch_size * run.trainer.model.config.block_size) as f64;
+    if run.trainer.step >= steps {
+        return Err(RunError::AlreadyFinished {
+            dir: options
+                .out
+                .as_ref()
+                .map(|d| d.display().to_string())
+                .unwrap_or_default(),
+            steps,
+        });
+    }
+    let metrics_path = options.out.as_ref().map(|d| d.join(METRICS_FILE));
+    if let Some(path) = &metrics_path {
+        if let Some(dir) = &options.out {
+            std::fs::create_dir_all(dir).map_err(|source| RunError::Write {
+                path: dir.display().to_string(),
+                source,
+            })?;
+        }
+        write_atomic(path, metrics_text(&run.metrics).as_bytes())?;
+    }
+    let mut train_time = 0.0f64;
+    let mut window = (0usize, 0.0f64); // steps and seconds since the last evaluation
+    let session_rate = |train_time: f64, done: usize| {
+        if train_time > 0.0 {
+            done as f64 * tokens_per_step / train_time
+        } else {
+            0.0
+        }
+    };
+    let first_step = run.trainer.step;
+    if first_step == 0 {
+        let lr = learning_rate(&run.trainer.config, 0);
+        evaluate(
+            run,
+            options,
+            metrics_path.as_deref(),
+            lr,
+            0.0,
+            start,
+            on_event,
+        )?;
+    }
+    let mut interrupted = false;
+    while run.trainer.step < steps {
+        let stop_requested = options
+            .stop
+            .as_ref()
+            .is_some_and(|s| s.load(Ordering::Relaxed));
+        if stop_requested || options.stop_at.is_some_and(|n| run.trainer.step >= n) {
+            interrupted = true;
+            break;
+        }
+        let t0 = Instant::now();
+        let stats = run.trainer.train_step(&run.dataset.train).map_err(
+            |TrainError::NonFiniteLoss { step, loss }| {
+                non_finite(run, options, "loss", loss, step + 1)
+            },
+        )?;
+        let dt = t0.elapsed().as_secs_f64();
+        train_time += dt;
+        window.0 += 1;
+        window.1 += dt;
+        on_event(RunEvent::Step {
+            stats,
+            steps,
+            tokens_per_s: session_rate(train_time, run.trainer.step - first_step),
+        });
+        let done = run.trainer.step;
+        if done.is_multiple_of(eval_interval) || done == steps {
+            let rate = window.0 as f64 * tokens_per_step / window.1.max(1e-9);
+            window = (0, 0.0);
+            evaluate(
+                run,
+                options,
+                metrics_path.as_deref(),
+                stats.lr,
+                rate,
+                start,
+                on_event,
+            )?;
+        }
+    }
+    let mut final_val = None;
+    if !interrupted && options.exact_eval {
+        let windows = window_count(run.dataset.val.len(), run.trainer.model.config.block_size);
+        on_event(RunEvent::ExactEval { windows });
+        final_val = Some(evaluate_exact(
+            &run.trainer.model,
+            &run.dataset.val,
+            run.trainer.config.batch_size,
+        ));
+    }
+    if options.out.is_some() {
+        save(run, options, final_val.map(|e| e.loss), start)?;
+    }
+    Ok(RunOutcome {
+        steps_done: run.trainer.step,
+        interrupted,
+        best: run.best,
+        final_val,
+        saved_step: run.saved_step,
+        train_time_s: train_time,
+        tokens_per_s: session_rate(train_time, run.trainer.step - first_step),
+        elapsed_s: run.elapsed_before_s + start.elapsed().as_secs_f64(),
+    })
+}
+
+/// The loss estimates at the current step: a metrics row, and a save if val improved (not at
+/// step 0, and not at the last step, where the final save follows).
+fn evaluate(
+    run: &mut Run,
+    options: &RunOptions,
+    metrics_path: Option<&Path>,
+    lr: f32,
+    tokens_per_s: f64,
+    start: Instant,
+    on_event: &mut dyn FnMut(RunEvent<'_>),
+) -> Result<(), RunError> {
+    let (train_loss, val_loss) = run.trainer.estimate_losses(&run.dataset);
+    let step = run.trainer.step;
+    for loss in [train_loss, val_loss] {
+        if !loss.is_finite() {
+            return Err(non_finite(run, options, "loss estimate", loss, step));
+        }
+    }
+    let row = MetricsRow {
+        step,
+        train_loss,
+        val_loss,
+        lr,
+        tokens_per_s,
+        elapsed_s: run.elapsed_before_s + start.elapsed().as_secs_f64(),
+    };
+    run.metrics.push(row);
+    if let Some(path) = metrics_path {
+        append_line(path, &row.to_csv())?;
+    }
+    let improved = run.best.is_none_or(|(best, _)| val_loss < best);
+    if improved {
+        run.best = Some((val_loss, step));
+    }
+    let saved = improved && step > 0 && step < run.trainer.config.steps && options.out.is_some();
+    if saved {
+        save(run, options, None, start)?;
+    }
+    on_event(RunEvent::Eval {
+        row,
+        improved,
+        saved,
+        model: &run.trainer.model,
+        tokenizer: &run.tokenizer,
+        metrics: &run.metrics,
+    });
+    Ok(())
+}
+
+fn append_line(path: &Path, line: &str) -> Result<(), RunError> {
+    let write = || -> std::io::Result<()> {
+        let mut file = std::fs::OpenOptions::new().append(true).open(path)?;
+        writeln!(file, "{line}")
+    };
+    write().map_err(|source| RunError::Write {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+fn non_finite(
+    run: &Run,
+    options: &RunOptions,
+    what: &'static str,
+    value: f32,
+    step: usize,
+) -> RunError {
+    let kept = match (&options.out, run.saved_step) {
+        (Some(dir), Some(s)) => format!("the checkpoint of step {s} in {} is kept", dir.display()),
+        (Some(_), None) => "nothing was saved yet".to_string(),
+        (None, _) => "nothing is saved in memory-only runs".to_string(),
+    };
+    RunError::NonFinite {
+        what,
+        value,
+        step,
+        kept,
+    }
+}
+
+/// Writes the checkpoint of the current step into `options.out`, refusing non-finite parameters
+/// (the previous checkpoint stays).
+fn save(
+    run: &mut Run,
+    options: &RunOptions,
+    final_val_loss: Option<f64>,
+    start: Instant,
+) -> Result<(), RunError> {
+    let Some(dir) = &options.out else {
+        return Ok(());
+    };
+    let step = run.trainer.step;
+    if let Some(bad) = run.trainer.model.params.iter().find(|p| !p.is_finite()) {
+        return Err(non_finite(run, options, "parameters", *bad, step));
+    }
+    let model = &run.trainer.model;
+    let mut config = CheckpointConfig::new(&model.config, &run.tokenizer, &run.trainer.config);
+    config.step = step;
+    config.best_val_loss = run.best.map(|b| b.0);
+    config.best_val_step = run.best.map(|b| b.1);
+    config.final_val_loss = final_val_loss;
+    config.data = Some(run.data.clone());
+    config.preset = run.preset.clone();
+    let counters = RunCounters {
+        step,
+        data_rng_state: run.trainer.data_rng.state(),
+        best_val_loss: config.best_val_loss,
+        best_val_step: config.best_val_step,
+        elapsed_s: run.elapsed_before_s + start.elapsed().as_secs_f64(),
+    };
+    save_checkpoint(dir, model, &config, &run.trainer.optimizer, &counters)?;
+    run.saved_step = Some(step);
+    Ok(())
 }

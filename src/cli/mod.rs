@@ -1,28 +1,50 @@
-//! Argument parsing and the subcommands.
+//! The `chargpt` command line. One module per subcommand, each with its clap arguments and a
+//! `run` function; what several share (reading text, the one-line error rules) lives here.
+//!
+//! Adding a command means one variant in [`Command`] and one module.
 
-use anyhow::{bail, Context, Result};
-use chargpt::checkpoint;
-use chargpt::config::{self, ModelConfig, TrainConfig};
-use chargpt::data::{self, Dataset, Split};
-use chargpt::model::Model;
-use chargpt::rng::Rng;
-use chargpt::sampling::{self, SampleSettings};
-use chargpt::tokenizer::Tokenizer;
-use chargpt::training::{evaluate_exact, Trainer};
-use clap::{Args, Parser, Subcommand};
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::time::Instant;
+/// `println!` that ignores a closed stdout: a reader that stops early (`| head`) is no reason to
+/// stop a training run, or to panic as `println!` does.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
+/// `eprintln!` that ignores a closed stderr.
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
+mod bench;
+mod eval;
+mod plot;
+mod presets;
+mod sample;
+mod train;
+
+use anyhow::{Context, Result};
+use chargpt::checkpoint::{DataInfo, EMBEDDED_SOURCE};
+use chargpt::data;
+use clap::{Parser, Subcommand};
+use std::path::Path;
+use std::process::ExitCode;
 
 #[derive(Parser)]
 #[command(
     name = "chargpt",
     version,
-    about = "A character-level GPT you can train on a laptop CPU"
+    about = "A character-level GPT you can train on a laptop CPU",
+    after_help = "Start with `chargpt train`: the default model on the built-in Tiny Shakespeare."
 )]
 struct Cli {
-    /// Worker threads (default: all cores).
-    #[arg(long, global = true)]
+    /// Worker threads [default: all cores]. Runs with the same thread count give the same numbers
+    /// bit for bit.
+    #[arg(long, global = true, value_name = "N")]
     threads: Option<usize>,
     #[command(subcommand)]
     command: Command,
@@ -30,224 +52,139 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Train a model (by default the `default` preset on the embedded Tiny Shakespeare).
-    Train(TrainArgs),
-    /// Generate text from a trained model.
-    Sample(SampleArgs),
+    /// Train a model (by default the `default` preset on the built-in Tiny Shakespeare).
+    Train(train::TrainArgs),
+    /// Generate text from a trained model, streamed as it is drawn.
+    Sample(sample::SampleArgs),
     /// The exact loss of a trained model over a whole split.
-    Eval(EvalArgs),
+    Eval(eval::EvalArgs),
+    /// List the presets with their shapes and parameter counts.
+    Presets(presets::PresetsArgs),
+    /// Time training steps and generation, and compare with the machine's matrix-product peak.
+    Bench(bench::BenchArgs),
 }
 
-#[derive(Args)]
-struct TrainArgs {
-    /// Preset to start from (`chargpt presets` lists them).
-    #[arg(long, default_value = config::DEFAULT_PRESET)]
-    preset: String,
-    /// Output directory (default: runs/<preset>).
-    #[arg(long)]
-    out: Option<PathBuf>,
-    /// Seed for initialisation, batches and dropout.
-    #[arg(long)]
-    seed: Option<u64>,
-    /// Override a setting, e.g. --set n_layer=4 --set learning_rate=3e-4.
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    overrides: Vec<String>,
-    /// Training text (UTF-8); default: the embedded Tiny Shakespeare.
-    #[arg(long)]
-    data: Option<PathBuf>,
-}
+/// A mistake in the command line itself (exit status 2, as clap uses).
+#[derive(Debug)]
+pub struct UsageError(String);
 
-#[derive(Args)]
-struct SampleArgs {
-    /// Checkpoint directory.
-    #[arg(long, default_value = "runs/default")]
-    model: PathBuf,
-    /// Text to continue (default: a newline).
-    #[arg(long, default_value = "")]
-    prompt: String,
-    /// Characters to generate.
-    #[arg(long, default_value_t = 500)]
-    tokens: usize,
-    #[arg(long, default_value_t = 1.0)]
-    temperature: f32,
-    #[arg(long)]
-    top_k: Option<usize>,
-    #[arg(long, default_value_t = 1337)]
-    seed: u64,
-}
-
-#[derive(Args)]
-struct EvalArgs {
-    /// Checkpoint directory.
-    #[arg(long, default_value = "runs/default")]
-    model: PathBuf,
-    /// Text to evaluate on (default: the embedded Tiny Shakespeare).
-    #[arg(long)]
-    data: Option<PathBuf>,
-    #[arg(long, default_value = "val")]
-    split: String,
-    /// Print one JSON object instead of a sentence.
-    #[arg(long)]
-    json: bool,
-}
-
-pub fn run() -> Result<()> {
-    let cli = Cli::parse();
-    let mut pool = rayon::ThreadPoolBuilder::new();
-    if let Some(n) = cli.threads {
-        if n == 0 {
-            bail!("--threads must be at least 1");
-        }
-        pool = pool.num_threads(n);
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
     }
-    let pool = pool.build().context("cannot start the worker threads")?;
+}
+
+impl std::error::Error for UsageError {}
+
+/// Parses the arguments and runs the command; returns the exit status of a run that did not
+/// fail (0, or 130 for a training run stopped with Ctrl-C).
+pub fn run() -> Result<ExitCode> {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
+    if cli.threads == Some(0) {
+        return Err(UsageError("--threads must be at least 1".into()).into());
+    }
+    let pool =
+        chargpt::runtime::thread_pool(cli.threads).context("cannot start the worker threads")?;
     // Everything runs inside the pool, so kernels fork and join without a hand-off from an
     // outside thread.
     pool.install(|| match cli.command {
-        Command::Train(args) => train(args),
-        Command::Sample(args) => sample(args),
-        Command::Eval(args) => eval(args),
+        Command::Train(args) => train::run(args),
+        Command::Sample(args) => sample::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Eval(args) => eval::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Presets(args) => presets::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Bench(args) => bench::run(args).map(|()| ExitCode::SUCCESS),
     })
 }
 
-fn load_text(path: Option<&Path>) -> Result<String> {
-    Ok(match path {
-        Some(p) => data::read_text(p)?,
-        None => data::TINY_SHAKESPEARE.to_string(),
-    })
-}
-
-fn train(args: TrainArgs) -> Result<()> {
-    let preset = config::preset(&args.preset)?;
-    let (mut model_cfg, mut train_cfg): (ModelConfig, TrainConfig) = (preset.model, preset.train);
-    for o in &args.overrides {
-        let (k, v) = config::parse_override(o)?;
-        config::apply_to_configs(&mut model_cfg, &mut train_cfg, k, v)?;
+/// Help and version go to stdout as usual; a real mistake becomes one line: clap's message, its
+/// tips, and where to read more.
+fn usage_error(e: clap::Error) -> Result<ExitCode> {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        e.exit();
     }
-    if let Some(seed) = args.seed {
-        train_cfg.seed = seed;
-    }
-    let text = load_text(args.data.as_deref())?;
-    let tokenizer = Tokenizer::from_text(&text)?;
-    model_cfg.vocab_size = tokenizer.vocab_size();
-    model_cfg.validate()?;
-    train_cfg.validate()?;
-    let dataset = Dataset::new(&text, &tokenizer)?;
-    dataset.check_block_size(model_cfg.block_size)?;
-    let out = args
-        .out
-        .unwrap_or_else(|| PathBuf::from("runs").join(&args.preset));
-
-    let model = Model::new(model_cfg, train_cfg.seed);
-    println!(
-        "training {} ({} parameters) for {} steps on {} characters; checkpoints in {}",
-        args.preset,
-        model.num_params(),
-        train_cfg.steps,
-        text.chars().count(),
-        out.display()
-    );
-    let mut trainer = Trainer::new(model, train_cfg.clone());
-    let mut best: Option<f32> = None;
-    let start = Instant::now();
-    let mut train_time = 0.0f64;
-    for step in 0..train_cfg.steps {
-        let t0 = Instant::now();
-        trainer.train_step(&dataset.train)?;
-        train_time += t0.elapsed().as_secs_f64();
-        let done = step + 1;
-        if done % train_cfg.eval_interval == 0 || done == train_cfg.steps {
-            let (tr, va) = trainer.estimate_losses(&dataset);
-            println!(
-                "step {done}: train {tr:.4}, val {va:.4}  ({:.2} ms/step, {:.0} s)",
-                1e3 * train_time / done as f64,
-                start.elapsed().as_secs_f64()
-            );
-            if best.is_none_or(|b| va < b) {
-                best = Some(va);
-                checkpoint::save_model(&out, &trainer.model, &tokenizer, &train_cfg, done, best)?;
-            }
+    let rendered = e.render().to_string();
+    let mut parts: Vec<String> = Vec::new();
+    for line in rendered.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with("Usage:") || line.starts_with("For more") {
+            continue;
+        }
+        if let Some(first) = line.strip_prefix("error: ") {
+            parts.push(first.to_string());
+        } else if let Some(tip) = line.strip_prefix("tip: ") {
+            parts.push(tip.to_string());
+        } else if parts.len() == 1 && !line.contains(' ') {
+            // The rest of the usage line ("<COMMAND>" and the like) is not worth a line.
+            continue;
+        } else {
+            parts.push(line.to_string());
         }
     }
-    let exact = evaluate_exact(&trainer.model, &dataset.val, 64);
-    println!(
-        "done in {:.1} s ({:.2} ms/step); exact val loss of the final model {:.4} over {} tokens",
-        start.elapsed().as_secs_f64(),
-        1e3 * train_time / train_cfg.steps as f64,
-        exact.loss,
-        exact.tokens
-    );
-    Ok(())
+    let command = std::env::args()
+        .skip(1)
+        .find(|a| ["train", "sample", "eval", "presets", "bench"].contains(&a.as_str()));
+    let help = match command {
+        Some(c) => format!("see `chargpt {c} --help`"),
+        None => "see `chargpt --help`".to_string(),
+    };
+    parts.push(help);
+    Err(UsageError(parts.join("; ")).into())
 }
 
-fn sample(args: SampleArgs) -> Result<()> {
-    if !(args.temperature.is_finite() && args.temperature > 0.0) {
-        bail!(
-            "--temperature must be a positive number, got {}",
-            args.temperature
-        );
+/// The error as one line: its message and those of its causes that it does not already show.
+pub fn one_line(err: &anyhow::Error) -> String {
+    let mut message = err.to_string();
+    for cause in err.chain().skip(1) {
+        let cause = cause.to_string();
+        if !message.contains(&cause) {
+            message.push_str(": ");
+            message.push_str(&cause);
+        }
     }
-    if args.top_k == Some(0) {
-        bail!("--top-k must be at least 1");
-    }
-    let ckpt = checkpoint::load(&args.model)?;
-    let prompt = ckpt.tokenizer.encode(&args.prompt)?;
-    let settings = SampleSettings {
-        temperature: args.temperature,
-        top_k: args.top_k,
-    };
-    let mut rng = Rng::new(args.seed);
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
-    write!(out, "{}", args.prompt)?;
-    let tok = &ckpt.tokenizer;
-    sampling::generate(
-        &ckpt.model,
-        &prompt,
-        args.tokens,
-        settings,
-        &mut rng,
-        |id| {
-            if let Ok(c) = tok.decode_one(id) {
-                let _ = write!(out, "{c}");
-                let _ = out.flush();
-            }
-        },
-    );
-    writeln!(out)?;
-    Ok(())
+    message.replace(['\n', '\r'], " ")
 }
 
-fn eval(args: EvalArgs) -> Result<()> {
-    let split = match args.split.as_str() {
-        "val" => Split::Val,
-        "train" => Split::Train,
-        other => bail!("--split must be val or train, got {other:?}"),
-    };
-    let ckpt = checkpoint::load(&args.model)?;
-    let text = load_text(args.data.as_deref())?;
-    let dataset = Dataset::new(&text, &ckpt.tokenizer)?;
-    dataset.check_block_size(ckpt.model.config.block_size)?;
-    let exact = evaluate_exact(&ckpt.model, dataset.split(split), 64);
-    if args.json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "split": split.name(),
-                "loss": exact.loss,
-                "tokens": exact.tokens,
-                "windows": exact.windows,
-            })
-        );
+/// The exit status for an error: 2 for a mistake in the command line, 1 otherwise.
+pub fn exit_status(err: &anyhow::Error) -> u8 {
+    if err.is::<UsageError>() {
+        2
     } else {
-        println!(
-            "{} loss {:.4} over {} tokens ({} windows of {})",
-            split.name(),
-            exact.loss,
-            exact.tokens,
-            exact.windows,
-            ckpt.model.config.block_size
-        );
+        1
     }
-    Ok(())
+}
+
+/// Reads a training or evaluation text: `path`, or the built-in Tiny Shakespeare.
+pub fn load_text(path: Option<&Path>) -> Result<(String, DataInfo)> {
+    let (text, source) = match path {
+        Some(p) => (data::read_text(p)?, p.display().to_string()),
+        None => (
+            data::TINY_SHAKESPEARE.to_string(),
+            EMBEDDED_SOURCE.to_string(),
+        ),
+    };
+    let info = chargpt::training::data_info(&source, &text);
+    Ok((text, info))
+}
+
+/// Reads the text a checkpoint was trained on, as its `config.json` records it (`None`: the
+/// built-in text).
+pub fn load_recorded_text(recorded: Option<&DataInfo>) -> Result<(String, DataInfo)> {
+    match recorded {
+        Some(info) if info.source != EMBEDDED_SOURCE => load_text(Some(Path::new(&info.source)))
+            .with_context(|| {
+                format!(
+                    "the model was trained on {}; give its path with --data",
+                    info.source
+                )
+            }),
+        _ => load_text(None),
+    }
 }

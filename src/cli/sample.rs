@@ -1,0 +1,118 @@
+//! `chargpt sample`: generate text from a trained model, writing each character as it is drawn.
+
+use anyhow::{bail, Result};
+use chargpt::checkpoint;
+use chargpt::data::{self, list_chars};
+use chargpt::rng::Rng;
+use chargpt::sampling::{self, SampleSettings};
+use clap::Args;
+use std::io::Write;
+use std::path::PathBuf;
+
+/// More characters than a person reads; the generator keeps every one in memory.
+const MAX_TOKENS: usize = 10_000_000;
+
+#[derive(Args)]
+pub struct SampleArgs {
+    /// Checkpoint directory.
+    #[arg(long, default_value = "runs/default", value_name = "DIR")]
+    model: PathBuf,
+    /// Text to continue [default: a newline, the first character of the vocabulary].
+    #[arg(long, conflicts_with = "prompt_file", allow_hyphen_values = true)]
+    prompt: Option<String>,
+    /// Read the text to continue from a UTF-8 file.
+    #[arg(long, value_name = "FILE")]
+    prompt_file: Option<PathBuf>,
+    /// Characters to generate per sample.
+    #[arg(long, default_value_t = 500, value_name = "N")]
+    tokens: usize,
+    /// Divides the logits: below 1 is more conservative, above 1 more adventurous.
+    #[arg(
+        long,
+        default_value_t = 1.0,
+        allow_negative_numbers = true,
+        value_name = "T"
+    )]
+    temperature: f32,
+    /// Draw only from the K most likely characters [default: all].
+    #[arg(long, value_name = "K")]
+    top_k: Option<usize>,
+    /// Independent samples, separated by a line of dashes.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    num_samples: usize,
+    /// The same seed (with the same model and options) gives the same text.
+    #[arg(long, default_value_t = 1337, value_name = "S")]
+    seed: u64,
+}
+
+pub fn run(args: SampleArgs) -> Result<()> {
+    if !(args.temperature.is_finite() && args.temperature > 0.0) {
+        bail!(
+            "--temperature must be a positive number, got {}; 1.0 samples the model as it is, 0.8 is a little safer",
+            args.temperature
+        );
+    }
+    if args.top_k == Some(0) {
+        bail!("--top-k must be at least 1 (1 always picks the most likely character); leave it out to use all");
+    }
+    if args.tokens > MAX_TOKENS {
+        bail!("--tokens must be at most {MAX_TOKENS}; run several samples for more");
+    }
+    if args.num_samples == 0 {
+        bail!("--num-samples must be at least 1");
+    }
+    let prompt_text = match (&args.prompt, &args.prompt_file) {
+        (_, Some(path)) => data::read_text(path)?,
+        (Some(p), None) => p.clone(),
+        (None, None) => String::new(),
+    };
+    let ckpt = checkpoint::load(&args.model)?;
+    let unknown = ckpt.tokenizer.unknown_chars(&prompt_text);
+    if !unknown.is_empty() {
+        bail!(
+            "the prompt has {} character{} that the model's vocabulary lacks: {}; use only characters of the text it was trained on",
+            unknown.len(),
+            if unknown.len() == 1 { "" } else { "s" },
+            list_chars(&unknown, 20)
+        );
+    }
+    let prompt = ckpt.tokenizer.encode(&prompt_text)?;
+    let settings = SampleSettings {
+        temperature: args.temperature,
+        top_k: args.top_k,
+    };
+    let mut rng = Rng::new(args.seed);
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let tok = &ckpt.tokenizer;
+    let mut write_error = None;
+    for i in 0..args.num_samples {
+        if i > 0 {
+            let _ = writeln!(out, "\n---------------");
+        }
+        let _ = write!(out, "{prompt_text}");
+        sampling::generate(
+            &ckpt.model,
+            &prompt,
+            args.tokens,
+            settings,
+            &mut rng,
+            |id| {
+                if write_error.is_some() {
+                    return;
+                }
+                if let Ok(c) = tok.decode_one(id) {
+                    if let Err(e) = write!(out, "{c}").and_then(|()| out.flush()) {
+                        write_error = Some(e);
+                    }
+                }
+            },
+        );
+    }
+    let end = writeln!(out).and_then(|()| out.flush());
+    match write_error.map_or(end, Err) {
+        // A reader that stops early (`| head`) is not an error.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
+}

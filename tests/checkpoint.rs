@@ -1,0 +1,131 @@
+//! Checkpoint round trips: a saved and reloaded model computes identical logits, the optimizer
+//! state comes back exactly, and the tensor names and shapes are those the README documents.
+
+use chargpt::checkpoint::{self, CheckpointConfig, OptimizerState, RunCounters};
+use chargpt::config::{preset, Activation};
+use chargpt::data::TINY_SHAKESPEARE;
+use chargpt::model::{Activations, Model};
+use chargpt::optimizer::AdamW;
+use chargpt::tokenizer::Tokenizer;
+
+fn logits(model: &Model, tokens: &[u32], b: usize, t: usize) -> Vec<f32> {
+    let mut acts = Activations::new(&model.config, b, t, false);
+    model.forward(&mut acts, tokens, None, b, t, None);
+    acts.logits().to_vec()
+}
+
+#[test]
+fn save_then_load_gives_identical_logits() {
+    let tokenizer = Tokenizer::from_text(TINY_SHAKESPEARE).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for (name, gelu) in [
+        ("bigram", false),
+        ("feed-forward", false),
+        ("layernorm", false),
+        ("nanogpt-cpu", true),
+    ] {
+        let p = preset(name).unwrap();
+        let mut cfg = p.model;
+        cfg.vocab_size = tokenizer.vocab_size();
+        if gelu {
+            cfg.activation = Activation::Gelu;
+        }
+        let model = Model::new(cfg.clone(), 42);
+        let mut config = CheckpointConfig::new(&cfg, &tokenizer, &p.train);
+        config.step = 123;
+        config.best_val_loss = Some(1.5);
+        let out = dir.path().join(name);
+        checkpoint::save_model(&out, &model, &config).unwrap();
+        let loaded = checkpoint::load(&out).unwrap();
+        assert_eq!(loaded.config, config);
+        assert_eq!(loaded.tokenizer, tokenizer);
+        assert_eq!(loaded.model.params, model.params);
+        let t = cfg.block_size;
+        let tokens = tokenizer.encode(&TINY_SHAKESPEARE[..2 * t]).unwrap();
+        let before = logits(&model, &tokens, 2, t);
+        let after = logits(&loaded.model, &tokens, 2, t);
+        assert_eq!(before, after, "{name}");
+        assert_eq!(checkpoint::model_file_step(&out).unwrap(), Some(123));
+    }
+}
+
+#[test]
+fn tensor_names_and_shapes_are_the_documented_ones() {
+    let p = preset("nanogpt-cpu").unwrap();
+    let mut cfg = p.model;
+    cfg.vocab_size = 65;
+    let dir = tempfile::tempdir().unwrap();
+    let model = Model::new(cfg.clone(), 1);
+    let tokenizer = Tokenizer::from_text(TINY_SHAKESPEARE).unwrap();
+    checkpoint::save_model(
+        dir.path(),
+        &model,
+        &CheckpointConfig::new(&cfg, &tokenizer, &p.train),
+    )
+    .unwrap();
+    let file = checkpoint::read_tensor_file(&dir.path().join("model.safetensors")).unwrap();
+    let shape = |name: &str| file.tensors[name].0.clone();
+    let (c, v, t) = (128, 65, 64);
+    assert_eq!(shape("token_embedding.weight"), [v, c]);
+    assert_eq!(shape("position_embedding.weight"), [t, c]);
+    for i in 0..4 {
+        let b = |s: &str| shape(&format!("blocks.{i}.{s}"));
+        assert_eq!(b("ln1.weight"), [c]);
+        assert_eq!(b("ln1.bias"), [c]);
+        assert_eq!(b("attn.qkv.weight"), [3 * c, c]);
+        assert_eq!(b("attn.proj.weight"), [c, c]);
+        assert_eq!(b("attn.proj.bias"), [c]);
+        assert_eq!(b("ln2.weight"), [c]);
+        assert_eq!(b("ln2.bias"), [c]);
+        assert_eq!(b("ffn.fc.weight"), [4 * c, c]);
+        assert_eq!(b("ffn.fc.bias"), [4 * c]);
+        assert_eq!(b("ffn.proj.weight"), [c, 4 * c]);
+        assert_eq!(b("ffn.proj.bias"), [c]);
+    }
+    assert_eq!(shape("ln_f.weight"), [c]);
+    assert_eq!(shape("ln_f.bias"), [c]);
+    assert_eq!(shape("lm_head.weight"), [v, c]);
+    assert_eq!(shape("lm_head.bias"), [v]);
+    assert_eq!(file.tensors.len(), 2 + 4 * 11 + 4);
+    assert_eq!(file.metadata["format"], "chargpt-1");
+}
+
+#[test]
+fn optimizer_state_round_trips_exactly() {
+    let p = preset("layernorm").unwrap();
+    let mut cfg = p.model;
+    cfg.vocab_size = 65;
+    let model = Model::new(cfg.clone(), 3);
+    let n = model.num_params();
+    let adamw = AdamW {
+        m: (0..n).map(|i| (i as f32 * 0.37).sin() * 1e-3).collect(),
+        v: (0..n)
+            .map(|i| (i as f32 * 0.11).cos().abs() * 1e-6)
+            .collect(),
+        step: 77,
+    };
+    let counters = RunCounters {
+        step: 77,
+        data_rng_state: 0xDEAD_BEEF_1234_5678,
+        best_val_loss: Some(2.0312),
+        best_val_step: Some(70),
+        elapsed_s: 12.345678901,
+    };
+    let tokenizer = Tokenizer::from_text(TINY_SHAKESPEARE).unwrap();
+    let mut config = CheckpointConfig::new(&cfg, &tokenizer, &p.train);
+    config.step = 77;
+    let dir = tempfile::tempdir().unwrap();
+    checkpoint::save_checkpoint(dir.path(), &model, &config, &adamw, &counters).unwrap();
+    let OptimizerState {
+        adamw: back,
+        counters: back_counters,
+    } = checkpoint::load_optimizer(dir.path(), &model.layout).unwrap();
+    assert_eq!(back, adamw);
+    assert_eq!(back_counters, counters);
+    // A model of another shape cannot take these moments.
+    let mut other = cfg;
+    other.n_embd = 64;
+    let err = checkpoint::load_optimizer(dir.path(), &chargpt::model::ParamLayout::new(&other))
+        .unwrap_err();
+    assert!(err.to_string().contains("has shape"), "{err}");
+}

@@ -1,0 +1,184 @@
+//! Exact resume: a run stopped and resumed gives the same losses and the same parameters, bit for
+//! bit, as a run that never stopped (same machine, same thread count). Dropout is on, so the
+//! per-step dropout seeds are exercised, and the schedule is a warm-up + cosine one, so the
+//! learning rate changes every step.
+
+use chargpt::checkpoint::{self, read_tensor_file};
+use chargpt::config::{preset, LrSchedule};
+use chargpt::data::TINY_SHAKESPEARE;
+use chargpt::training::{data_info, run_training, Run, RunEvent, RunOptions};
+use std::path::Path;
+
+fn tiny_run(text: &str) -> Run {
+    let p = preset("layernorm").unwrap();
+    let mut model = p.model;
+    model.dropout = 0.1;
+    let mut train = p.train;
+    train.steps = 60;
+    train.eval_interval = 20;
+    train.eval_iters = 4;
+    train.lr_schedule = LrSchedule::Cosine;
+    train.warmup_steps = 10;
+    train.min_lr = 1e-4;
+    train.grad_clip = 1.0;
+    Run::new(model, train, text, data_info("test", text)).unwrap()
+}
+
+/// Trains `run` to `stop_at` (or the end), returning every step's loss and every evaluation's
+/// (step, train, val) estimates.
+fn train(run: &mut Run, out: &Path, stop_at: Option<usize>) -> (Vec<f32>, Vec<(usize, f32, f32)>) {
+    let options = RunOptions {
+        out: Some(out.to_path_buf()),
+        stop_at,
+        exact_eval: false,
+        ..RunOptions::default()
+    };
+    let (mut losses, mut evals) = (Vec::new(), Vec::new());
+    run_training(run, &options, &mut |event| match event {
+        RunEvent::Step { stats, .. } => losses.push(stats.loss),
+        RunEvent::Eval { row, .. } => evals.push((row.step, row.train_loss, row.val_loss)),
+        RunEvent::ExactEval { .. } => {}
+    })
+    .unwrap();
+    (losses, evals)
+}
+
+#[test]
+fn stopping_and_resuming_changes_nothing() {
+    let text = &TINY_SHAKESPEARE[..100_000];
+    let dir = tempfile::tempdir().unwrap();
+    let (straight_dir, split_dir) = (dir.path().join("straight"), dir.path().join("split"));
+
+    let mut straight = tiny_run(text);
+    let (straight_losses, straight_evals) = train(&mut straight, &straight_dir, None);
+    assert_eq!(straight_losses.len(), 60);
+
+    // 30 steps, stop (as Ctrl-C would), then a new process's worth of state from disk.
+    let mut first = tiny_run(text);
+    let (mut losses, mut evals) = train(&mut first, &split_dir, Some(30));
+    assert_eq!(losses.len(), 30);
+    drop(first);
+    let saved = checkpoint::load_config(&split_dir).unwrap();
+    assert_eq!(saved.step, 30);
+    let mut resumed = Run::resume(&split_dir, saved.train, text, data_info("test", text)).unwrap();
+    assert_eq!(resumed.trainer.step, 30);
+    let (more_losses, more_evals) = train(&mut resumed, &split_dir, None);
+    losses.extend(more_losses);
+    evals.extend(more_evals);
+
+    assert_eq!(losses, straight_losses, "per-step training losses differ");
+    assert_eq!(evals, straight_evals, "loss estimates differ");
+    assert_eq!(resumed.trainer.model.params, straight.trainer.model.params);
+    assert_eq!(resumed.trainer.optimizer, straight.trainer.optimizer);
+    assert_eq!(resumed.trainer.data_rng, straight.trainer.data_rng);
+
+    // The files agree too: same tensors, and the same metrics rows.
+    let a = read_tensor_file(&straight_dir.join("model.safetensors")).unwrap();
+    let b = read_tensor_file(&split_dir.join("model.safetensors")).unwrap();
+    assert_eq!(a.tensors, b.tensors);
+    let rows = |d: &Path| -> Vec<(usize, f32, f32)> {
+        chargpt::training::read_metrics(&d.join("metrics.csv"))
+            .iter()
+            .map(|r| (r.step, r.train_loss, r.val_loss))
+            .collect()
+    };
+    assert_eq!(rows(&straight_dir), rows(&split_dir));
+    assert_eq!(rows(&split_dir).len(), 4); // steps 0, 20, 40, 60
+}
+
+#[test]
+fn a_torn_save_is_detected_rather_than_resumed_wrongly() {
+    let text = &TINY_SHAKESPEARE[..50_000];
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let mut run = tiny_run(text);
+    train(&mut run, &out, Some(20));
+    // A crash between the optimizer's rename and the model's: the optimizer is from a later save.
+    let keep = std::fs::read(out.join("model.safetensors")).unwrap();
+    let keep_config = std::fs::read(out.join("config.json")).unwrap();
+    let saved = checkpoint::load_config(&out).unwrap();
+    let mut run = Run::resume(&out, saved.train.clone(), text, data_info("t", text)).unwrap();
+    train(&mut run, &out, Some(25));
+    std::fs::write(out.join("model.safetensors"), keep).unwrap();
+    std::fs::write(out.join("config.json"), keep_config).unwrap();
+    let err = Run::resume(&out, saved.train, text, data_info("t", text)).unwrap_err();
+    let shown = err.to_string();
+    assert!(
+        shown.contains("model 20, optimizer 25") && shown.contains("--init-from"),
+        "{shown}"
+    );
+    // The model itself still loads.
+    checkpoint::load(&out).unwrap();
+}
+
+/// The same through the binary: 200 steps, then `--resume --set steps=400`, against 400 straight,
+/// with a constant learning rate so that the first run's schedule is the same as the straight
+/// run's.
+#[test]
+fn the_command_line_resume_matches_a_straight_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let bin = env!("CARGO_BIN_EXE_chargpt");
+    let common = [
+        "--preset",
+        "layernorm",
+        "--set",
+        "dropout=0.1",
+        "--set",
+        "eval_interval=100",
+        "--set",
+        "eval_iters=5",
+        "--threads",
+        "2",
+    ];
+    let run = |extra: &[&str]| {
+        let out = std::process::Command::new(bin)
+            .current_dir(d)
+            .arg("train")
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let mut args = vec!["--out", "straight", "--set", "steps=400"];
+    args.extend(common);
+    run(&args);
+    let mut args = vec!["--out", "split", "--set", "steps=200"];
+    args.extend(common);
+    run(&args);
+    let resumed = run(&[
+        "--resume",
+        "--out",
+        "split",
+        "--set",
+        "steps=400",
+        "--threads",
+        "2",
+    ]);
+    assert!(
+        resumed.starts_with("resuming layernorm at step 200 of 400"),
+        "{resumed}"
+    );
+
+    let a = read_tensor_file(&d.join("straight/model.safetensors")).unwrap();
+    let b = read_tensor_file(&d.join("split/model.safetensors")).unwrap();
+    assert_eq!(a.tensors, b.tensors);
+    let rows = |name: &str| -> Vec<(usize, f32, f32)> {
+        chargpt::training::read_metrics(&d.join(name).join("metrics.csv"))
+            .iter()
+            .map(|r| (r.step, r.train_loss, r.val_loss))
+            .collect()
+    };
+    assert_eq!(rows("straight"), rows("split"));
+    assert_eq!(rows("split").len(), 5);
+    let exact = |name: &str| {
+        let c = checkpoint::load_config(&d.join(name)).unwrap();
+        (c.step, c.final_val_loss.unwrap().to_bits())
+    };
+    assert_eq!(exact("straight"), exact("split"));
+}
