@@ -1,12 +1,10 @@
 //! Speed measurement: training steps, a matrix-product peak probe, and generation.
 //!
 //! Training speed is reported as median milliseconds per step (forward, backward, AdamW; batch
-//! sampling included) after warm-up, tokens per second (B*T per step), and achieved GFLOP/s by the
-//! usual estimate of a transformer step (Kaplan et al.; nanoGPT's `estimate_mfu`):
-//! `flops = 6 * params * tokens + 12 * n_layer * n_embd * block_size * tokens`
-//! (2 for the forward and 4 for the backward multiply-add of every parameter per token, plus the
-//! attention scores and weighted sums, counted over the full T x T). The peak is the best rate of
-//! large f32 products through the same `gemm` path the model uses, measured in the same run.
+//! sampling included) after warm-up, tokens per second (B*T per step), and achieved GFLOP/s by
+//! [`Model::flops_per_step`]: `6 * params * tokens + 12 * n_layer * n_embd * block_size * tokens`.
+//! The peak is the best rate of large f32 products through the same `gemm` path the model uses,
+//! measured in the same run.
 
 use crate::config::{ModelConfig, TrainConfig};
 use crate::data::TINY_SHAKESPEARE;
@@ -17,13 +15,6 @@ use crate::sampling::{Generator, SampleSettings};
 use crate::tokenizer::{TokenId, Tokenizer};
 use crate::training::Trainer;
 use std::time::Instant;
-
-/// The estimated floating-point operations of one training step.
-pub fn flops_per_step(cfg: &ModelConfig, params: usize, batch: usize) -> f64 {
-    let tokens = (batch * cfg.block_size) as f64;
-    6.0 * params as f64 * tokens
-        + 12.0 * (cfg.n_layer * cfg.n_embd * cfg.block_size) as f64 * tokens
-}
 
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
@@ -91,7 +82,7 @@ pub fn bench_training(
         params,
         ms_per_step: per_step * 1e3,
         tokens_per_s: tokens / per_step,
-        gflops: flops_per_step(&cfg, params, train_cfg.batch_size) / per_step / 1e9,
+        gflops: trainer.model.flops_per_step(train_cfg.batch_size) / per_step / 1e9,
         breakdown,
     }
 }

@@ -121,8 +121,14 @@ impl<'a> Generator<'a> {
     pub fn next_token(&mut self, rng: &mut Rng) -> TokenId {
         let v = self.model.config.vocab_size;
         if self.computed < self.window.len() {
-            self.model
-                .forward_from(&mut self.acts, &self.window, self.computed);
+            let (model, acts, window, start) =
+                (self.model, &mut self.acts, &self.window, self.computed);
+            if start == 0 {
+                model.forward_from(acts, window, 0);
+            } else {
+                // One new row: too little work per kernel to be worth waking other threads.
+                crate::kernels::sequentially(|| model.forward_from(acts, window, start));
+            }
             self.computed = self.window.len();
         }
         let t = self.window.len();

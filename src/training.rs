@@ -95,9 +95,18 @@ impl Trainer {
     /// A trainer whose steps use every thread of the current rayon pool (build it inside
     /// `pool.install`); results are reproducible for a given thread count.
     pub fn new(model: Model, config: TrainConfig) -> Self {
+        // A step of a few million flops is over before a second thread would wake up.
+        let worth = (model.flops_per_step(config.batch_size) / 20e6) as usize;
+        let shards = rayon::current_num_threads().min(worth.max(1));
+        Self::with_shards(model, config, shards)
+    }
+
+    /// A trainer that splits each batch into `shards` parts (at most one per sequence), run in
+    /// parallel on the current rayon pool.
+    pub fn with_shards(model: Model, config: TrainConfig, shards: usize) -> Self {
         let n = model.num_params();
         let (b, t) = (config.batch_size, model.config.block_size);
-        let shards = shard_rows(b, rayon::current_num_threads())
+        let shards = shard_rows(b, shards)
             .into_iter()
             .enumerate()
             .map(|(i, rows)| Shard {

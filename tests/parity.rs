@@ -127,7 +127,7 @@ fn check_case(name: &str) {
     for threads in [1, 2] {
         let pool = chargpt::runtime::thread_pool(Some(threads)).unwrap();
         pool.install(|| {
-            let mut trainer = Trainer::new(model.clone(), fx.train.clone());
+            let mut trainer = Trainer::with_shards(model.clone(), fx.train.clone(), threads);
             assert_eq!(trainer.shard_count(), threads.min(b));
             for (i, &want) in want_losses.iter().enumerate() {
                 let stats = trainer.step_on_batch(&fx.inputs, &fx.targets).unwrap();

@@ -49,8 +49,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if args.steps == Some(0) {
         bail!("--steps must be at least 1");
     }
-    let params = Model::new(model_cfg.clone(), 0).num_params();
-    let flops = bench::flops_per_step(&model_cfg, params, train_cfg.batch_size);
+    let flops = Model::new(model_cfg.clone(), 0).flops_per_step(train_cfg.batch_size);
     // About ten seconds at ~100 GFLOP/s, but at least 3 and at most 1000 steps.
     let steps = args
         .steps
@@ -128,7 +127,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         say!("peak memory: {r:.0} MB");
     }
     if args.breakdown {
-        say!("per step, by kernel:");
+        say!("per step, by kernel (thread time, summed over threads):");
         let total: f64 = train.breakdown.iter().map(|(_, f, b)| f + b).sum();
         for (k, f, b) in &train.breakdown {
             if f + b > 0.0 {

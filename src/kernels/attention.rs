@@ -23,7 +23,7 @@
 //!   gemm would cost more than the arithmetic.
 
 use super::matmul::gemm_ptr;
-use super::{axpy, dot, simd_fn, SharedMut};
+use super::{axpy, dot, simd_fn, weighted_rows, SharedMut};
 use crate::rng::Rng;
 use rayon::prelude::*;
 
@@ -218,33 +218,32 @@ unsafe fn head_forward_rows(
     head: Head,
     out: *mut f32,
     att: &mut [f32],
-    mut dropped: Option<(&mut [u8], &mut Rng, f32)>,
+    mut dropped: Option<(&mut [f32], &mut [u8], &mut Rng, f32)>,
     scale: f32,
 ) {
     let Head { t_n, c, hs, .. } = head;
     for t in 0..t_n {
-        let a = &mut att[t * t_n..(t + 1) * t_n];
+        let row = t * t_n..(t + 1) * t_n;
+        let a = &mut att[row.clone()];
         for (u, a_u) in a[..=t].iter_mut().enumerate() {
             *a_u = scale * dot(head.q(t), head.k(u));
         }
         softmax_causal(a, t);
         let o = std::slice::from_raw_parts_mut(out.add(t * c), hs);
-        o.fill(0.0);
-        match dropped.as_mut() {
-            Some((mask, rng, p)) => {
+        let weights: &[f32] = match dropped.as_mut() {
+            Some((d, mask, rng, p)) => {
                 let keep = 1.0 / (1.0 - *p);
-                let m = &mut mask[t * t_n..(t + 1) * t_n];
+                let m = &mut mask[row.clone()];
                 draw_mask_row(rng, m, t, *p);
-                for u in 0..=t {
-                    axpy(o, a[u] * m[u] as f32 * keep, head.v(u));
+                let d = &mut d[row];
+                for ((d, &a), &m) in d.iter_mut().zip(a.iter()).zip(m.iter()) {
+                    *d = a * m as f32 * keep;
                 }
+                d
             }
-            None => {
-                for (u, &w) in a[..=t].iter().enumerate() {
-                    axpy(o, w, head.v(u));
-                }
-            }
-        }
+            None => a,
+        };
+        weighted_rows(o, &weights[..=t], head.q.add(2 * c), 3 * c, false);
     }
 }
 
@@ -268,10 +267,10 @@ simd_fn! {
                     head_forward_gemm(head, out.get(), att, Some((dropped, mask, rng, p)), scale)
                 }
                 (true, _, _) => head_forward_gemm(head, out.get(), att, None, scale),
-                (false, Some(mask), _) => {
-                    head_forward_rows(head, out.get(), att, Some((mask, rng, p)), scale)
+                (false, Some(mask), Some(dropped)) => {
+                    head_forward_rows(head, out.get(), att, Some((dropped, mask, rng, p)), scale)
                 }
-                (false, None, _) => head_forward_rows(head, out.get(), att, None, scale),
+                (false, _, _) => head_forward_rows(head, out.get(), att, None, scale),
             }
         }
     }
@@ -589,12 +588,13 @@ unsafe fn head_backward_rows(
                 None => a[u],
             };
             axpy(grad(u, 2), w, d_o);
-            d[u] = dot(d_o, head.v(u));
+        }
+        for (u, d_u) in d[..=t].iter_mut().enumerate() {
+            *d_u = dot(d_o, head.v(u));
         }
         softmax_causal_backward(d, a, m, keep, t, scale);
-        let dq = grad(t, 0);
+        weighted_rows(grad(t, 0), &d[..=t], head.q.add(c), 3 * c, true);
         for (u, &ds) in d[..=t].iter().enumerate() {
-            axpy(dq, ds, head.k(u));
             axpy(grad(u, 1), ds, head.q(t));
         }
     }
@@ -802,7 +802,7 @@ mod tests {
                 out,
                 &mut att_rows[sq.clone()],
                 Some(&mut mask_rows[sq.clone()]),
-                None,
+                Some(&mut scratch),
                 &mut r,
                 0.2,
                 0.3,

@@ -67,6 +67,25 @@ simd_fn! {
 }
 
 simd_fn! {
+    /// The whole backward pass on one thread, row by row.
+    fn backward_fused(dinp: &mut [f32], dweight: &mut [f32], dbias: &mut [f32], dout: &[f32], inp: &[f32], weight: &[f32], mean: &[f32], rstd: &[f32]) {
+        let c = weight.len();
+        for (((dx, dy), x), (&mu, &rs)) in dinp
+            .chunks_exact_mut(c)
+            .zip(dout.chunks_exact(c))
+            .zip(inp.chunks_exact(c))
+            .zip(mean.iter().zip(rstd))
+        {
+            backward_row(dx, dy, x, weight, mu, rs);
+            for (((dw, db), &dy), &x) in dweight.iter_mut().zip(dbias.iter_mut()).zip(dy).zip(x) {
+                *dw += dy * (x - mu) * rs;
+                *db += dy;
+            }
+        }
+    }
+}
+
+simd_fn! {
     /// Parameter gradients of a block of columns, summed over all rows.
     fn param_grad_columns(dw: &mut [f32], db: &mut [f32], dout: &[f32], inp: &[f32], mean: &[f32], rstd: &[f32], c: usize, c0: usize) {
         let width = dw.len();
@@ -145,6 +164,10 @@ pub fn backward(
     let _timer = crate::profile::scope(crate::profile::Kernel::LayerNorm, true);
     let c = channels;
     let rows = mean.len();
+    if super::is_sequential() {
+        // One thread: input and parameter gradients in a single pass over the rows.
+        return backward_fused(dinp, dweight, dbias, dout, inp, weight, mean, rstd);
+    }
     dinp.par_chunks_mut(c)
         .zip(dout.par_chunks(c).zip(inp.par_chunks(c)))
         .zip(mean.par_iter().zip(rstd.par_iter()))
@@ -193,6 +216,19 @@ mod tests {
         check("dx", &x, &dx, |v| f(v, &wt, &bs), 2e-3);
         check("dweight", &wt, &dw, |v| f(&x, v, &bs), 2e-3);
         check("dbias", &bs, &db, |v| f(&x, &wt, v), 2e-3);
+        // The single-pass version used inside data-parallel shards gives the same gradients.
+        let (mut dx1, mut dw1, mut db1) = (vec![0.0; n * c], vec![0.0; c], vec![0.0; c]);
+        crate::kernels::sequentially(|| {
+            backward(&mut dx1, &mut dw1, &mut db1, &w, &x, &wt, &m, &r, c)
+        });
+        for (a, b) in dx1
+            .iter()
+            .chain(&dw1)
+            .chain(&db1)
+            .zip(dx.iter().chain(&dw).chain(&db))
+        {
+            assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{a} vs {b}");
+        }
     }
 
     #[test]

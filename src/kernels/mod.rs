@@ -22,9 +22,9 @@ pub mod matmul;
 pub mod residual;
 
 /// Rough number of floating-point operations below which a piece of parallel work is not split
-/// further. Handing work to a sleeping thread costs several microseconds (the wake-up), worth a
-/// few hundred thousand flops; smaller kernels run on the calling thread.
-pub(crate) const GRAIN_FLOPS: usize = 1 << 18;
+/// further. Handing work to a sleeping thread costs tens of microseconds on a virtual machine
+/// (the wake-up), worth about a million flops; smaller kernels run on the calling thread.
+pub(crate) const GRAIN_FLOPS: usize = 1 << 20;
 
 /// Whether the CPU has AVX2 and FMA, checked once.
 #[inline]
@@ -191,6 +191,35 @@ pub(crate) fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
     }
 }
 
+/// `out (+)= sum_u weights[u] * row_u`, where row u is the `out.len()` floats at
+/// `rows + u * stride`: a weighted sum of rows (attention's `sum_u a[t, u] v_u`). Unlike a loop of
+/// [`axpy`] into `out`, the sums stay in registers until the end.
+///
+/// # Safety
+/// Row u must be readable for every u < weights.len().
+#[inline(always)]
+pub(crate) unsafe fn weighted_rows(
+    out: &mut [f32],
+    weights: &[f32],
+    rows: *const f32,
+    stride: usize,
+    accumulate: bool,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() {
+        return x86::weighted_rows(out, weights, rows, stride, accumulate);
+    }
+    if !accumulate {
+        out.fill(0.0);
+    }
+    for (u, &w) in weights.iter().enumerate() {
+        let row = std::slice::from_raw_parts(rows.add(u * stride), out.len());
+        for (o, &x) in out.iter_mut().zip(row) {
+            *o += w * x;
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     //! The two inner loops everything else is built from, in AVX2 + FMA intrinsics: the
@@ -232,6 +261,45 @@ mod x86 {
             i += 1;
         }
         total
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2 and FMA; see [`super::weighted_rows`].
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    pub unsafe fn weighted_rows(
+        out: &mut [f32],
+        weights: &[f32],
+        rows: *const f32,
+        stride: usize,
+        accumulate: bool,
+    ) {
+        let n = out.len();
+        let po = out.as_mut_ptr();
+        let mut c = 0;
+        // Eight columns at a time; two accumulators alternate over the rows so that consecutive
+        // fused multiply-adds do not wait on each other.
+        while c + 8 <= n {
+            let mut acc = [_mm256_setzero_ps(); 2];
+            for (u, &w) in weights.iter().enumerate() {
+                let x = _mm256_loadu_ps(rows.add(u * stride + c));
+                acc[u & 1] = _mm256_fmadd_ps(_mm256_set1_ps(w), x, acc[u & 1]);
+            }
+            let mut sum = _mm256_add_ps(acc[0], acc[1]);
+            if accumulate {
+                sum = _mm256_add_ps(sum, _mm256_loadu_ps(po.add(c)));
+            }
+            _mm256_storeu_ps(po.add(c), sum);
+            c += 8;
+        }
+        while c < n {
+            let mut sum = if accumulate { *po.add(c) } else { 0.0 };
+            for (u, &w) in weights.iter().enumerate() {
+                sum += w * *rows.add(u * stride + c);
+            }
+            *po.add(c) = sum;
+            c += 1;
+        }
     }
 
     /// # Safety

@@ -102,6 +102,18 @@ impl Model {
     pub fn num_params(&self) -> usize {
         self.layout.len
     }
+
+    /// The usual estimate of one training step's floating-point operations on `batch` sequences
+    /// of `block_size` tokens (Kaplan et al.; nanoGPT's `estimate_mfu`):
+    /// `6 * params * tokens + 12 * n_layer * n_embd * block_size * tokens` (2 flops for the
+    /// forward and 4 for the backward multiply-add of every parameter per token, plus the
+    /// attention scores and weighted sums, counted over the full T x T).
+    pub fn flops_per_step(&self, batch: usize) -> f64 {
+        let c = &self.config;
+        let tokens = (batch * c.block_size) as f64;
+        6.0 * self.num_params() as f64 * tokens
+            + 12.0 * (c.n_layer * c.n_embd * c.block_size) as f64 * tokens
+    }
 }
 
 #[cfg(test)]
