@@ -85,6 +85,57 @@ simd_fn! {
     }
 }
 
+simd_fn! {
+    fn forward_with_grad_chunk(kind: Activation, out: &mut [f32], grad: &mut [f32], inp: &[f32]) {
+        match kind {
+            Activation::Relu => {
+                for ((o, g), &x) in out.iter_mut().zip(grad.iter_mut()).zip(inp) {
+                    *o = x.max(0.0);
+                    *g = if x > 0.0 { 1.0 } else { 0.0 };
+                }
+            }
+            Activation::Gelu => {
+                for ((o, g), &x) in out.iter_mut().zip(grad.iter_mut()).zip(inp) {
+                    // One exponential for both.
+                    let s = gelu_gate(x);
+                    let du = SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_CUBIC * x * x);
+                    *o = x * s;
+                    *g = s + x * s * (1.0 - s) * 2.0 * du;
+                }
+            }
+        }
+    }
+}
+
+simd_fn! {
+    fn scale_chunk(d: &mut [f32], by: &[f32]) {
+        for (d, &b) in d.iter_mut().zip(by) {
+            *d *= b;
+        }
+    }
+}
+
+/// `out = f(inp)` and `grad = f'(inp)` in one pass: the backward pass needs both the activation
+/// (for the next layer's weight gradient) and its derivative, and for GELU they share the costly
+/// exponential.
+pub fn forward_with_grad(kind: Activation, out: &mut [f32], grad: &mut [f32], inp: &[f32]) {
+    let _timer = crate::profile::scope(crate::profile::Kernel::Activation, true);
+    out.par_chunks_mut(CHUNK)
+        .zip(grad.par_chunks_mut(CHUNK).zip(inp.par_chunks(CHUNK)))
+        .with_min_len(super::min_items(CHUNK * 40))
+        .for_each(|(o, (g, x))| forward_with_grad_chunk(kind, o, g, x));
+}
+
+/// `d *= grad`: the chain rule through an activation whose derivative [`forward_with_grad`]
+/// computed.
+pub fn apply_grad(d: &mut [f32], grad: &[f32]) {
+    let _timer = crate::profile::scope(crate::profile::Kernel::Activation, true);
+    d.par_chunks_mut(CHUNK)
+        .zip(grad.par_chunks(CHUNK))
+        .with_min_len(super::min_items(CHUNK * 2))
+        .for_each(|(d, g)| scale_chunk(d, g));
+}
+
 /// `out = f(inp)`.
 pub fn forward(kind: Activation, out: &mut [f32], inp: &[f32]) {
     let _timer = crate::profile::scope(crate::profile::Kernel::Activation, false);
@@ -135,6 +186,17 @@ mod tests {
             let mut in_place = w.clone();
             backward_in_place(kind, &mut in_place, &x);
             assert_eq!(dx, in_place);
+            // The fused forward gives the same activation and a derivative that, applied to the
+            // output gradient, gives the same input gradient.
+            let (mut y, mut y2, mut g) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
+            forward(kind, &mut y, &x);
+            forward_with_grad(kind, &mut y2, &mut g, &x);
+            assert_eq!(y, y2);
+            let mut applied = w.clone();
+            apply_grad(&mut applied, &g);
+            for (a, b) in applied.iter().zip(&dx) {
+                assert!((a - b).abs() <= 1e-6 * (1.0 + b.abs()), "{a} vs {b}");
+            }
             check(
                 &format!("{kind:?}"),
                 &x,

@@ -54,9 +54,17 @@ pub struct AttentionDropout {
     pub seed: u64,
 }
 
-/// Rows per block of the blocked products: block i needs keys `0..(i+1)*ROWS`, so the work is
-/// about `1/2 + ROWS/(2T)` of the full square.
-const ROWS: usize = 64;
+/// Rows per block of the blocked products: block i needs keys `0..(i+1)*rows`, so the work is
+/// about `1/2 + rows/(2T)` of the full square; smaller blocks skip more of the masked triangle but
+/// make more, smaller calls. Measured best: 32 up to T = 128, 64 beyond.
+#[inline]
+fn block_rows(t_n: usize) -> usize {
+    if t_n <= 128 {
+        32
+    } else {
+        64
+    }
+}
 
 /// Softmax of `row[..=t]` in place (the scores of query t against keys 0..=t); zeroes the
 /// masked `row[t+1..]`. Always inlined into a caller compiled for the CPU's vector width.
@@ -153,8 +161,8 @@ unsafe fn head_forward_gemm(
     scale: f32,
 ) {
     let Head { q, t_n, c, hs, .. } = head;
-    for r0 in (0..t_n).step_by(ROWS) {
-        let r1 = (r0 + ROWS).min(t_n);
+    for r0 in (0..t_n).step_by(block_rows(t_n)) {
+        let r1 = (r0 + block_rows(t_n)).min(t_n);
         // att[r0..r1, 0..r1] = scale * Q[r0..r1] K[0..r1]^T
         gemm_ptr(
             r1 - r0,
@@ -192,8 +200,8 @@ unsafe fn head_forward_gemm(
         }
         None => att,
     };
-    for r0 in (0..t_n).step_by(ROWS) {
-        let r1 = (r0 + ROWS).min(t_n);
+    for r0 in (0..t_n).step_by(block_rows(t_n)) {
+        let r1 = (r0 + block_rows(t_n)).min(t_n);
         // out[r0..r1] = A'[r0..r1, 0..r1] V[0..r1]
         gemm_ptr(
             r1 - r0,
@@ -483,8 +491,8 @@ unsafe fn head_backward_gemm(
         None => att,
     };
     // dV[u0..u1] += A'[u0.., u0..u1]^T dY[u0..]: only rows t >= u0 have weight on these keys.
-    for u0 in (0..t_n).step_by(ROWS) {
-        let u1 = (u0 + ROWS).min(t_n);
+    for u0 in (0..t_n).step_by(block_rows(t_n)) {
+        let u1 = (u0 + block_rows(t_n)).min(t_n);
         gemm_ptr(
             u1 - u0,
             hs,
@@ -501,8 +509,8 @@ unsafe fn head_backward_gemm(
         );
     }
     // dA'[r0..r1, 0..r1] = dY[r0..r1] V[0..r1]^T, then softmax backward row by row.
-    for r0 in (0..t_n).step_by(ROWS) {
-        let r1 = (r0 + ROWS).min(t_n);
+    for r0 in (0..t_n).step_by(block_rows(t_n)) {
+        let r1 = (r0 + block_rows(t_n)).min(t_n);
         gemm_ptr(
             r1 - r0,
             r1,
@@ -530,8 +538,8 @@ unsafe fn head_backward_gemm(
         }
     }
     // dQ[r0..r1] += dS[r0..r1, 0..r1] K[0..r1];  dK[u0..u1] += dS[u0.., u0..u1]^T Q[u0..].
-    for r0 in (0..t_n).step_by(ROWS) {
-        let r1 = (r0 + ROWS).min(t_n);
+    for r0 in (0..t_n).step_by(block_rows(t_n)) {
+        let r1 = (r0 + block_rows(t_n)).min(t_n);
         gemm_ptr(
             r1 - r0,
             hs,

@@ -84,6 +84,8 @@ pub(super) struct Transient {
     pub branch: Vec<f32>,
     /// The feed-forward activation, (B, T, F).
     pub hidden: Vec<f32>,
+    /// Its derivative, recomputed with it in the backward pass (two-layer feed-forward only).
+    pub hidden_grad: Vec<f32>,
 }
 
 /// Gradient buffers for the backward pass, reused by every block.
@@ -176,6 +178,7 @@ impl Activations {
             norm_out: buf(transformer && ln, n * c),
             branch: buf(transformer && res && (proj || mlp), n * c),
             hidden: buf(transformer && ffn && !act_is_stream, n * f),
+            hidden_grad: buf(training && transformer && mlp, n * f),
         };
         let g = |on: bool, len: usize| buf(training && on, len);
         let grad = GradScratch {

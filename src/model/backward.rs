@@ -202,7 +202,13 @@ impl Model {
                         &g.d_out[rc.clone()]
                     };
                     let hidden = &mut tr.hidden[rf.clone()];
-                    activation::forward(cfg.activation, hidden, &a.fc[rf.clone()]);
+                    let hidden_grad = &mut tr.hidden_grad[rf.clone()];
+                    activation::forward_with_grad(
+                        cfg.activation,
+                        hidden,
+                        hidden_grad,
+                        &a.fc[rf.clone()],
+                    );
                     let (dw, db) = linear_grads(grads, fc2);
                     matmul::backward(
                         Some(&mut *d_fc),
@@ -214,19 +220,22 @@ impl Model {
                         f,
                         c,
                     );
+                    // d_fc held the gradient of the activation's output; now that of its input.
+                    activation::apply_grad(d_fc, hidden_grad);
                 }
-                None => match has_dropout {
-                    true => dropout::backward(
-                        d_fc,
-                        &g.d_out[rc.clone()],
-                        &a.ffn_mask[rf.clone()],
-                        dropout_p,
-                    ),
-                    false => residual::backward(d_fc, &g.d_out[rc.clone()]),
-                },
+                None => {
+                    match has_dropout {
+                        true => dropout::backward(
+                            d_fc,
+                            &g.d_out[rc.clone()],
+                            &a.ffn_mask[rf.clone()],
+                            dropout_p,
+                        ),
+                        false => residual::backward(d_fc, &g.d_out[rc.clone()]),
+                    }
+                    activation::backward_in_place(cfg.activation, d_fc, &a.fc[rf.clone()]);
+                }
             }
-            // d_fc held the gradient of the activation's output; now that of its input.
-            activation::backward_in_place(cfg.activation, d_fc, &a.fc[rf.clone()]);
             g.d_norm[rc.clone()].fill(0.0);
             let (dw, db) = linear_grads(grads, fc);
             matmul::backward(
