@@ -57,7 +57,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let warmup = (steps / 10).clamp(1, 20);
     let threads = rayon::current_num_threads();
     let train: TrainBench =
-        bench::bench_training(&model_cfg, &train_cfg, warmup, steps, args.breakdown);
+        bench::bench_training(&model_cfg, &train_cfg, warmup, steps, args.breakdown)?;
     let peak = bench::matmul_peak();
     let gen = (args.gen_tokens > 0 && model_cfg.architecture == config::Architecture::Transformer)
         .then(|| {

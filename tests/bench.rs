@@ -1,0 +1,60 @@
+//! `chargpt bench` reports what the speed comparison needs; the figures themselves are measured
+//! by hand (`tools/bench_compare.py`), never asserted in a test.
+
+use assert_cmd::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_chargpt");
+
+#[test]
+fn bench_json_has_every_field_with_sane_values() {
+    let out = Command::new(BIN)
+        .args([
+            "--threads",
+            "2",
+            "bench",
+            "--preset",
+            "layernorm",
+            "--steps",
+            "5",
+        ])
+        .args(["--gen-tokens", "20", "--breakdown", "--json"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let v: serde_json::Value = serde_json::from_slice(&out).expect("one JSON object");
+    for key in [
+        "ms_per_step",
+        "tokens_per_s",
+        "gflops",
+        "peak_gflops",
+        "gen_tokens_per_s",
+    ] {
+        let x = v[key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{key} missing in {v}"));
+        assert!(x.is_finite() && x > 0.0, "{key} = {x}");
+    }
+    assert_eq!(v["threads"], 2);
+    assert_eq!(v["params"], 42369);
+    // tokens per second is B*T per step over the step time.
+    let tps = v["tokens_per_s"].as_f64().unwrap();
+    let ms = v["ms_per_step"].as_f64().unwrap();
+    assert!((tps * ms / 1e3 - 32.0 * 8.0).abs() < 1e-6 * tps);
+    assert!(v["breakdown"]["matmul"]["forward_ms"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn bench_rejects_nonsense() {
+    let out = Command::new(BIN)
+        .args(["bench", "--preset", "layernorm", "--steps", "0"])
+        .assert()
+        .failure()
+        .get_output()
+        .stderr
+        .clone();
+    let err = String::from_utf8_lossy(&out);
+    assert!(err.contains("--steps must be at least 1"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
