@@ -85,25 +85,25 @@ fn visible(c: char) -> String {
 }
 
 /// (mean look-back distance, weight on the query itself, weight on the character just before)
-/// of one (T, T) map, averaged over queries. The mean look-back of query t is
-/// `sum_u a[t, u] (t - u)`: 0 for a head that only looks at the current character, about t/2 for
-/// one that spreads evenly over the past.
+/// of one (T, T) map, averaged over the queries that have a choice (all but the first, which can
+/// only see itself). The look-back of query t is `sum_u a[t, u] (t - u)`: 0 for a head that only
+/// looks at the current character, about t/2 for one that spreads evenly over the past.
 fn summary(map: &[Vec<f32>]) -> (f64, f64, f64) {
-    let t = map.len().max(1) as f64;
+    let first = usize::from(map.len() > 1);
+    let queries = (map.len() - first).max(1) as f64;
     let (mut back, mut itself, mut previous) = (0.0, 0.0, 0.0);
-    for (q, row) in map.iter().enumerate() {
+    for (q, row) in map.iter().enumerate().skip(first) {
         back += row
             .iter()
             .enumerate()
-            .map(|(u, &w)| w as f64 * (q - u.min(q)) as f64)
+            .map(|(u, &w)| w as f64 * q.saturating_sub(u) as f64)
             .sum::<f64>();
         itself += row.get(q).copied().unwrap_or(0.0) as f64;
         if q > 0 {
             previous += row.get(q - 1).copied().unwrap_or(0.0) as f64;
         }
     }
-    let earlier = (map.len().max(2) - 1) as f64;
-    (back / t, itself / t, previous / earlier)
+    (back / queries, itself / queries, previous / queries)
 }
 
 pub fn run(args: AttentionArgs) -> Result<()> {
@@ -265,15 +265,15 @@ mod tests {
             vec![0.0, 0.0, 1.0],
         ];
         assert_eq!(summary(&diagonal), (0.0, 1.0, 0.0));
-        // ...and one that always looks at the first: look-back (0 + 1 + 2) / 3.
+        // ...one that always looks at the first: look-back (1 + 2) / 2 over the queries with a
+        // choice...
         let first = vec![
             vec![1.0, 0.0, 0.0],
             vec![1.0, 0.0, 0.0],
             vec![1.0, 0.0, 0.0],
         ];
-        let (back, itself, previous) = summary(&first);
-        assert!((back - 1.0).abs() < 1e-12);
-        assert!((itself - 1.0 / 3.0).abs() < 1e-12);
-        assert!((previous - 0.5).abs() < 1e-12);
+        assert_eq!(summary(&first), (1.5, 0.0, 0.5));
+        // ...and a one-character prompt, whose only query sees only itself.
+        assert_eq!(summary(&[vec![1.0]]), (0.0, 1.0, 0.0));
     }
 }

@@ -27,9 +27,10 @@ pub const PLOT_FILE: &str = "sweep.png";
 #[derive(Args)]
 #[command(after_help = "\
 Each --set KEY=V1,V2,... names a setting (any key `chargpt train --set` takes) and the values to \
-try; with several, every combination is trained, the first --set varying fastest. Every run \
-starts from --preset, then --steps, --seed and the combination's values, and uses the same seed, \
-so only the swept settings differ. A combination that is not a valid model (n_embd not divisible \
+try; with several, every combination is trained, the first --set varying fastest. A --set with a \
+single value fixes that setting for every run. Every run starts from --preset, then --steps, \
+--seed, the fixed settings and the combination's values, and uses the same seed, so only the \
+swept settings differ. A combination that is not a valid model (n_embd not divisible \
 by n_head, ...) is an error before anything is trained.
 
 Output: DIR/<KEY=VALUE,...>/ (a checkpoint per combination, as `chargpt train` writes it), \
@@ -110,6 +111,15 @@ pub fn parse_axes(sets: &[String]) -> Result<Vec<Axis>, String> {
         axes.push(axis);
     }
     Ok(axes)
+}
+
+/// Splits the settings into those with one value, fixed for every run, and the swept ones. When
+/// none has several values the grid is a single run, named by all of them.
+pub fn split_fixed(all: Vec<Axis>) -> (Vec<Axis>, Vec<Axis>) {
+    if all.iter().all(|a| a.values.len() == 1) {
+        return (Vec::new(), all);
+    }
+    all.into_iter().partition(|a| a.values.len() == 1)
 }
 
 /// Every combination of the axes' values, as one value index per axis, the first axis varying
@@ -206,7 +216,13 @@ struct SweepResult {
 
 /// Applies every combination to the preset and checks it on the data, before anything trains:
 /// a bad key or value names the `--set` it came from, an invalid model the combination.
-fn plan(args: &SweepArgs, axes: &[Axis], text: &str, data_name: &str) -> Result<Vec<Planned>> {
+fn plan(
+    args: &SweepArgs,
+    fixed: &[Axis],
+    axes: &[Axis],
+    text: &str,
+    data_name: &str,
+) -> Result<Vec<Planned>> {
     let preset = config::preset(&args.preset)?;
     let (mut model0, mut train0) = (preset.model, preset.train);
     if let Some(steps) = args.steps {
@@ -216,12 +232,15 @@ fn plan(args: &SweepArgs, axes: &[Axis], text: &str, data_name: &str) -> Result<
         train0.seed = seed;
     }
     // Each value on its own first: the error names the setting, not a whole combination.
-    for axis in axes {
+    for axis in fixed.iter().chain(axes) {
         for v in &axis.values {
             let (mut m, mut t) = (model0.clone(), train0.clone());
             apply_to_configs(&mut m, &mut t, &axis.key, v)
                 .map_err(|e| anyhow!("--set {}={v}: {e}", axis.key))?;
         }
+    }
+    for axis in fixed {
+        apply_to_configs(&mut model0, &mut train0, &axis.key, &axis.values[0])?;
     }
     let tokenizer = Tokenizer::from_text(text).map_err(chargpt::data::DataError::from)?;
     let dataset = Dataset::new(text, &tokenizer)?;
@@ -242,8 +261,14 @@ fn plan(args: &SweepArgs, axes: &[Axis], text: &str, data_name: &str) -> Result<
                     .map_err(|e| format!("{data_name}: {e}"))
             });
         if let Err(e) = checked {
+            let with = if fixed.is_empty() {
+                String::new()
+            } else {
+                let all: Vec<usize> = vec![0; fixed.len()];
+                format!(" (with {})", describe(fixed, &all))
+            };
             bail!(
-                "the combination {} is invalid: {e}; change or drop one of its values",
+                "the combination {}{with} is invalid: {e}; change or drop one of its values",
                 describe(axes, &combo)
             );
         }
@@ -295,6 +320,7 @@ fn table(axes: &[Axis], results: &[SweepResult]) -> (Vec<String>, Vec<Vec<String
 fn write_report(
     out: &Path,
     args: &SweepArgs,
+    fixed: &[Axis],
     axes: &[Axis],
     results: &[SweepResult],
     total_s: f64,
@@ -317,6 +343,13 @@ fn write_report(
         duration(total_s),
         rayon::current_num_threads(),
     );
+    if !fixed.is_empty() {
+        let fixed: Vec<String> = fixed
+            .iter()
+            .map(|a| format!("`{}={}`", a.key, a.values[0]))
+            .collect();
+        text.push_str(&format!("Every run with {}.\n\n", fixed.join(", ")));
+    }
     text.push_str(&markdown_table(&header, &rows, &right));
     text.push_str(
         "\n- **val (exact)**: the mean loss over every target of the val split after the last step \
@@ -377,9 +410,9 @@ pub fn run(args: SweepArgs) -> Result<ExitCode> {
     if args.steps == Some(0) {
         return Err(UsageError("--steps must be at least 1".into()).into());
     }
-    let axes = parse_axes(&args.sets).map_err(UsageError)?;
+    let (fixed, axes) = split_fixed(parse_axes(&args.sets).map_err(UsageError)?);
     let (text, info) = load_text(args.data.as_deref())?;
-    let planned = plan(&args, &axes, &text, &info.source)?;
+    let planned = plan(&args, &fixed, &axes, &text, &info.source)?;
     let out = &args.out;
     let taken: Vec<String> = planned
         .iter()
@@ -429,10 +462,11 @@ pub fn run(args: SweepArgs) -> Result<ExitCode> {
             trained.val_exact,
             duration(trained.wall_s)
         );
-        let settings = axes
+        let settings = fixed
             .iter()
-            .zip(&p.combo)
-            .map(|(a, &i)| {
+            .map(|a| (a, 0))
+            .chain(axes.iter().zip(p.combo.iter().copied()))
+            .map(|(a, i)| {
                 let v = &a.values[i];
                 let value = serde_json::from_str(v)
                     .unwrap_or_else(|_| serde_json::Value::String(v.clone()));
@@ -450,6 +484,7 @@ pub fn run(args: SweepArgs) -> Result<ExitCode> {
         write_report(
             out,
             &args,
+            &fixed,
             &axes,
             &results,
             started.elapsed().as_secs_f64(),
@@ -490,6 +525,16 @@ mod tests {
         assert_eq!(describe(&a, &g[4]), "n_head=2, n_embd=64");
         assert_eq!(dir_name(&a, &g[4]), "n_head=2,n_embd=64");
         assert_eq!(grid(&axes(&["seed=7"])), [[0]]);
+        // Single values are fixed settings, unless nothing has several.
+        let (fixed, swept) = split_fixed(axes(&["n_layer=1", "n_head=1,2", "seed=3"]));
+        assert_eq!(
+            fixed.iter().map(|a| &a.key).collect::<Vec<_>>(),
+            ["n_layer", "seed"]
+        );
+        assert_eq!(swept.iter().map(|a| &a.key).collect::<Vec<_>>(), ["n_head"]);
+        let (fixed, swept) = split_fixed(axes(&["n_layer=1", "seed=3"]));
+        assert!(fixed.is_empty());
+        assert_eq!(swept.len(), 2);
     }
 
     #[test]
