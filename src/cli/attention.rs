@@ -26,9 +26,9 @@ is the weight a[t, u], from 0 (dark) to 1 (bright), each row summing to 1; grey 
 causal mask (a character never sees the ones after it). Spaces show as ␣ and newlines as ⏎.
 
 Prompts longer than the model's block_size keep their last block_size characters, the most the \
-model sees at once. Every character is labelled on both axes up to 56 characters; beyond that \
-every k-th one, so that labels stay about 10 pixels apart (every 2nd up to 112 characters, every \
-5th beyond 186).
+model sees at once. Every character is labelled on both axes up to 46 characters; beyond that \
+every k-th one, so that labels stay about 9 pixels apart (every 2nd up to 84 characters, every \
+3rd up to 140, every 5th beyond).
 
 --json prints {\"model\", \"prompt\", \"dropped\", \"tokens\", \"n_layer\", \"n_head\", \
 \"layers\"}: `prompt` is the text looked at, `dropped` the characters cut from its front, \
@@ -179,7 +179,11 @@ pub fn run(args: AttentionArgs) -> Result<()> {
         (None, true) => None,
     };
     if let Some(path) = &image {
-        draw(path, &maps, &args.model)?;
+        let name = match &ckpt.config.preset {
+            Some(preset) => format!("the {preset} model in {}", args.model.display()),
+            None => args.model.display().to_string(),
+        };
+        draw(path, &maps, &name)?;
     }
     if args.json {
         say!("{}", serde_json::to_string(&maps)?);
@@ -214,7 +218,7 @@ pub fn run(args: AttentionArgs) -> Result<()> {
     Ok(())
 }
 
-fn draw(path: &Path, maps: &AttentionMaps, model: &Path) -> Result<()> {
+fn draw(path: &Path, maps: &AttentionMaps, name: &str) -> Result<()> {
     let labels: Vec<String> = maps.prompt.chars().map(visible).collect();
     let heatmaps: Vec<Heatmap> = maps
         .layers
@@ -228,8 +232,7 @@ fn draw(path: &Path, maps: &AttentionMaps, model: &Path) -> Result<()> {
         })
         .collect();
     let title = format!(
-        "attention weights of {} over {} characters",
-        model.display(),
+        "attention weights of {name} over {} characters",
         labels.len()
     );
     draw_heatmap_grid(

@@ -94,6 +94,12 @@ fn tick(v: f64) -> String {
 
 /// Draws `plot` into a PNG at `path`, replacing it atomically (a reader never sees half a file).
 pub fn draw_line_plot(path: &Path, plot: &LinePlot) -> Result<()> {
+    draw_line_plot_spanning(path, plot, 0.0)
+}
+
+/// [`draw_line_plot`] with a linear y axis at least `min_span` tall (centred on the data), so that
+/// differences at the level of run-to-run noise do not fill the whole height.
+pub fn draw_line_plot_spanning(path: &Path, plot: &LinePlot, min_span: f64) -> Result<()> {
     register_font()?;
     let xs = plot
         .series
@@ -103,9 +109,14 @@ pub fn draw_line_plot(path: &Path, plot: &LinePlot) -> Result<()> {
         .series
         .iter()
         .flat_map(|s| s.points.iter().map(|p| p.1));
-    let (Some(x), Some(y)) = (padded_range(xs, plot.log_x), padded_range(ys, plot.log_y)) else {
+    let (Some(x), Some(mut y)) = (padded_range(xs, plot.log_x), padded_range(ys, plot.log_y))
+    else {
         return Ok(()); // nothing to draw yet
     };
+    if !plot.log_y && y.1 - y.0 < min_span {
+        let mid = 0.5 * (y.0 + y.1);
+        y = (mid - 0.5 * min_span, mid + 0.5 * min_span);
+    }
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
@@ -261,13 +272,19 @@ const VIRIDIS: [(u8, u8, u8); 9] = [
 ];
 const MASKED: RGBColor = RGBColor(228, 228, 228);
 
-/// The colour of weight `w` (clamped to [0, 1]): linear interpolation between viridis points.
+/// Distinct colours on the scale: 65 steps of 1/64 look continuous, and far fewer distinct pixels
+/// keep the PNG small.
+const LEVELS: f32 = 64.0;
+
+/// The colour of weight `w` (clamped to [0, 1], rounded to a multiple of 1/64): linear
+/// interpolation between viridis points.
 pub fn weight_colour(w: f32) -> RGBColor {
-    let x = if w.is_finite() {
+    let w = if w.is_finite() {
         w.clamp(0.0, 1.0)
     } else {
         0.0
-    } * (VIRIDIS.len() - 1) as f32;
+    };
+    let x = (w * LEVELS).round() / LEVELS * (VIRIDIS.len() - 1) as f32;
     let i = (x.floor() as usize).min(VIRIDIS.len() - 2);
     let f = x - i as f32;
     let (a, b) = (VIRIDIS[i], VIRIDIS[i + 1]);
@@ -278,17 +295,17 @@ pub fn weight_colour(w: f32) -> RGBColor {
 /// How a heatmap of `t` positions is laid out: `px` pixels per position, and every `every`-th
 /// position labelled with a font of `font` pixels.
 ///
-/// A map aims at about 560 pixels a side (at least 160), with between 2 and 22 pixels per position
-/// unless the prompt is very short. A label
-/// needs about 10 pixels, so when positions are closer than that only every k-th one is labelled
-/// (k = ceil(10 / px)): all of them up to 56 positions, every 2nd up to 112, every 3rd up to 140,
-/// every 4th up to 186, every 5th beyond (the 256 of the lecture's block).
+/// A map aims at about 420 pixels a side (at least 160), with between 2 and 22 pixels per
+/// position unless the prompt is very short: a grid of 4 x 4 heads stays under 2000 pixels a side
+/// (and its PNG small). A label needs about 9 pixels, so when positions are closer than that only
+/// every k-th one is labelled (k = ceil(9 / px)): all of them up to 46 positions, every 2nd up to
+/// 84, every 3rd up to 140, every 5th beyond (the 256 of the lecture's block).
 pub fn heatmap_scale(t: usize) -> (u32, usize, u32) {
     let t = t.max(1) as u32;
     // At least 160 pixels a side, so that a map of a short prompt still has room for its title.
-    let px = (560 / t).clamp(2, 22).max(160u32.div_ceil(t));
-    let every = 10u32.div_ceil(px) as usize;
-    let font = (px * every as u32).clamp(10, 15);
+    let px = (420 / t).clamp(2, 22).max(160u32.div_ceil(t));
+    let every = 9u32.div_ceil(px) as usize;
+    let font = (px * every as u32).clamp(9, 15);
     (px, every, font)
 }
 
@@ -498,14 +515,15 @@ mod tests {
         );
         // Every character labelled for short prompts, fewer as the block grows.
         assert_eq!(heatmap_scale(8), (22, 1, 15));
-        assert_eq!(heatmap_scale(56).1, 1);
-        assert_eq!(heatmap_scale(57).1, 2);
-        assert_eq!(heatmap_scale(112).1, 2);
-        assert_eq!(heatmap_scale(113).1, 3);
-        assert_eq!(heatmap_scale(187).1, 5);
+        assert_eq!(heatmap_scale(46).1, 1);
+        assert_eq!(heatmap_scale(47).1, 2);
+        assert_eq!(heatmap_scale(84).1, 2);
+        assert_eq!(heatmap_scale(85).1, 3);
+        assert_eq!(heatmap_scale(140).1, 3);
+        assert_eq!(heatmap_scale(141).1, 5);
         let (px, every, font) = heatmap_scale(256);
         assert_eq!((px, every), (2, 5));
-        assert!(font >= 10);
+        assert!(font >= 9);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use super::ladder::{
     check_writable, duration, markdown_table, run_error, stop_on_ctrl_c, text_table, train_quietly,
 };
-use super::plot::{draw_line_plot, LinePlot, Series};
+use super::plot::{draw_line_plot_spanning, LinePlot, Series};
 use super::presets::thousands;
 use super::{load_text, UsageError};
 use anyhow::{anyhow, bail, Context, Result};
@@ -393,7 +393,8 @@ fn write_report(
         format!("{} ({})", first.key, names.join(", "))
     };
     let title = format!("{}: val loss against {}", args.preset, first.key);
-    draw_line_plot(
+    // At least 0.1 nats tall: runs that differ only in their seed already differ by about 0.01.
+    draw_line_plot_spanning(
         &out.join(PLOT_FILE),
         &LinePlot {
             title: &title,
@@ -403,6 +404,7 @@ fn write_report(
             log_x,
             log_y: false,
         },
+        0.1,
     )
 }
 
