@@ -509,11 +509,19 @@ pub fn run(args: LadderArgs) -> Result<ExitCode> {
         let dir = out.join(p.rung.name);
         let label = format!("{:>12}", p.rung.name);
         let Some(trained) = train_quietly(&mut run, &dir, &stop, &label, rung_started)? else {
+            let finished = if results.is_empty() {
+                "no rung finished".to_string()
+            } else {
+                format!(
+                    "the finished rungs are in {}",
+                    out.join(TABLE_FILE).display()
+                )
+            };
             note!(
-                "stopped during {}; its checkpoint is in {}; the finished rungs are in {}",
+                "stopped during {}; its checkpoint is in {} (continue it with `chargpt train --resume --out {}`); {finished}",
                 p.rung.name,
                 dir.display(),
-                out.join(TABLE_FILE).display()
+                dir.display(),
             );
             if !results.is_empty() {
                 write_report(out, &results, started.elapsed().as_secs_f64(), &setting)?;

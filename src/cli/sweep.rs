@@ -451,10 +451,18 @@ pub fn run(args: SweepArgs) -> Result<ExitCode> {
         let dir = out.join(dir_name(&axes, &p.combo));
         let label = format!("[{}/{n}]", i + 1);
         let Some(trained) = train_quietly(&mut run, &dir, &stop, &label, run_started)? else {
+            let finished = if results.is_empty() {
+                "no run finished".to_string()
+            } else {
+                format!(
+                    "the finished runs are in {}",
+                    out.join(TABLE_FILE).display()
+                )
+            };
             note!(
-                "stopped during {what}; its checkpoint is in {}; the finished runs are in {}",
+                "stopped during {what}; its checkpoint is in {} (continue it with `chargpt train --resume --out {}`); {finished}",
                 dir.display(),
-                out.join(TABLE_FILE).display()
+                dir.display(),
             );
             return Ok(ExitCode::from(130));
         };
