@@ -5,13 +5,15 @@
 //! [`tokenizer`] (characters to ids), [`data`] (splits and batches), [`config`] (model shapes and
 //! presets), [`kernels`] (one file per layer, forward and backward), [`model`] (the network and
 //! its parameter layout), [`optimizer`] (AdamW, schedule, clipping), [`training`] (the loop and
-//! loss estimates), [`sampling`] (generation), [`checkpoint`] (safetensors + JSON).
+//! loss estimates), [`sampling`] (generation), [`checkpoint`] (safetensors + JSON); [`ladder`] lists
+//! the lecture's sequence of models with the losses it published.
 
 pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod kernels;
+pub mod ladder;
 pub mod model;
 pub mod optimizer;
 pub mod profile;

@@ -20,11 +20,14 @@ macro_rules! note {
     }};
 }
 
+mod attention;
 mod bench;
 mod eval;
+mod ladder;
 mod plot;
 mod presets;
 mod sample;
+mod sweep;
 mod train;
 
 use anyhow::{Context, Result};
@@ -62,6 +65,13 @@ enum Command {
     Presets(presets::PresetsArgs),
     /// Time training steps and generation, and compare with the machine's matrix-product peak.
     Bench(bench::BenchArgs),
+    /// Train the lecture's ladder of models, bigram to LayerNorm, and compare each val loss with
+    /// the published one.
+    Ladder(ladder::LadderArgs),
+    /// Draw what every head of a trained model attends to over a prompt.
+    Attention(attention::AttentionArgs),
+    /// Train every combination of a few settings' values and plot the val loss against them.
+    Sweep(sweep::SweepArgs),
 }
 
 /// A mistake in the command line itself (exit status 2, as clap uses).
@@ -96,6 +106,9 @@ pub fn run() -> Result<ExitCode> {
         Command::Eval(args) => eval::run(args).map(|()| ExitCode::SUCCESS),
         Command::Presets(args) => presets::run(args).map(|()| ExitCode::SUCCESS),
         Command::Bench(args) => bench::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Ladder(args) => ladder::run(args),
+        Command::Attention(args) => attention::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Sweep(args) => sweep::run(args),
     })
 }
 
@@ -128,9 +141,19 @@ fn usage_error(e: clap::Error) -> Result<ExitCode> {
             parts.push(line.to_string());
         }
     }
-    let command = std::env::args()
-        .skip(1)
-        .find(|a| ["train", "sample", "eval", "presets", "bench"].contains(&a.as_str()));
+    let command = std::env::args().skip(1).find(|a| {
+        [
+            "train",
+            "sample",
+            "eval",
+            "presets",
+            "bench",
+            "ladder",
+            "attention",
+            "sweep",
+        ]
+        .contains(&a.as_str())
+    });
     let help = match command {
         Some(c) => format!("see `chargpt {c} --help`"),
         None => "see `chargpt --help`".to_string(),
