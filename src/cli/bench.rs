@@ -46,6 +46,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     model_cfg.vocab_size = 65;
     model_cfg.validate()?;
     train_cfg.validate()?;
+    super::train::check_memory(&model_cfg, &train_cfg)?;
     if args.steps == Some(0) {
         bail!("--steps must be at least 1");
     }

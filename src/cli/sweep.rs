@@ -272,6 +272,8 @@ fn plan(
                 describe(axes, &combo)
             );
         }
+        super::train::check_memory(&model, &train)
+            .with_context(|| format!("the combination {}", describe(axes, &combo)))?;
         let params = chargpt::model::ParamLayout::new(&model).len;
         planned.push(Planned {
             combo,

@@ -211,7 +211,8 @@ fn memory_total() -> Option<f64> {
 }
 
 /// Refuses settings whose buffers could not be allocated, rather than letting the allocator abort.
-fn check_memory(model: &ModelConfig, train: &TrainConfig) -> Result<()> {
+/// Refuses settings whose buffers cannot fit in this machine's memory, before allocating them.
+pub(super) fn check_memory(model: &ModelConfig, train: &TrainConfig) -> Result<()> {
     let needed = memory_needed(model, train);
     if let Some(total) = memory_total() {
         if needed > total {
