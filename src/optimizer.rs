@@ -62,39 +62,54 @@ impl AdamW {
         let specs = &layout.specs;
         // One pass over the flat buffer in fixed chunks; each chunk walks the tensors it overlaps
         // to know whether weight decay applies to them.
-        params
-            .par_chunks_mut(CHUNK)
-            .zip(grads.par_chunks(CHUNK))
-            .zip(
-                self.m
-                    .par_chunks_mut(CHUNK)
-                    .zip(self.v.par_chunks_mut(CHUNK)),
-            )
-            .enumerate()
-            .with_min_len(crate::kernels::min_items(20 * CHUNK))
-            .for_each(|(i, ((p, g), (m, v)))| {
-                let (c0, c1) = (i * CHUNK, i * CHUNK + p.len());
-                let first = specs.partition_point(|s| s.offset + s.len() <= c0);
-                for spec in specs[first..].iter().take_while(|s| s.offset < c1) {
-                    let lo = spec.offset.max(c0) - c0;
-                    let hi = (spec.offset + spec.len()).min(c1) - c0;
-                    let decay = match cfg.decay_on {
-                        DecayOn::All => true,
-                        DecayOn::Matrices => spec.is_matrix(),
-                    };
-                    let keep = if decay { decay_factor } else { 1.0 };
-                    adamw_chunk(
-                        &mut p[lo..hi],
-                        &g[lo..hi],
-                        &mut m[lo..hi],
-                        &mut v[lo..hi],
-                        keep,
-                        hyper,
-                    );
-                }
-            });
+        let update_chunk = |(i, ((p, g), (m, v))): ChunkRefs| {
+            let (c0, c1) = (i * CHUNK, i * CHUNK + p.len());
+            let first = specs.partition_point(|s| s.offset + s.len() <= c0);
+            for spec in specs[first..].iter().take_while(|s| s.offset < c1) {
+                let lo = spec.offset.max(c0) - c0;
+                let hi = (spec.offset + spec.len()).min(c1) - c0;
+                let decay = match cfg.decay_on {
+                    DecayOn::All => true,
+                    DecayOn::Matrices => spec.is_matrix(),
+                };
+                let keep = if decay { decay_factor } else { 1.0 };
+                let (p, g, m, v) = (&mut p[lo..hi], &g[lo..hi], &mut m[lo..hi], &mut v[lo..hi]);
+                adamw_chunk(p, g, m, v, keep, hyper);
+            }
+        };
+        if params.len() < PARALLEL_PARAMS {
+            // Memory-bound and over in well under a millisecond: another thread would spend
+            // longer waking up than it saves.
+            let m_v = self.m.chunks_mut(CHUNK).zip(self.v.chunks_mut(CHUNK));
+            params
+                .chunks_mut(CHUNK)
+                .zip(grads.chunks(CHUNK))
+                .zip(m_v)
+                .enumerate()
+                .for_each(update_chunk);
+        } else {
+            let m_v = self
+                .m
+                .par_chunks_mut(CHUNK)
+                .zip(self.v.par_chunks_mut(CHUNK));
+            params
+                .par_chunks_mut(CHUNK)
+                .zip(grads.par_chunks(CHUNK))
+                .zip(m_v)
+                .enumerate()
+                .for_each(update_chunk);
+        }
     }
 }
+
+/// One chunk of each of the four buffers, with its index.
+type ChunkRefs<'a> = (
+    usize,
+    ((&'a mut [f32], &'a [f32]), (&'a mut [f32], &'a mut [f32])),
+);
+
+/// Models with fewer parameters than this update them on one thread.
+const PARALLEL_PARAMS: usize = 4 << 20;
 
 /// The per-step constants of the update.
 #[derive(Clone, Copy)]
