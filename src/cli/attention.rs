@@ -11,7 +11,7 @@ use super::plot::{draw_heatmap_grid, Heatmap, HeatmapGrid};
 use anyhow::{bail, Result};
 use chargpt::checkpoint;
 use chargpt::config::Architecture;
-use chargpt::data::{self, list_chars};
+use chargpt::data;
 use chargpt::model::Activations;
 use clap::Args;
 use serde::Serialize;
@@ -133,15 +133,7 @@ pub fn run(args: AttentionArgs) -> Result<()> {
             args.model.display()
         );
     }
-    let unknown = ckpt.tokenizer.unknown_chars(&text);
-    if !unknown.is_empty() {
-        bail!(
-            "the prompt has {} character{} that the model's vocabulary lacks: {}; use only characters of the text it was trained on",
-            unknown.len(),
-            if unknown.len() == 1 { "" } else { "s" },
-            list_chars(&unknown, 20)
-        );
-    }
+    super::encode_prompt(&ckpt.tokenizer, &text)?;
     let chars: Vec<char> = text.chars().collect();
     let dropped = chars.len().saturating_sub(cfg.block_size);
     let chars = &chars[dropped..];

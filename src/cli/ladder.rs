@@ -236,20 +236,6 @@ pub(super) fn markdown_table(header: &[String], rows: &[Vec<String>], right: &[b
     text
 }
 
-/// Creates `dir` and makes sure it takes files, before any time is spent training.
-pub(super) fn check_writable(dir: &Path) -> Result<()> {
-    let fail = |e: std::io::Error| {
-        anyhow!(
-            "cannot write to the output directory {}: {e}; choose another --out",
-            dir.display()
-        )
-    };
-    std::fs::create_dir_all(dir).map_err(fail)?;
-    let probe = dir.join(format!(".chargpt-probe-{}", std::process::id()));
-    std::fs::write(&probe, b"probe").map_err(fail)?;
-    std::fs::remove_file(&probe).map_err(fail)
-}
-
 /// A `Run::new` error, with the one-line advice the command line gives.
 pub(super) fn run_error(e: RunError, what: &str) -> anyhow::Error {
     match e {
@@ -483,7 +469,7 @@ pub fn run(args: LadderArgs) -> Result<ExitCode> {
         );
     }
     let (text, info) = load_text(None)?;
-    check_writable(out)?;
+    super::train::check_writable(out)?;
     let setting = Setting {
         seed: planned.first().map_or(1337, |p| p.train.seed),
         steps: args.steps,

@@ -184,6 +184,23 @@ pub fn exit_status(err: &anyhow::Error) -> u8 {
     }
 }
 
+/// The ids of a prompt; characters the model's vocabulary lacks are one error listing them all.
+pub fn encode_prompt(
+    tokenizer: &chargpt::tokenizer::Tokenizer,
+    text: &str,
+) -> Result<Vec<chargpt::tokenizer::TokenId>> {
+    let unknown = tokenizer.unknown_chars(text);
+    if !unknown.is_empty() {
+        anyhow::bail!(
+            "the prompt has {} character{} that the model's vocabulary lacks: {}; use only characters of the text it was trained on",
+            unknown.len(),
+            if unknown.len() == 1 { "" } else { "s" },
+            data::list_chars(&unknown, 20)
+        );
+    }
+    Ok(tokenizer.encode(text)?)
+}
+
 /// Reads a training or evaluation text: `path`, or the built-in Tiny Shakespeare.
 pub fn load_text(path: Option<&Path>) -> Result<(String, DataInfo)> {
     let (text, source) = match path {

@@ -117,29 +117,15 @@ pub fn draw_line_plot_spanning(path: &Path, plot: &LinePlot, min_span: f64) -> R
         let mid = 0.5 * (y.0 + y.1);
         y = (mid - 0.5 * min_span, mid + 0.5 * min_span);
     }
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("plot");
-    // The image encoder picks the format from the extension, so the temporary name keeps it.
-    let tmp = dir.join(format!(".{stem}.tmp-{}.png", std::process::id()));
-    let drawn = {
-        let root = BitMapBackend::new(&tmp, (WIDTH, HEIGHT)).into_drawing_area();
+    write_png(path, (WIDTH, HEIGHT), |root| {
         let (x, y) = ((x.0..x.1), (y.0..y.1));
         match (plot.log_x, plot.log_y) {
-            (false, false) => draw_chart(&root, plot, x, y),
-            (true, false) => draw_chart(&root, plot, x.log_scale(), y),
-            (false, true) => draw_chart(&root, plot, x, y.log_scale()),
-            (true, true) => draw_chart(&root, plot, x.log_scale(), y.log_scale()),
+            (false, false) => draw_chart(root, plot, x, y),
+            (true, false) => draw_chart(root, plot, x.log_scale(), y),
+            (false, true) => draw_chart(root, plot, x, y.log_scale()),
+            (true, true) => draw_chart(root, plot, x.log_scale(), y.log_scale()),
         }
-        .and_then(|()| root.present().map_err(|e| anyhow!("{e}")))
-    };
-    let result = drawn.and_then(|()| std::fs::rename(&tmp, path).map_err(Into::into));
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.with_context(|| format!("cannot draw {}", path.display()))
+    })
 }
 
 fn draw_chart<X, Y>(

@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Result};
 use chargpt::checkpoint;
-use chargpt::data::{self, list_chars};
+use chargpt::data;
 use chargpt::rng::Rng;
 use chargpt::sampling::{self, SampleSettings};
 use clap::Args;
@@ -67,16 +67,7 @@ pub fn run(args: SampleArgs) -> Result<()> {
         (None, None) => String::new(),
     };
     let ckpt = checkpoint::load(&args.model)?;
-    let unknown = ckpt.tokenizer.unknown_chars(&prompt_text);
-    if !unknown.is_empty() {
-        bail!(
-            "the prompt has {} character{} that the model's vocabulary lacks: {}; use only characters of the text it was trained on",
-            unknown.len(),
-            if unknown.len() == 1 { "" } else { "s" },
-            list_chars(&unknown, 20)
-        );
-    }
-    let prompt = ckpt.tokenizer.encode(&prompt_text)?;
+    let prompt = super::encode_prompt(&ckpt.tokenizer, &prompt_text)?;
     let settings = SampleSettings {
         temperature: args.temperature,
         top_k: args.top_k,

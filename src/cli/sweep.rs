@@ -3,7 +3,7 @@
 //! the first setting's values, one line per combination of the others).
 
 use super::ladder::{
-    check_writable, duration, markdown_table, run_error, stop_on_ctrl_c, text_table, train_quietly,
+    duration, markdown_table, run_error, stop_on_ctrl_c, text_table, train_quietly,
 };
 use super::plot::{draw_line_plot_spanning, LinePlot, Series};
 use super::presets::thousands;
@@ -432,7 +432,7 @@ pub fn run(args: SweepArgs) -> Result<ExitCode> {
             out.display()
         );
     }
-    check_writable(out)?;
+    super::train::check_writable(out)?;
     let stop = stop_on_ctrl_c();
     let started = Instant::now();
     let steps = planned.first().map_or(0, |p| p.train.steps);

@@ -147,7 +147,7 @@ fn check_model_unchanged(
 
 /// Makes sure `dir` exists and takes files, before any time is spent training; clears temporary
 /// files an interrupted save of an earlier run left behind.
-fn check_writable(dir: &Path) -> Result<()> {
+pub(super) fn check_writable(dir: &Path) -> Result<()> {
     let fail = |e: std::io::Error| {
         anyhow!(
             "cannot write to the output directory {}: {e}; choose another --out",
