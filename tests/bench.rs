@@ -1,9 +1,10 @@
 //! `chargpt bench` reports what the speed comparison needs; the figures themselves are measured
 //! by hand (`tools/bench_compare.py`), never asserted in a test.
 
-use assert_cmd::Command;
+mod common;
 
-const BIN: &str = env!("CARGO_BIN_EXE_chargpt");
+use assert_cmd::Command;
+use common::BIN;
 
 #[test]
 fn bench_json_has_every_field_with_sane_values() {
@@ -47,14 +48,10 @@ fn bench_json_has_every_field_with_sane_values() {
 
 #[test]
 fn bench_rejects_nonsense() {
-    let out = Command::new(BIN)
-        .args(["bench", "--preset", "layernorm", "--steps", "0"])
-        .assert()
-        .failure()
-        .get_output()
-        .stderr
-        .clone();
-    let err = String::from_utf8_lossy(&out);
-    assert!(err.contains("--steps must be at least 1"), "{err}");
-    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    let dir = common::workspace();
+    common::fails(
+        dir.path(),
+        &["bench", "--preset", "layernorm", "--steps", "0"],
+        "--steps must be at least 1",
+    );
 }

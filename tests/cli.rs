@@ -3,14 +3,14 @@
 //! checkpoint. Models here are tiny and trained on a few kilobytes, so each test takes well under
 //! a second.
 
-use assert_cmd::Command;
 use predicates::str::contains;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use tempfile::TempDir;
 
-const BIN: &str = env!("CARGO_BIN_EXE_chargpt");
+mod common;
+
+use common::{chargpt, fails, workspace, BIN};
 
 /// A tiny transformer that trains in milliseconds.
 const TINY: &[&str] = &[
@@ -30,43 +30,11 @@ const TINY: &[&str] = &[
     "1",
 ];
 
-fn chargpt(dir: &Path) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.current_dir(dir);
-    cmd
-}
-
-/// A temporary directory with `small.txt` (3,000 characters of lower-case text).
-fn workspace() -> TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let line = "the quick brown fox jumps over the lazy dog, and then rests.\n";
-    std::fs::write(dir.path().join("small.txt"), line.repeat(50)).unwrap();
-    dir
-}
-
 /// Trains the tiny model on `small.txt` into `dir/name`.
 fn train_tiny(dir: &Path, name: &str) -> PathBuf {
     let args = train_args(&["--data", "small.txt", "--out", name]);
     chargpt(dir).args(&args).assert().success();
     dir.join(name)
-}
-
-/// Runs `args` in `dir`, expecting failure with a single-line message containing `hint`.
-fn fails(dir: &Path, args: &[&str], hint: &str) -> String {
-    let output = chargpt(dir).args(args).output().unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    assert!(
-        !output.status.success(),
-        "{args:?} succeeded; stderr: {stderr}"
-    );
-    assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
-    assert_eq!(stderr.lines().count(), 1, "not one line: {stderr}");
-    assert!(stderr.starts_with("error: "), "{stderr}");
-    assert!(
-        stderr.contains(hint),
-        "{args:?}: expected {hint:?} in: {stderr}"
-    );
-    stderr
 }
 
 fn train_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {

@@ -2,52 +2,12 @@
 //! runs (a few steps, tiny models or few-kilobyte texts, well under a second each), and each bad
 //! input gets one line that says what to do.
 
-use assert_cmd::Command;
 use serde_json::Value;
 use std::path::Path;
-use tempfile::TempDir;
 
-const BIN: &str = env!("CARGO_BIN_EXE_chargpt");
+mod common;
 
-fn chargpt(dir: &Path) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.current_dir(dir);
-    cmd
-}
-
-/// A temporary directory with `small.txt` (3,000 characters of lower-case text).
-fn workspace() -> TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let line = "the quick brown fox jumps over the lazy dog, and then rests.\n";
-    std::fs::write(dir.path().join("small.txt"), line.repeat(50)).unwrap();
-    dir
-}
-
-/// Runs `args` in `dir` and returns stdout, failing the test (with stderr) if the command fails.
-fn succeeds(dir: &Path, args: &[&str]) -> String {
-    let output = chargpt(dir).args(args).output().unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{args:?} failed: {stderr}");
-    String::from_utf8(output.stdout).unwrap()
-}
-
-/// Runs `args` in `dir`, expecting failure with a single-line message containing `hint`.
-fn fails(dir: &Path, args: &[&str], hint: &str) -> String {
-    let output = chargpt(dir).args(args).output().unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    assert!(
-        !output.status.success(),
-        "{args:?} succeeded; stderr: {stderr}"
-    );
-    assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
-    assert_eq!(stderr.lines().count(), 1, "not one line: {stderr}");
-    assert!(stderr.starts_with("error: "), "{stderr}");
-    assert!(
-        stderr.contains(hint),
-        "{args:?}: expected {hint:?} in: {stderr}"
-    );
-    stderr
-}
+use common::{fails, succeeds, workspace};
 
 fn is_png(path: &Path) -> bool {
     std::fs::read(path).is_ok_and(|b| b.starts_with(b"\x89PNG\r\n\x1a\n"))
