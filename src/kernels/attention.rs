@@ -74,10 +74,7 @@ fn softmax_causal(row: &mut [f32], t: usize) {
     let max = live
         .iter()
         .fold(f32::NEG_INFINITY, |m, &a| if a > m { a } else { m });
-    for a in live.iter_mut() {
-        *a = super::exp(*a - max);
-    }
-    let inv = 1.0 / super::sum(live);
+    let inv = 1.0 / super::exp_shifted_sum(live, max);
     for a in live.iter_mut() {
         *a *= inv;
     }

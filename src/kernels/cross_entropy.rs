@@ -15,10 +15,8 @@ simd_fn! {
     /// `p = softmax(z)`; returns `-ln p[y]`.
     fn softmax_row(p: &mut [f32], z: &[f32], y: usize) -> f32 {
         let max = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        for (p, &z) in p.iter_mut().zip(z) {
-            *p = super::exp(z - max);
-        }
-        let sum = super::sum(p);
+        p.copy_from_slice(z);
+        let sum = super::exp_shifted_sum(p, max);
         let inv = 1.0 / sum;
         for p in p.iter_mut() {
             *p *= inv;
