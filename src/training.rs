@@ -29,7 +29,7 @@ use crate::data::{
 };
 use crate::kernels::sequentially;
 use crate::model::{Activations, Model};
-use crate::optimizer::{clip_scale, grad_norm, learning_rate, AdamW};
+use crate::optimizer::{add_assign, clip_scale, learning_rate, sum_squares, AdamW};
 use crate::rng::Rng;
 use crate::tokenizer::{TokenId, Tokenizer};
 use rayon::prelude::*;
@@ -70,7 +70,13 @@ pub struct Trainer {
     shards: Vec<Shard>,
     inputs: Vec<TokenId>,
     targets: Vec<TokenId>,
+    /// The sum of squares of each `GRAD_CHUNK` piece of the last step's gradient, kept per piece
+    /// so that the norm adds them in a fixed order whatever the threads did.
+    chunk_squares: Vec<f64>,
 }
+
+/// The gradient is summed over shards, and its norm taken, in pieces of this many floats.
+const GRAD_CHUNK: usize = 1 << 14;
 
 /// Consecutive batch rows and the buffers one thread needs to run them.
 #[derive(Debug)]
@@ -126,6 +132,7 @@ impl Trainer {
             shards,
             inputs: vec![0; b * t],
             targets: vec![0; b * t],
+            chunk_squares: vec![0.0; n.div_ceil(GRAD_CHUNK)],
             config,
         }
     }
@@ -179,23 +186,22 @@ impl Trainer {
                 .for_each(|(i, s)| sequentially(|| one(s, i)));
         }
         if backward {
+            // One pass over memory: the shards' gradients summed into shard 0's buffer, and
+            // the squares of the sum (for the clipping norm) while it is in registers.
             let (first, rest) = self.shards.split_first_mut().expect("at least one shard");
-            if !rest.is_empty() {
-                const CHUNK: usize = 1 << 14;
-                first
-                    .grads
-                    .par_chunks_mut(CHUNK)
-                    .enumerate()
-                    .with_min_len(crate::kernels::min_items(CHUNK * rest.len()))
-                    .for_each(|(i, g)| {
-                        for other in rest.iter() {
-                            let o = &other.grads[i * CHUNK..i * CHUNK + g.len()];
-                            for (g, &o) in g.iter_mut().zip(o) {
-                                *g += o;
-                            }
-                        }
-                    });
-            }
+            first
+                .grads
+                .par_chunks_mut(GRAD_CHUNK)
+                .zip(self.chunk_squares.par_iter_mut())
+                .enumerate()
+                .with_min_len(crate::kernels::min_items(GRAD_CHUNK * (rest.len() + 1)))
+                .for_each(|(i, (g, squares))| {
+                    for other in rest.iter() {
+                        let o = &other.grads[i * GRAD_CHUNK..i * GRAD_CHUNK + g.len()];
+                        add_assign(g, o);
+                    }
+                    *squares = sum_squares(g);
+                });
             std::mem::swap(&mut self.grads, &mut self.shards[0].grads);
         }
         // The batch mean is the rows-weighted mean of the shard means.
@@ -234,7 +240,7 @@ impl Trainer {
         if !loss.is_finite() {
             return Err(TrainError::NonFiniteLoss { step, loss });
         }
-        let norm = grad_norm(&self.grads);
+        let norm = self.chunk_squares.iter().sum::<f64>().sqrt() as f32;
         if !norm.is_finite() {
             return Err(TrainError::NonFiniteLoss { step, loss: norm });
         }
