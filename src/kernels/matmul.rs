@@ -297,6 +297,53 @@ mod tests {
         }
     }
 
+    /// Shapes that make gemm pack operands which are contiguous along k with a large row stride
+    /// (the vendored packing patch), including k not a multiple of its 16-float tile and panels
+    /// narrower than the kernel.
+    #[test]
+    fn forward_and_backward_match_naive_products_where_operands_are_packed() {
+        let mut rng = Rng::new(26);
+        for (n, ic, oc) in [(384, 512, 128), (131, 37, 65), (200, 515, 70)] {
+            let inp = random_vec(n * ic, &mut rng, 1.0);
+            let w = random_vec(oc * ic, &mut rng, 1.0);
+            let b = vec![0.0; oc];
+            let mut out = vec![0.0; n * oc];
+            forward(&mut out, &inp, &w, Some(&b), ic, oc);
+            let close = |x: f32, y: f64, scale: f64| (x as f64 - y).abs() < 1e-4 * scale;
+            let want = naive(&inp, &w, &b, ic, oc);
+            let scale = (ic as f64).sqrt();
+            for (x, y) in out.iter().zip(&want) {
+                assert!(close(*x, *y as f64, scale), "{n}x{ic}->{oc}: {x} vs {y}");
+            }
+            // dinp = dout @ weight, dweight = dout^T @ inp.
+            let dout = random_vec(n * oc, &mut rng, 1.0);
+            let (mut dinp, mut dw) = (vec![0.0; n * ic], vec![0.0; oc * ic]);
+            backward(Some(&mut dinp), &mut dw, None, &dout, &inp, &w, ic, oc);
+            for r in (0..n).step_by(7) {
+                for i in 0..ic {
+                    let y: f64 = (0..oc)
+                        .map(|o| dout[r * oc + o] as f64 * w[o * ic + i] as f64)
+                        .sum();
+                    assert!(
+                        close(dinp[r * ic + i], y, (oc as f64).sqrt()),
+                        "dinp {r},{i}"
+                    );
+                }
+            }
+            for o in 0..oc {
+                for i in (0..ic).step_by(5) {
+                    let y: f64 = (0..n)
+                        .map(|r| dout[r * oc + o] as f64 * inp[r * ic + i] as f64)
+                        .sum();
+                    assert!(
+                        close(dw[o * ic + i], y, (n as f64).sqrt()),
+                        "dweight {o},{i}"
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn one_row_matches_naive_product() {
         let mut rng = Rng::new(16);

@@ -147,6 +147,49 @@ unsafe fn quick_copy<T: Copy>(dst: *mut T, src: *const T, n: usize) {
     }
 }
 
+/// chargpt patch: a panel whose source is contiguous along k (`src_cs == 1`) but strided across
+/// its width, e.g. a row-major matrix packed as the left operand. The upstream loop reads one
+/// element of each of the `DST_WIDTH` rows per k step; with a power-of-two row stride (2 KiB for
+/// 512 floats) all those rows fall into two or four L1 sets, so every read misses. Here each
+/// source row is read a whole cache line (16 floats of k) at a time, which is then written across
+/// 16 consecutive k steps of the packed panel. Same output as upstream, padding included.
+#[inline(always)]
+unsafe fn pack_k_contiguous<T: Copy, const N: usize, const DST_WIDTH: usize>(
+    dst: *mut T,
+    src: *const T,
+    src_rs: isize,
+    src_width: usize,
+    k: usize,
+) {
+    const K_TILE: usize = 16;
+    let mut k0 = 0;
+    while k0 + K_TILE <= k {
+        for j in 0..src_width {
+            let s = src.offset(j as isize * src_rs + k0 as isize);
+            let d = dst.add(k0 * DST_WIDTH + j);
+            for l in 0..K_TILE {
+                *d.add(l * DST_WIDTH) = *s.add(l);
+            }
+        }
+        k0 += K_TILE;
+    }
+    for l in k0..k {
+        for j in 0..src_width {
+            *dst.add(l * DST_WIDTH + j) = *src.offset(j as isize * src_rs + l as isize);
+        }
+    }
+    // Upstream zero-fills the unused columns only when the panel is not exactly N, 2N or
+    // DST_WIDTH wide; so does this.
+    if src_width != DST_WIDTH && src_width != N && src_width != 2 * N {
+        for l in 0..k {
+            quick_zero::<T>(core::slice::from_raw_parts_mut(
+                dst.add(l * DST_WIDTH + src_width) as _,
+                DST_WIDTH - src_width,
+            ));
+        }
+    }
+}
+
 #[inline(always)]
 unsafe fn pack_generic_inner_loop<T: Copy, const N: usize, const DST_WIDTH: usize>(
     mut dst: *mut T,
@@ -156,6 +199,10 @@ unsafe fn pack_generic_inner_loop<T: Copy, const N: usize, const DST_WIDTH: usiz
     src_width: usize,
     k: usize,
 ) {
+    if src_cs == 1 && src_rs != 1 && k >= 16 {
+        pack_k_contiguous::<T, N, DST_WIDTH>(dst, src, src_rs, src_width, k);
+        return;
+    }
     if src_width == DST_WIDTH {
         if src_rs == 1 {
             for _ in 0..k {
