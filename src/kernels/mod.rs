@@ -6,7 +6,8 @@
 //! - `forward` writes its outputs (and whatever it caches for the backward pass).
 //! - `backward` **adds** into every gradient it produces, input and parameter gradients alike
 //!   (`dinp += ...`, `dweight += ...`), so a tensor used twice (the residual stream) just receives
-//!   both contributions; the caller zeroes gradients before a step.
+//!   both contributions; the caller zeroes gradients before a step. (One exception:
+//!   `attention::backward` writes `dqkv`, whose only contribution it is.)
 //! - No kernel allocates. Parallel kernels split work with rayon into pieces large enough to pay
 //!   for the fork-join; small models therefore run their kernels on one thread.
 //!
@@ -382,18 +383,60 @@ pub(crate) mod x86 {
             acc[0] = _mm256_add_ps(acc[0], e);
             i += 8;
         }
-        let v = _mm256_add_ps(acc[0], acc[1]);
+        if i < n {
+            // The last 1-7 floats as one masked vector; the masked lanes add 0.
+            let mask = tail_mask(n - i);
+            let e = exp8(_mm256_sub_ps(_mm256_maskload_ps(p.add(i), mask), vs));
+            let e = _mm256_and_ps(e, _mm256_castsi256_ps(mask));
+            _mm256_maskstore_ps(p.add(i), mask, e);
+            acc[1] = _mm256_add_ps(acc[1], e);
+        }
+        horizontal_sum(_mm256_add_ps(acc[0], acc[1]))
+    }
+
+    /// The largest of `x` (at least one float).
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    pub unsafe fn max(x: &[f32]) -> f32 {
+        let n = x.len();
+        let p = x.as_ptr();
+        let mut m = _mm256_set1_ps(f32::NEG_INFINITY);
+        let mut i = 0;
+        while i + 8 <= n {
+            m = _mm256_max_ps(m, _mm256_loadu_ps(p.add(i)));
+            i += 8;
+        }
+        if i < n {
+            let mask = tail_mask(n - i);
+            let v = _mm256_maskload_ps(p.add(i), mask);
+            let v = _mm256_blendv_ps(m, v, _mm256_castsi256_ps(mask));
+            m = _mm256_max_ps(m, v);
+        }
+        let h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        let h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+        let h = _mm_max_ss(h, _mm_movehdup_ps(h));
+        _mm_cvtss_f32(h)
+    }
+
+    /// The lanes of a vector added up.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn horizontal_sum(v: __m256) -> f32 {
         let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
         let s = _mm_add_ss(s, _mm_movehdup_ps(s));
-        let mut total = _mm_cvtss_f32(s);
-        while i < n {
-            let e = super::exp(*p.add(i) - shift);
-            *p.add(i) = e;
-            total += e;
-            i += 1;
-        }
-        total
+        _mm_cvtss_f32(s)
+    }
+
+    /// A mask selecting the first `r` (< 8) lanes, for `maskload` / `maskstore`.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn tail_mask(r: usize) -> __m256i {
+        const ONES_THEN_ZEROS: [i32; 16] = [-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0];
+        _mm256_loadu_si256(ONES_THEN_ZEROS.as_ptr().add(8 - r) as *const __m256i)
     }
 }
 
@@ -441,6 +484,18 @@ pub(crate) fn sum(x: &[f32]) -> f32 {
         }
     }
     tail + ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
+}
+
+/// The largest of `x` (at least one float; NaNs are not expected).
+#[inline(always)]
+pub(crate) fn max(x: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() {
+        // SAFETY: the CPU has AVX2 and FMA.
+        return unsafe { x86::max(x) };
+    }
+    x.iter()
+        .fold(f32::NEG_INFINITY, |m, &a| if a > m { a } else { m })
 }
 
 /// `row[i] = e^(row[i] - shift)` for every i; returns the sum of the new values (the
