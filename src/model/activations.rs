@@ -104,9 +104,6 @@ pub(super) struct GradScratch {
     pub d_qkv: Vec<f32>,
     /// Gradient of the feed-forward activation, then (in place) of its input.
     pub d_fc: Vec<f32>,
-    /// (B, H, T, T): the attention weights after dropout in the forward pass, their gradient in
-    /// the backward pass.
-    pub att_scratch: Vec<f32>,
     pub d_logits: Vec<f32>,
 }
 
@@ -190,7 +187,6 @@ impl Activations {
             d_attn_y: g(transformer, n * c),
             d_qkv: g(transformer, n * 3 * c),
             d_fc: g(transformer && ffn, n * f),
-            att_scratch: g(transformer, n * h * seq_len),
             d_logits: g(true, n * v),
         };
         Activations {
@@ -284,7 +280,6 @@ impl Activations {
             + f(&g.d_attn_y)
             + f(&g.d_qkv)
             + f(&g.d_fc)
-            + f(&g.att_scratch)
             + f(&g.d_logits)
             + f(&self.encoded)
             + f(&self.ln_f)

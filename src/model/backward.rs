@@ -306,10 +306,8 @@ impl Model {
             }
             None => d_mid,
         };
-        g.d_qkv[..n * 3 * c].fill(0.0);
         attention::backward(
             &mut g.d_qkv[..n * 3 * c],
-            &mut g.att_scratch,
             d_y,
             &a.qkv[..n * 3 * c],
             &a.att[..att_len],

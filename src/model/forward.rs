@@ -136,8 +136,7 @@ impl Model {
                 seed,
                 dropout_p,
             };
-            let scratch = &mut acts.grad.att_scratch;
-            self.block_forward(bl, x, &mut rest[0], &mut acts.transient, scratch, step);
+            self.block_forward(bl, x, &mut rest[0], &mut acts.transient, step);
         }
         let x = match acts.blocks.last() {
             Some(last) => &last.output()[first * c..n * c],
@@ -176,7 +175,6 @@ impl Model {
         x: &[f32],
         a: &mut BlockActivations,
         tr: &mut Transient,
-        att_scratch: &mut [f32],
         step: BlockStep,
     ) {
         let cfg = &self.config;
@@ -234,7 +232,6 @@ impl Model {
         if first == 0 {
             let att_dropout = drop(1).map(|seed| attention::DropoutBuffers {
                 mask: &mut a.att_mask[..att_len],
-                dropped: &mut att_scratch[..att_len],
                 dropout: attention::AttentionDropout { p: dropout_p, seed },
             });
             attention::forward(

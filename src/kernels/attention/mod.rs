@@ -10,14 +10,16 @@
 //! `a[t, :] = softmax(s[t, :])`, optionally `a' = a * m / (1 - p)` (dropout),
 //! `out_t = sum_u a'[t, u] v_u`.
 //!
-//! Backward, per head: `dv_u += sum_t a'[t, u] dout_t`, `da'[t, u] = dout_t . v_u`,
+//! Backward, per head: `dv_u = sum_t a'[t, u] dout_t`, `da'[t, u] = dout_t . v_u`,
 //! `da = da' * m / (1 - p)`, softmax backward `ds[t, u] = a[t, u] (da[t, u] - sum_w a[t, w] da[t, w])`,
-//! then `dq_t += scale * sum_u ds[t, u] k_u` and `dk_u += scale * sum_t ds[t, u] q_t`.
+//! then `dq_t = scale * sum_u ds[t, u] k_u` and `dk_u = scale * sum_t ds[t, u] q_t`.
 //!
 //! Each (batch row, head) is an independent problem, so threads take whole heads and the work
-//! inside a head runs on one thread. Two implementations of a head, chosen by size:
-//! - large heads: the four products (`Q K^T`, `A V`, and in the backward `dY V^T`, `A^T dY`,
-//!   `dS K`, `dS^T Q`) go through `gemm` as matrix products, in blocks of rows so that the upper
+//! inside a head runs on one thread. Three implementations of a head, chosen by size ([`Path`]):
+//! - large heads whose size and length are multiples of 8, on CPUs with AVX2 and FMA: the
+//!   products (`Q K^T`, `A V`, and in the backward `dY V^T`, `A'^T dY`, `dS K`, `dS^T Q`) as the
+//!   register-tiled loops of [`tiles`], which skip the masked triangle 8 columns at a time;
+//! - other large heads: the same products through `gemm`, in blocks of rows so that the upper
 //!   triangle, which the mask zeroes anyway, is mostly not computed;
 //! - small heads (the ladder's 8-character blocks): plain loops row by row, where a call into
 //!   gemm would cost more than the arithmetic.
@@ -26,6 +28,10 @@ use super::matmul::gemm_ptr;
 use super::{axpy, dot, simd_fn, weighted_rows, SharedMut};
 use crate::rng::Rng;
 use rayon::prelude::*;
+use std::cell::RefCell;
+
+#[cfg(target_arch = "x86_64")]
+mod tiles;
 
 /// The shape of one attention call.
 #[derive(Debug, Clone, Copy)]
@@ -41,10 +47,56 @@ impl Shape {
         self.channels / self.n_head
     }
 
-    /// Heads at least this large use matrix products.
-    fn uses_gemm(&self) -> bool {
-        self.seq_len >= 32 && self.head_size() >= 16
+    /// How each head of this shape is computed.
+    fn path(&self) -> Path {
+        let (t_n, hs) = (self.seq_len, self.head_size());
+        // Below this size a head is a handful of short rows, where loops beat any product.
+        if t_n < 32 || hs < 16 {
+            return Path::Rows;
+        }
+        if cfg!(target_arch = "x86_64")
+            && super::has_avx2_fma()
+            && t_n.is_multiple_of(8)
+            && hs.is_multiple_of(8)
+        {
+            Path::Tiles
+        } else {
+            Path::Gemm
+        }
     }
+}
+
+/// The implementations of one head (see the module documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Path {
+    Rows,
+    Gemm,
+    Tiles,
+}
+
+thread_local! {
+    /// Per-thread scratch for one head's (T, T) matrix: the weights after dropout in the forward
+    /// pass, their gradient in the backward pass. Kept per thread rather than per head so that it
+    /// stays in cache from one head to the next; it grows to the largest head a thread has seen,
+    /// so after the first step no call allocates.
+    static SQUARE: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// Per-thread scratch for one head's keys or values transposed to (hs, T).
+    static TRANSPOSED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with this thread's `scratch` buffer, at least `len` floats long.
+fn with_scratch<R>(
+    scratch: &'static std::thread::LocalKey<RefCell<Vec<f32>>>,
+    len: usize,
+    f: impl FnOnce(&mut [f32]) -> R,
+) -> R {
+    scratch.with(|buf| {
+        let mut buf = buf.borrow_mut();
+        if buf.len() < len {
+            buf.resize(len, 0.0);
+        }
+        f(&mut buf[..len])
+    })
 }
 
 /// Dropout on the attention weights: probability and the seed of this call's mask.
@@ -71,9 +123,7 @@ fn block_rows(t_n: usize) -> usize {
 #[inline(always)]
 fn softmax_causal(row: &mut [f32], t: usize) {
     let (live, masked) = row.split_at_mut(t + 1);
-    let max = live
-        .iter()
-        .fold(f32::NEG_INFINITY, |m, &a| if a > m { a } else { m });
+    let max = super::max(live);
     let inv = 1.0 / super::exp_shifted_sum(live, max);
     for a in live.iter_mut() {
         *a *= inv;
@@ -179,24 +229,7 @@ unsafe fn head_forward_gemm(
             softmax_causal(&mut att[t * t_n..(t + 1) * t_n], t);
         }
     }
-    let weights: &[f32] = match dropped {
-        Some((dropped, mask, rng, p)) => {
-            let keep = 1.0 / (1.0 - p);
-            for t in 0..t_n {
-                let m = &mut mask[t * t_n..(t + 1) * t_n];
-                draw_mask_row(rng, m, t, p);
-                for ((d, &a), &m) in dropped[t * t_n..(t + 1) * t_n]
-                    .iter_mut()
-                    .zip(&att[t * t_n..])
-                    .zip(m.iter())
-                {
-                    *d = a * m as f32 * keep;
-                }
-            }
-            dropped
-        }
-        None => att,
-    };
+    let weights = dropout_weights(att, dropped, t_n);
     for r0 in (0..t_n).step_by(block_rows(t_n)) {
         let r1 = (r0 + block_rows(t_n)).min(t_n);
         // out[r0..r1] = A'[r0..r1, 0..r1] V[0..r1]
@@ -215,6 +248,72 @@ unsafe fn head_forward_gemm(
             false,
         );
     }
+}
+
+/// The weights the values are summed with: `att` itself, or with dropout `a' = a * m / (1 - p)`
+/// written to `dropped` after drawing the mask row by row from the head's stream.
+#[inline(always)]
+fn dropout_weights<'a>(
+    att: &'a [f32],
+    dropped: Option<(&'a mut [f32], &mut [u8], &mut Rng, f32)>,
+    t_n: usize,
+) -> &'a [f32] {
+    match dropped {
+        Some((dropped, mask, rng, p)) => {
+            let keep = 1.0 / (1.0 - p);
+            for t in 0..t_n {
+                let m = &mut mask[t * t_n..(t + 1) * t_n];
+                draw_mask_row(rng, m, t, p);
+                for ((d, &a), &m) in dropped[t * t_n..(t + 1) * t_n]
+                    .iter_mut()
+                    .zip(&att[t * t_n..])
+                    .zip(m.iter())
+                {
+                    *d = a * m as f32 * keep;
+                }
+            }
+            dropped
+        }
+        None => att,
+    }
+}
+
+/// `out` for one head with the tiled kernels. Same contract as [`head_forward_gemm`], and the
+/// CPU has AVX2 and FMA, T and hs are multiples of 8.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn head_forward_tiles(
+    head: Head,
+    out: *mut f32,
+    att: &mut [f32],
+    dropped: Option<(&mut [f32], &mut [u8], &mut Rng, f32)>,
+    scale: f32,
+) {
+    use tiles::{Strides, Triangle};
+    let Head { q, t_n, c, hs, .. } = head;
+    // S = scale * Q K^T, with K^T laid out (hs, T).
+    with_scratch(&TRANSPOSED, hs * t_n, |kt| {
+        tiles::transpose(kt, q.add(c), 3 * c, t_n, hs);
+        tiles::causal_scores(att.as_mut_ptr(), q, 3 * c, kt.as_ptr(), t_n, hs, scale);
+    });
+    for t in 0..t_n {
+        softmax_causal(&mut att[t * t_n..(t + 1) * t_n], t);
+    }
+    let weights = dropout_weights(att, dropped, t_n);
+    // out = A' V
+    tiles::weighted_rows(
+        out,
+        c,
+        weights.as_ptr(),
+        Strides { row: t_n, col: 1 },
+        q.add(2 * c),
+        3 * c,
+        t_n,
+        hs,
+        Triangle::Lower,
+        false,
+        1.0,
+    );
 }
 
 /// `out` for one head, row by row (small heads). Same contract as [`head_forward_gemm`].
@@ -263,29 +362,31 @@ simd_fn! {
         rng: &mut Rng,
         p: f32,
         scale: f32,
-        gemm: bool,
+        path: Path,
     ) {
-        // SAFETY: `forward` built `head` and `out` for this (batch row, head) alone.
+        let dropped = match (mask, dropped) {
+            (Some(mask), Some(dropped)) => Some((dropped, mask, rng, p)),
+            _ => None,
+        };
+        // SAFETY: `forward` built `head` and `out` for this (batch row, head) alone, and chose
+        // `Path::Tiles` only where its conditions hold.
         unsafe {
-            match (gemm, mask, dropped) {
-                (true, Some(mask), Some(dropped)) => {
-                    head_forward_gemm(head, out.get(), att, Some((dropped, mask, rng, p)), scale)
-                }
-                (true, _, _) => head_forward_gemm(head, out.get(), att, None, scale),
-                (false, Some(mask), Some(dropped)) => {
-                    head_forward_rows(head, out.get(), att, Some((dropped, mask, rng, p)), scale)
-                }
-                (false, _, _) => head_forward_rows(head, out.get(), att, None, scale),
+            match path {
+                #[cfg(target_arch = "x86_64")]
+                Path::Tiles => head_forward_tiles(head, out.get(), att, dropped, scale),
+                Path::Gemm => head_forward_gemm(head, out.get(), att, dropped, scale),
+                Path::Rows => head_forward_rows(head, out.get(), att, dropped, scale),
+                #[cfg(not(target_arch = "x86_64"))]
+                Path::Tiles => unreachable!("tiles are chosen only on x86-64"),
             }
         }
     }
 }
 
-/// Scratch and mask for dropout on the attention weights: `mask` and `dropped` (the weights
-/// after dropout, for the large-head path) each hold B*H*T*T entries.
+/// Dropout on the attention weights: its probability and seed, and `mask` (B*H*T*T entries),
+/// which the forward pass draws and the backward pass reads.
 pub struct DropoutBuffers<'a> {
     pub mask: &'a mut [u8],
-    pub dropped: &'a mut [f32],
     pub dropout: AttentionDropout,
 }
 
@@ -310,15 +411,14 @@ pub fn forward(
     assert!(qkv.len() >= b_n * t_n * 3 * c && out.len() >= b_n * t_n * c);
     let att = &mut att[..heads * square];
     let out_ptr = SharedMut(out.as_mut_ptr());
-    let gemm = shape.uses_gemm();
-    let (mask, dropped, p, seed) = match dropout {
+    let path = shape.path();
+    let (mask, p, seed) = match dropout {
         Some(d) => (
             Some(&mut d.mask[..heads * square]),
-            Some(&mut d.dropped[..heads * square]),
             d.dropout.p,
             d.dropout.seed,
         ),
-        None => (None, None, 0.0, 0),
+        None => (None, 0.0, 0),
     };
     let head_of = |bh: usize| {
         let (b, h) = (bh / h_n, bh % h_n);
@@ -335,30 +435,29 @@ pub fn forward(
     let out_head =
         |bh: usize| unsafe { SharedMut(out_ptr.get().add((bh / h_n) * t_n * c + (bh % h_n) * hs)) };
     let min_len = super::min_items(4 * square * hs);
-    match (mask, dropped) {
-        (Some(mask), Some(dropped)) => att
+    match mask {
+        Some(mask) => att
             .par_chunks_mut(square)
-            .zip(
-                mask.par_chunks_mut(square)
-                    .zip(dropped.par_chunks_mut(square)),
-            )
+            .zip(mask.par_chunks_mut(square))
             .enumerate()
             .with_min_len(min_len)
-            .for_each(|(bh, (a, (m, d)))| {
+            .for_each(|(bh, (a, m))| {
                 let mut rng = Rng::derived(seed, (bh / h_n) as u64, (bh % h_n) as u64, 0);
-                head_forward(
-                    head_of(bh),
-                    out_head(bh),
-                    a,
-                    Some(m),
-                    Some(d),
-                    &mut rng,
-                    p,
-                    scale,
-                    gemm,
-                )
+                with_scratch(&SQUARE, square, |d| {
+                    head_forward(
+                        head_of(bh),
+                        out_head(bh),
+                        a,
+                        Some(m),
+                        Some(d),
+                        &mut rng,
+                        p,
+                        scale,
+                        path,
+                    )
+                })
             }),
-        _ => att
+        None => att
             .par_chunks_mut(square)
             .enumerate()
             .with_min_len(min_len)
@@ -373,7 +472,7 @@ pub fn forward(
                     &mut rng,
                     0.0,
                     scale,
-                    gemm,
+                    path,
                 )
             }),
     }
@@ -487,7 +586,7 @@ unsafe fn head_backward_gemm(
         }
         None => att,
     };
-    // dV[u0..u1] += A'[u0.., u0..u1]^T dY[u0..]: only rows t >= u0 have weight on these keys.
+    // dV[u0..u1] = A'[u0.., u0..u1]^T dY[u0..]: only rows t >= u0 have weight on these keys.
     for u0 in (0..t_n).step_by(block_rows(t_n)) {
         let u1 = (u0 + block_rows(t_n)).min(t_n);
         gemm_ptr(
@@ -496,7 +595,7 @@ unsafe fn head_backward_gemm(
             t_n - u0,
             dhead.add(2 * c + u0 * 3 * c),
             (3 * c, 1),
-            true,
+            false,
             weights.as_ptr().add(u0 * t_n + u0),
             (1, t_n),
             dout.add(u0 * c),
@@ -534,7 +633,7 @@ unsafe fn head_backward_gemm(
             );
         }
     }
-    // dQ[r0..r1] += dS[r0..r1, 0..r1] K[0..r1];  dK[u0..u1] += dS[u0.., u0..u1]^T Q[u0..].
+    // dQ[r0..r1] = dS[r0..r1, 0..r1] K[0..r1];  dK[u0..u1] = dS[u0.., u0..u1]^T Q[u0..].
     for r0 in (0..t_n).step_by(block_rows(t_n)) {
         let r1 = (r0 + block_rows(t_n)).min(t_n);
         gemm_ptr(
@@ -543,7 +642,7 @@ unsafe fn head_backward_gemm(
             r1,
             dhead.add(r0 * 3 * c),
             (3 * c, 1),
-            true,
+            false,
             d.as_ptr().add(r0 * t_n),
             (t_n, 1),
             q.add(c),
@@ -557,7 +656,7 @@ unsafe fn head_backward_gemm(
             t_n - r0,
             dhead.add(c + r0 * 3 * c),
             (3 * c, 1),
-            true,
+            false,
             d.as_ptr().add(r0 * t_n + r0),
             (1, t_n),
             q.add(r0 * 3 * c),
@@ -566,6 +665,98 @@ unsafe fn head_backward_gemm(
             false,
         );
     }
+}
+
+/// The backward pass of one head with the tiled kernels. Same contract as
+/// [`head_backward_gemm`], and the CPU has AVX2 and FMA, T and hs are multiples of 8.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn head_backward_tiles(
+    head: Head,
+    dhead: *mut f32,
+    att: &[f32],
+    d: &mut [f32],
+    mask: Option<&[u8]>,
+    keep: f32,
+    scale: f32,
+) {
+    use tiles::{Strides, Triangle};
+    let Head {
+        q,
+        o: dout,
+        t_n,
+        c,
+        hs,
+    } = head;
+    let (by_row, by_column) = (Strides { row: t_n, col: 1 }, Strides { row: 1, col: t_n });
+    let weights: &[f32] = match mask {
+        Some(mask) => {
+            for ((d, &a), &m) in d.iter_mut().zip(att).zip(mask) {
+                *d = a * m as f32 * keep;
+            }
+            d
+        }
+        None => att,
+    };
+    // dV_u = sum_{t >= u} A'[t, u] dY_t
+    let (dq, dk, dv) = (dhead, dhead.add(c), dhead.add(2 * c));
+    let ld = 3 * c;
+    tiles::weighted_rows(
+        dv,
+        ld,
+        weights.as_ptr(),
+        by_column,
+        dout,
+        c,
+        t_n,
+        hs,
+        Triangle::Upper,
+        false,
+        1.0,
+    );
+    // dA' = dY V^T, then softmax backward row by row (d then holds scale * dS).
+    with_scratch(&TRANSPOSED, hs * t_n, |vt| {
+        tiles::transpose(vt, q.add(2 * c), ld, t_n, hs);
+        tiles::causal_scores(d.as_mut_ptr(), dout, c, vt.as_ptr(), t_n, hs, 1.0);
+    });
+    for t in 0..t_n {
+        let row = t * t_n..(t + 1) * t_n;
+        softmax_causal_backward(
+            &mut d[row.clone()],
+            &att[row.clone()],
+            mask.map(|m| &m[row]),
+            keep,
+            t,
+            scale,
+        );
+    }
+    // dQ_t = sum_{u <= t} dS[t, u] K_u;  dK_u = sum_{t >= u} dS[t, u] Q_t
+    tiles::weighted_rows(
+        dq,
+        ld,
+        d.as_ptr(),
+        by_row,
+        q.add(c),
+        ld,
+        t_n,
+        hs,
+        Triangle::Lower,
+        false,
+        1.0,
+    );
+    tiles::weighted_rows(
+        dk,
+        ld,
+        d.as_ptr(),
+        by_column,
+        q,
+        ld,
+        t_n,
+        hs,
+        Triangle::Upper,
+        false,
+        1.0,
+    );
 }
 
 /// The backward pass of one head, row by row (small heads). `d` holds at least T floats.
@@ -583,6 +774,12 @@ unsafe fn head_backward_rows(
     let grad =
         |t: usize, part: usize| std::slice::from_raw_parts_mut(dhead.add(t * 3 * c + part * c), hs);
     let d = &mut d[..t_n];
+    // The sums below accumulate over t; the head's gradient starts from zero.
+    for t in 0..t_n {
+        for part in 0..3 {
+            grad(t, part).fill(0.0);
+        }
+    }
     for t in 0..t_n {
         let a = &att[t * t_n..(t + 1) * t_n];
         let d_o = std::slice::from_raw_parts(head.o.add(t * c), hs);
@@ -607,23 +804,28 @@ unsafe fn head_backward_rows(
 
 simd_fn! {
     /// One (batch row, head) of the backward pass; see [`backward`].
-    fn head_backward(head: Head, dhead: SharedMut, att: &[f32], d: &mut [f32], mask: Option<&[u8]>, keep: f32, scale: f32, gemm: bool) {
-        // SAFETY: `backward` built `head` and `dhead` for this (batch row, head) alone.
+    fn head_backward(head: Head, dhead: SharedMut, att: &[f32], d: &mut [f32], mask: Option<&[u8]>, keep: f32, scale: f32, path: Path) {
+        // SAFETY: `backward` built `head` and `dhead` for this (batch row, head) alone, and
+        // chose `Path::Tiles` only where its conditions hold.
         unsafe {
-            if gemm {
-                head_backward_gemm(head, dhead.get(), att, d, mask, keep, scale)
-            } else {
-                head_backward_rows(head, dhead.get(), att, d, mask, keep, scale)
+            match path {
+                #[cfg(target_arch = "x86_64")]
+                Path::Tiles => head_backward_tiles(head, dhead.get(), att, d, mask, keep, scale),
+                Path::Gemm => head_backward_gemm(head, dhead.get(), att, d, mask, keep, scale),
+                Path::Rows => head_backward_rows(head, dhead.get(), att, d, mask, keep, scale),
+                #[cfg(not(target_arch = "x86_64"))]
+                Path::Tiles => unreachable!("tiles are chosen only on x86-64"),
             }
         }
     }
 }
 
-/// Accumulates `dqkv` (B, T, 3C) from `dout` (B, T, C). `scratch` holds at least B*H*T*T floats.
+/// Writes `dqkv` (B, T, 3C) from `dout` (B, T, C). Unlike the other kernels this overwrites its
+/// gradient rather than adding to it: attention is the only consumer of `qkv`, so nothing else
+/// contributes, and the caller need not zero the buffer nor this pass re-read it.
 #[allow(clippy::too_many_arguments)]
 pub fn backward(
     dqkv: &mut [f32],
-    scratch: &mut [f32],
     dout: &[f32],
     qkv: &[f32],
     att: &[f32],
@@ -643,18 +845,17 @@ pub fn backward(
     let heads = b_n * h_n;
     assert!(dqkv.len() >= b_n * t_n * 3 * c && dout.len() >= b_n * t_n * c);
     assert!(qkv.len() >= b_n * t_n * 3 * c);
-    assert!(att.len() >= heads * square && scratch.len() >= heads * square);
+    assert!(att.len() >= heads * square);
     if let Some((m, _)) = dropout {
         assert!(m.len() >= heads * square);
     }
     let dqkv_ptr = SharedMut(dqkv.as_mut_ptr());
-    let gemm = shape.uses_gemm();
+    let path = shape.path();
     let keep = dropout.map_or(1.0, |(_, p)| 1.0 / (1.0 - p));
-    scratch[..heads * square]
-        .par_chunks_mut(square)
-        .enumerate()
+    (0..heads)
+        .into_par_iter()
         .with_min_len(super::min_items(8 * square * hs))
-        .for_each(|(bh, d)| {
+        .for_each(|bh| {
             let (b, h) = (bh / h_n, bh % h_n);
             let head = Head {
                 q: qkv[b * t_n * 3 * c + h * hs..].as_ptr(),
@@ -668,7 +869,9 @@ pub fn backward(
             let dhead = unsafe { SharedMut(dqkv_ptr.get().add(b * t_n * 3 * c + h * hs)) };
             let att_bh = &att[bh * square..(bh + 1) * square];
             let mask = dropout.map(|(m, _)| &m[bh * square..(bh + 1) * square]);
-            head_backward(head, dhead, att_bh, d, mask, keep, scale, gemm);
+            with_scratch(&SQUARE, square, |d| {
+                head_backward(head, dhead, att_bh, d, mask, keep, scale, path)
+            });
         });
 }
 
@@ -692,10 +895,8 @@ mod tests {
         let mut out = vec![0.0; b * t * c];
         let mut att = vec![0.0; b * h * t * t];
         let mut mask = vec![0u8; b * h * t * t];
-        let mut dropped = vec![0.0; b * h * t * t];
         let buffers = drop.map(|d| DropoutBuffers {
             mask: &mut mask,
-            dropped: &mut dropped,
             dropout: d,
         });
         forward(&mut out, &mut att, buffers, qkv, shape, scale);
@@ -709,18 +910,11 @@ mod tests {
         scale: f32,
         drop: Option<AttentionDropout>,
     ) -> Vec<f32> {
-        let Shape {
-            batch: b,
-            seq_len: t,
-            n_head: h,
-            ..
-        } = shape;
         let (_, att, mask) = run_forward(qkv, shape, scale, drop);
-        let mut dqkv = vec![0.0; qkv.len()];
-        let mut scratch = vec![0.0; b * h * t * t];
+        // NaN everywhere: `backward` overwrites its gradient, so none may survive.
+        let mut dqkv = vec![f32::NAN; qkv.len()];
         backward(
             &mut dqkv,
-            &mut scratch,
             w,
             qkv,
             &att,
@@ -731,7 +925,8 @@ mod tests {
         dqkv
     }
 
-    /// Both implementations, on shapes that select each of them, with and without dropout.
+    /// Every implementation (the tiles where the CPU has them), on shapes that select each of
+    /// them, with and without dropout.
     #[test]
     fn gradient_matches_finite_differences() {
         let mut rng = Rng::new(8);
@@ -746,6 +941,12 @@ mod tests {
                 batch: 1,
                 seq_len: 70,
                 channels: 32,
+                n_head: 2,
+            },
+            Shape {
+                batch: 1,
+                seq_len: 40,
+                channels: 48,
                 n_head: 2,
             },
         ] {
@@ -765,74 +966,94 @@ mod tests {
         }
     }
 
-    /// The matrix-product and the row-by-row heads compute the same thing.
+    /// Forward and backward of every head of `shape` through `path`, with dropout:
+    /// (out, att, mask, dqkv).
+    fn run_path(
+        path: Path,
+        qkv: &[f32],
+        w: &[f32],
+        shape: Shape,
+        p: f32,
+        seed: u64,
+        scale: f32,
+    ) -> (Vec<f32>, Vec<f32>, Vec<u8>, Vec<f32>) {
+        let Shape {
+            batch: b_n,
+            seq_len: t_n,
+            channels: c,
+            n_head: h_n,
+        } = shape;
+        let (hs, sq) = (c / h_n, t_n * t_n);
+        let mut out = vec![0.0; b_n * t_n * c];
+        let mut att = vec![0.0; b_n * h_n * sq];
+        let mut mask = vec![0u8; b_n * h_n * sq];
+        let mut dqkv = vec![f32::NAN; qkv.len()];
+        let mut scratch = vec![0.0; sq];
+        for bh in 0..b_n * h_n {
+            let (b, h) = (bh / h_n, bh % h_n);
+            let head = Head {
+                q: qkv[b * t_n * 3 * c + h * hs..].as_ptr(),
+                o: w[b * t_n * c + h * hs..].as_ptr(),
+                t_n,
+                c,
+                hs,
+            };
+            let heads = bh * sq..(bh + 1) * sq;
+            let mut rng = Rng::derived(seed, b as u64, h as u64, 0);
+            let o = SharedMut(out[b * t_n * c + h * hs..].as_mut_ptr());
+            head_forward(
+                head,
+                o,
+                &mut att[heads.clone()],
+                Some(&mut mask[heads.clone()]),
+                Some(&mut scratch),
+                &mut rng,
+                p,
+                scale,
+                path,
+            );
+            let dh = SharedMut(dqkv[b * t_n * 3 * c + h * hs..].as_mut_ptr());
+            let keep = 1.0 / (1.0 - p);
+            let (a, m) = (&att[heads.clone()], Some(&mask[heads]));
+            head_backward(head, dh, a, &mut scratch, m, keep, scale, path);
+        }
+        (out, att, mask, dqkv)
+    }
+
+    /// The tiled, matrix-product and row-by-row heads compute the same thing, and `forward` and
+    /// `backward` use the path `Shape::path` picks.
     #[test]
-    fn large_and_small_head_paths_agree() {
+    fn all_head_paths_agree() {
         let mut rng = Rng::new(11);
         let shape = Shape {
             batch: 2,
-            seq_len: 70,
+            seq_len: 72,
             channels: 32,
             n_head: 2,
         };
-        assert!(shape.uses_gemm());
-        let n = 2 * 70 * 32;
+        let n = 2 * 72 * 32;
         let qkv = random_vec(3 * n, &mut rng, 1.0);
         let w = random_vec(n, &mut rng, 1.0);
         let drop = Some(AttentionDropout { p: 0.2, seed: 4 });
-        let (out_gemm, att_gemm, mask_gemm) = run_forward(&qkv, shape, 0.3, drop);
-        let d_gemm = run_backward(&qkv, &w, shape, 0.3, drop);
-        // The row-by-row path on the same heads: forced by calling the per-head function.
-        let (mut out_rows, mut att_rows, mut mask_rows) = (
-            vec![0.0; n],
-            vec![0.0; 2 * 2 * 70 * 70],
-            vec![0u8; 2 * 2 * 70 * 70],
-        );
-        let mut d_rows = vec![0.0; 3 * n];
-        let mut scratch = vec![0.0; 70 * 70];
-        for bh in 0..4 {
-            let (b, h) = (bh / 2, bh % 2);
-            let head = Head {
-                q: qkv[b * 70 * 96 + h * 16..].as_ptr(),
-                o: w[b * 70 * 32 + h * 16..].as_ptr(),
-                t_n: 70,
-                c: 32,
-                hs: 16,
-            };
-            let sq = bh * 4900..(bh + 1) * 4900;
-            let mut r = Rng::derived(4, b as u64, h as u64, 0);
-            let out = SharedMut(out_rows[b * 70 * 32 + h * 16..].as_mut_ptr());
-            head_forward(
-                head,
-                out,
-                &mut att_rows[sq.clone()],
-                Some(&mut mask_rows[sq.clone()]),
-                Some(&mut scratch),
-                &mut r,
-                0.2,
-                0.3,
-                false,
-            );
-            let dh = SharedMut(d_rows[b * 70 * 96 + h * 16..].as_mut_ptr());
-            head_backward(
-                head,
-                dh,
-                &att_rows[sq.clone()],
-                &mut scratch,
-                Some(&mask_rows[sq]),
-                1.25,
-                0.3,
-                false,
-            );
+        let (out, att, mask) = run_forward(&qkv, shape, 0.3, drop);
+        let dqkv = run_backward(&qkv, &w, shape, 0.3, drop);
+        let mut paths = vec![Path::Rows, Path::Gemm];
+        if cfg!(target_arch = "x86_64") && crate::kernels::has_avx2_fma() {
+            assert_eq!(shape.path(), Path::Tiles);
+            paths.push(Path::Tiles);
+        } else {
+            assert_eq!(shape.path(), Path::Gemm);
         }
-        assert_eq!(mask_gemm, mask_rows);
-        for (name, a, b) in [
-            ("out", &out_gemm, &out_rows),
-            ("att", &att_gemm, &att_rows),
-            ("dqkv", &d_gemm, &d_rows),
-        ] {
-            for (x, y) in a.iter().zip(b.iter()) {
-                assert!((x - y).abs() < 1e-4 * (1.0 + y.abs()), "{name}: {x} vs {y}");
+        for path in paths {
+            let (o, a, m, d) = run_path(path, &qkv, &w, shape, 0.2, 4, 0.3);
+            assert_eq!(m, mask, "{path:?}: dropout mask");
+            for (name, x, y) in [("out", &o, &out), ("att", &a, &att), ("dqkv", &d, &dqkv)] {
+                for (x, y) in x.iter().zip(y.iter()) {
+                    assert!(
+                        (x - y).abs() < 1e-4 * (1.0 + y.abs()),
+                        "{path:?} {name}: {x} vs {y}"
+                    );
+                }
             }
         }
     }
