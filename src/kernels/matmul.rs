@@ -188,11 +188,21 @@ super::simd_fn! {
     }
 }
 
-/// Accumulates the gradients of `out = inp @ weight^T + bias`; `dinp` may be skipped (`None`) when
-/// the input needs no gradient.
+/// Where [`backward`] puts the gradient of its input.
+pub enum InputGrad<'a> {
+    /// Not needed: the input is data.
+    Skip,
+    /// `dinp += dout @ weight`, the kernels' usual convention.
+    Add(&'a mut [f32]),
+    /// `dinp = dout @ weight`, for a gradient this is the only contribution to: the caller need
+    /// not zero the buffer, nor the product re-read it.
+    Write(&'a mut [f32]),
+}
+
+/// Accumulates the gradients of `out = inp @ weight^T + bias` (the input's as `dinp` says).
 #[allow(clippy::too_many_arguments)]
 pub fn backward(
-    dinp: Option<&mut [f32]>,
+    dinp: InputGrad,
     dweight: &mut [f32],
     dbias: Option<&mut [f32]>,
     dout: &[f32],
@@ -206,9 +216,14 @@ pub fn backward(
     let n = inp.len() / ic;
     assert!(inp.len() == n * ic && dout.len() == n * oc);
     assert!(weight.len() == oc * ic && dweight.len() == oc * ic);
-    if let Some(dinp) = dinp {
+    let dinp = match dinp {
+        InputGrad::Skip => None,
+        InputGrad::Add(d) => Some((d, true)),
+        InputGrad::Write(d) => Some((d, false)),
+    };
+    if let Some((dinp, accumulate)) = dinp {
         assert_eq!(dinp.len(), n * ic);
-        // SAFETY: dinp (n, ic) += dout (n, oc) @ weight (oc, ic), all row-major, lengths checked.
+        // SAFETY: dinp (n, ic) (+)= dout (n, oc) @ weight (oc, ic), all row-major, lengths checked.
         unsafe {
             gemm_strided(
                 n,
@@ -216,7 +231,7 @@ pub fn backward(
                 oc,
                 dinp,
                 (ic, 1),
-                true,
+                accumulate,
                 dout,
                 (oc, 1),
                 weight,
@@ -318,7 +333,18 @@ mod tests {
             // dinp = dout @ weight, dweight = dout^T @ inp.
             let dout = random_vec(n * oc, &mut rng, 1.0);
             let (mut dinp, mut dw) = (vec![0.0; n * ic], vec![0.0; oc * ic]);
-            backward(Some(&mut dinp), &mut dw, None, &dout, &inp, &w, ic, oc);
+            // Written, not added: the NaNs must all be replaced.
+            dinp.fill(f32::NAN);
+            backward(
+                InputGrad::Write(&mut dinp),
+                &mut dw,
+                None,
+                &dout,
+                &inp,
+                &w,
+                ic,
+                oc,
+            );
             for r in (0..n).step_by(7) {
                 for i in 0..ic {
                     let y: f64 = (0..oc)
@@ -373,7 +399,7 @@ mod tests {
         };
         let (mut dinp, mut dw, mut db) = (vec![0.0; n * ic], vec![0.0; oc * ic], vec![0.0; oc]);
         backward(
-            Some(&mut dinp),
+            InputGrad::Add(&mut dinp),
             &mut dw,
             Some(&mut db),
             &g,

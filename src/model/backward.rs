@@ -5,6 +5,7 @@ use super::activations::{Activations, BlockActivations, GradScratch, Transient};
 use super::layout::{linear_grads, two_mut, view, BlockLayout};
 use super::Model;
 use crate::config::Architecture;
+use crate::kernels::matmul::InputGrad;
 use crate::kernels::{
     activation, attention, cross_entropy, dropout, embedding, layernorm, matmul, residual,
 };
@@ -68,10 +69,9 @@ impl Model {
         } else {
             x_last
         };
-        g.d_norm[..n * c].fill(0.0);
         let (dw, db) = linear_grads(grads, lm);
         matmul::backward(
-            Some(&mut g.d_norm[..n * c]),
+            InputGrad::Write(&mut g.d_norm[..n * c]),
             dw,
             db,
             &g.d_logits[..n * v],
@@ -164,10 +164,11 @@ impl Model {
         // Feed-forward half: from d_out (gradient of the block output) to d_mid (gradient of the
         // stream after attention).
         let d_mid = &mut g.d_mid[rc.clone()];
-        d_mid.fill(0.0);
         if let Some(fc) = &bl.fc {
-            if res {
-                residual::backward(d_mid, &g.d_out[rc.clone()]);
+            // The residual path passes the gradient through unchanged; the branch adds to it.
+            match res {
+                true => d_mid.copy_from_slice(&g.d_out[rc.clone()]),
+                false => d_mid.fill(0.0),
             }
             let mid = &a.mid()[rc.clone()];
             let ffn_in = match &bl.ln2 {
@@ -186,7 +187,6 @@ impl Model {
                 None => mid,
             };
             let d_fc = &mut g.d_fc[rf.clone()];
-            d_fc.fill(0.0);
             match &bl.fc2 {
                 Some(fc2) => {
                     let d_branch: &[f32] = if has_dropout {
@@ -211,7 +211,7 @@ impl Model {
                     );
                     let (dw, db) = linear_grads(grads, fc2);
                     matmul::backward(
-                        Some(&mut *d_fc),
+                        InputGrad::Write(&mut *d_fc),
                         dw,
                         db,
                         d_branch,
@@ -224,6 +224,7 @@ impl Model {
                     activation::apply_grad(d_fc, hidden_grad);
                 }
                 None => {
+                    d_fc.fill(0.0);
                     match has_dropout {
                         true => dropout::backward(
                             d_fc,
@@ -236,10 +237,9 @@ impl Model {
                     activation::backward_in_place(cfg.activation, d_fc, &a.fc[rf.clone()]);
                 }
             }
-            g.d_norm[rc.clone()].fill(0.0);
             let (dw, db) = linear_grads(grads, fc);
             matmul::backward(
-                Some(&mut g.d_norm[rc.clone()]),
+                InputGrad::Write(&mut g.d_norm[rc.clone()]),
                 dw,
                 db,
                 d_fc,
@@ -266,15 +266,15 @@ impl Model {
                 None => residual::backward(d_mid, &g.d_norm[rc.clone()]),
             }
         } else {
-            residual::backward(d_mid, &g.d_out[rc.clone()]);
+            d_mid.copy_from_slice(&g.d_out[rc.clone()]);
         }
         let d_mid = &g.d_mid[rc.clone()];
 
         // Attention half: from d_mid to d_in.
         let d_in = &mut g.d_in[rc.clone()];
-        d_in.fill(0.0);
-        if res {
-            residual::backward(d_in, d_mid);
+        match res {
+            true => d_in.copy_from_slice(d_mid),
+            false => d_in.fill(0.0),
         }
         let d_y: &[f32] = match &bl.proj {
             Some(proj) => {
@@ -290,10 +290,9 @@ impl Model {
                 } else {
                     d_mid
                 };
-                g.d_attn_y[rc.clone()].fill(0.0);
                 let (dw, db) = linear_grads(grads, proj);
                 matmul::backward(
-                    Some(&mut g.d_attn_y[rc.clone()]),
+                    InputGrad::Write(&mut g.d_attn_y[rc.clone()]),
                     dw,
                     db,
                     d_branch,
@@ -330,9 +329,8 @@ impl Model {
             }
             None => x,
         };
-        g.d_norm[rc.clone()].fill(0.0);
         matmul::backward(
-            Some(&mut g.d_norm[rc.clone()]),
+            InputGrad::Write(&mut g.d_norm[rc.clone()]),
             &mut grads[bl.qkv.weight.clone()],
             None,
             &g.d_qkv[..n * 3 * c],
