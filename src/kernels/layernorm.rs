@@ -38,9 +38,30 @@ simd_fn! {
     }
 }
 
+/// One row of the input gradient, `dx += rstd * (g - mean(g) - xhat * mean(g * xhat))`, and with
+/// `params` the row's share of the parameter gradients (`dweight += dy * xhat`, `dbias += dy`),
+/// in the same pass over the row.
+#[inline(always)]
+fn backward_row(
+    dx: &mut [f32],
+    dy: &[f32],
+    x: &[f32],
+    weight: &[f32],
+    mu: f32,
+    rs: f32,
+    params: Option<(&mut [f32], &mut [f32])>,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if super::has_avx2_fma() {
+        // SAFETY: the CPU has AVX2 and FMA.
+        return unsafe { x86::backward_row(dx, dy, x, weight, mu, rs, params) };
+    }
+    backward_row_portable(dx, dy, x, weight, mu, rs, params)
+}
+
 simd_fn! {
-    /// One row of the input gradient: `dx += rstd * (g - mean(g) - xhat * mean(g * xhat))`.
-    fn backward_row(dx: &mut [f32], dy: &[f32], x: &[f32], weight: &[f32], mu: f32, rs: f32) {
+    /// [`backward_row`] for any CPU.
+    fn backward_row_portable(dx: &mut [f32], dy: &[f32], x: &[f32], weight: &[f32], mu: f32, rs: f32, params: Option<(&mut [f32], &mut [f32])>) {
         let c = x.len() as f32;
         let (mut acc_g, mut acc_gx) = ([0.0f32; 8], [0.0f32; 8]);
         let n8 = x.len() / 8 * 8;
@@ -63,24 +84,126 @@ simd_fn! {
             let xhat = (x - mu) * rs;
             *dx += rs * (dy * w - mean_g - xhat * mean_gx);
         }
-    }
-}
-
-simd_fn! {
-    /// The whole backward pass on one thread, row by row.
-    fn backward_fused(dinp: &mut [f32], dweight: &mut [f32], dbias: &mut [f32], dout: &[f32], inp: &[f32], weight: &[f32], mean: &[f32], rstd: &[f32]) {
-        let c = weight.len();
-        for (((dx, dy), x), (&mu, &rs)) in dinp
-            .chunks_exact_mut(c)
-            .zip(dout.chunks_exact(c))
-            .zip(inp.chunks_exact(c))
-            .zip(mean.iter().zip(rstd))
-        {
-            backward_row(dx, dy, x, weight, mu, rs);
+        if let Some((dweight, dbias)) = params {
             for (((dw, db), &dy), &x) in dweight.iter_mut().zip(dbias.iter_mut()).zip(dy).zip(x) {
                 *dw += dy * (x - mu) * rs;
                 *db += dy;
             }
+        }
+    }
+}
+
+/// The whole backward pass on one thread, row by row.
+#[allow(clippy::too_many_arguments)]
+fn backward_fused(
+    dinp: &mut [f32],
+    dweight: &mut [f32],
+    dbias: &mut [f32],
+    dout: &[f32],
+    inp: &[f32],
+    weight: &[f32],
+    mean: &[f32],
+    rstd: &[f32],
+) {
+    let c = weight.len();
+    for (((dx, dy), x), (&mu, &rs)) in dinp
+        .chunks_exact_mut(c)
+        .zip(dout.chunks_exact(c))
+        .zip(inp.chunks_exact(c))
+        .zip(mean.iter().zip(rstd))
+    {
+        backward_row(
+            dx,
+            dy,
+            x,
+            weight,
+            mu,
+            rs,
+            Some((&mut *dweight, &mut *dbias)),
+        );
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    /// The lanes of a vector added up.
+    #[inline(always)]
+    unsafe fn horizontal_sum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        _mm_cvtss_f32(s)
+    }
+
+    /// [`super::backward_row`] with 8-wide fused multiply-adds: one pass for the two means and
+    /// the parameter gradients, one for the input gradient.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn backward_row(
+        dx: &mut [f32],
+        dy: &[f32],
+        x: &[f32],
+        weight: &[f32],
+        mu: f32,
+        rs: f32,
+        mut params: Option<(&mut [f32], &mut [f32])>,
+    ) {
+        let c = x.len();
+        assert!(dx.len() == c && dy.len() == c && weight.len() == c);
+        if let Some((dw, db)) = params.as_ref() {
+            assert!(dw.len() == c && db.len() == c);
+        }
+        let c8 = c / 8 * 8;
+        let (px, pdy, pw, pdx) = (x.as_ptr(), dy.as_ptr(), weight.as_ptr(), dx.as_mut_ptr());
+        let (vmu, vrs) = (_mm256_set1_ps(mu), _mm256_set1_ps(rs));
+        let (mut acc_g, mut acc_gx) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let mut i = 0;
+        while i < c8 {
+            let d = _mm256_loadu_ps(pdy.add(i));
+            let xhat = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(px.add(i)), vmu), vrs);
+            let g = _mm256_mul_ps(d, _mm256_loadu_ps(pw.add(i)));
+            acc_g = _mm256_add_ps(acc_g, g);
+            acc_gx = _mm256_fmadd_ps(g, xhat, acc_gx);
+            if let Some((dw, db)) = params.as_mut() {
+                let (pdw, pdb) = (dw.as_mut_ptr().add(i), db.as_mut_ptr().add(i));
+                _mm256_storeu_ps(pdw, _mm256_fmadd_ps(d, xhat, _mm256_loadu_ps(pdw)));
+                _mm256_storeu_ps(pdb, _mm256_add_ps(d, _mm256_loadu_ps(pdb)));
+            }
+            i += 8;
+        }
+        let (mut sum_g, mut sum_gx) = (horizontal_sum(acc_g), horizontal_sum(acc_gx));
+        for i in c8..c {
+            let xhat = (x[i] - mu) * rs;
+            let g = dy[i] * weight[i];
+            sum_g += g;
+            sum_gx += g * xhat;
+            if let Some((dw, db)) = params.as_mut() {
+                dw[i] += dy[i] * xhat;
+                db[i] += dy[i];
+            }
+        }
+        let (mean_g, mean_gx) = (sum_g / c as f32, sum_gx / c as f32);
+        let (vmg, vmgx) = (_mm256_set1_ps(mean_g), _mm256_set1_ps(mean_gx));
+        let mut i = 0;
+        while i < c8 {
+            let xhat = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(px.add(i)), vmu), vrs);
+            let g = _mm256_mul_ps(_mm256_loadu_ps(pdy.add(i)), _mm256_loadu_ps(pw.add(i)));
+            // g - mean_g - xhat * mean_gx
+            let t = _mm256_fnmadd_ps(xhat, vmgx, _mm256_sub_ps(g, vmg));
+            _mm256_storeu_ps(
+                pdx.add(i),
+                _mm256_fmadd_ps(vrs, t, _mm256_loadu_ps(pdx.add(i))),
+            );
+            i += 8;
+        }
+        for i in c8..c {
+            let xhat = (x[i] - mu) * rs;
+            dx[i] += rs * (dy[i] * weight[i] - mean_g - xhat * mean_gx);
         }
     }
 }
@@ -172,7 +295,7 @@ pub fn backward(
         .zip(dout.par_chunks(c).zip(inp.par_chunks(c)))
         .zip(mean.par_iter().zip(rstd.par_iter()))
         .with_min_len(super::min_items(10 * c))
-        .for_each(|((dx, (dy, x)), (&mu, &rs))| backward_row(dx, dy, x, weight, mu, rs));
+        .for_each(|((dx, (dy, x)), (&mu, &rs))| backward_row(dx, dy, x, weight, mu, rs, None));
     // Parameter gradients sum over rows; each task owns a block of columns.
     dweight
         .par_chunks_mut(COLUMN_BLOCK)
@@ -228,6 +351,34 @@ mod tests {
             .zip(dx.iter().chain(&dw).chain(&db))
         {
             assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{a} vs {b}");
+        }
+    }
+
+    /// The vector row (where the CPU has it) and the portable row agree, on a width with a
+    /// tail that is not a multiple of 8.
+    #[test]
+    fn vector_and_portable_rows_agree() {
+        let mut rng = Rng::new(15);
+        for c in [37, 64] {
+            let x = random_vec(c, &mut rng, 1.0);
+            let dy = random_vec(c, &mut rng, 1.0);
+            let w = random_vec(c, &mut rng, 1.0);
+            let (mu, rs) = (0.1, 1.3);
+            let run = |portable: bool| {
+                let (mut dx, mut dw, mut db) = (vec![0.5; c], vec![0.25; c], vec![-0.5; c]);
+                let params = Some((&mut dw[..], &mut db[..]));
+                match portable {
+                    true => backward_row_portable(&mut dx, &dy, &x, &w, mu, rs, params),
+                    false => backward_row(&mut dx, &dy, &x, &w, mu, rs, params),
+                }
+                [dx, dw, db].concat()
+            };
+            for (a, b) in run(false).iter().zip(&run(true)) {
+                assert!(
+                    (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                    "width {c}: {a} vs {b}"
+                );
+            }
         }
     }
 
