@@ -46,8 +46,7 @@ def main():
     args = ap.parse_args()
     rows = []
     for w in args.workloads.split(","):
-        results = {}
-        for name, cmd in [
+        cmds = [
             ("chargpt", [CHARGPT, "--threads", str(args.threads), "bench", "--preset", w, "--json"]),
             ("gptpy", [sys.executable, os.path.join(HERE, "bench_pytorch.py"), "--workload", w,
                        "--model", "gptpy", "--threads", str(args.threads), "--json"]
@@ -55,15 +54,20 @@ def main():
             ("fused", [sys.executable, os.path.join(HERE, "bench_pytorch.py"), "--workload", w,
                        "--model", "fused", "--threads", str(args.threads), "--json"]
              + (["--generate", "20"] if w == "lecture" else [])),
-        ]:
-            if w == "bigram" and name == "fused":
-                continue  # the bigram has no attention to fuse
-            runs = []
-            for _ in range(args.repeats):
-                runs.append(run(cmd))
-                print(f"{w} {name}: {runs[-1]['ms_per_step']:.3f} ms/step", file=sys.stderr)
-            results[name] = {k: median_of(runs, k) for k in
-                             ("ms_per_step", "tokens_per_s", "gflops", "gen_tokens_per_s", "peak_rss_mb")}
+        ]
+        if w == "bigram":
+            cmds = cmds[:2]  # the bigram has no attention to fuse
+        # Round robin (chargpt, gpt.py, fused, chargpt, ...) rather than all runs of one program
+        # and then the next: a shared machine's speed drifts over minutes, and interleaving
+        # spreads that drift over all three instead of biasing the ratio.
+        runs = {name: [] for name, _ in cmds}
+        for _ in range(args.repeats):
+            for name, cmd in cmds:
+                runs[name].append(run(cmd))
+                print(f"{w} {name}: {runs[name][-1]['ms_per_step']:.3f} ms/step", file=sys.stderr)
+        results = {name: {k: median_of(r, k) for k in
+                          ("ms_per_step", "tokens_per_s", "gflops", "gen_tokens_per_s", "peak_rss_mb")}
+                   for name, r in runs.items()}
         rows.append((w, results))
 
     print(f"| workload | chargpt ms/step | gpt.py ms/step | fused ms/step | tokens/s vs fastest PyTorch | target |")
