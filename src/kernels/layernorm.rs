@@ -126,16 +126,8 @@ fn backward_fused(
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
+    use crate::kernels::x86::horizontal_sum;
     use std::arch::x86_64::*;
-
-    /// The lanes of a vector added up.
-    #[inline(always)]
-    unsafe fn horizontal_sum(v: __m256) -> f32 {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
-        _mm_cvtss_f32(s)
-    }
 
     /// [`super::backward_row`] with 8-wide fused multiply-adds: one pass for the two means and
     /// the parameter gradients, one for the input gradient.

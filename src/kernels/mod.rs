@@ -253,10 +253,7 @@ pub(crate) mod x86 {
             i += 8;
         }
         let v = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
-        let mut total = _mm_cvtss_f32(s);
+        let mut total = horizontal_sum(v);
         while i < n {
             total += *pa.add(i) * *pb.add(i);
             i += 1;
@@ -422,9 +419,12 @@ pub(crate) mod x86 {
     }
 
     /// The lanes of a vector added up.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
     #[inline]
-    unsafe fn horizontal_sum(v: __m256) -> f32 {
+    pub unsafe fn horizontal_sum(v: __m256) -> f32 {
         let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
         let s = _mm_add_ss(s, _mm_movehdup_ps(s));
