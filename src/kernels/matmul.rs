@@ -139,11 +139,6 @@ pub fn forward(
         // Threads split the output features.
         return matvec(out, inp, weight, bias);
     }
-    if let Some(bias) = bias {
-        out.par_chunks_mut(oc)
-            .with_min_len(super::min_items(oc * 64))
-            .for_each(|row| row.copy_from_slice(bias));
-    }
     // SAFETY: out is (n, oc) row-major, inp (n, ic) row-major, and weight (oc, ic) read as its
     // transpose (ic, oc) with strides (1, ic); the asserts above check the lengths.
     unsafe {
@@ -153,7 +148,7 @@ pub fn forward(
             ic,
             out,
             (oc, 1),
-            bias.is_some(),
+            false,
             inp,
             (ic, 1),
             weight,
@@ -161,6 +156,23 @@ pub fn forward(
             1.0,
             true,
         );
+    }
+    // The bias is added after the product rather than written first for it to accumulate onto:
+    // the output is usually cold (last touched a whole step ago), and a product that only writes
+    // it misses once per line where one that reads a prefilled output misses twice. 128 -> 512
+    // on 384 rows with a cold output: 87 GFLOP/s prefilled, 95 added after.
+    if let Some(bias) = bias {
+        out.par_chunks_mut(oc)
+            .with_min_len(super::min_items(oc * 64))
+            .for_each(|row| add_row(row, bias));
+    }
+}
+
+super::simd_fn! {
+    fn add_row(row: &mut [f32], bias: &[f32]) {
+        for (x, &b) in row.iter_mut().zip(bias) {
+            *x += b;
+        }
     }
 }
 
