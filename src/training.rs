@@ -168,7 +168,6 @@ impl Trainer {
                 )
                 .expect("targets given");
             if backward {
-                s.grads.fill(0.0);
                 let share = s.rows.len() as f32 / batch as f32;
                 model.backward_scaled(&mut s.acts, &mut s.grads, share);
             }

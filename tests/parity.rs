@@ -106,7 +106,8 @@ fn check_case(name: &str) {
     let e = rel_err(acts.logits(), &fx.f32s["logits"]);
     assert!(e < 1e-5, "{name}: logits differ by {e:.2e} of their scale");
 
-    let mut grads = vec![0.0; layout.len];
+    // NaN to start with: backward overwrites the whole gradient.
+    let mut grads = vec![f32::NAN; layout.len];
     model.backward(&mut acts, &mut grads);
     let want = flat(&fx, &layout, "grad");
     let mut worst_grad = 0.0f64;

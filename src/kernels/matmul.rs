@@ -200,22 +200,35 @@ super::simd_fn! {
     }
 }
 
-/// Where [`backward`] puts the gradient of its input.
-pub enum InputGrad<'a> {
+/// Where [`backward`] puts the gradient of its input or of its weight.
+pub enum Grad<'a> {
     /// Not needed: the input is data.
     Skip,
-    /// `dinp += dout @ weight`, the kernels' usual convention.
+    /// `d += product`, the kernels' usual convention.
     Add(&'a mut [f32]),
-    /// `dinp = dout @ weight`, for a gradient this is the only contribution to: the caller need
-    /// not zero the buffer, nor the product re-read it.
+    /// `d = product`, for a gradient this is the only contribution to: the caller need not zero
+    /// the buffer, nor the product re-read it (a buffer last touched long ago is cold, and
+    /// reading it first costs a second miss per line).
     Write(&'a mut [f32]),
 }
 
-/// Accumulates the gradients of `out = inp @ weight^T + bias` (the input's as `dinp` says).
+impl<'a> Grad<'a> {
+    /// The buffer and whether the product adds to it.
+    fn target(self) -> Option<(&'a mut [f32], bool)> {
+        match self {
+            Grad::Skip => None,
+            Grad::Add(d) => Some((d, true)),
+            Grad::Write(d) => Some((d, false)),
+        }
+    }
+}
+
+/// The gradients of `out = inp @ weight^T + bias`: the input's and the weight's as `dinp` and
+/// `dweight` say; `dbias` is added to.
 #[allow(clippy::too_many_arguments)]
 pub fn backward(
-    dinp: InputGrad,
-    dweight: &mut [f32],
+    dinp: Grad,
+    dweight: Grad,
     dbias: Option<&mut [f32]>,
     dout: &[f32],
     inp: &[f32],
@@ -226,14 +239,8 @@ pub fn backward(
     let _timer = crate::profile::scope(crate::profile::Kernel::Matmul, true);
     let (ic, oc) = (in_channels, out_channels);
     let n = inp.len() / ic;
-    assert!(inp.len() == n * ic && dout.len() == n * oc);
-    assert!(weight.len() == oc * ic && dweight.len() == oc * ic);
-    let dinp = match dinp {
-        InputGrad::Skip => None,
-        InputGrad::Add(d) => Some((d, true)),
-        InputGrad::Write(d) => Some((d, false)),
-    };
-    if let Some((dinp, accumulate)) = dinp {
+    assert!(inp.len() == n * ic && dout.len() == n * oc && weight.len() == oc * ic);
+    if let Some((dinp, accumulate)) = dinp.target() {
         assert_eq!(dinp.len(), n * ic);
         // SAFETY: dinp (n, ic) (+)= dout (n, oc) @ weight (oc, ic), all row-major, lengths checked.
         unsafe {
@@ -253,23 +260,26 @@ pub fn backward(
             );
         }
     }
-    // SAFETY: dweight (oc, ic) += dout^T (oc, n) @ inp (n, ic); dout^T is dout read with strides
-    // (1, oc). Lengths checked above.
-    unsafe {
-        gemm_strided(
-            oc,
-            ic,
-            n,
-            dweight,
-            (ic, 1),
-            true,
-            dout,
-            (1, oc),
-            inp,
-            (ic, 1),
-            1.0,
-            true,
-        );
+    if let Some((dweight, accumulate)) = dweight.target() {
+        assert_eq!(dweight.len(), oc * ic);
+        // SAFETY: dweight (oc, ic) (+)= dout^T (oc, n) @ inp (n, ic); dout^T is dout read with
+        // strides (1, oc). Lengths checked above.
+        unsafe {
+            gemm_strided(
+                oc,
+                ic,
+                n,
+                dweight,
+                (ic, 1),
+                accumulate,
+                dout,
+                (1, oc),
+                inp,
+                (ic, 1),
+                1.0,
+                true,
+            );
+        }
     }
     if let Some(dbias) = dbias {
         assert_eq!(dbias.len(), oc);
@@ -344,12 +354,11 @@ mod tests {
             }
             // dinp = dout @ weight, dweight = dout^T @ inp.
             let dout = random_vec(n * oc, &mut rng, 1.0);
-            let (mut dinp, mut dw) = (vec![0.0; n * ic], vec![0.0; oc * ic]);
             // Written, not added: the NaNs must all be replaced.
-            dinp.fill(f32::NAN);
+            let (mut dinp, mut dw) = (vec![f32::NAN; n * ic], vec![f32::NAN; oc * ic]);
             backward(
-                InputGrad::Write(&mut dinp),
-                &mut dw,
+                Grad::Write(&mut dinp),
+                Grad::Write(&mut dw),
                 None,
                 &dout,
                 &inp,
@@ -411,8 +420,8 @@ mod tests {
         };
         let (mut dinp, mut dw, mut db) = (vec![0.0; n * ic], vec![0.0; oc * ic], vec![0.0; oc]);
         backward(
-            InputGrad::Add(&mut dinp),
-            &mut dw,
+            Grad::Add(&mut dinp),
+            Grad::Add(&mut dw),
             Some(&mut db),
             &g,
             &inp,

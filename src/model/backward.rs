@@ -1,18 +1,19 @@
 //! The backward pass: the chain rule through the forward pass in reverse, one kernel backward
-//! at a time. Parameter gradients accumulate into a buffer with the parameters' layout.
+//! at a time. Parameter gradients go into a buffer with the parameters' layout.
 
 use super::activations::{Activations, BlockActivations, GradScratch, Transient};
 use super::layout::{linear_grads, two_mut, view, BlockLayout};
 use super::Model;
 use crate::config::Architecture;
-use crate::kernels::matmul::InputGrad;
+use crate::kernels::matmul::Grad;
 use crate::kernels::{
     activation, attention, cross_entropy, dropout, embedding, layernorm, matmul, residual,
 };
 
 impl Model {
-    /// Accumulates the gradient of the last forward pass's mean loss into `grads` (same layout as
-    /// the parameters). The forward pass must have been given targets and training activations.
+    /// Writes the gradient of the last forward pass's mean loss into `grads` (same layout as the
+    /// parameters; whatever it held is overwritten). The forward pass must have been given
+    /// targets and training activations.
     pub fn backward(&self, acts: &mut Activations, grads: &mut [f32]) {
         self.backward_scaled(acts, grads, 1.0);
     }
@@ -25,6 +26,15 @@ impl Model {
             "backward needs a forward pass with targets"
         );
         assert_eq!(grads.len(), self.layout.len);
+        // The linear layers' weight gradients are each one product, written whole; everything
+        // else (embeddings, LayerNorms, biases) is summed over rows, so starts from zero. Not
+        // zeroing the weights saves a pass over nearly all of the buffer, and the products a
+        // read of it.
+        for spec in &self.layout.specs {
+            if !self.layout.is_linear_weight(spec.range()) {
+                grads[spec.range()].fill(0.0);
+            }
+        }
         let cfg = &self.config;
         let (c, v) = (cfg.n_embd, cfg.vocab_size);
         let (batch, seq_len) = (acts.batch, acts.seq_len);
@@ -71,8 +81,8 @@ impl Model {
         };
         let (dw, db) = linear_grads(grads, lm);
         matmul::backward(
-            InputGrad::Write(&mut g.d_norm[..n * c]),
-            dw,
+            Grad::Write(&mut g.d_norm[..n * c]),
+            Grad::Write(dw),
             db,
             &g.d_logits[..n * v],
             head_in,
@@ -211,8 +221,8 @@ impl Model {
                     );
                     let (dw, db) = linear_grads(grads, fc2);
                     matmul::backward(
-                        InputGrad::Write(&mut *d_fc),
-                        dw,
+                        Grad::Write(&mut *d_fc),
+                        Grad::Write(dw),
                         db,
                         d_branch,
                         hidden,
@@ -239,8 +249,8 @@ impl Model {
             }
             let (dw, db) = linear_grads(grads, fc);
             matmul::backward(
-                InputGrad::Write(&mut g.d_norm[rc.clone()]),
-                dw,
+                Grad::Write(&mut g.d_norm[rc.clone()]),
+                Grad::Write(dw),
                 db,
                 d_fc,
                 ffn_in,
@@ -292,8 +302,8 @@ impl Model {
                 };
                 let (dw, db) = linear_grads(grads, proj);
                 matmul::backward(
-                    InputGrad::Write(&mut g.d_attn_y[rc.clone()]),
-                    dw,
+                    Grad::Write(&mut g.d_attn_y[rc.clone()]),
+                    Grad::Write(dw),
                     db,
                     d_branch,
                     &a.attn_y[rc.clone()],
@@ -330,8 +340,8 @@ impl Model {
             None => x,
         };
         matmul::backward(
-            InputGrad::Write(&mut g.d_norm[rc.clone()]),
-            &mut grads[bl.qkv.weight.clone()],
+            Grad::Write(&mut g.d_norm[rc.clone()]),
+            Grad::Write(&mut grads[bl.qkv.weight.clone()]),
             None,
             &g.d_qkv[..n * 3 * c],
             attn_in,

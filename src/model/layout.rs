@@ -76,6 +76,21 @@ pub struct ParamLayout {
     pub lm_head: Option<Linear>,
 }
 
+impl ParamLayout {
+    /// Whether `range` is the weight of a linear layer (lm_head or a block's qkv, projection or
+    /// feed-forward): the tensors whose gradient a single matrix product writes.
+    pub fn is_linear_weight(&self, range: Range<usize>) -> bool {
+        let blocks = self
+            .blocks
+            .iter()
+            .flat_map(|b| [Some(&b.qkv), b.proj.as_ref(), b.fc.as_ref(), b.fc2.as_ref()]);
+        blocks
+            .chain([self.lm_head.as_ref()])
+            .flatten()
+            .any(|l| l.weight == range)
+    }
+}
+
 struct LayoutBuilder {
     specs: Vec<ParamSpec>,
     len: usize,

@@ -183,7 +183,8 @@ mod tests {
             let y: Vec<TokenId> = (0..b * t).map(|_| rng.below(7) as TokenId).collect();
             let mut acts = Activations::new(&cfg, b, t, true);
             model.forward(&mut acts, &x, Some(&y), b, t, Some(99));
-            let mut grads = vec![0.0; model.num_params()];
+            // NaN to start with: backward overwrites the whole gradient.
+            let mut grads = vec![f32::NAN; model.num_params()];
             model.backward(&mut acts, &mut grads);
             let mut probe = model.clone();
             let mut probe_acts = Activations::new(&cfg, b, t, true);
