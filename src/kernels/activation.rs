@@ -158,6 +158,24 @@ mod vector {
         /// independent ones keep the floating-point units busy.
         const UNROLL: usize = 4;
 
+        /// Calls `step(i)` for every whole group of 8 floats below `n`, `UNROLL` groups per loop
+        /// turn; returns how many floats that covered.
+        #[inline(always)]
+        fn each_vector(n: usize, mut step: impl FnMut(usize)) -> usize {
+            let mut i = 0;
+            while i + 8 * UNROLL <= n {
+                for j in 0..UNROLL {
+                    step(i + 8 * j);
+                }
+                i += 8 * UNROLL;
+            }
+            while i + 8 <= n {
+                step(i);
+                i += 8;
+            }
+            i
+        }
+
         /// `s = sigmoid(2u) = 1 / (1 + e^(-2u))` with `-2u = x (-2c - 2c a x^2)`.
         #[inline(always)]
         unsafe fn gate(x: __m256) -> __m256 {
@@ -211,18 +229,7 @@ mod vector {
                     _mm256_storeu_ps(g.add(i), slope(x, s));
                 }
             };
-            let mut i = 0;
-            while i + 8 * UNROLL <= n {
-                for j in 0..UNROLL {
-                    step(i + 8 * j);
-                }
-                i += 8 * UNROLL;
-            }
-            while i + 8 <= n {
-                step(i);
-                i += 8;
-            }
-            i
+            each_vector(n, step)
         }
 
         /// # Safety
@@ -249,18 +256,7 @@ mod vector {
                 };
                 _mm256_storeu_ps(pd.add(i), v);
             };
-            let mut i = 0;
-            while i + 8 * UNROLL <= n {
-                for j in 0..UNROLL {
-                    step(i + 8 * j);
-                }
-                i += 8 * UNROLL;
-            }
-            while i + 8 <= n {
-                step(i);
-                i += 8;
-            }
-            i
+            each_vector(n, step)
         }
     }
 }

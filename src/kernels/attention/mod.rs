@@ -157,6 +157,50 @@ fn softmax_causal_backward(
     masked.fill(0.0);
 }
 
+/// The weights a head's forward pass summed the values with: `att` itself, or with dropout
+/// `a' = a * m / (1 - p)`, rebuilt into `d` from the mask.
+#[inline(always)]
+fn forward_weights<'a>(
+    att: &'a [f32],
+    d: &'a mut [f32],
+    mask: Option<&[u8]>,
+    keep: f32,
+) -> &'a [f32] {
+    match mask {
+        Some(mask) => {
+            for ((d, &a), &m) in d.iter_mut().zip(att).zip(mask) {
+                *d = a * m as f32 * keep;
+            }
+            d
+        }
+        None => att,
+    }
+}
+
+/// [`softmax_causal_backward`] of rows `rows` of a head's (T, T) `d`, in place.
+#[inline(always)]
+fn softmax_backward_rows(
+    d: &mut [f32],
+    att: &[f32],
+    mask: Option<&[u8]>,
+    keep: f32,
+    scale: f32,
+    t_n: usize,
+    rows: std::ops::Range<usize>,
+) {
+    for t in rows {
+        let row = t * t_n..(t + 1) * t_n;
+        softmax_causal_backward(
+            &mut d[row.clone()],
+            &att[row.clone()],
+            mask.map(|m| &m[row]),
+            keep,
+            t,
+            scale,
+        );
+    }
+}
+
 /// Draws row t of a head's dropout mask (keys 0..=t) from the head's stream.
 #[inline(always)]
 fn draw_mask_row(rng: &mut Rng, mask_row: &mut [u8], t: usize, p: f32) {
@@ -576,16 +620,7 @@ unsafe fn head_backward_gemm(
         c,
         hs,
     } = head;
-    // The weights the forward pass used: a' = a * m / (1 - p) with dropout.
-    let weights: &[f32] = match mask {
-        Some(mask) => {
-            for ((d, &a), &m) in d.iter_mut().zip(att).zip(mask) {
-                *d = a * m as f32 * keep;
-            }
-            d
-        }
-        None => att,
-    };
+    let weights = forward_weights(att, d, mask, keep);
     // dV[u0..u1] = A'[u0.., u0..u1]^T dY[u0..]: only rows t >= u0 have weight on these keys.
     for u0 in (0..t_n).step_by(block_rows(t_n)) {
         let u1 = (u0 + block_rows(t_n)).min(t_n);
@@ -621,17 +656,7 @@ unsafe fn head_backward_gemm(
             1.0,
             false,
         );
-        for t in r0..r1 {
-            let row = t * t_n..(t + 1) * t_n;
-            softmax_causal_backward(
-                &mut d[row.clone()],
-                &att[row.clone()],
-                mask.map(|m| &m[row]),
-                keep,
-                t,
-                scale,
-            );
-        }
+        softmax_backward_rows(d, att, mask, keep, scale, t_n, r0..r1);
     }
     // dQ[r0..r1] = dS[r0..r1, 0..r1] K[0..r1];  dK[u0..u1] = dS[u0.., u0..u1]^T Q[u0..].
     for r0 in (0..t_n).step_by(block_rows(t_n)) {
@@ -689,15 +714,7 @@ unsafe fn head_backward_tiles(
         hs,
     } = head;
     let (by_row, by_column) = (Strides { row: t_n, col: 1 }, Strides { row: 1, col: t_n });
-    let weights: &[f32] = match mask {
-        Some(mask) => {
-            for ((d, &a), &m) in d.iter_mut().zip(att).zip(mask) {
-                *d = a * m as f32 * keep;
-            }
-            d
-        }
-        None => att,
-    };
+    let weights = forward_weights(att, d, mask, keep);
     // dV_u = sum_{t >= u} A'[t, u] dY_t
     let (dq, dk, dv) = (dhead, dhead.add(c), dhead.add(2 * c));
     let ld = 3 * c;
@@ -719,17 +736,7 @@ unsafe fn head_backward_tiles(
         tiles::transpose(vt, q.add(2 * c), ld, t_n, hs);
         tiles::causal_scores(d.as_mut_ptr(), dout, c, vt.as_ptr(), t_n, hs, 1.0);
     });
-    for t in 0..t_n {
-        let row = t * t_n..(t + 1) * t_n;
-        softmax_causal_backward(
-            &mut d[row.clone()],
-            &att[row.clone()],
-            mask.map(|m| &m[row]),
-            keep,
-            t,
-            scale,
-        );
-    }
+    softmax_backward_rows(d, att, mask, keep, scale, t_n, 0..t_n);
     // dQ_t = sum_{u <= t} dS[t, u] K_u;  dK_u = sum_{t >= u} dS[t, u] Q_t
     tiles::weighted_rows(
         dq,
