@@ -55,7 +55,8 @@ pub enum CheckpointError {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataInfo {
-    /// A path, or `embedded:tinyshakespeare`.
+    /// An absolute path (relative in checkpoints written before they were recorded absolute),
+    /// or `embedded:tinyshakespeare`.
     pub source: String,
     pub characters: usize,
     /// [`crate::data::fingerprint`] of the text.
@@ -89,6 +90,31 @@ pub struct CheckpointConfig {
     /// The preset the run started from, for people reading the file.
     #[serde(default)]
     pub preset: Option<String>,
+    /// For a fine-tune: the checkpoint it started from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<InitFrom>,
+}
+
+/// The checkpoint a fine-tune started from, and what it did to the vocabulary or the text.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InitFrom {
+    /// The checkpoint directory, as an absolute path.
+    pub dir: String,
+    /// The step of the parameters it started from.
+    pub step: usize,
+    /// Characters added to the vocabulary (`--unknown-chars extend`), in id order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub added_chars: Vec<String>,
+    /// Characters removed from the text (`--unknown-chars drop`): how many, of how many kinds.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub dropped_chars: usize,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dropped_kinds: Vec<String>,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl CheckpointConfig {
@@ -104,6 +130,7 @@ impl CheckpointConfig {
             final_val_loss: None,
             data: None,
             preset: None,
+            init_from: None,
         }
     }
 }

@@ -143,7 +143,9 @@ pub struct TrainConfig {
     pub decay_on: DecayOn,
     /// Clip the global gradient norm to this value; 0 turns clipping off.
     pub grad_clip: f32,
-    /// Estimate train and val loss every this many steps (and at the last step).
+    /// Estimate train and val loss every this many steps (and at the last step); 0 picks an
+    /// interval that gives about 20 evaluations over the run ([`TrainConfig::eval_every`]). The
+    /// presets that reproduce the lecture and nanoGPT keep their intervals; `default` is 0.
     pub eval_interval: usize,
     /// Random batches per split in the loss estimate (the lecture's `eval_iters`).
     pub eval_iters: usize,
@@ -172,6 +174,15 @@ impl TrainConfig {
         }
     }
 
+    /// The steps between two evaluations: `eval_interval`, or when that is 0,
+    /// [`auto_eval_interval`]: about 20 evaluations over the run.
+    pub fn eval_every(&self) -> usize {
+        if self.eval_interval > 0 {
+            return self.eval_interval;
+        }
+        auto_eval_interval(self.steps, self.eval_iters)
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |msg: &str| Err(ConfigError::Invalid(msg.to_string()));
         if self.batch_size == 0 {
@@ -197,9 +208,6 @@ impl TrainConfig {
         }
         if !(self.grad_clip.is_finite() && self.grad_clip >= 0.0) {
             return bad("grad_clip must be zero (off) or positive");
-        }
-        if self.eval_interval == 0 {
-            return bad("eval_interval must be at least 1");
         }
         if self.eval_iters == 0 {
             return bad("eval_iters must be at least 1");
@@ -407,8 +415,9 @@ pub fn presets() -> Vec<Preset> {
                 steps: 1900,
                 learning_rate: 2e-3,
                 min_lr: 2e-4,
-                eval_interval: 500,
-                eval_iters: 20,
+                // About 20 evaluations of 10 batches each: 7% of the run's time.
+                eval_interval: 0,
+                eval_iters: 10,
                 ..nanogpt_train
             },
         },
@@ -417,12 +426,105 @@ pub fn presets() -> Vec<Preset> {
             description:
                 "the lecture's 10.8M-parameter model: 6 layers, 6 heads, 384 wide, block 256",
             model: gpt(384, 6, 6, 256, 0.2),
-            train: TrainConfig {
-                eval_interval: 500,
-                ..TrainConfig::lecture(64, 5000, 3e-4)
-            },
+            train: TrainConfig::lecture(64, 5000, 3e-4),
         },
     ]
+}
+
+/// The automatic evaluation interval: a round number (1, 2, 2.5 or 5 times a power of ten) near
+/// `steps / 20`, so that a run's curves have about 20 evaluations whatever its length (1900
+/// steps: 100; 5000: 250), but never so short that evaluating takes more than about a quarter of
+/// the training time. An evaluation is `2 * eval_iters` forward passes of a batch (train and
+/// val), and a forward pass is about a third of a training step (forward and backward), so it
+/// costs about `2 * eval_iters / 3` steps: the interval is at least four times that (with
+/// `eval_iters` 20: 50 steps, so a 200-step run evaluates at 50, 100, 150 and 200).
+pub fn auto_eval_interval(steps: usize, eval_iters: usize) -> usize {
+    let round = |target: f64| {
+        let mut best = 1usize;
+        let mut scale = 1usize;
+        while scale as f64 <= target * 1.25 {
+            for m in [10, 20, 25, 50] {
+                let v = scale * m / 10;
+                if v >= 1 && v as f64 <= target * 1.25 {
+                    best = best.max(v);
+                }
+            }
+            scale *= 10;
+        }
+        best
+    };
+    let floor = round(4.0 * 2.0 * eval_iters as f64 / 3.0);
+    round(steps as f64 / 20.0).max(floor).min(steps.max(1))
+}
+
+/// Training settings that follow others unless they were given themselves, so that changing
+/// one setting does not leave its companions at values that no longer make sense:
+/// - `warmup_steps` keeps its fraction of `steps` when `steps` is given (100 of 1900 becomes 11
+///   of 200);
+/// - `min_lr` keeps its ratio to `learning_rate` when `learning_rate` is given (2e-4 for 2e-3
+///   becomes 3e-5 for 3e-4);
+/// - `eval_interval` goes back to automatic (about 20 evaluations) when `steps` is given.
+///
+/// `base` holds the values before any explicit setting (a preset's, or a checkpoint's for a
+/// fine-tune), `given` the keys that were set explicitly. Returns one line per setting it
+/// changed, for the user to read.
+pub fn derive_settings(base: &TrainConfig, train: &mut TrainConfig, given: &[&str]) -> Vec<String> {
+    let set = |k: &str| given.contains(&k);
+    let mut notes = Vec::new();
+    if set("steps") && !set("warmup_steps") && base.steps > 0 && train.steps != base.steps {
+        let scaled =
+            (base.warmup_steps as f64 * train.steps as f64 / base.steps as f64).round() as usize;
+        if scaled != train.warmup_steps {
+            notes.push(format!(
+                "warmup_steps {} -> {scaled}: the same fraction of the {} steps as {} of {} (set warmup_steps to choose)",
+                train.warmup_steps, train.steps, base.warmup_steps, base.steps
+            ));
+            train.warmup_steps = scaled;
+        }
+    }
+    if set("learning_rate")
+        && !set("min_lr")
+        && base.learning_rate > 0.0
+        && train.learning_rate != base.learning_rate
+        && train.lr_schedule != LrSchedule::Constant
+    {
+        let scaled = base.min_lr * train.learning_rate / base.learning_rate;
+        if scaled != train.min_lr {
+            notes.push(format!(
+                "min_lr {:e} -> {scaled:e}: the same ratio to learning_rate {:e} as {:e} to {:e} (set min_lr to choose)",
+                train.min_lr, train.learning_rate, base.min_lr, base.learning_rate
+            ));
+            train.min_lr = scaled;
+        }
+    }
+    if set("steps") && !set("eval_interval") && train.eval_interval != 0 {
+        notes.push(format!(
+            "eval_interval {} -> automatic ({}): about 20 evaluations over {} steps (set eval_interval to choose)",
+            train.eval_interval,
+            auto_eval_interval(train.steps, train.eval_iters),
+            train.steps
+        ));
+        train.eval_interval = 0;
+    }
+    notes
+}
+
+/// Settings that are valid but probably not what was meant, each as one line of warning.
+pub fn setting_warnings(train: &TrainConfig) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if train.warmup_steps > 0 && train.steps <= train.warmup_steps {
+        warnings.push(format!(
+            "steps ({}) <= warmup_steps ({}): every step is warm-up, the learning rate only rises; lower warmup_steps",
+            train.steps, train.warmup_steps
+        ));
+    }
+    if train.lr_schedule != LrSchedule::Constant && train.min_lr >= train.learning_rate {
+        warnings.push(format!(
+            "min_lr ({:e}) >= learning_rate ({:e}): the schedule never decays; set min_lr below the learning rate (a tenth of it is usual)",
+            train.min_lr, train.learning_rate
+        ));
+    }
+    warnings
 }
 
 pub fn preset(name: &str) -> Result<Preset, ConfigError> {
@@ -654,6 +756,67 @@ mod tests {
         assert!(err.to_string().contains("whole number"), "{err}");
         t.steps = 0;
         assert!(t.validate().unwrap_err().to_string().contains("steps"));
+    }
+
+    #[test]
+    fn automatic_evaluations_are_about_20_and_cheap() {
+        assert_eq!(auto_eval_interval(1900, 10), 100);
+        assert_eq!(auto_eval_interval(5000, 20), 250);
+        assert_eq!(auto_eval_interval(200, 10), 25);
+        assert_eq!(auto_eval_interval(200, 20), 50);
+        assert_eq!(auto_eval_interval(30, 1), 2);
+        assert_eq!(auto_eval_interval(3, 20), 3);
+        let t = TrainConfig {
+            eval_interval: 0,
+            eval_iters: 20,
+            ..TrainConfig::lecture(32, 2000, 1e-3)
+        };
+        assert_eq!(t.eval_every(), 100);
+        // The lecture's 200 batches per estimate cost about 133 steps: at most one per 500.
+        let lecture = TrainConfig::lecture(32, 2000, 1e-3);
+        assert_eq!(auto_eval_interval(2000, lecture.eval_iters), 500);
+        assert_eq!(
+            TrainConfig {
+                eval_interval: 7,
+                ..t
+            }
+            .eval_every(),
+            7
+        );
+    }
+
+    #[test]
+    fn companions_of_a_changed_setting_follow_it_unless_given() {
+        let base = preset(DEFAULT_PRESET).unwrap().train;
+        let mut t = base.clone();
+        t.steps = 200;
+        t.learning_rate = 3e-4;
+        let notes = derive_settings(&base, &mut t, &["steps", "learning_rate"]);
+        assert_eq!(t.warmup_steps, 11, "100 of 1900 is 11 of 200");
+        assert!((t.min_lr - 3e-5).abs() < 1e-9, "{}", t.min_lr);
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        assert!(notes[0].starts_with("warmup_steps 100 -> 11"), "{notes:?}");
+        // A checkpoint's explicit interval goes back to automatic when steps change.
+        let old = TrainConfig {
+            eval_interval: 500,
+            ..base.clone()
+        };
+        let mut t = old.clone();
+        t.steps = 200;
+        derive_settings(&old, &mut t, &["steps"]);
+        assert_eq!(t.eval_interval, 0);
+        // What was given stays as given, and warnings say what does not make sense.
+        let mut t = base.clone();
+        t.steps = 50;
+        t.warmup_steps = 100;
+        t.min_lr = 5e-3;
+        derive_settings(&base, &mut t, &["steps", "warmup_steps", "min_lr"]);
+        assert_eq!((t.warmup_steps, t.min_lr), (100, 5e-3));
+        let warnings = setting_warnings(&t);
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(warnings[0].contains("every step is warm-up"));
+        assert!(warnings[1].contains("never decays"));
+        assert!(setting_warnings(&base).is_empty());
     }
 
     #[test]

@@ -29,7 +29,17 @@ pub enum DataError {
         block_size: usize,
         needed: usize,
     },
-    #[error("{source_name} has {count} character{} that the model's vocabulary lacks: {listed}; remove or replace them, or train a new model on this text", if *.count == 1 { "" } else { "s" })]
+    #[error("the {split} split of {source_name} has {len} tokens but this model reads blocks of {block_size} and needs at least {needed}; evaluate on a longer text (--data FILE{other}); a trained model's block_size cannot change")]
+    TooShortToEvaluate {
+        split: &'static str,
+        source_name: String,
+        len: usize,
+        block_size: usize,
+        needed: usize,
+        /// A hint at the other split, when it is long enough.
+        other: String,
+    },
+    #[error("{source_name} has {count} character{} that the model's vocabulary lacks: {listed}; add them to the vocabulary with --unknown-chars extend, or remove them from the text with --unknown-chars drop", if *.count == 1 { "" } else { "s" })]
     OutsideVocabulary {
         source_name: String,
         count: usize,
@@ -38,6 +48,18 @@ pub enum DataError {
     },
     #[error(transparent)]
     Tokenizer(#[from] TokenizerError),
+}
+
+/// Each character and how often it occurs in `text`, in the order of first use.
+pub fn char_counts(text: &str, chars: &[char]) -> Vec<(char, usize)> {
+    let mut counts: std::collections::HashMap<char, usize> =
+        chars.iter().map(|&c| (c, 0)).collect();
+    for c in text.chars() {
+        if let Some(n) = counts.get_mut(&c) {
+            *n += 1;
+        }
+    }
+    chars.iter().map(|c| (*c, counts[c])).collect()
 }
 
 /// `'a', 'b', '\t'` for the first `max` characters, then "and N more".
@@ -131,6 +153,32 @@ impl Dataset {
             Split::Train => &self.train,
             Split::Val => &self.val,
         }
+    }
+
+    /// `split` must hold at least one window of `block_size` inputs plus its target, to be
+    /// evaluated by a trained model (whose block size is fixed).
+    pub fn check_evaluable(
+        &self,
+        split: Split,
+        block_size: usize,
+        source_name: &str,
+    ) -> Result<(), DataError> {
+        let len = self.split(split).len();
+        if len > block_size {
+            return Ok(());
+        }
+        let other = match split {
+            Split::Val if self.train.len() > block_size => ", or --split train",
+            _ => "",
+        };
+        Err(DataError::TooShortToEvaluate {
+            split: split.name(),
+            source_name: source_name.to_string(),
+            len,
+            block_size,
+            needed: block_size + 1,
+            other: other.to_string(),
+        })
     }
 
     /// Both splits must hold at least one window of `block_size` inputs plus its target.

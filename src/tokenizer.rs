@@ -49,6 +49,19 @@ impl Tokenizer {
         Ok(Tokenizer { chars, ids })
     }
 
+    /// This vocabulary with `added` characters appended after the existing ones (in the order
+    /// given; ones already present are skipped): every existing id keeps its character, so a
+    /// model trained on the old vocabulary keeps its meaning for them.
+    pub fn extended(&self, added: &[char]) -> Result<Self, TokenizerError> {
+        let mut chars = self.chars.clone();
+        for &c in added {
+            if !self.ids.contains_key(&c) && !chars[self.chars.len()..].contains(&c) {
+                chars.push(c);
+            }
+        }
+        Self::from_chars(chars)
+    }
+
     pub fn vocab_size(&self) -> usize {
         self.chars.len()
     }
@@ -139,5 +152,15 @@ mod tests {
         assert!(tok.decode(&[3]).is_err());
         assert!(Tokenizer::from_text("").is_err());
         assert!(Tokenizer::from_chars(vec!['a', 'a']).is_err());
+    }
+
+    #[test]
+    fn extending_keeps_every_old_id() {
+        let tok = Tokenizer::from_text("cab").unwrap();
+        let ext = tok.extended(&['é', 'a', '{', 'é']).unwrap();
+        assert_eq!(ext.chars(), &['a', 'b', 'c', 'é', '{']);
+        for &c in tok.chars() {
+            assert_eq!(tok.id(c), ext.id(c));
+        }
     }
 }

@@ -21,11 +21,11 @@
 
 use crate::checkpoint::{
     save_checkpoint, write_atomic, Checkpoint, CheckpointConfig, CheckpointError, DataInfo,
-    RunCounters,
+    InitFrom, RunCounters,
 };
 use crate::config::{ConfigError, ModelConfig, TrainConfig};
 use crate::data::{
-    fill_windows, fingerprint, sample_batch, window_count, DataError, Dataset, Split,
+    char_counts, fill_windows, fingerprint, sample_batch, window_count, DataError, Dataset, Split,
 };
 use crate::kernels::sequentially;
 use crate::model::{Activations, Model};
@@ -304,6 +304,16 @@ pub struct ExactLoss {
 /// `block_size` inputs (+1 target); the last partial window is dropped. Runs `batch` windows at a
 /// time.
 pub fn evaluate_exact(model: &Model, data: &[TokenId], batch: usize) -> ExactLoss {
+    evaluate_exact_with_progress(model, data, batch, &mut |_, _| {})
+}
+
+/// [`evaluate_exact`], calling `progress(windows done, windows)` after each batch of windows.
+pub fn evaluate_exact_with_progress(
+    model: &Model,
+    data: &[TokenId],
+    batch: usize,
+    progress: &mut dyn FnMut(usize, usize),
+) -> ExactLoss {
     let t = model.config.block_size;
     let windows = window_count(data.len(), t);
     let batch = batch.max(1).min(windows.max(1));
@@ -318,6 +328,7 @@ pub fn evaluate_exact(model: &Model, data: &[TokenId], batch: usize) -> ExactLos
         model.forward(&mut acts, &inputs[..n], Some(&targets[..n]), rows, t, None);
         total += acts.losses().iter().map(|&l| l as f64).sum::<f64>();
         first += rows;
+        progress(first, windows);
     }
     let tokens = windows * t;
     ExactLoss {
@@ -347,6 +358,53 @@ pub struct MetricsRow {
 }
 
 pub const METRICS_FILE: &str = "metrics.csv";
+/// Every training step's loss, one row per step: `step,loss,lr,grad_norm,elapsed_s`.
+pub const STEPS_FILE: &str = "steps.csv";
+const STEPS_HEADER: &str = "step,loss,lr,grad_norm,elapsed_s";
+
+/// One row of `steps.csv`: what one training step measured.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepRow {
+    /// Steps completed, this one included (1 for the first step).
+    pub step: usize,
+    /// The mean loss of the step's batch (in training mode: with dropout, before the update).
+    pub loss: f32,
+    pub lr: f32,
+    /// The gradient's global norm before clipping.
+    pub grad_norm: f32,
+    /// Wall-clock seconds since the run started, all sessions together.
+    pub elapsed_s: f64,
+}
+
+impl StepRow {
+    /// Writes one CSV line without allocating (a step's record is written in the training loop).
+    pub fn write_csv(&self, out: &mut impl Write) -> std::io::Result<()> {
+        writeln!(
+            out,
+            "{},{},{},{},{:.3}",
+            self.step, self.loss, self.lr, self.grad_norm, self.elapsed_s
+        )
+    }
+
+    pub fn parse(line: &str) -> Option<Self> {
+        let mut it = line.trim().split(',');
+        let row = StepRow {
+            step: it.next()?.parse().ok()?,
+            loss: it.next()?.parse().ok()?,
+            lr: it.next()?.parse().ok()?,
+            grad_norm: it.next()?.parse().ok()?,
+            elapsed_s: it.next()?.parse().ok()?,
+        };
+        it.next().is_none().then_some(row)
+    }
+}
+
+/// The rows of a `steps.csv` (the header and unreadable lines skipped; a missing file has none).
+pub fn read_steps(path: &Path) -> Vec<StepRow> {
+    std::fs::read_to_string(path)
+        .map(|text| text.lines().filter_map(StepRow::parse).collect())
+        .unwrap_or_default()
+}
 const METRICS_HEADER: &str = "step,train_loss,val_loss,lr,tokens_per_s,elapsed_s";
 
 impl MetricsRow {
@@ -426,13 +484,88 @@ pub struct Run {
     pub data: DataInfo,
     /// The preset the run started from (recorded in `config.json`).
     pub preset: Option<String>,
+    /// For a fine-tune: what it started from (recorded in `config.json`).
+    pub init_from: Option<InitFrom>,
     /// The best val loss estimate and its step.
     pub best: Option<(f32, usize)>,
     /// Wall-clock seconds of the run's earlier sessions (a resumed run).
     pub elapsed_before_s: f64,
     pub metrics: Vec<MetricsRow>,
+    /// Every training step so far (`steps.csv`).
+    pub step_rows: Vec<StepRow>,
     /// The step of the checkpoint on disk, if any.
     pub saved_step: Option<usize>,
+}
+
+/// What a fine-tune does with characters of its text that the model's vocabulary lacks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UnknownChars {
+    /// Refuse the text, naming the characters (and the two other choices).
+    #[default]
+    Error,
+    /// Remove them from the text.
+    Drop,
+    /// Add them to the vocabulary: new rows in the token embedding and `lm_head`.
+    Extend,
+}
+
+/// How a fine-tune changed its text or the model's vocabulary: each character with its count
+/// in the text, in sorted order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct VocabChange {
+    pub added: Vec<(char, usize)>,
+    pub dropped: Vec<(char, usize)>,
+}
+
+/// The starting logits of characters being added to a model's vocabulary, chosen so that before
+/// any training each new character is predicted with its frequency `f_c` in the new text, and
+/// the old characters share what is left in their trained proportions.
+///
+/// With the new rows of `lm_head.weight` at zero, a new character's logit is a constant `b_c`, so
+/// at a position whose old logits have log-sum-exp `L`, `p_c = e^{b_c} / (e^L + sum_new e^b)`.
+/// Asking `p_c = f_c` for every new c (their total `F = sum f_c`) gives
+/// `b_c = ln f_c + L - ln(1 - F)`; `L` is averaged over up to 4096 positions of the new text's
+/// train split. So the first loss is about what the old model scores on the old characters plus
+/// `-ln f_c` per new one (the best a context-free guess can do), instead of `ln V` or worse.
+pub fn new_character_logits(
+    model: &Model,
+    dataset: &Dataset,
+    text: &str,
+    added: &[(char, usize)],
+) -> Vec<f32> {
+    let total = text.chars().count().max(1) as f64;
+    let freq: Vec<f64> = added
+        .iter()
+        .map(|&(_, n)| n.max(1) as f64 / total)
+        .collect();
+    let new_mass: f64 = freq.iter().sum::<f64>().min(0.999);
+    // The model with the new characters at logit 0, to read the old logits on the new text.
+    let probe = model.extend_vocabulary(&vec![0.0; added.len()]);
+    let (v_old, v) = (model.config.vocab_size, probe.config.vocab_size);
+    let t = probe.config.block_size;
+    let windows = window_count(dataset.train.len(), t).clamp(1, 4096usize.div_ceil(t));
+    let mut acts = Activations::new(&probe.config, windows, t, false);
+    let (mut inputs, mut targets) = (vec![0; windows * t], vec![0; windows * t]);
+    fill_windows(&dataset.train, t, 0, windows, &mut inputs, &mut targets);
+    probe.forward(&mut acts, &inputs, None, windows, t, None);
+    let positions = acts.logits().len() / v;
+    let mean_lse = acts
+        .logits()
+        .chunks_exact(v)
+        .map(|row| {
+            let old = &row[..v_old];
+            let max = old.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
+            max + old
+                .iter()
+                .map(|&x| (x as f64 - max).exp())
+                .sum::<f64>()
+                .ln()
+        })
+        .sum::<f64>()
+        / positions.max(1) as f64;
+    freq.iter()
+        .map(|f| (f.ln() + mean_lse - (1.0 - new_mass).ln()) as f32)
+        .collect()
 }
 
 /// Where a run's text came from and what it was.
@@ -470,24 +603,57 @@ impl Run {
     }
 
     /// Fine-tuning: a trained model's parameters and vocabulary, a fresh optimizer, `text`
-    /// encoded with the model's vocabulary (characters outside it are an error that lists them).
+    /// encoded with the model's vocabulary. Characters outside it are, by `unknown`: an error
+    /// that lists them ([`UnknownChars::Error`]), removed from the text
+    /// ([`UnknownChars::Drop`]), or added to the vocabulary ([`UnknownChars::Extend`], see
+    /// [`new_character_logits`] for how the new rows start). The change is returned with the run.
     pub fn fine_tune(
         checkpoint: Checkpoint,
         train: TrainConfig,
         text: &str,
         data: DataInfo,
-    ) -> Result<Self, RunError> {
+        unknown: UnknownChars,
+    ) -> Result<(Self, VocabChange), RunError> {
         checkpoint.model.config.validate()?;
         train.validate()?;
-        let dataset = Dataset::with_vocabulary(text, &checkpoint.tokenizer, &data.source)?;
-        dataset.check_block_size(checkpoint.model.config.block_size)?;
-        Ok(Run::fresh(
-            checkpoint.model,
-            checkpoint.tokenizer,
-            dataset,
-            train,
-            data,
-        ))
+        let Checkpoint {
+            mut model,
+            mut tokenizer,
+            ..
+        } = checkpoint;
+        let mut missing = tokenizer.unknown_chars(text);
+        missing.sort_unstable();
+        let mut change = VocabChange::default();
+        let dataset = match unknown {
+            _ if missing.is_empty() => Dataset::new(text, &tokenizer)?,
+            UnknownChars::Error => Dataset::with_vocabulary(text, &tokenizer, &data.source)?,
+            UnknownChars::Drop => {
+                change.dropped = char_counts(text, &missing);
+                let kept: String = text
+                    .chars()
+                    .filter(|c| tokenizer.id(*c).is_some())
+                    .collect();
+                if kept.is_empty() {
+                    return Err(DataError::Empty(format!(
+                        "{} without the characters the model lacks",
+                        data.source
+                    ))
+                    .into());
+                }
+                Dataset::new(&kept, &tokenizer)?
+            }
+            UnknownChars::Extend => {
+                change.added = char_counts(text, &missing);
+                tokenizer = tokenizer.extended(&missing).map_err(DataError::from)?;
+                let dataset = Dataset::new(text, &tokenizer)?;
+                dataset.check_block_size(model.config.block_size)?;
+                let logits = new_character_logits(&model, &dataset, text, &change.added);
+                model = model.extend_vocabulary(&logits);
+                dataset
+            }
+        };
+        dataset.check_block_size(model.config.block_size)?;
+        Ok((Run::fresh(model, tokenizer, dataset, train, data), change))
     }
 
     fn fresh(
@@ -503,9 +669,11 @@ impl Run {
             dataset,
             data,
             preset: None,
+            init_from: None,
             best: None,
             elapsed_before_s: 0.0,
             metrics: Vec::new(),
+            step_rows: Vec::new(),
             saved_step: None,
         }
     }
@@ -548,15 +716,19 @@ impl Run {
         let mut metrics = read_metrics(&dir.join(METRICS_FILE));
         // Rows after the checkpoint belong to steps that will be run again.
         metrics.retain(|r| r.step <= counters.step);
+        let mut step_rows = read_steps(&dir.join(STEPS_FILE));
+        step_rows.retain(|r| r.step <= counters.step);
         Ok(Run {
             trainer,
             tokenizer: checkpoint.tokenizer,
             dataset,
             data,
             preset: checkpoint.config.preset,
+            init_from: checkpoint.config.init_from,
             best: counters.best_val_loss.zip(counters.best_val_step),
             elapsed_before_s: counters.elapsed_s,
             metrics,
+            step_rows,
             saved_step: Some(counters.step),
         })
     }
@@ -578,11 +750,14 @@ pub struct RunOptions {
 /// What [`run_training`] reports as it goes.
 #[derive(Debug)]
 pub enum RunEvent<'a> {
-    /// A step finished. `tokens_per_s` is the training throughput of this session so far.
+    /// A step finished. `tokens_per_s` is the training throughput of this session so far,
+    /// `eta_s` the time left to the end of the run: steps and evaluations, each at its own
+    /// measured pace.
     Step {
         stats: StepStats,
         steps: usize,
         tokens_per_s: f64,
+        eta_s: f64,
     },
     /// The loss estimates at an evaluation (`metrics` ends with `row`).
     Eval {
@@ -592,6 +767,8 @@ pub enum RunEvent<'a> {
         model: &'a Model,
         tokenizer: &'a Tokenizer,
         metrics: &'a [MetricsRow],
+        /// Every training step so far.
+        steps: &'a [StepRow],
     },
     /// The final model's exact val loss is being computed (it takes a moment).
     ExactEval { windows: usize },
@@ -615,10 +792,10 @@ pub struct RunOutcome {
 }
 
 /// Trains `run` to its configured number of steps: evaluates (`estimate_losses`) at step 0 of a
-/// new run, every `eval_interval` steps and at the last step; records a metrics row at each;
-/// saves a checkpoint (atomically) when the val estimate improves, at the end and when stopped;
-/// never saves non-finite parameters: a NaN or infinite loss stops the run with an error naming
-/// the step and the checkpoint that is kept.
+/// new run, every [`TrainConfig::eval_every`] steps and at the last step; records a metrics row
+/// at each and a `steps.csv` row at every step; saves a checkpoint (atomically) when the val
+/// estimate improves, at the end and when stopped; never saves non-finite parameters: a NaN or
+/// infinite loss stops the run with an error naming the step and the checkpoint that is kept.
 pub fn run_training(
     run: &mut Run,
     options: &RunOptions,
@@ -626,7 +803,7 @@ pub fn run_training(
 ) -> Result<RunOutcome, RunError> {
     let start = Instant::now();
     let steps = run.trainer.config.steps;
-    let eval_interval = run.trainer.config.eval_interval;
+    let eval_interval = run.trainer.config.eval_every();
     let tokens_per_step =
         (run.trainer.config.batch_size * run.trainer.model.config.block_size) as f64;
     if run.trainer.step >= steps {
@@ -640,27 +817,33 @@ pub fn run_training(
         });
     }
     let metrics_path = options.out.as_ref().map(|d| d.join(METRICS_FILE));
-    if let Some(path) = &metrics_path {
-        if let Some(dir) = &options.out {
-            std::fs::create_dir_all(dir).map_err(|source| RunError::Write {
-                path: dir.display().to_string(),
-                source,
-            })?;
-        }
+    let mut steps_file = None;
+    if let (Some(path), Some(dir)) = (&metrics_path, &options.out) {
+        std::fs::create_dir_all(dir).map_err(|source| RunError::Write {
+            path: dir.display().to_string(),
+            source,
+        })?;
         write_atomic(path, metrics_text(&run.metrics).as_bytes())?;
-    }
-    let mut train_time = 0.0f64;
-    let mut window = (0usize, 0.0f64); // steps and seconds since the last evaluation
-    let session_rate = |train_time: f64, done: usize| {
-        if train_time > 0.0 {
-            done as f64 * tokens_per_step / train_time
-        } else {
-            0.0
+        // Rows after the checkpoint (a resumed run) belong to steps that run again.
+        let steps_path = dir.join(STEPS_FILE);
+        let mut text = String::from(STEPS_HEADER);
+        text.push('\n');
+        for row in &run.step_rows {
+            let mut line = Vec::new();
+            let _ = row.write_csv(&mut line);
+            text.push_str(&String::from_utf8_lossy(&line));
         }
-    };
+        write_atomic(&steps_path, text.as_bytes())?;
+        steps_file = Some(StepsWriter::open(&steps_path)?);
+    }
+    // The whole run's rows fit without growing the vector inside the loop.
+    run.step_rows
+        .reserve(steps.saturating_sub(run.step_rows.len()));
+    let mut clock = Clock::default();
     let first_step = run.trainer.step;
     if first_step == 0 {
         let lr = learning_rate(&run.trainer.config, 0);
+        let t0 = Instant::now();
         evaluate(
             run,
             options,
@@ -670,7 +853,10 @@ pub fn run_training(
             start,
             on_event,
         )?;
+        clock.eval(t0.elapsed().as_secs_f64());
     }
+    let exact_share = exact_eval_share(run);
+    let mut window = (0usize, 0.0f64); // steps and seconds since the last evaluation
     let mut interrupted = false;
     while run.trainer.step < steps {
         let stop_requested = options
@@ -688,18 +874,40 @@ pub fn run_training(
             },
         )?;
         let dt = t0.elapsed().as_secs_f64();
-        train_time += dt;
+        clock.step(dt);
         window.0 += 1;
         window.1 += dt;
+        let done = run.trainer.step;
+        let row = StepRow {
+            step: done,
+            loss: stats.loss,
+            lr: stats.lr,
+            grad_norm: stats.grad_norm,
+            elapsed_s: run.elapsed_before_s + start.elapsed().as_secs_f64(),
+        };
+        run.step_rows.push(row);
+        if let Some(file) = &mut steps_file {
+            file.write(&row)?;
+        }
+        let evals_left = evaluations_after(done, steps, eval_interval);
+        debug_assert!(evals_left >= usize::from(done == steps));
         on_event(RunEvent::Step {
             stats,
             steps,
-            tokens_per_s: session_rate(train_time, run.trainer.step - first_step),
+            tokens_per_s: clock.tokens_per_s(tokens_per_step),
+            eta_s: clock.eta_s(
+                steps - done,
+                evals_left,
+                options.exact_eval.then_some(exact_share),
+            ),
         });
-        let done = run.trainer.step;
         if done.is_multiple_of(eval_interval) || done == steps {
+            if let Some(file) = &mut steps_file {
+                file.flush()?;
+            }
             let rate = window.0 as f64 * tokens_per_step / window.1.max(1e-9);
             window = (0, 0.0);
+            let t0 = Instant::now();
             evaluate(
                 run,
                 options,
@@ -709,7 +917,11 @@ pub fn run_training(
                 start,
                 on_event,
             )?;
+            clock.eval(t0.elapsed().as_secs_f64());
         }
+    }
+    if let Some(file) = &mut steps_file {
+        file.flush()?;
     }
     let mut final_val = None;
     if !interrupted && options.exact_eval {
@@ -730,10 +942,128 @@ pub fn run_training(
         best: run.best,
         final_val,
         saved_step: run.saved_step,
-        train_time_s: train_time,
-        tokens_per_s: session_rate(train_time, run.trainer.step - first_step),
+        train_time_s: clock.train_s,
+        tokens_per_s: clock.tokens_per_s(tokens_per_step),
         elapsed_s: run.elapsed_before_s + start.elapsed().as_secs_f64(),
     })
+}
+
+/// Evaluations still to come once `done` of `steps` steps are done (the one due at `done`
+/// included): one every `interval` steps, and one at the last step.
+fn evaluations_after(done: usize, steps: usize, interval: usize) -> usize {
+    let regular = steps / interval - done.saturating_sub(1) / interval;
+    regular + usize::from(!steps.is_multiple_of(interval))
+}
+
+/// The cost of the final exact evaluation in units of one loss estimate: both are forward passes
+/// only, over `windows` sequences against `2 * eval_iters * batch_size`.
+fn exact_eval_share(run: &Run) -> f64 {
+    let t = run.trainer.model.config.block_size;
+    let windows = window_count(run.dataset.val.len(), t) as f64;
+    let estimate = 2.0 * (run.trainer.config.eval_iters * run.trainer.config.batch_size) as f64;
+    windows / estimate.max(1.0)
+}
+
+/// This session's time in training steps and in evaluations, for the throughput and the ETA.
+#[derive(Debug, Default)]
+struct Clock {
+    steps: usize,
+    train_s: f64,
+    /// The first step of a session is slow (threads and caches warm up); the rate leaves it out
+    /// once there are others.
+    first_step_s: f64,
+    evals: usize,
+    eval_s: f64,
+}
+
+impl Clock {
+    fn step(&mut self, seconds: f64) {
+        if self.steps == 0 {
+            self.first_step_s = seconds;
+        }
+        self.steps += 1;
+        self.train_s += seconds;
+    }
+
+    fn eval(&mut self, seconds: f64) {
+        self.evals += 1;
+        self.eval_s += seconds;
+    }
+
+    /// Seconds per training step, measured on training steps only.
+    fn step_s(&self) -> f64 {
+        match self.steps {
+            0 => 0.0,
+            1 => self.first_step_s,
+            n => (self.train_s - self.first_step_s) / (n - 1) as f64,
+        }
+    }
+
+    fn tokens_per_s(&self, tokens_per_step: f64) -> f64 {
+        let s = self.step_s();
+        if s > 0.0 {
+            tokens_per_step / s
+        } else {
+            0.0
+        }
+    }
+
+    /// The time left: the remaining steps at the measured step time, plus the remaining
+    /// evaluations (and the final exact one, `exact` estimates long) at the measured evaluation
+    /// time, when one has been measured.
+    fn eta_s(&self, steps_left: usize, evals_left: usize, exact: Option<f64>) -> f64 {
+        let per_eval = if self.evals > 0 {
+            self.eval_s / self.evals as f64
+        } else {
+            0.0
+        };
+        steps_left as f64 * self.step_s() + (evals_left as f64 + exact.unwrap_or(0.0)) * per_eval
+    }
+}
+
+/// `steps.csv`, appended to as the run goes: buffered, and flushed at each evaluation, at the end
+/// and at least every two seconds, so a reader (a web page) sees recent steps.
+struct StepsWriter {
+    path: PathBuf,
+    out: std::io::BufWriter<std::fs::File>,
+    flushed: Instant,
+}
+
+impl StepsWriter {
+    fn open(path: &Path) -> Result<Self, RunError> {
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map_err(|source| RunError::Write {
+                path: path.display().to_string(),
+                source,
+            })?;
+        Ok(StepsWriter {
+            path: path.to_path_buf(),
+            out: std::io::BufWriter::with_capacity(1 << 16, file),
+            flushed: Instant::now(),
+        })
+    }
+
+    fn write(&mut self, row: &StepRow) -> Result<(), RunError> {
+        row.write_csv(&mut self.out).map_err(|e| self.error(e))?;
+        if self.flushed.elapsed().as_secs_f64() >= 2.0 {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), RunError> {
+        self.flushed = Instant::now();
+        self.out.flush().map_err(|e| self.error(e))
+    }
+
+    fn error(&self, source: std::io::Error) -> RunError {
+        RunError::Write {
+            path: self.path.display().to_string(),
+            source,
+        }
+    }
 }
 
 /// The loss estimates at the current step: a metrics row, and a save if val improved (not at
@@ -781,6 +1111,7 @@ fn evaluate(
         model: &run.trainer.model,
         tokenizer: &run.tokenizer,
         metrics: &run.metrics,
+        steps: &run.step_rows,
     });
     Ok(())
 }
@@ -839,6 +1170,7 @@ fn save(
     config.final_val_loss = final_val_loss;
     config.data = Some(run.data.clone());
     config.preset = run.preset.clone();
+    config.init_from = run.init_from.clone();
     let counters = RunCounters {
         step,
         data_rng_state: run.trainer.data_rng.state(),
@@ -849,4 +1181,81 @@ fn save(
     save_checkpoint(dir, model, &config, &run.trainer.optimizer, &counters)?;
     run.saved_step = Some(step);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::preset;
+
+    #[test]
+    fn evaluations_left_count_the_regular_ones_and_the_last() {
+        // 200 steps, every 50: evaluations at 50, 100, 150, 200.
+        assert_eq!(evaluations_after(1, 200, 50), 4);
+        assert_eq!(evaluations_after(50, 200, 50), 4);
+        assert_eq!(evaluations_after(51, 200, 50), 3);
+        assert_eq!(evaluations_after(200, 200, 50), 1);
+        // 210 steps: 50, 100, 150, 200 and the last, 210.
+        assert_eq!(evaluations_after(201, 210, 50), 1);
+        assert_eq!(evaluations_after(1, 210, 50), 5);
+    }
+
+    #[test]
+    fn the_eta_counts_training_steps_and_evaluations_each_at_its_own_pace() {
+        let mut clock = Clock::default();
+        // The step-0 evaluation, a slow first step, then steady steps.
+        clock.eval(3.0);
+        clock.step(1.0);
+        assert_eq!(clock.step_s(), 1.0);
+        clock.step(0.1);
+        clock.step(0.1);
+        assert!(
+            (clock.step_s() - 0.1).abs() < 1e-12,
+            "the warm-up step is left out"
+        );
+        // 100 steps and 2 evaluations to go, and an exact evaluation as long as 5 estimates.
+        let eta = clock.eta_s(100, 2, Some(5.0));
+        assert!((eta - (10.0 + 7.0 * 3.0)).abs() < 1e-9, "{eta}");
+        assert!((clock.tokens_per_s(1000.0) - 10_000.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn new_characters_start_at_their_frequency_in_the_text() {
+        let base_text = "the quick brown fox jumps over the lazy dog\n".repeat(20);
+        let mut cfg = preset("layernorm").unwrap().model;
+        let tokenizer = Tokenizer::from_text(&base_text).unwrap();
+        cfg.vocab_size = tokenizer.vocab_size();
+        let model = Model::new(cfg, 7);
+        // 'é' is 1 character in 10 of the new text, '{' 1 in 20.
+        let new_text = "the fox éats {} dogs\n".repeat(30);
+        let mut missing = tokenizer.unknown_chars(&new_text);
+        missing.sort_unstable();
+        let extended = tokenizer.extended(&missing).unwrap();
+        let dataset = Dataset::new(&new_text, &extended).unwrap();
+        let added = char_counts(&new_text, &missing);
+        let logits = new_character_logits(&model, &dataset, &new_text, &added);
+        let grown = model.extend_vocabulary(&logits);
+        let t = grown.config.block_size;
+        let (v_old, v) = (model.config.vocab_size, grown.config.vocab_size);
+        let mut acts = Activations::new(&grown.config, 1, t, false);
+        grown.forward(&mut acts, &dataset.train[..t], None, 1, t, None);
+        let total = new_text.chars().count() as f64;
+        for (j, &(c, n)) in added.iter().enumerate() {
+            let mean_p = acts
+                .logits()
+                .chunks_exact(v)
+                .map(|row| {
+                    let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+                    let z: f64 = row.iter().map(|&x| ((x - max) as f64).exp()).sum();
+                    ((row[v_old + j] - max) as f64).exp() / z
+                })
+                .sum::<f64>()
+                / t as f64;
+            let f = n as f64 / total;
+            assert!(
+                (mean_p / f - 1.0).abs() < 0.1,
+                "{c:?}: predicted {mean_p:.4}, frequency {f:.4}"
+            );
+        }
+    }
 }

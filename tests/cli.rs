@@ -98,9 +98,16 @@ fn a_tiny_run_writes_every_file_and_samples_and_evaluates() {
         "metrics.csv",
         "loss.png",
         "samples.txt",
+        "steps.csv",
     ] {
         assert!(out.join(file).exists(), "{file} missing");
     }
+    // Every step's loss, one row each.
+    let per_step = std::fs::read_to_string(out.join("steps.csv")).unwrap();
+    let rows: Vec<&str> = per_step.lines().collect();
+    assert_eq!(rows[0], "step,loss,lr,grad_norm,elapsed_s");
+    assert_eq!(rows.len(), 11, "{per_step}");
+    assert!(rows[10].starts_with("10,"), "{per_step}");
     let metrics = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
     let steps: Vec<&str> = metrics
         .lines()
@@ -113,7 +120,15 @@ fn a_tiny_run_writes_every_file_and_samples_and_evaluates() {
     assert_eq!(config["step"], 10);
     assert!(config["best_val_loss"].as_f64().unwrap() < 4.0);
     assert!(config["final_val_loss"].as_f64().unwrap() < 4.0);
-    assert_eq!(config["data"]["source"], "small.txt");
+    assert_eq!(
+        config["data"]["source"],
+        dir.path()
+            .canonicalize()
+            .unwrap()
+            .join("small.txt")
+            .display()
+            .to_string()
+    );
 
     // Same seed, same text; the prompt is echoed first.
     let sample = |seed: &str| {
@@ -607,7 +622,7 @@ fn fine_tuning_on_new_text() {
             "--out",
             "ft",
         ],
-        "foreign.txt has 6 characters that the model's vocabulary lacks: 'Ü', 'F', 'ß', '\\t', 'C', 'é'; remove or replace them",
+        "foreign.txt has 6 characters that the model's vocabulary lacks: 'Ü', 'F', 'ß', '\\t', 'C', 'é'; add them to the vocabulary with --unknown-chars extend, or remove them from the text with --unknown-chars drop",
     );
     fails(
         d,
@@ -660,7 +675,132 @@ fn fine_tuning_on_new_text() {
     assert_eq!(config["vocab"], base["vocab"]);
     assert_eq!(config["step"], 6);
     assert_eq!(config["model"]["dropout"], 0.1);
-    assert_eq!(config["data"]["source"], "mine.txt");
+    // The text and the parent are recorded as absolute paths, so `eval` works from anywhere.
+    let source = config["data"]["source"].as_str().unwrap();
+    assert!(
+        Path::new(source).is_absolute() && source.ends_with("mine.txt"),
+        "{source}"
+    );
+    let parent = &config["init_from"];
+    assert_eq!(parent["step"], base["step"]);
+    assert!(
+        Path::new(parent["dir"].as_str().unwrap()).is_absolute(),
+        "{parent}"
+    );
+    let elsewhere = tempfile::tempdir().unwrap();
+    let model = d.join("ft");
+    common::succeeds(
+        elsewhere.path(),
+        &["eval", "--model", model.to_str().unwrap()],
+    );
+}
+
+#[test]
+fn fine_tuning_extends_or_drops_unknown_characters() {
+    let dir = workspace();
+    let d = dir.path();
+    train_tiny(d, "base");
+    let foreign = "Über den Fuß\tzum Café, the dog.\n".repeat(40);
+    std::fs::write(d.join("foreign.txt"), &foreign).unwrap();
+    let base: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("base/config.json")).unwrap()).unwrap();
+    let base_vocab: Vec<String> = serde_json::from_value(base["vocab"].clone()).unwrap();
+
+    // vocab lists the model's characters and what the text adds.
+    let listed = common::succeeds(d, &["vocab", "--model", "base", "--data", "foreign.txt"]);
+    assert!(
+        listed.contains(&format!("base has {} characters", base_vocab.len())),
+        "{listed}"
+    );
+    assert!(listed.contains("6 kinds (240 characters"), "{listed}");
+    assert!(listed.contains("'\\t' 40"), "{listed}");
+
+    let ft = |policy: &str, out: &str| {
+        let output = chargpt(d)
+            .args([
+                "train",
+                "--init-from",
+                "base",
+                "--data",
+                "foreign.txt",
+                "--out",
+                out,
+                "--unknown-chars",
+                policy,
+                "--set",
+                "steps=4",
+                "--threads",
+                "1",
+            ])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(output.status.success(), "{policy}: {stderr}");
+        let config: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(d.join(out).join("config.json")).unwrap())
+                .unwrap();
+        (stderr, config)
+    };
+    let (stderr, config) = ft("extend", "ext");
+    assert!(
+        stderr.contains("extending the vocabulary by 6 characters"),
+        "{stderr}"
+    );
+    let vocab: Vec<String> = serde_json::from_value(config["vocab"].clone()).unwrap();
+    // The old ids keep their characters; the new ones follow, sorted.
+    assert_eq!(&vocab[..base_vocab.len()], &base_vocab[..]);
+    assert_eq!(&vocab[base_vocab.len()..], ["\t", "C", "F", "Ü", "ß", "é"]);
+    assert_eq!(config["model"]["vocab_size"], vocab.len());
+    assert_eq!(
+        config["init_from"]["added_chars"].as_array().unwrap().len(),
+        6
+    );
+    // The extended model samples from and evaluates on the new characters.
+    common::succeeds(
+        d,
+        &[
+            "sample", "--model", "ext", "--prompt", "Café", "--tokens", "5",
+        ],
+    );
+    common::succeeds(d, &["eval", "--model", "ext"]);
+
+    let (stderr, config) = ft("drop", "drop");
+    assert!(
+        stderr.contains("dropped 240 characters of 6 kinds from"),
+        "{stderr}"
+    );
+    assert_eq!(config["vocab"], base["vocab"]);
+    assert_eq!(config["init_from"]["dropped_chars"], 240);
+}
+
+#[test]
+fn eval_names_the_split_and_what_can_change() {
+    let dir = workspace();
+    let d = dir.path();
+    train_tiny(d, "base");
+    std::fs::write(d.join("three.txt"), "the").unwrap();
+    fails(
+        d,
+        &["eval", "--model", "base", "--data", "three.txt"],
+        "the val split of",
+    );
+    let err = fails(
+        d,
+        &[
+            "eval",
+            "--model",
+            "base",
+            "--data",
+            "three.txt",
+            "--split",
+            "train",
+        ],
+        "the train split of",
+    );
+    assert!(
+        err.contains("a trained model's block_size cannot change"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -58,6 +58,14 @@ fn stopping_and_resuming_changes_nothing() {
     let (mut losses, mut evals) = train(&mut first, &split_dir, Some(30));
     assert_eq!(losses.len(), 30);
     drop(first);
+    // A process killed after recording steps past its last checkpoint leaves rows that the
+    // resumed run must replace, not keep.
+    let mut steps_file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(split_dir.join("steps.csv"))
+        .unwrap();
+    std::io::Write::write_all(&mut steps_file, b"31,9.5,0.001,1,99.0\n").unwrap();
+    drop(steps_file);
     let saved = checkpoint::load_config(&split_dir).unwrap();
     assert_eq!(saved.step, 30);
     let mut resumed = Run::resume(&split_dir, saved.train, text, data_info("test", text)).unwrap();
@@ -84,6 +92,19 @@ fn stopping_and_resuming_changes_nothing() {
     };
     assert_eq!(rows(&straight_dir), rows(&split_dir));
     assert_eq!(rows(&split_dir).len(), 4); // steps 0, 20, 40, 60
+                                           // steps.csv too: every step once, the same losses, whatever happened after step 30 of the
+                                           // first session.
+    let steps = |d: &Path| -> Vec<(usize, f32, f32)> {
+        chargpt::training::read_steps(&d.join("steps.csv"))
+            .iter()
+            .map(|r| (r.step, r.loss, r.lr))
+            .collect()
+    };
+    assert_eq!(steps(&straight_dir), steps(&split_dir));
+    assert_eq!(
+        steps(&split_dir).iter().map(|r| r.0).collect::<Vec<_>>(),
+        (1..=60).collect::<Vec<_>>()
+    );
 }
 
 #[test]
@@ -176,6 +197,14 @@ fn the_command_line_resume_matches_a_straight_run() {
     };
     assert_eq!(rows("straight"), rows("split"));
     assert_eq!(rows("split").len(), 5);
+    let steps = |name: &str| -> Vec<(usize, f32)> {
+        chargpt::training::read_steps(&d.join(name).join("steps.csv"))
+            .iter()
+            .map(|r| (r.step, r.loss))
+            .collect()
+    };
+    assert_eq!(steps("straight"), steps("split"));
+    assert_eq!(steps("split").len(), 400);
     let exact = |name: &str| {
         let c = checkpoint::load_config(&d.join(name)).unwrap();
         (c.step, c.final_val_loss.unwrap().to_bits())

@@ -57,11 +57,18 @@ pub fn run(args: BenchArgs) -> Result<()> {
         .unwrap_or_else(|| ((1e12 / flops) as usize).clamp(3, 1000));
     let warmup = (steps / 10).clamp(1, 20);
     let threads = rayon::current_num_threads();
+    note!(
+        "timing {warmup} warm-up and {steps} training steps of {} (about {:.0} GFLOP each)...",
+        args.preset,
+        flops / 1e9
+    );
     let train: TrainBench =
         bench::bench_training(&model_cfg, &train_cfg, warmup, steps, args.breakdown)?;
+    note!("measuring this machine's matrix-product peak...");
     let peak = bench::matmul_peak();
     let gen = (args.gen_tokens > 0 && model_cfg.architecture == config::Architecture::Transformer)
         .then(|| {
+            note!("timing the generation of {} characters...", args.gen_tokens);
             let model = Model::new(model_cfg.clone(), 1);
             bench::bench_generation(&model, args.gen_tokens)
         });

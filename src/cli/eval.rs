@@ -3,8 +3,8 @@
 use super::{load_recorded_text, load_text};
 use anyhow::Result;
 use chargpt::checkpoint;
-use chargpt::data::{Dataset, Split};
-use chargpt::training::evaluate_exact;
+use chargpt::data::{window_count, Dataset, Split};
+use chargpt::training::evaluate_exact_with_progress;
 use clap::{Args, ValueEnum};
 use std::path::PathBuf;
 
@@ -41,9 +41,17 @@ pub fn run(args: EvalArgs) -> Result<()> {
         None => load_recorded_text(ckpt.config.data.as_ref())?,
     };
     let dataset = Dataset::with_vocabulary(&text, &ckpt.tokenizer, &info.source)?;
-    dataset.check_block_size(ckpt.model.config.block_size)?;
+    dataset.check_evaluable(split, ckpt.model.config.block_size, &info.source)?;
     let batch = ckpt.config.train.batch_size;
-    let exact = evaluate_exact(&ckpt.model, dataset.split(split), batch);
+    let bar = super::progress_bar(
+        window_count(dataset.split(split).len(), ckpt.model.config.block_size),
+        &format!("{} windows", split.name()),
+    );
+    let exact =
+        evaluate_exact_with_progress(&ckpt.model, dataset.split(split), batch, &mut |done, _| {
+            bar.set_position(done as u64)
+        });
+    bar.finish_and_clear();
     if args.json {
         say!(
             "{{\"split\": \"{}\", \"loss\": {}, \"tokens\": {}, \"windows\": {}}}",

@@ -133,7 +133,7 @@ pub(super) fn train_quietly(
     let steps = run.trainer.config.steps;
     let bar = ProgressBar::new(steps as u64);
     bar.set_style(
-        ProgressStyle::with_template("{prefix} step {pos}/{len} [{bar:30}] {msg}  ETA {eta}")
+        ProgressStyle::with_template("{prefix} step {pos}/{len} [{bar:30}] {msg}")
             .map(|s| s.progress_chars("=> "))
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
@@ -147,11 +147,20 @@ pub(super) fn train_quietly(
     };
     let mut last_val = None;
     let result = run_training(run, &options, &mut |event| match event {
-        RunEvent::Step { stats, .. } => {
+        RunEvent::Step { stats, eta_s, .. } => {
             bar.set_position(stats.step as u64 + 1);
-            if let Some(val) = last_val {
-                bar.set_message(format!("loss {:.4}, val {val:.4}", stats.loss));
-            }
+            let val = last_val
+                .map(|v| format!(", val {v:.4}"))
+                .unwrap_or_default();
+            bar.set_message(format!(
+                "loss {:.4}{val}  ETA {}",
+                stats.loss,
+                if eta_s > 0.0 {
+                    duration(eta_s)
+                } else {
+                    "?".into()
+                }
+            ));
         }
         RunEvent::Eval { row, .. } => last_val = Some(row.val_loss),
         RunEvent::ExactEval { .. } => bar.set_message("measuring the exact val loss"),
@@ -421,27 +430,26 @@ fn write_report(out: &Path, results: &[RungResult], total_s: f64, setting: &Sett
         .with_context(|| format!("cannot write {}", path.display()))?;
     let series: Vec<Series> = results
         .iter()
-        .map(|r| Series {
-            label: r.rung.to_string(),
-            // Step 0 (the untrained model, loss 4 and more) would squash the curves.
-            points: r
-                .metrics
-                .iter()
-                .filter(|m| m.step > 0)
-                .map(|m| (m.step as f64, m.val_loss as f64))
-                .collect(),
+        .map(|r| {
+            Series::line(
+                r.rung,
+                // Step 0 (the untrained model, loss 4 and more) would squash the curves.
+                r.metrics
+                    .iter()
+                    .filter(|m| m.step > 0)
+                    .map(|m| (m.step as f64, m.val_loss as f64))
+                    .collect(),
+            )
         })
         .collect();
     draw_line_plot(
         &out.join(PLOT_FILE),
-        &LinePlot {
-            title: "the lecture's ladder: val loss",
-            x_label: "step",
-            y_label: "val loss estimate (200 batches)",
-            series: &series,
-            log_x: false,
-            log_y: false,
-        },
+        &LinePlot::new(
+            "the lecture's ladder: val loss",
+            "step",
+            "val loss estimate (200 batches)",
+            &series,
+        ),
     )
 }
 

@@ -29,6 +29,7 @@ mod presets;
 mod sample;
 mod sweep;
 mod train;
+mod vocab;
 
 use anyhow::{Context, Result};
 use chargpt::checkpoint::{DataInfo, EMBEDDED_SOURCE};
@@ -72,6 +73,8 @@ enum Command {
     Attention(attention::AttentionArgs),
     /// Train every combination of a few settings' values and plot the val loss against them.
     Sweep(sweep::SweepArgs),
+    /// List a model's characters, and which characters of a text it lacks.
+    Vocab(vocab::VocabArgs),
 }
 
 /// A mistake in the command line itself (exit status 2, as clap uses).
@@ -109,6 +112,7 @@ pub fn run() -> Result<ExitCode> {
         Command::Ladder(args) => ladder::run(args),
         Command::Attention(args) => attention::run(args).map(|()| ExitCode::SUCCESS),
         Command::Sweep(args) => sweep::run(args),
+        Command::Vocab(args) => vocab::run(args).map(|()| ExitCode::SUCCESS),
     })
 }
 
@@ -151,6 +155,7 @@ fn usage_error(e: clap::Error) -> Result<ExitCode> {
             "ladder",
             "attention",
             "sweep",
+            "vocab",
         ]
         .contains(&a.as_str())
     });
@@ -184,6 +189,23 @@ pub fn exit_status(err: &anyhow::Error) -> u8 {
     }
 }
 
+/// A progress bar on stderr for `len` units of `what` (drawn only when stderr is a terminal, and
+/// only once the work has taken a moment, so quick commands print nothing extra).
+pub fn progress_bar(len: usize, what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(len as u64),
+        indicatif::ProgressDrawTarget::stderr_with_hz(4),
+    );
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(&format!(
+            "{{pos}}/{{len}} {what} [{{bar:30}}] {{elapsed}}, ETA {{eta}}"
+        ))
+        .map(|s| s.progress_chars("=> "))
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar
+}
+
 /// The ids of a prompt; characters the model's vocabulary lacks are one error listing them all.
 pub fn encode_prompt(
     tokenizer: &chargpt::tokenizer::Tokenizer,
@@ -204,7 +226,14 @@ pub fn encode_prompt(
 /// Reads a training or evaluation text: `path`, or the built-in Tiny Shakespeare.
 pub fn load_text(path: Option<&Path>) -> Result<(String, DataInfo)> {
     let (text, source) = match path {
-        Some(p) => (data::read_text(p)?, p.display().to_string()),
+        // Recorded absolute, so that `eval` and `--resume` find it from any directory.
+        Some(p) => (
+            data::read_text(p)?,
+            p.canonicalize()
+                .unwrap_or_else(|_| p.to_path_buf())
+                .display()
+                .to_string(),
+        ),
         None => (
             data::TINY_SHAKESPEARE.to_string(),
             EMBEDDED_SOURCE.to_string(),

@@ -4,7 +4,7 @@
 //! Text is drawn with DejaVu Sans, built into the binary, so plots look the same on any machine.
 
 use anyhow::{anyhow, Context, Result};
-use chargpt::training::MetricsRow;
+use chargpt::training::{MetricsRow, StepRow};
 use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
 use plotters::coord::Shift;
 use plotters::prelude::*;
@@ -30,11 +30,34 @@ const PALETTE: [RGBColor; 8] = [
     RGBColor(127, 127, 127),
 ];
 
+/// How a line is drawn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Style {
+    /// A line, with a dot at each point when there are few.
+    Line,
+    /// A thin, light line (raw values under their smoothed version).
+    Faint,
+}
+
 /// One named line.
 #[derive(Debug, Clone)]
 pub struct Series {
     pub label: String,
     pub points: Vec<(f64, f64)>,
+    pub style: Style,
+    /// Index into the palette [default: the series' own index].
+    pub colour: Option<usize>,
+}
+
+impl Series {
+    pub fn line(label: impl Into<String>, points: Vec<(f64, f64)>) -> Self {
+        Series {
+            label: label.into(),
+            points,
+            style: Style::Line,
+            colour: None,
+        }
+    }
 }
 
 /// A figure of lines with labelled axes and a legend.
@@ -44,10 +67,32 @@ pub struct LinePlot<'a> {
     pub x_label: &'a str,
     pub y_label: &'a str,
     pub series: &'a [Series],
-    /// Logarithmic axes (for values spanning decades, such as a swept learning rate; every value
-    /// on a log axis must be positive).
+    /// A logarithmic x axis (for values spanning decades, such as a swept learning rate; every x
+    /// must be positive).
     pub log_x: bool,
-    pub log_y: bool,
+    /// The x range to show at least (a run's planned steps), padded like the data.
+    pub x_span: Option<(f64, f64)>,
+    /// Tick positions and their labels on the x axis (the values of a sweep) instead of round
+    /// numbers.
+    pub x_ticks: Option<&'a [(f64, String)]>,
+    /// The smallest height of the y axis (centred on the data), so that differences at the level
+    /// of run-to-run noise do not fill the whole height.
+    pub min_y_span: f64,
+}
+
+impl<'a> LinePlot<'a> {
+    pub fn new(title: &'a str, x_label: &'a str, y_label: &'a str, series: &'a [Series]) -> Self {
+        LinePlot {
+            title,
+            x_label,
+            y_label,
+            series,
+            log_x: false,
+            x_span: None,
+            x_ticks: None,
+            min_y_span: 0.0,
+        }
+    }
 }
 
 fn register_font() -> Result<()> {
@@ -60,9 +105,11 @@ fn register_font() -> Result<()> {
     result
 }
 
-/// `[min, max]` of the values, widened by 5% each side (or by 1 when they are all equal).
-fn padded_range(values: impl Iterator<Item = f64>, log: bool) -> Option<(f64, f64)> {
-    let (lo, hi) = values
+/// `[min, max]` of the values, widened by 5% each side (on a log axis by a factor, the same at
+/// both ends), so that no point sits on the frame; equal values get a span of `min_span` (at
+/// least 1, or a factor of 4 on a log axis).
+fn padded_range(values: impl Iterator<Item = f64>, log: bool, min_span: f64) -> Option<(f64, f64)> {
+    let (mut lo, mut hi) = values
         .filter(|v| v.is_finite() && (!log || *v > 0.0))
         .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
             (lo.min(v), hi.max(v))
@@ -71,153 +118,429 @@ fn padded_range(values: impl Iterator<Item = f64>, log: bool) -> Option<(f64, f6
         return None;
     }
     if log {
-        // Pad by a factor, so that the padding looks the same at both ends.
-        let f = if hi > lo { (hi / lo).powf(0.05) } else { 2.0 };
+        let f = if hi > lo { (hi / lo).powf(0.06) } else { 2.0 };
         return Some((lo / f, hi * f));
     }
-    let pad = if hi > lo { 0.05 * (hi - lo) } else { 1.0 };
+    let span = if hi > lo { hi - lo } else { min_span.max(1e-9) };
+    if hi - lo < min_span {
+        let mid = 0.5 * (lo + hi);
+        (lo, hi) = (mid - 0.5 * min_span, mid + 0.5 * min_span);
+        return Some((lo, hi));
+    }
+    let pad = 0.05 * span;
     Some((lo - pad, hi + pad))
 }
 
-/// Short tick labels: `1.5`, `2000`, `3e-4`.
-fn tick(v: f64) -> String {
-    let a = v.abs();
-    if a != 0.0 && !(1e-2..1e5).contains(&a) {
-        format!("{v:.0e}")
-    } else if a >= 100.0 || v.fract() == 0.0 {
-        format!("{v:.0}")
-    } else {
-        let s = format!("{v:.3}");
-        s.trim_end_matches('0').trim_end_matches('.').to_string()
+/// Round tick values inside `[lo, hi]` on a linear axis, about `count` of them, each a multiple
+/// of 1, 2 or 5 times a power of ten, and all labelled with the decimals that step needs (one
+/// format for the whole axis: `1.50 1.55 1.60`, never `1.5 1.55 1.6`).
+fn linear_ticks(lo: f64, hi: f64, count: usize) -> Vec<(f64, String)> {
+    let raw = (hi - lo) / count.max(1) as f64;
+    if !(raw.is_finite() && raw > 0.0) {
+        return Vec::new();
     }
+    let power = 10f64.powf(raw.log10().floor());
+    let step = [1.0, 2.0, 5.0, 10.0]
+        .iter()
+        .map(|m| m * power)
+        .find(|s| *s >= raw)
+        .unwrap_or(10.0 * power);
+    let decimals = (-step.log10().floor()).max(0.0) as usize;
+    let first = (lo / step).ceil() as i64;
+    let last = (hi / step).floor() as i64;
+    (first..=last)
+        .map(|i| {
+            let v = i as f64 * step;
+            // -0.00 reads as a mistake.
+            let v = if v.abs() < step * 1e-9 { 0.0 } else { v };
+            (v, format!("{v:.decimals$}"))
+        })
+        .collect()
+}
+
+/// Ticks on a log axis over `[lo, hi]`: powers of ten, with 2 and 5 times them when the range
+/// spans fewer than three decades, and every integer multiple within less than one. Labels share
+/// one format: `3e-4`-style when any is below 0.01 or from 1e5 up, plain numbers otherwise.
+fn log_ticks(lo: f64, hi: f64) -> Vec<(f64, String)> {
+    if !(lo > 0.0 && hi > lo) {
+        return Vec::new();
+    }
+    let decades = (hi / lo).log10();
+    let mantissas: &[f64] = if decades >= 3.0 {
+        &[1.0]
+    } else if decades >= 0.8 {
+        &[1.0, 2.0, 5.0]
+    } else {
+        &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0]
+    };
+    let mut values = Vec::new();
+    let mut power = 10f64.powf(lo.log10().floor());
+    while power <= hi {
+        for m in mantissas {
+            let v = m * power;
+            if v >= lo && v <= hi {
+                values.push(v);
+            }
+        }
+        power *= 10.0;
+    }
+    label_values(&values)
+}
+
+/// Labels for arbitrary positive or negative tick values, in one format.
+pub fn label_values(values: &[f64]) -> Vec<(f64, String)> {
+    let scientific = values
+        .iter()
+        .any(|v| *v != 0.0 && !(1e-2..1e5).contains(&v.abs()));
+    let decimals = values
+        .iter()
+        .map(|v| {
+            // The fewest decimals (up to 4) that print v exactly enough.
+            (0..=4)
+                .find(|&d| {
+                    (format!("{v:.d$}").parse::<f64>().unwrap_or(f64::NAN) - v).abs()
+                        <= v.abs() * 1e-9
+                })
+                .unwrap_or(4)
+        })
+        .max()
+        .unwrap_or(0);
+    values
+        .iter()
+        .map(|&v| {
+            let label = if scientific {
+                scientific_label(v)
+            } else {
+                format!("{v:.decimals$}")
+            };
+            (v, label)
+        })
+        .collect()
+}
+
+/// `3e-4`, `2.5e-3`, `1e5`: the shortest mantissa that round-trips to 3 significant digits.
+fn scientific_label(v: f64) -> String {
+    let text = format!("{v:.2e}");
+    let (mantissa, exponent) = text.split_once('e').unwrap_or((&text, "0"));
+    let mantissa = mantissa.trim_end_matches('0').trim_end_matches('.');
+    format!("{mantissa}e{exponent}")
+}
+
+/// Roughly the width in pixels of `text` in the label font (DejaVu Sans at 15 px: about 8.5
+/// px per character).
+fn label_width(text: &str) -> i32 {
+    (text.chars().count() as f64 * 8.5).ceil() as i32
+}
+
+/// Drops ticks (never the first) whose labels, centred at their pixel positions, would come
+/// closer than 12 pixels to the previous label kept.
+fn thin_ticks(ticks: Vec<(f64, String)>, pixel: impl Fn(f64) -> i32) -> Vec<(f64, String)> {
+    let mut kept: Vec<(f64, String)> = Vec::new();
+    let mut right_edge = i32::MIN;
+    for (v, label) in ticks {
+        let (x, w) = (pixel(v), label_width(&label));
+        if x - w / 2 >= right_edge.saturating_add(12) {
+            right_edge = x + w - w / 2;
+            kept.push((v, label));
+        }
+    }
+    kept
+}
+
+/// The plotting area inside the figure, in pixels, as `draw_chart` lays it out.
+const AREA_LEFT: i32 = 16 + 72;
+const AREA_RIGHT: i32 = WIDTH as i32 - 16;
+const AREA_TOP: i32 = 16 + 36;
+const AREA_BOTTOM: i32 = HEIGHT as i32 - 16 - 52;
+
+/// Where the legend goes: the first corner (upper right, upper left, lower right, lower left)
+/// whose box no line or point crosses; `None` when every corner is taken. Positions are
+/// fractions of the plotting area (`fx`, `fy` map data to [0, 1], y upwards).
+fn legend_corner(
+    series: &[Series],
+    fx: &dyn Fn(f64) -> f64,
+    fy: &dyn Fn(f64) -> f64,
+) -> Option<SeriesLabelPosition> {
+    let (w, h) = legend_size(series);
+    let (aw, ah) = (
+        (AREA_RIGHT - AREA_LEFT) as f64,
+        (AREA_BOTTOM - AREA_TOP) as f64,
+    );
+    // A little more than the box, in area fractions: the box sits 8 px inside the frame.
+    let (bw, bh) = ((w as f64 + 16.0) / aw, (h as f64 + 16.0) / ah);
+    let corners = [
+        (SeriesLabelPosition::UpperRight, 1.0 - bw, 1.0 - bh),
+        (SeriesLabelPosition::UpperLeft, 0.0, 1.0 - bh),
+        (SeriesLabelPosition::LowerRight, 1.0 - bw, 0.0),
+        (SeriesLabelPosition::LowerLeft, 0.0, 0.0),
+    ];
+    corners.into_iter().find_map(|(pos, x0, y0)| {
+        let inside = |x: f64, y: f64| x >= x0 && x <= x0 + bw && y >= y0 && y <= y0 + bh;
+        let crossed = series.iter().any(|s| {
+            let pts: Vec<(f64, f64)> = s
+                .points
+                .iter()
+                .filter(|p| p.0.is_finite() && p.1.is_finite())
+                .map(|&(x, y)| (fx(x), fy(y)))
+                .collect();
+            pts.iter().any(|&(x, y)| inside(x, y))
+                || pts.windows(2).any(|seg| {
+                    // Sample each segment finely enough not to step over the box.
+                    (1..32).any(|i| {
+                        let f = i as f64 / 32.0;
+                        inside(
+                            seg[0].0 + f * (seg[1].0 - seg[0].0),
+                            seg[0].1 + f * (seg[1].1 - seg[0].1),
+                        )
+                    })
+                })
+        });
+        (!crossed).then_some(pos)
+    })
+}
+
+/// The legend box's size in pixels: a row of 22 px per series, and the widest label.
+fn legend_size(series: &[Series]) -> (i32, i32) {
+    let widest = series
+        .iter()
+        .map(|s| label_width(&s.label))
+        .max()
+        .unwrap_or(0);
+    (widest + 52, 22 * series.len() as i32 + 10)
 }
 
 /// Draws `plot` into a PNG at `path`, replacing it atomically (a reader never sees half a file).
 pub fn draw_line_plot(path: &Path, plot: &LinePlot) -> Result<()> {
-    draw_line_plot_spanning(path, plot, 0.0)
-}
-
-/// [`draw_line_plot`] with a linear y axis at least `min_span` tall (centred on the data), so that
-/// differences at the level of run-to-run noise do not fill the whole height.
-pub fn draw_line_plot_spanning(path: &Path, plot: &LinePlot, min_span: f64) -> Result<()> {
     register_font()?;
     let xs = plot
         .series
         .iter()
-        .flat_map(|s| s.points.iter().map(|p| p.0));
+        .flat_map(|s| s.points.iter().map(|p| p.0))
+        .chain(plot.x_span.into_iter().flat_map(|(a, b)| [a, b]))
+        .chain(plot.x_ticks.into_iter().flatten().map(|t| t.0));
     let ys = plot
         .series
         .iter()
         .flat_map(|s| s.points.iter().map(|p| p.1));
-    let (Some(x), Some(mut y)) = (padded_range(xs, plot.log_x), padded_range(ys, plot.log_y))
-    else {
+    let (Some(x), Some(mut y)) = (
+        padded_range(xs, plot.log_x, 1.0),
+        padded_range(ys, false, plot.min_y_span.max(0.1)),
+    ) else {
         return Ok(()); // nothing to draw yet
     };
-    if !plot.log_y && y.1 - y.0 < min_span {
-        let mid = 0.5 * (y.0 + y.1);
-        y = (mid - 0.5 * min_span, mid + 0.5 * min_span);
+    let fx = |v: f64| {
+        if plot.log_x {
+            (v.ln() - x.0.ln()) / (x.1.ln() - x.0.ln())
+        } else {
+            (v - x.0) / (x.1 - x.0)
+        }
+    };
+    let mut legend = legend_corner(plot.series, &fx, &|v| (v - y.0) / (y.1 - y.0));
+    if legend.is_none() {
+        // Every corner is crossed: raise the top so that the upper right is free.
+        let (_, h) = legend_size(plot.series);
+        let free = (h as f64 + 24.0) / (AREA_BOTTOM - AREA_TOP) as f64;
+        y.1 = y.0 + (y.1 - y.0) / (1.0 - free).max(0.3);
+        legend = Some(SeriesLabelPosition::UpperRight);
     }
+    let legend = legend.unwrap_or(SeriesLabelPosition::UpperRight);
     write_png(path, (WIDTH, HEIGHT), |root| {
-        let (x, y) = ((x.0..x.1), (y.0..y.1));
-        match (plot.log_x, plot.log_y) {
-            (false, false) => draw_chart(root, plot, x, y),
-            (true, false) => draw_chart(root, plot, x.log_scale(), y),
-            (false, true) => draw_chart(root, plot, x, y.log_scale()),
-            (true, true) => draw_chart(root, plot, x.log_scale(), y.log_scale()),
+        let (xr, yr) = ((x.0..x.1), (y.0..y.1));
+        if plot.log_x {
+            draw_chart(root, plot, xr.log_scale(), yr, (x, y), legend)
+        } else {
+            draw_chart(root, plot, xr, yr, (x, y), legend)
         }
     })
 }
 
-fn draw_chart<X, Y>(
+type Bounds = ((f64, f64), (f64, f64));
+
+fn draw_chart<X>(
     root: &DrawingArea<BitMapBackend, Shift>,
     plot: &LinePlot,
     x: X,
-    y: Y,
+    y: std::ops::Range<f64>,
+    bounds: Bounds,
+    legend: SeriesLabelPosition,
 ) -> Result<()>
 where
     X: AsRangedCoord<Value = f64>,
-    Y: AsRangedCoord<Value = f64>,
     X::CoordDescType: ValueFormatter<f64>,
-    Y::CoordDescType: ValueFormatter<f64>,
 {
     let err = |e: &dyn std::fmt::Display| anyhow!("{e}");
+    let ((x0, x1), (y0, y1)) = bounds;
     root.fill(&WHITE).map_err(|e| err(&e))?;
+    // The title must fit: shrink its font for long titles.
+    let title_size = (24.0f64)
+        .min((WIDTH as f64 - 40.0) / (0.6 * plot.title.chars().count().max(1) as f64))
+        .max(12.0) as u32;
     let mut chart = ChartBuilder::on(root)
-        .caption(plot.title, (FAMILY, 24))
+        .caption(plot.title, (FAMILY, title_size))
         .margin(16)
-        .x_label_area_size(48)
-        .y_label_area_size(64)
+        .x_label_area_size(52)
+        .y_label_area_size(72)
         .build_cartesian_2d(x, y)
         .map_err(|e| err(&e))?;
+    // Ticks and grid are drawn here rather than by plotters, to control their values and
+    // labels (one format per axis, no overlaps, log ticks at 1, 2 and 5).
     chart
         .configure_mesh()
+        .disable_mesh()
+        .x_labels(0)
+        .y_labels(0)
         .x_desc(plot.x_label)
         .y_desc(plot.y_label)
-        .x_label_formatter(&|v| tick(*v))
-        .y_label_formatter(&|v| tick(*v))
-        .label_style((FAMILY, 15))
         .axis_desc_style((FAMILY, 17))
-        .light_line_style(RGBColor(235, 235, 235))
-        .bold_line_style(RGBColor(210, 210, 210))
         .draw()
         .map_err(|e| err(&e))?;
+    let to_px = |px: f64, py: f64| chart.backend_coord(&(px, py));
+    let x_ticks = match plot.x_ticks {
+        Some(t) => t.to_vec(),
+        None if plot.log_x => log_ticks(x0, x1),
+        None => linear_ticks(x0, x1, 8),
+    };
+    let x_ticks = thin_ticks(x_ticks, |v| to_px(v, y0).0);
+    let y_ticks = linear_ticks(y0, y1, 6);
+    let grid = RGBColor(228, 228, 228);
+    let label = |h: HPos, v: VPos| {
+        TextStyle::from((FAMILY, 15).into_font())
+            .color(&BLACK)
+            .pos(Pos::new(h, v))
+    };
+    for (v, text) in &x_ticks {
+        let (px, top) = to_px(*v, y1);
+        let (_, bottom) = to_px(*v, y0);
+        root.draw(&PathElement::new(vec![(px, top), (px, bottom)], grid))
+            .map_err(|e| err(&e))?;
+        root.draw(&PathElement::new(
+            vec![(px, bottom), (px, bottom + 5)],
+            BLACK,
+        ))
+        .map_err(|e| err(&e))?;
+        root.draw_text(text, &label(HPos::Center, VPos::Top), (px, bottom + 8))
+            .map_err(|e| err(&e))?;
+    }
+    for (v, text) in &y_ticks {
+        let (left, py) = to_px(x0, *v);
+        let (right, _) = to_px(x1, *v);
+        root.draw(&PathElement::new(vec![(left, py), (right, py)], grid))
+            .map_err(|e| err(&e))?;
+        root.draw(&PathElement::new(vec![(left - 5, py), (left, py)], BLACK))
+            .map_err(|e| err(&e))?;
+        root.draw_text(text, &label(HPos::Right, VPos::Center), (left - 8, py))
+            .map_err(|e| err(&e))?;
+    }
     for (i, series) in plot.series.iter().enumerate() {
-        let colour = PALETTE[i % PALETTE.len()];
-        let points = series.points.iter().copied().filter(|&(px, py)| {
-            px.is_finite()
-                && py.is_finite()
-                && (!plot.log_x || px > 0.0)
-                && (!plot.log_y || py > 0.0)
-        });
-        // Sparse lines (a loss estimate every few hundred steps) get a dot at each point, so
-        // that the reader sees where the measurements are.
-        let size = if series.points.len() <= 60 { 3 } else { 0 };
+        let colour = PALETTE[series.colour.unwrap_or(i) % PALETTE.len()];
+        let points = series
+            .points
+            .iter()
+            .copied()
+            .filter(|&(px, py)| px.is_finite() && py.is_finite() && (!plot.log_x || px > 0.0));
+        let (stroke, size) = match series.style {
+            // Sparse lines (an estimate every few hundred steps) get a dot at each point, so
+            // that the reader sees where the measurements are.
+            Style::Line => (
+                colour.stroke_width(2),
+                if series.points.len() <= 60 { 3 } else { 0 },
+            ),
+            Style::Faint => (colour.mix(0.3).stroke_width(1), 0),
+        };
+        let legend_stroke = stroke;
         chart
-            .draw_series(LineSeries::new(points, colour.stroke_width(2)).point_size(size))
+            .draw_series(LineSeries::new(points, stroke).point_size(size))
             .map_err(|e| err(&e))?
             .label(series.label.as_str())
-            .legend(move |(lx, ly)| {
-                PathElement::new(vec![(lx, ly), (lx + 24, ly)], colour.stroke_width(3))
-            });
+            .legend(move |(lx, ly)| PathElement::new(vec![(lx, ly), (lx + 24, ly)], legend_stroke));
     }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .label_font((FAMILY, 16))
-        .background_style(WHITE.mix(0.85))
+        .position(legend)
+        .margin(8)
+        .label_font((FAMILY, 15))
+        .background_style(WHITE.mix(0.9))
         .border_style(RGBColor(180, 180, 180))
         .draw()
         .map_err(|e| err(&e))?;
     Ok(())
 }
 
-/// The train and val loss estimates of a run against the step.
-pub fn loss_plot(path: &Path, title: &str, metrics: &[MetricsRow]) -> Result<()> {
-    let series = [
-        Series {
-            label: "train".into(),
-            points: metrics
-                .iter()
-                .map(|r| (r.step as f64, r.train_loss as f64))
-                .collect(),
-        },
-        Series {
-            label: "val".into(),
-            points: metrics
-                .iter()
-                .map(|r| (r.step as f64, r.val_loss as f64))
-                .collect(),
-        },
-    ];
+/// An exponential moving average with bias correction (as TensorBoard smooths curves): the
+/// value at step i weighs step i - k by `(1 - 1/span)^k`, and early values are not pulled
+/// towards 0.
+pub fn smoothed(points: &[(f64, f64)], span: f64) -> Vec<(f64, f64)> {
+    let beta = 1.0 - 1.0 / span.max(1.0);
+    let (mut avg, mut weight) = (0.0, 0.0);
+    points
+        .iter()
+        .map(|&(x, y)| {
+            avg = beta * avg + (1.0 - beta) * y;
+            weight = beta * weight + (1.0 - beta);
+            (x, avg / weight)
+        })
+        .collect()
+}
+
+/// A run's losses against the step: the training loss of every step (faint) and smoothed, and
+/// the train and val estimates of each evaluation; the x axis covers the run's `steps` even
+/// when it stopped early.
+pub fn loss_plot(
+    path: &Path,
+    title: &str,
+    metrics: &[MetricsRow],
+    steps: &[StepRow],
+    total_steps: usize,
+) -> Result<()> {
+    let raw: Vec<(f64, f64)> = steps
+        .iter()
+        .map(|r| (r.step as f64, r.loss as f64))
+        .collect();
+    // About 50 steps' worth of noise averaged at the end of a long run, fewer in a short one.
+    let span = (total_steps as f64 / 50.0).clamp(1.0, 100.0);
+    let mut series = Vec::new();
+    if raw.len() > 1 {
+        series.push(Series {
+            label: "train, each step".into(),
+            points: raw.clone(),
+            style: Style::Faint,
+            colour: Some(0),
+        });
+        series.push(Series {
+            label: "train, each step (smoothed)".into(),
+            points: smoothed(&raw, span),
+            style: Style::Line,
+            colour: Some(0),
+        });
+    }
+    series.push(Series {
+        label: "train (estimate)".into(),
+        points: metrics
+            .iter()
+            .map(|r| (r.step as f64, r.train_loss as f64))
+            .collect(),
+        style: Style::Line,
+        colour: Some(2),
+    });
+    series.push(Series {
+        label: "val (estimate)".into(),
+        points: metrics
+            .iter()
+            .map(|r| (r.step as f64, r.val_loss as f64))
+            .collect(),
+        style: Style::Line,
+        colour: Some(1),
+    });
     draw_line_plot(
         path,
         &LinePlot {
-            title,
-            x_label: "step",
-            y_label: "loss (cross-entropy, nats per character)",
-            series: &series,
-            log_x: false,
-            log_y: false,
+            x_span: Some((0.0, total_steps.max(1) as f64)),
+            ..LinePlot::new(
+                title,
+                "step",
+                "loss (cross-entropy, nats per character)",
+                &series,
+            )
         },
     )
 }
@@ -257,6 +580,8 @@ const VIRIDIS: [(u8, u8, u8); 9] = [
     (253, 231, 37),
 ];
 const MASKED: RGBColor = RGBColor(228, 228, 228);
+/// Labels of strongly attended characters (see [`labelled_positions`]).
+const STRONG_LABEL: RGBColor = RGBColor(200, 30, 30);
 
 /// Distinct colours on the scale: 65 steps of 1/64 look continuous, and far fewer distinct pixels
 /// keep the PNG small.
@@ -295,6 +620,73 @@ pub fn heatmap_scale(t: usize) -> (u32, usize, u32) {
     (px, every, font)
 }
 
+/// Attention a key position receives from the queries after it, in units of whole rows: a head
+/// that keeps returning to one newline gives it several, one that looks at the previous
+/// character gives every position about 1. From this many on, a position counts as strongly
+/// attended, and is labelled even when its neighbours are not.
+const STRONG_ATTENTION: f32 = 2.0;
+
+/// The positions labelled on a map's axes: every position strongly attended (most attended
+/// first), then every `every`-th position where there is room, keeping labels at least
+/// `ceil(9 / px)` positions apart. Returns (position, strong) in order.
+fn labelled_positions(weights: &[f32], t: usize, every: usize) -> Vec<(usize, bool)> {
+    let mut received = vec![0.0f32; t];
+    for q in 0..t {
+        for (k, slot) in received.iter_mut().enumerate().take(q) {
+            *slot += weights.get(q * t + k).copied().unwrap_or(0.0);
+        }
+    }
+    let gap = every.max(1);
+    let mut strong: Vec<usize> = (0..t)
+        .filter(|&k| every > 1 && received[k] >= STRONG_ATTENTION)
+        .collect();
+    strong.sort_by(|&a, &b| received[b].total_cmp(&received[a]));
+    let mut chosen: Vec<(usize, bool)> = Vec::new();
+    let free =
+        |chosen: &[(usize, bool)], k: usize| chosen.iter().all(|&(c, _)| c.abs_diff(k) >= gap);
+    for k in strong {
+        if free(&chosen, k) {
+            chosen.push((k, true));
+        }
+    }
+    for k in (0..t).step_by(gap) {
+        if free(&chosen, k) {
+            chosen.push((k, false));
+        }
+    }
+    chosen.sort_unstable();
+    chosen
+}
+
+/// A title as one or two lines that fit `width` pixels at `size` (DejaVu Sans averages about
+/// 0.55 of the font size per character), shrinking the font as far as 13 if two lines are not
+/// enough.
+fn fit_title(title: &str, width: u32, mut size: u32) -> (Vec<String>, u32) {
+    let fits =
+        |line: &str, size: u32| line.chars().count() as f64 * 0.55 * size as f64 <= width as f64;
+    loop {
+        if fits(title, size) {
+            return (vec![title.to_string()], size);
+        }
+        // Break at the space nearest the middle.
+        let chars: Vec<char> = title.chars().collect();
+        let middle = chars.len() / 2;
+        let split = (0..chars.len())
+            .filter(|&i| chars[i] == ' ')
+            .min_by_key(|&i| i.abs_diff(middle));
+        if let Some(i) = split {
+            let (a, b): (String, String) =
+                (chars[..i].iter().collect(), chars[i + 1..].iter().collect());
+            if (fits(&a, size) && fits(&b, size)) || size <= 13 {
+                return (vec![a, b], size);
+            }
+        } else if size <= 13 {
+            return (vec![title.to_string()], size);
+        }
+        size -= 1;
+    }
+}
+
 /// Draws `grid` into a PNG at `path`, replacing it atomically.
 pub fn draw_heatmap_grid(path: &Path, grid: &HeatmapGrid) -> Result<()> {
     register_font()?;
@@ -309,9 +701,11 @@ pub fn draw_heatmap_grid(path: &Path, grid: &HeatmapGrid) -> Result<()> {
     let gap = 18;
     let panel_w = label_band + side + gap;
     let panel_h = title_band + side + label_band + gap;
-    let (header, footer, bar_w) = (44u32, 48u32, 90u32);
+    let (footer, bar_w) = (48u32, 90u32);
     let (bar_h, legend_h) = (240u32, 50u32);
     let width = (16 + panel_w * grid.cols as u32 + bar_w).max(560);
+    let (title_lines, title_size) = fit_title(grid.title, width - 32, 22);
+    let header = 18 + (title_size + 6) * title_lines.len() as u32;
     let height = header + (panel_h * grid.rows as u32).max(title_band + bar_h + legend_h) + footer;
     write_png(path, (width, height), |root| {
         let err = |e: &dyn std::fmt::Display| anyhow!("{e}");
@@ -321,9 +715,15 @@ pub fn draw_heatmap_grid(path: &Path, grid: &HeatmapGrid) -> Result<()> {
                 .color(&BLACK)
                 .pos(Pos::new(HPos::Center, VPos::Center))
         };
-        root.draw_text(grid.title, &centred(22), (width as i32 / 2, 22))
-            .map_err(|e| err(&e))?;
+        for (i, line) in title_lines.iter().enumerate() {
+            let y = 12 + (title_size + 6) as i32 * i as i32 + title_size as i32 / 2;
+            root.draw_text(line, &centred(title_size), (width as i32 / 2, y))
+                .map_err(|e| err(&e))?;
+        }
         let label_style = centred(font);
+        let strong_style = TextStyle::from((FAMILY, font).into_font())
+            .color(&STRONG_LABEL)
+            .pos(Pos::new(HPos::Center, VPos::Center));
         for (index, map) in grid.maps.iter().enumerate() {
             let (r, c) = ((index / grid.cols) as u32, (index % grid.cols) as u32);
             let x0 = (16 + c * panel_w + label_band) as i32;
@@ -350,16 +750,18 @@ pub fn draw_heatmap_grid(path: &Path, grid: &HeatmapGrid) -> Result<()> {
                 }
             }
             let half = px as i32 / 2;
-            for (i, label) in grid.labels.iter().enumerate().step_by(every) {
+            for (i, strong) in labelled_positions(&map.weights, t, every) {
+                let label = &grid.labels[i];
+                let style = if strong { &strong_style } else { &label_style };
                 let at = (i as u32 * px) as i32 + half;
                 // Keys along the bottom, queries down the left side.
                 root.draw_text(
                     label,
-                    &label_style,
+                    style,
                     (x0 + at, y0 + side as i32 + label_band as i32 / 2),
                 )
                 .map_err(|e| err(&e))?;
-                root.draw_text(label, &label_style, (x0 - label_band as i32 / 2, y0 + at))
+                root.draw_text(label, style, (x0 - label_band as i32 / 2, y0 + at))
                     .map_err(|e| err(&e))?;
             }
         }
@@ -395,7 +797,10 @@ pub fn draw_heatmap_grid(path: &Path, grid: &HeatmapGrid) -> Result<()> {
             .color(&RGBColor(80, 80, 80))
             .pos(Pos::new(HPos::Left, VPos::Center));
         let labelled = if every > 1 {
-            format!("; every {} character labelled", ordinal(every))
+            format!(
+                "; labelled: every {} character, and in red those a head attends to strongly",
+                ordinal(every)
+            )
         } else {
             String::new()
         };
@@ -453,23 +858,93 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ranges_pad_and_skip_what_a_log_axis_cannot_show() {
+    fn ranges_pad_so_that_no_point_sits_on_the_frame() {
+        let (lo, hi) = padded_range([1.0, 3.0].into_iter(), false, 0.0).unwrap();
+        assert!((lo - 0.9).abs() < 1e-12 && (hi - 3.1).abs() < 1e-12);
+        // One value, or values closer than the minimum span: centred, at least that tall.
         assert_eq!(
-            padded_range([1.0, 3.0].into_iter(), false),
-            Some((0.9, 3.1))
+            padded_range([4.22].into_iter(), false, 0.1),
+            Some((4.17, 4.27))
         );
-        assert_eq!(padded_range([2.0].into_iter(), false), Some((1.0, 3.0)));
-        assert_eq!(padded_range([f64::NAN].into_iter(), false), None);
-        let (lo, hi) = padded_range([-1.0, 1e-4, 1e-2].into_iter(), true).unwrap();
+        assert_eq!(padded_range([f64::NAN].into_iter(), false, 0.0), None);
+        let (lo, hi) = padded_range([-1.0, 1e-4, 1e-2].into_iter(), true, 0.0).unwrap();
         assert!(lo > 0.0 && lo < 1e-4 && hi > 1e-2);
-        assert_eq!(tick(1.5), "1.5");
-        assert_eq!(tick(2000.0), "2000");
-        assert_eq!(tick(3e-4), "3e-4");
-        assert_eq!(tick(1.25), "1.25");
     }
 
     #[test]
-    fn a_loss_plot_is_a_png() {
+    fn ticks_share_one_format_per_axis() {
+        let labels = |t: Vec<(f64, String)>| t.into_iter().map(|(_, l)| l).collect::<Vec<_>>();
+        // A single evaluation at 4.22: distinct labels, all with the same decimals.
+        let (lo, hi) = padded_range([4.22].into_iter(), false, 0.1).unwrap();
+        let y = labels(linear_ticks(lo, hi, 6));
+        assert!(y.len() >= 3, "{y:?}");
+        let mut unique = y.clone();
+        unique.dedup();
+        assert_eq!(unique, y);
+        assert!(y.iter().all(|l| l.len() == y[0].len()), "{y:?}");
+        assert_eq!(
+            labels(linear_ticks(-0.4, 2000.0, 8)),
+            ["0", "500", "1000", "1500", "2000"]
+        );
+        // A learning-rate sweep: 1-2-5 ticks in scientific notation throughout.
+        assert_eq!(labels(log_ticks(2.5e-4, 4e-3)), ["5e-4", "1e-3", "2e-3"]);
+        assert_eq!(
+            labels(log_ticks(6.5e-3, 0.011)),
+            ["7e-3", "8e-3", "9e-3", "1e-2"]
+        );
+        assert_eq!(
+            labels(label_values(&[3e-4, 1e-3, 3e-3])),
+            ["3e-4", "1e-3", "3e-3"]
+        );
+        assert_eq!(
+            labels(label_values(&[0.5, 1.0, 2.0])),
+            ["0.5", "1.0", "2.0"]
+        );
+        assert_eq!(
+            labels(label_values(&[1.0, 2.0, 4.0, 8.0])),
+            ["1", "2", "4", "8"]
+        );
+    }
+
+    #[test]
+    fn close_tick_labels_are_thinned() {
+        let ticks: Vec<(f64, String)> = (0..10).map(|i| (i as f64, format!("{i}e-3"))).collect();
+        // 10 px apart: labels 34 px wide cannot all be kept.
+        let kept = thin_ticks(ticks, |v| (v * 10.0) as i32);
+        assert!(kept.len() < 5 && kept[0].0 == 0.0, "{kept:?}");
+        for pair in kept.windows(2) {
+            assert!((pair[1].0 - pair[0].0) * 10.0 >= 34.0 + 12.0);
+        }
+    }
+
+    #[test]
+    fn the_legend_avoids_the_points() {
+        let fx = |x: f64| x;
+        // A falling curve passes through the upper left and the lower right.
+        let falling = [Series::line(
+            "val",
+            vec![(0.0, 1.0), (0.5, 0.3), (1.0, 0.1)],
+        )];
+        assert!(matches!(
+            legend_corner(&falling, &fx, &fx),
+            Some(SeriesLabelPosition::UpperRight)
+        ));
+        // A point in the upper right moves the legend elsewhere.
+        let rising = [Series::line("val", vec![(0.0, 0.1), (1.0, 0.98)])];
+        assert!(matches!(
+            legend_corner(&rising, &fx, &fx),
+            Some(SeriesLabelPosition::UpperLeft)
+        ));
+        // Points in all four corners: none is free.
+        let corners = [Series::line(
+            "x",
+            vec![(0.01, 0.01), (0.99, 0.01), (0.99, 0.99), (0.01, 0.99)],
+        )];
+        assert!(legend_corner(&corners, &fx, &fx).is_none());
+    }
+
+    #[test]
+    fn a_loss_plot_is_a_png_for_any_number_of_points() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("loss.png");
         let rows: Vec<MetricsRow> = (0..5)
@@ -482,12 +957,31 @@ mod tests {
                 elapsed_s: i as f64,
             })
             .collect();
-        loss_plot(&path, "test", &rows).unwrap();
-        let bytes = std::fs::read(&path).unwrap();
-        assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
+        let steps: Vec<StepRow> = (1..=400)
+            .map(|i| StepRow {
+                step: i,
+                loss: 4.0 - i as f32 / 200.0,
+                lr: 1e-3,
+                grad_norm: 1.0,
+                elapsed_s: i as f64,
+            })
+            .collect();
+        for (m, s) in [
+            (&rows[..], &steps[..]),
+            (&rows[..1], &steps[..0]),
+            (&rows[..1], &steps[..30]),
+        ] {
+            loss_plot(&path, "test", m, s, 2000).unwrap();
+            let bytes = std::fs::read(&path).unwrap();
+            assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
+        }
         // Nothing left behind but the plot.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        let smooth = smoothed(&[(1.0, 2.0), (2.0, 2.0), (3.0, 4.0)], 2.0);
+        assert_eq!(smooth[0].1, 2.0, "no pull towards 0 at the start");
+        assert!(smooth[2].1 > 2.0 && smooth[2].1 < 4.0);
     }
+
     #[test]
     fn weights_map_onto_viridis_and_labels_thin_out_for_long_prompts() {
         assert_eq!(weight_colour(0.0), RGBColor(68, 1, 84));
@@ -510,6 +1004,38 @@ mod tests {
         let (px, every, font) = heatmap_scale(256);
         assert_eq!((px, every), (2, 5));
         assert!(font >= 9);
+    }
+
+    #[test]
+    fn strongly_attended_characters_are_always_labelled() {
+        // 60 positions, every 2nd labelled; every query puts 0.9 on position 37 (odd, so not
+        // among the regular labels) once it can see it.
+        let t = 60;
+        let mut w = vec![0.0f32; t * t];
+        for q in 0..t {
+            if q > 37 {
+                w[q * t + 37] = 0.9;
+                w[q * t + q] = 0.1;
+            } else {
+                w[q * t + q] = 1.0;
+            }
+        }
+        let labels = labelled_positions(&w, t, 2);
+        assert!(labels.contains(&(37, true)), "{labels:?}");
+        // Its neighbours give way, and labels stay apart.
+        assert!(!labels.iter().any(|&(k, _)| k == 36 || k == 38));
+        for pair in labels.windows(2) {
+            assert!(pair[1].0 - pair[0].0 >= 2, "{labels:?}");
+        }
+        // Every position labelled: nothing to single out.
+        assert!(labelled_positions(&w, t, 1)
+            .iter()
+            .all(|&(_, strong)| !strong));
+        let (lines, size) = fit_title(&"attention weights of a model ".repeat(4), 500, 22);
+        assert_eq!(lines.len(), 2);
+        assert!(lines
+            .iter()
+            .all(|l| l.chars().count() as f64 * 0.55 * size as f64 <= 500.0));
     }
 
     #[test]

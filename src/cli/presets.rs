@@ -32,8 +32,11 @@ pub fn thousands(n: usize) -> String {
     out
 }
 
+/// Columns of the table: the header and every row have exactly this many cells.
+const HEADER_CELLS: usize = 8;
+
 pub fn run(args: PresetsArgs) -> Result<()> {
-    let rows: Vec<[String; 8]> = config::presets()
+    let rows: Vec<[String; HEADER_CELLS]> = config::presets()
         .iter()
         .map(|p| {
             let m = &p.model;
@@ -63,7 +66,7 @@ pub fn run(args: PresetsArgs) -> Result<()> {
             ]
         })
         .collect();
-    let header = [
+    let header: [&str; HEADER_CELLS] = [
         "preset",
         "layers",
         "heads",
@@ -71,7 +74,6 @@ pub fn run(args: PresetsArgs) -> Result<()> {
         "block",
         "params",
         "steps x B",
-        "block parts",
         "about",
     ];
     let mut widths = header.map(str::len);

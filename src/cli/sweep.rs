@@ -5,7 +5,7 @@
 use super::ladder::{
     duration, markdown_table, run_error, stop_on_ctrl_c, text_table, train_quietly,
 };
-use super::plot::{draw_line_plot_spanning, LinePlot, Series};
+use super::plot::{draw_line_plot, label_values, LinePlot, Series};
 use super::presets::thousands;
 use super::{load_text, UsageError};
 use anyhow::{anyhow, bail, Context, Result};
@@ -377,36 +377,34 @@ fn write_report(
         let point = (xs[r.combo[0]], r.val_exact);
         match series.iter_mut().find(|s| s.label == label) {
             Some(s) => s.points.push(point),
-            None => series.push(Series {
-                label,
-                points: vec![point],
-            }),
+            None => series.push(Series::line(label, vec![point])),
         }
     }
-    let x_label = if numeric {
-        first.key.clone()
+    // Every tried value is a tick, labelled as a number in one format, or by its name.
+    let ticks: Vec<(f64, String)> = if numeric {
+        label_values(&xs)
     } else {
-        let names: Vec<String> = first
-            .values
-            .iter()
-            .enumerate()
-            .map(|(i, v)| format!("{i} = {v}"))
-            .collect();
-        format!("{} ({})", first.key, names.join(", "))
+        xs.iter()
+            .copied()
+            .zip(first.values.iter().cloned())
+            .collect()
     };
     let title = format!("{}: val loss against {}", args.preset, first.key);
-    // At least 0.1 nats tall: runs that differ only in their seed already differ by about 0.01.
-    draw_line_plot_spanning(
+    draw_line_plot(
         &out.join(PLOT_FILE),
         &LinePlot {
-            title: &title,
-            x_label: &x_label,
-            y_label: "val loss (exact, nats per character)",
-            series: &series,
             log_x,
-            log_y: false,
+            x_ticks: Some(&ticks),
+            // At least 0.1 nats tall: runs that differ only in their seed already differ by
+            // about 0.01.
+            min_y_span: 0.1,
+            ..LinePlot::new(
+                &title,
+                &first.key,
+                "val loss (exact, nats per character)",
+                &series,
+            )
         },
-        0.1,
     )
 }
 

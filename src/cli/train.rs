@@ -5,14 +5,17 @@ use super::plot::loss_plot;
 use super::presets::thousands;
 use super::{load_recorded_text, load_text, UsageError};
 use anyhow::{anyhow, bail, Context, Result};
-use chargpt::checkpoint::{self, Checkpoint, DataInfo, EMBEDDED_SOURCE};
+use chargpt::checkpoint::{self, Checkpoint, DataInfo, InitFrom, EMBEDDED_SOURCE};
 use chargpt::config::{self, ConfigError, ModelConfig, TrainConfig, DEFAULT_PRESET};
 use chargpt::data;
 use chargpt::model::Model;
 use chargpt::rng::Rng;
 use chargpt::sampling::{self, SampleSettings};
 use chargpt::tokenizer::Tokenizer;
-use chargpt::training::{run_training, Run, RunError, RunEvent, RunOptions, RunOutcome};
+use chargpt::training::{
+    run_training, MetricsRow, Run, RunError, RunEvent, RunOptions, RunOutcome, StepRow,
+    UnknownChars, VocabChange,
+};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::Write;
@@ -69,6 +72,28 @@ pub struct TrainArgs {
     /// Seed for initialisation, batch order and dropout.
     #[arg(long, value_name = "N")]
     seed: Option<u64>,
+    /// With --init-from: what to do with characters of --data that the model's vocabulary
+    /// lacks: refuse the text (error), remove them from it (drop), or add them to the
+    /// vocabulary (extend: new rows in the token embedding and lm_head).
+    #[arg(long, value_enum, default_value = "error", value_name = "WHAT")]
+    unknown_chars: UnknownCharsArg,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum UnknownCharsArg {
+    Error,
+    Drop,
+    Extend,
+}
+
+impl From<UnknownCharsArg> for UnknownChars {
+    fn from(arg: UnknownCharsArg) -> Self {
+        match arg {
+            UnknownCharsArg::Error => UnknownChars::Error,
+            UnknownCharsArg::Drop => UnknownChars::Drop,
+            UnknownCharsArg::Extend => UnknownChars::Extend,
+        }
+    }
 }
 
 /// Settings from the command line and a config file, not yet applied.
@@ -76,6 +101,13 @@ struct Settings {
     /// (origin, key, value): origin says where a bad setting came from.
     list: Vec<(String, String, String)>,
     preset: Option<String>,
+}
+
+impl Settings {
+    /// The keys given explicitly (in the config file, with --set or --seed).
+    fn given(&self) -> Vec<&str> {
+        self.list.iter().map(|(_, k, _)| k.as_str()).collect()
+    }
 }
 
 fn gather_settings(args: &TrainArgs) -> Result<Settings> {
@@ -246,6 +278,8 @@ struct Prepared {
     out: PathBuf,
     name: String,
     resumed: bool,
+    /// Settings changed to follow others (`config::derive_settings`), one line each.
+    notes: Vec<String>,
 }
 
 fn prepare(args: &TrainArgs) -> Result<Prepared> {
@@ -291,17 +325,20 @@ fn prepare(args: &TrainArgs) -> Result<Prepared> {
             out,
             name,
             resumed: true,
+            notes: Vec::new(),
         });
     }
     if let Some(init) = &args.init_from {
         let ckpt = checkpoint::load(init)?;
-        let mut train_cfg = match &settings.preset {
+        let base = match &settings.preset {
             Some(name) => config::preset(name)?.train,
             None => ckpt.config.train.clone(),
         };
+        let mut train_cfg = base.clone();
         let mut model_cfg = ckpt.model.config.clone();
         apply(&settings, &mut model_cfg, &mut train_cfg)?;
         check_model_unchanged(&ckpt.model.config, &model_cfg, &["dropout"], "fine-tuning")?;
+        let notes = config::derive_settings(&base, &mut train_cfg, &settings.given());
         let out = args
             .out
             .clone()
@@ -324,7 +361,8 @@ fn prepare(args: &TrainArgs) -> Result<Prepared> {
             .ok_or_else(|| anyhow!("the checkpoint's parameters do not fit its config"))?;
         let name = format!("fine-tune of {}", init.display());
         let base_preset = ckpt.config.preset.clone();
-        let mut run = Run::fine_tune(
+        let parent_step = ckpt.config.step;
+        let (mut run, change) = Run::fine_tune(
             Checkpoint {
                 model,
                 tokenizer: ckpt.tokenizer,
@@ -333,13 +371,23 @@ fn prepare(args: &TrainArgs) -> Result<Prepared> {
             train_cfg,
             &text,
             info,
+            args.unknown_chars.into(),
         )?;
+        report_vocab_change(&change, &run.data.source);
         run.preset = base_preset;
+        run.init_from = Some(InitFrom {
+            dir: absolute(init),
+            step: parent_step,
+            added_chars: change.added.iter().map(|(c, _)| c.to_string()).collect(),
+            dropped_chars: change.dropped.iter().map(|(_, n)| n).sum(),
+            dropped_kinds: change.dropped.iter().map(|(c, _)| c.to_string()).collect(),
+        });
         return Ok(Prepared {
             run,
             out,
             name,
             resumed: false,
+            notes,
         });
     }
     let name = settings
@@ -347,8 +395,9 @@ fn prepare(args: &TrainArgs) -> Result<Prepared> {
         .clone()
         .unwrap_or_else(|| DEFAULT_PRESET.to_string());
     let preset = config::preset(&name)?;
-    let (mut model_cfg, mut train_cfg) = (preset.model, preset.train);
+    let (mut model_cfg, mut train_cfg) = (preset.model, preset.train.clone());
     apply(&settings, &mut model_cfg, &mut train_cfg)?;
+    let notes = config::derive_settings(&preset.train, &mut train_cfg, &settings.given());
     let out = args
         .out
         .clone()
@@ -372,7 +421,55 @@ fn prepare(args: &TrainArgs) -> Result<Prepared> {
         out,
         name,
         resumed: false,
+        notes,
     })
+}
+
+/// `dir` as an absolute path where it can be resolved, for the records in `config.json`.
+fn absolute(dir: &Path) -> String {
+    dir.canonicalize()
+        .unwrap_or_else(|_| dir.to_path_buf())
+        .display()
+        .to_string()
+}
+
+/// `'é' 12, '"' 4, ...`: characters with their counts, the most frequent first.
+fn counted(chars: &[(char, usize)]) -> String {
+    let mut sorted = chars.to_vec();
+    sorted.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let shown: Vec<String> = sorted
+        .iter()
+        .take(30)
+        .map(|(c, n)| format!("{c:?} {n}"))
+        .collect();
+    let more = sorted.len().saturating_sub(30);
+    if more > 0 {
+        format!("{}, and {more} more", shown.join(", "))
+    } else {
+        shown.join(", ")
+    }
+}
+
+/// One line on what `--unknown-chars` did to the vocabulary or the text.
+fn report_vocab_change(change: &VocabChange, source: &str) {
+    if !change.added.is_empty() {
+        note!(
+            "extending the vocabulary by {} character{} of {source} (each starts at its frequency in the text): {}",
+            change.added.len(),
+            if change.added.len() == 1 { "" } else { "s" },
+            counted(&change.added)
+        );
+    }
+    if !change.dropped.is_empty() {
+        let total: usize = change.dropped.iter().map(|(_, n)| n).sum();
+        note!(
+            "dropped {total} character{} of {} kind{} from {source} that the model's vocabulary lacks: {}",
+            if total == 1 { "" } else { "s" },
+            change.dropped.len(),
+            if change.dropped.len() == 1 { "" } else { "s" },
+            counted(&change.dropped)
+        );
+    }
 }
 
 fn data_name(info: &DataInfo) -> String {
@@ -429,6 +526,7 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
         out,
         name,
         resumed,
+        notes,
     } = prepare(&args)?;
     let train_cfg = run.trainer.config.clone();
     let model_cfg = run.trainer.model.config.clone();
@@ -448,7 +546,7 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
         std::fs::write(&samples_path, "")
             .with_context(|| format!("cannot write {}", samples_path.display()))?;
         say!(
-            "training {} ({} parameters: {} layers, {} heads, n_embd {}, block {}) for {} steps of {}x{} characters of {}; checkpoints in {}",
+            "training {} ({} parameters: {} layers, {} heads, n_embd {}, block {}) for {} steps of {}x{} characters; checkpoints in {}",
             name,
             thousands(run.trainer.model.num_params()),
             model_cfg.n_layer,
@@ -458,14 +556,23 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
             train_cfg.steps,
             train_cfg.batch_size,
             model_cfg.block_size,
-            data_name(&run.data),
             out.display()
         );
+    }
+    say!("{}", split_line(&run));
+    for line in &notes {
+        note!("note: {line}");
+    }
+    for line in config::setting_warnings(&train_cfg)
+        .into_iter()
+        .chain(val_warning(&run))
+    {
+        note!("warning: {line}");
     }
 
     let bar = ProgressBar::new(train_cfg.steps as u64).with_position(run.trainer.step as u64);
     bar.set_style(
-        ProgressStyle::with_template("step {pos}/{len} [{bar:30}] {msg}  ETA {eta}")
+        ProgressStyle::with_template("step {pos}/{len} [{bar:30}] {msg}")
             .map(|s| s.progress_chars("=> "))
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
@@ -488,6 +595,15 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
     }
 
     let mut plot_warning = false;
+    let title = format!("{name}: loss");
+    let mut draw_plot = |run_metrics: &[MetricsRow], steps: &[StepRow], bar: &ProgressBar| {
+        if let Err(e) = loss_plot(&plot_path, &title, run_metrics, steps, train_cfg.steps) {
+            if !plot_warning {
+                bar.suspend(|| note!("warning: {}", super::one_line(&e)));
+                plot_warning = true;
+            }
+        }
+    };
     let options = RunOptions {
         out: Some(out.clone()),
         stop: Some(stop),
@@ -498,14 +614,16 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
         RunEvent::Step {
             stats,
             tokens_per_s,
+            eta_s,
             ..
         } => {
             bar.set_position(stats.step as u64 + 1);
             bar.set_message(format!(
-                "loss {:.4}  lr {:.2e}  {}",
+                "loss {:.4}  lr {:.2e}  {}  ETA {}",
                 stats.loss,
                 stats.lr,
-                rate(tokens_per_s)
+                rate(tokens_per_s),
+                eta(eta_s)
             ));
         }
         RunEvent::Eval {
@@ -514,6 +632,7 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
             model,
             tokenizer,
             metrics,
+            steps,
             ..
         } => {
             let sample = sample_text(model, tokenizer, train_cfg.seed, row.step, EVAL_SAMPLE);
@@ -533,15 +652,10 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
                 say!("{line}\n{}", indent(&sample));
             });
             let record = format!("step {} (val {:.4}):\n{sample}\n\n", row.step, row.val_loss);
-            let plotted = append(&samples_path, &record)
-                .map_err(anyhow::Error::from)
-                .and_then(|()| loss_plot(&plot_path, &format!("{name}: loss"), metrics));
-            if let Err(e) = plotted {
-                if !plot_warning {
-                    bar.suspend(|| note!("warning: {}", super::one_line(&e)));
-                    plot_warning = true;
-                }
+            if let Err(e) = append(&samples_path, &record) {
+                bar.suspend(|| note!("warning: cannot write {}: {e}", samples_path.display()));
             }
+            draw_plot(metrics, steps, &bar);
         }
         RunEvent::ExactEval { windows } => {
             bar.finish_and_clear();
@@ -549,8 +663,46 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
         }
     });
     bar.finish_and_clear();
+    // The plot also shows the steps after the last evaluation (a run stopped by Ctrl-C).
+    draw_plot(&run.metrics, &run.step_rows, &bar);
     let outcome = result?;
     report(&run, &outcome, &out, &samples_path, &name)
+}
+
+/// `ETA 4m 05s`, or `ETA ?` before anything was measured.
+fn eta(seconds: f64) -> String {
+    if seconds > 0.0 && seconds.is_finite() {
+        duration(seconds)
+    } else {
+        "?".into()
+    }
+}
+
+/// Which part of the text each split is, so that a val loss on a small text can be read.
+fn split_line(run: &Run) -> String {
+    let (train, val) = (run.dataset.train.len(), run.dataset.val.len());
+    format!(
+        "data: {} ({} characters): train is the first 90% ({}), val the last 10% ({})",
+        data_name(&run.data),
+        thousands(train + val),
+        thousands(train),
+        thousands(val)
+    )
+}
+
+/// Splits this small give a val loss from a handful of windows: noisy, and only about the end
+/// of the text.
+const FEW_VAL_WINDOWS: usize = 8;
+
+fn val_warning(run: &Run) -> Option<String> {
+    let t = run.trainer.model.config.block_size;
+    let windows = data::window_count(run.dataset.val.len(), t);
+    (windows < FEW_VAL_WINDOWS).then(|| {
+        format!(
+            "the val split (the last 10% of the text) holds only {windows} window{} of {t} characters: its loss is noisy and measures only the end of the text; use a longer text",
+            if windows == 1 { "" } else { "s" }
+        )
+    })
 }
 
 fn report(

@@ -99,6 +99,82 @@ impl Model {
         })
     }
 
+    /// The model with `new_logits.len()` more characters at the end of its vocabulary. Every
+    /// tensor is copied by name; the rows (and, in the bigram's (V, V) table, the columns) of the
+    /// new ids are filled so that the model starts where it was for the old characters:
+    /// - `token_embedding`: a new character's row is the mean of the old rows (an "average
+    ///   character", which training then tells apart);
+    /// - `lm_head.weight`: zero, so a new character's logit does not depend on the context at
+    ///   first; `lm_head.bias`: `new_logits[j]`;
+    /// - the bigram table: new rows are the mean of the old rows, new columns `new_logits[j]`.
+    ///
+    /// Choosing `new_logits` (see [`crate::training::Run::fine_tune`]) sets how likely the new
+    /// characters are before any training.
+    pub fn extend_vocabulary(&self, new_logits: &[f32]) -> Model {
+        let (v_old, added) = (self.config.vocab_size, new_logits.len());
+        let v = v_old + added;
+        let config = ModelConfig {
+            vocab_size: v,
+            ..self.config.clone()
+        };
+        let layout = ParamLayout::new(&config);
+        let mut params = vec![0.0f32; layout.len];
+        for spec in &layout.specs {
+            let old = self
+                .layout
+                .spec(&spec.name)
+                .expect("extending keeps every tensor");
+            let src = &self.params[old.range()];
+            let dst = &mut params[spec.range()];
+            if old.shape == spec.shape {
+                dst.copy_from_slice(src);
+                continue;
+            }
+            let cols_old = if old.shape.len() == 2 {
+                old.shape[1]
+            } else {
+                1
+            };
+            let cols = if spec.shape.len() == 2 {
+                spec.shape[1]
+            } else {
+                1
+            };
+            // The old rows (and their old columns) stay where they were.
+            for r in 0..v_old {
+                dst[r * cols..r * cols + cols_old]
+                    .copy_from_slice(&src[r * cols_old..(r + 1) * cols_old]);
+            }
+            let bigram = spec.shape.len() == 2 && cols == v;
+            match spec.role {
+                Role::Embedding => {
+                    let mut mean = vec![0.0f32; cols_old];
+                    for r in 0..v_old {
+                        for (m, &x) in mean.iter_mut().zip(&src[r * cols_old..]) {
+                            *m += x / v_old as f32;
+                        }
+                    }
+                    for r in v_old..v {
+                        dst[r * cols..r * cols + cols_old].copy_from_slice(&mean);
+                    }
+                    if bigram {
+                        for r in 0..v {
+                            dst[r * cols + v_old..(r + 1) * cols].copy_from_slice(new_logits);
+                        }
+                    }
+                }
+                Role::LinearBias { .. } => dst[v_old..].copy_from_slice(new_logits),
+                // lm_head's new rows stay zero.
+                _ => {}
+            }
+        }
+        Model {
+            config,
+            layout,
+            params,
+        }
+    }
+
     pub fn num_params(&self) -> usize {
         self.layout.len
     }
@@ -119,6 +195,33 @@ impl Model {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn extending_the_vocabulary_keeps_the_old_characters_logits() {
+        for name in ["layernorm", "bigram"] {
+            let mut cfg = preset(name).unwrap().model;
+            cfg.vocab_size = 6;
+            let model = Model::new(cfg.clone(), 3);
+            let ext = model.extend_vocabulary(&[-1.5, 0.25]);
+            assert_eq!(ext.config.vocab_size, 8);
+            let x: Vec<TokenId> = vec![0, 3, 5, 2, 1, 4, 0, 2];
+            let mut a = Activations::new(&model.config, 1, 8, false);
+            let mut b = Activations::new(&ext.config, 1, 8, false);
+            model.forward(&mut a, &x, None, 1, 8, None);
+            ext.forward(&mut b, &x, None, 1, 8, None);
+            for t in 0..8 {
+                let (old, new) = (&a.logits()[t * 6..t * 6 + 6], &b.logits()[t * 8..t * 8 + 8]);
+                assert_eq!(old, &new[..6], "{name}: old logits kept");
+                assert_eq!(&new[6..], &[-1.5, 0.25], "{name}: new logits as given");
+            }
+            // A new character reads the mean embedding row.
+            let te = ext.layout.spec("token_embedding.weight").unwrap();
+            let cols = te.shape[1];
+            let rows = &ext.params[te.range()];
+            let mean0: f32 = (0..6).map(|r| rows[r * cols]).sum::<f32>() / 6.0;
+            assert!((rows[6 * cols] - mean0).abs() < 1e-6);
+        }
+    }
     use crate::config::{preset, Activation, AttentionScale, FeedForward};
     use crate::kernels::gradcheck::check;
     use crate::tokenizer::TokenId;
