@@ -389,6 +389,9 @@ where
         .disable_mesh()
         .x_labels(0)
         .y_labels(0)
+        // A log axis draws its own key points whatever the count; blank them.
+        .x_label_formatter(&|_| String::new())
+        .y_label_formatter(&|_| String::new())
         .x_desc(plot.x_label)
         .y_desc(plot.y_label)
         .axis_desc_style((FAMILY, 17))
