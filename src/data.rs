@@ -39,12 +39,14 @@ pub enum DataError {
         /// A hint at the other split, when it is long enough.
         other: String,
     },
-    #[error("{source_name} has {count} character{} that the model's vocabulary lacks: {listed}; add them to the vocabulary with --unknown-chars extend, or remove them from the text with --unknown-chars drop", if *.count == 1 { "" } else { "s" })]
+    #[error("{source_name} has {count} character{} that the model's vocabulary lacks: {listed}; {advice}", if *.count == 1 { "" } else { "s" })]
     OutsideVocabulary {
         source_name: String,
         count: usize,
         /// The characters, quoted and escaped (`'\t'`), the first few only if there are many.
         listed: String,
+        /// What to do about them, which depends on what the text is for.
+        advice: String,
     },
     #[error(transparent)]
     Tokenizer(#[from] TokenizerError),
@@ -61,6 +63,9 @@ pub fn char_counts(text: &str, chars: &[char]) -> Vec<(char, usize)> {
     }
     chars.iter().map(|c| (*c, counts[c])).collect()
 }
+
+/// What to do about characters a model lacks when fine-tuning on a text.
+pub const FINE_TUNE_ADVICE: &str = "add them to the vocabulary with --unknown-chars extend, or remove them from the text with --unknown-chars drop";
 
 /// `'a', 'b', '\t'` for the first `max` characters, then "and N more".
 pub fn list_chars(chars: &[char], max: usize) -> String {
@@ -131,11 +136,13 @@ impl Dataset {
     }
 
     /// Like [`Dataset::new`] with a vocabulary fixed beforehand (a trained model's): every
-    /// character of `text` outside it is reported at once, named, rather than the first alone.
+    /// character of `text` outside it is reported at once, named, rather than the first alone,
+    /// followed by `advice` (what the user can do, which depends on what the text is for).
     pub fn with_vocabulary(
         text: &str,
         tokenizer: &Tokenizer,
         source_name: &str,
+        advice: &str,
     ) -> Result<Self, DataError> {
         let unknown = tokenizer.unknown_chars(text);
         if !unknown.is_empty() {
@@ -143,6 +150,7 @@ impl Dataset {
                 source_name: source_name.to_string(),
                 count: unknown.len(),
                 listed: list_chars(&unknown, 20),
+                advice: advice.to_string(),
             });
         }
         Self::new(text, tokenizer)
@@ -289,7 +297,8 @@ mod tests {
     #[test]
     fn foreign_characters_are_all_listed() {
         let tok = Tokenizer::from_text("abc \n").unwrap();
-        let err = Dataset::with_vocabulary("abc\té€ cab\té", &tok, "new.txt").unwrap_err();
+        let err =
+            Dataset::with_vocabulary("abc\té€ cab\té", &tok, "new.txt", "fix it").unwrap_err();
         let shown = err.to_string();
         assert!(
             shown.starts_with(
@@ -298,7 +307,8 @@ mod tests {
             "{shown}"
         );
         assert!(!shown.contains('\n'));
-        assert!(Dataset::with_vocabulary("cab\nabc", &tok, "x").is_ok());
+        assert!(shown.ends_with("; fix it"), "{shown}");
+        assert!(Dataset::with_vocabulary("cab\nabc", &tok, "x", "").is_ok());
         let many: Vec<char> = ('A'..='Z').collect();
         assert!(list_chars(&many, 20).ends_with("'T', and 6 more"));
         assert_ne!(fingerprint("abc"), fingerprint("abd"));

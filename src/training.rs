@@ -26,6 +26,7 @@ use crate::checkpoint::{
 use crate::config::{ConfigError, ModelConfig, TrainConfig};
 use crate::data::{
     char_counts, fill_windows, fingerprint, sample_batch, window_count, DataError, Dataset, Split,
+    FINE_TUNE_ADVICE,
 };
 use crate::kernels::sequentially;
 use crate::model::{Activations, Model};
@@ -626,7 +627,9 @@ impl Run {
         let mut change = VocabChange::default();
         let dataset = match unknown {
             _ if missing.is_empty() => Dataset::new(text, &tokenizer)?,
-            UnknownChars::Error => Dataset::with_vocabulary(text, &tokenizer, &data.source)?,
+            UnknownChars::Error => {
+                Dataset::with_vocabulary(text, &tokenizer, &data.source, FINE_TUNE_ADVICE)?
+            }
             UnknownChars::Drop => {
                 change.dropped = char_counts(text, &missing);
                 let kept: String = text
@@ -707,7 +710,12 @@ impl Run {
             });
         }
         train.validate()?;
-        let dataset = Dataset::with_vocabulary(text, &checkpoint.tokenizer, &data.source)?;
+        let dataset = Dataset::with_vocabulary(
+            text,
+            &checkpoint.tokenizer,
+            &data.source,
+            "resume on the run's own text, or fine-tune on this one with --init-from and --unknown-chars extend or drop",
+        )?;
         dataset.check_block_size(checkpoint.model.config.block_size)?;
         let mut trainer = Trainer::new(checkpoint.model, train);
         trainer.optimizer = state.adamw;

@@ -715,6 +715,24 @@ fn fine_tuning_extends_or_drops_unknown_characters() {
     assert!(listed.contains("6 kinds (240 characters"), "{listed}");
     assert!(listed.contains("'\\t' 40"), "{listed}");
 
+    // The choice belongs to fine-tuning; elsewhere the advice fits what the text is for.
+    fails(
+        d,
+        &[
+            "train",
+            "--data",
+            "foreign.txt",
+            "--unknown-chars",
+            "extend",
+        ],
+        "--init-from",
+    );
+    fails(
+        d,
+        &["eval", "--model", "base", "--data", "foreign.txt"],
+        "evaluate on a text of the model's characters only (`chargpt vocab --model base",
+    );
+
     let ft = |policy: &str, out: &str| {
         let output = chargpt(d)
             .args([

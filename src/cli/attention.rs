@@ -28,7 +28,8 @@ causal mask (a character never sees the ones after it). Spaces show as ␣ and n
 Prompts longer than the model's block_size keep their last block_size characters, the most the \
 model sees at once. Every character is labelled on both axes up to 46 characters; beyond that \
 every k-th one, so that labels stay about 9 pixels apart (every 2nd up to 84 characters, every \
-3rd up to 140, every 5th beyond).
+3rd up to 140, every 5th beyond), and in red, wherever they are, the characters a head attends \
+to strongly (at least two rows' worth of weight from the characters after them).
 
 --json prints {\"model\", \"prompt\", \"dropped\", \"tokens\", \"n_layer\", \"n_head\", \
 \"layers\"}: `prompt` is the text looked at, `dropped` the characters cut from its front, \

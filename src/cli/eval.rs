@@ -40,7 +40,11 @@ pub fn run(args: EvalArgs) -> Result<()> {
         Some(path) => load_text(Some(path))?,
         None => load_recorded_text(ckpt.config.data.as_ref())?,
     };
-    let dataset = Dataset::with_vocabulary(&text, &ckpt.tokenizer, &info.source)?;
+    let advice = format!(
+        "evaluate on a text of the model's characters only (`chargpt vocab --model {} --data FILE` lists what a text adds)",
+        args.model.display()
+    );
+    let dataset = Dataset::with_vocabulary(&text, &ckpt.tokenizer, &info.source, &advice)?;
     dataset.check_evaluable(split, ckpt.model.config.block_size, &info.source)?;
     let batch = ckpt.config.train.batch_size;
     let bar = super::progress_bar(

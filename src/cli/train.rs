@@ -74,9 +74,9 @@ pub struct TrainArgs {
     seed: Option<u64>,
     /// With --init-from: what to do with characters of --data that the model's vocabulary
     /// lacks: refuse the text (error), remove them from it (drop), or add them to the
-    /// vocabulary (extend: new rows in the token embedding and lm_head).
-    #[arg(long, value_enum, default_value = "error", value_name = "WHAT")]
-    unknown_chars: UnknownCharsArg,
+    /// vocabulary (extend: new rows in the token embedding and lm_head) [default: error].
+    #[arg(long, value_enum, value_name = "WHAT", requires = "init_from")]
+    unknown_chars: Option<UnknownCharsArg>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -371,7 +371,7 @@ fn prepare(args: &TrainArgs) -> Result<Prepared> {
             train_cfg,
             &text,
             info,
-            args.unknown_chars.into(),
+            args.unknown_chars.map_or(UnknownChars::Error, Into::into),
         )?;
         report_vocab_change(&change, &run.data.source);
         run.preset = base_preset;
