@@ -48,3 +48,36 @@ mod tests {
         assert!(outside > 0.0);
     }
 }
+
+/// Whether this CPU runs bf16 dot products in hardware (AVX512_BF16, with the AVX-512 subsets the
+/// bf16 kernels use), checked once.
+pub fn has_avx512_bf16() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::sync::OnceLock;
+        static HAS: OnceLock<bool> = OnceLock::new();
+        *HAS.get_or_init(|| {
+            std::arch::is_x86_feature_detected!("avx512bf16")
+                && std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("avx512vl")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// The environment variable that lets `precision=bf16` run on a CPU without AVX512_BF16, with the
+/// portable bf16 kernels: the same rounding, at well below fp32 speed. For checking what bf16
+/// does to training on a machine that lacks the instruction; not for speed.
+pub const BF16_EMULATE_ENV: &str = "CHARGPT_BF16_EMULATE";
+
+/// Whether [`BF16_EMULATE_ENV`] is set to 1.
+pub fn bf16_emulation_allowed() -> bool {
+    std::env::var(BF16_EMULATE_ENV).is_ok_and(|v| v == "1")
+}
+
+/// Whether `precision=bf16` can run here: in hardware, or emulated on request.
+pub fn bf16_available() -> bool {
+    has_avx512_bf16() || bf16_emulation_allowed()
+}
