@@ -72,9 +72,20 @@ pub fn has_avx512_bf16() -> bool {
 /// does to training on a machine that lacks the instruction; not for speed.
 pub const BF16_EMULATE_ENV: &str = "CHARGPT_BF16_EMULATE";
 
-/// Whether [`BF16_EMULATE_ENV`] is set to 1.
+static EMULATION: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Allows bf16 without AVX512_BF16 for the rest of the process, as [`BF16_EMULATE_ENV`] does
+/// (for tests, which cannot safely set environment variables while other threads run).
+pub fn allow_bf16_emulation() {
+    EMULATION.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether [`BF16_EMULATE_ENV`] is 1 or [`allow_bf16_emulation`] was called.
 pub fn bf16_emulation_allowed() -> bool {
-    std::env::var(BF16_EMULATE_ENV).is_ok_and(|v| v == "1")
+    use std::sync::OnceLock;
+    static ENV: OnceLock<bool> = OnceLock::new();
+    EMULATION.load(std::sync::atomic::Ordering::Relaxed)
+        || *ENV.get_or_init(|| std::env::var(BF16_EMULATE_ENV).is_ok_and(|v| v == "1"))
 }
 
 /// Whether `precision=bf16` can run here: in hardware, or emulated on request.

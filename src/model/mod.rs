@@ -47,9 +47,13 @@ mod layout;
 pub use activations::Activations;
 pub use layout::{BlockLayout, Linear, Norm, ParamLayout, ParamSpec};
 
-use crate::config::{Init, ModelConfig};
+use crate::config::{Init, ModelConfig, Precision};
+use crate::kernels::matmul::Weight;
+use crate::kernels::matmul_bf16::PackedWeight;
 use crate::rng::Rng;
 use layout::Role;
+use rayon::prelude::*;
+use std::ops::Range;
 
 /// A model: its configuration, the layout of its parameters, and the parameters.
 #[derive(Debug, Clone)]
@@ -57,6 +61,10 @@ pub struct Model {
     pub config: ModelConfig,
     pub layout: ParamLayout,
     pub params: Vec<f32>,
+    /// In bf16 precision, every linear weight rounded to bf16 and packed for the products (its
+    /// range in `params` and the copy); `None` in fp32. [`Model::refresh_bf16`] renews it after
+    /// the parameters change.
+    bf16: Option<Vec<(Range<usize>, PackedWeight)>>,
 }
 
 impl Model {
@@ -86,6 +94,7 @@ impl Model {
             config,
             layout,
             params,
+            bf16: None,
         }
     }
 
@@ -96,7 +105,67 @@ impl Model {
             config,
             layout,
             params,
+            bf16: None,
         })
+    }
+
+    /// The precision of the linear layers' products.
+    pub fn precision(&self) -> Precision {
+        match self.bf16 {
+            Some(_) => Precision::Bf16,
+            None => Precision::Fp32,
+        }
+    }
+
+    /// Switches the linear layers' products to `precision`: bf16 makes (and fills) the bf16
+    /// copies of the linear weights, fp32 drops them. The caller has checked that the CPU runs
+    /// bf16 ([`Precision::check_supported`]).
+    pub fn set_precision(&mut self, precision: Precision) {
+        self.bf16 = match precision {
+            Precision::Fp32 => None,
+            Precision::Bf16 => Some(
+                self.layout
+                    .linear_weights()
+                    .map(|(range, oc, ic)| (range, PackedWeight::new(oc, ic)))
+                    .collect(),
+            ),
+        };
+        self.refresh_bf16();
+    }
+
+    /// Rounds the linear weights into their bf16 copies again (once per optimizer step: the
+    /// products then read bf16 weights without converting them each time). Allocates nothing.
+    pub fn refresh_bf16(&mut self) {
+        let _timer = crate::profile::scope(crate::profile::Kernel::Optimizer, false);
+        let params = &self.params;
+        if let Some(copies) = &mut self.bf16 {
+            copies
+                .par_iter_mut()
+                .with_max_len(1)
+                .for_each(|(range, packed)| packed.pack(&params[range.clone()]));
+        }
+    }
+
+    /// Bytes held by the bf16 copies (0 in fp32).
+    pub fn bf16_bytes(&self) -> usize {
+        self.bf16
+            .iter()
+            .flatten()
+            .map(|(_, packed)| packed.bytes())
+            .sum()
+    }
+
+    /// The linear weight at `range` as the products read it: its fp32 values, and its bf16 copy in
+    /// bf16 precision.
+    pub(crate) fn weight(&self, range: &Range<usize>) -> Weight<'_> {
+        Weight {
+            values: &self.params[range.clone()],
+            bf16: self
+                .bf16
+                .as_ref()
+                .and_then(|c| c.iter().find(|(r, _)| r == range))
+                .map(|(_, packed)| packed),
+        }
     }
 
     pub fn num_params(&self) -> usize {
