@@ -621,6 +621,19 @@ pub fn parse_config_file(
 mod tests {
     use super::*;
 
+    /// Checkpoints written before the precision setting existed have no such field: fp32.
+    #[test]
+    fn train_configs_without_a_precision_are_fp32() {
+        let mut json = serde_json::to_value(TrainConfig::lecture(4, 10, 1e-3)).unwrap();
+        json.as_object_mut().unwrap().remove("precision");
+        let cfg: TrainConfig = serde_json::from_value(json).unwrap();
+        assert_eq!(cfg.precision, Precision::Fp32);
+        let mut cfg = TrainConfig::lecture(4, 10, 1e-3);
+        apply_override(&mut cfg, "precision", "bf16").unwrap();
+        assert_eq!(cfg.precision, Precision::Bf16);
+        assert!(apply_override(&mut cfg, "precision", "fp16").is_err());
+    }
+
     #[test]
     fn presets_are_valid_and_unique() {
         let all = presets();

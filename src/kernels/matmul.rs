@@ -136,10 +136,7 @@ impl<'a> From<&'a [f32]> for Weight<'a> {
 
 impl<'a> From<&'a Vec<f32>> for Weight<'a> {
     fn from(values: &'a Vec<f32>) -> Self {
-        Weight {
-            values,
-            bf16: None,
-        }
+        Weight { values, bf16: None }
     }
 }
 
@@ -153,7 +150,10 @@ pub fn forward<'w>(
     out_channels: usize,
 ) {
     let _timer = crate::profile::scope(crate::profile::Kernel::Matmul, false);
-    let Weight { values: weight, bf16 } = weight.into();
+    let Weight {
+        values: weight,
+        bf16,
+    } = weight.into();
     let (ic, oc) = (in_channels, out_channels);
     let n = inp.len() / ic;
     assert!(inp.len() == n * ic && out.len() >= n * oc && weight.len() == oc * ic);
@@ -274,7 +274,10 @@ pub fn backward<'w>(
     out_channels: usize,
 ) {
     let _timer = crate::profile::scope(crate::profile::Kernel::Matmul, true);
-    let Weight { values: weight, bf16 } = weight.into();
+    let Weight {
+        values: weight,
+        bf16,
+    } = weight.into();
     let (ic, oc) = (in_channels, out_channels);
     let n = inp.len() / ic;
     assert!(inp.len() == n * ic && dout.len() == n * oc && weight.len() == oc * ic);

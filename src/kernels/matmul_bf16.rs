@@ -210,7 +210,9 @@ fn interleave_rows(engine: Engine, dst: &mut [u32], r0: &[f32], r1: Option<&[f32
     #[cfg(target_arch = "x86_64")]
     if engine == Engine::Avx512 {
         // SAFETY: the CPU has AVX512_BF16 (Engine::detect); lengths checked above.
-        unsafe { avx512::interleave_rows(dst.as_mut_ptr(), r0.as_ptr(), r1.map(|r| r.as_ptr()), n) };
+        unsafe {
+            avx512::interleave_rows(dst.as_mut_ptr(), r0.as_ptr(), r1.map(|r| r.as_ptr()), n)
+        };
         return;
     }
     let _ = engine;
@@ -384,7 +386,16 @@ fn run_rows(prod: Product, engine: Engine, rows: std::ops::Range<usize>) {
                 let mc = MC.min(rows.end - ic);
                 let row_panels = mc.div_ceil(MR);
                 grow(abuf, row_panels * kpb * MR);
-                pack_a(engine, a, ic, mc, k, pc, kpb, &mut abuf[..row_panels * kpb * MR]);
+                pack_a(
+                    engine,
+                    a,
+                    ic,
+                    mc,
+                    k,
+                    pc,
+                    kpb,
+                    &mut abuf[..row_panels * kpb * MR],
+                );
                 for j in 0..panels {
                     let bp = &bdata[j * panel_stride + panel_offset..][..kpb * NR];
                     let cols = NR.min(n - j * NR);

@@ -271,4 +271,63 @@ mod tests {
             );
         }
     }
+
+    /// bf16 products change the loss and the gradient by about what rounding the operands to 8
+    /// significant bits does (measured: loss 4.19205 against 4.19211, gradient 0.4% of its norm
+    /// apart, cosine 0.99999): within 2e-3 and 2%, pointing the same way; the fp32 numbers come
+    /// back when switched back.
+    #[test]
+    fn bf16_loss_and_gradient_are_close_to_fp32() {
+        let mut cfg = preset("nanogpt-cpu").unwrap().model;
+        cfg.vocab_size = 65;
+        cfg.n_embd = 64;
+        cfg.n_head = 4;
+        cfg.n_layer = 2;
+        cfg.block_size = 32;
+        cfg.dropout = 0.1;
+        let (b, t) = (4, 32);
+        let mut rng = Rng::new(3);
+        let x: Vec<TokenId> = (0..b * t).map(|_| rng.below(65) as TokenId).collect();
+        let y: Vec<TokenId> = (0..b * t).map(|_| rng.below(65) as TokenId).collect();
+        let mut model = Model::new(cfg.clone(), 9);
+        let mut acts = Activations::new(&cfg, b, t, true);
+        let mut run = |model: &Model| {
+            let loss = model
+                .forward(&mut acts, &x, Some(&y), b, t, Some(4))
+                .unwrap();
+            let mut grads = vec![f32::NAN; model.num_params()];
+            model.backward(&mut acts, &mut grads);
+            (loss, grads)
+        };
+        let (loss32, grad32) = run(&model);
+        model.set_precision(crate::config::Precision::Bf16);
+        assert_eq!(model.precision(), crate::config::Precision::Bf16);
+        let (loss16, grad16) = run(&model);
+        model.set_precision(crate::config::Precision::Fp32);
+        let (loss_back, grad_back) = run(&model);
+        assert_eq!((loss_back, &grad_back), (loss32, &grad32));
+
+        assert!((loss16 - loss32).abs() < 2e-3, "loss {loss16} vs {loss32}");
+        assert_ne!(loss16, loss32, "the bf16 products were not used");
+        let dot = |a: &[f32], b: &[f32]| {
+            a.iter()
+                .zip(b)
+                .map(|(&u, &v)| u as f64 * v as f64)
+                .sum::<f64>()
+        };
+        let norm32 = dot(&grad32, &grad32).sqrt();
+        let diff: Vec<f32> = grad16.iter().zip(&grad32).map(|(a, b)| a - b).collect();
+        let relative = dot(&diff, &diff).sqrt() / norm32;
+        let cosine = dot(&grad16, &grad32) / (norm32 * dot(&grad16, &grad16).sqrt());
+        assert!(
+            relative < 0.02 && cosine > 0.9995,
+            "gradient: relative difference {relative:.4}, cosine {cosine:.6}"
+        );
+        // Every tensor's gradient, not just the largest, follows fp32.
+        for spec in &model.layout.specs {
+            let (a, b) = (&grad16[spec.range()], &grad32[spec.range()]);
+            let cosine = dot(a, b) / (dot(a, a) * dot(b, b)).sqrt().max(1e-30);
+            assert!(cosine > 0.99, "{}: cosine {cosine:.5}", spec.name);
+        }
+    }
 }

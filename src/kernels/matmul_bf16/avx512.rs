@@ -120,13 +120,7 @@ pub unsafe fn pairs_of_row(dst: *mut u32, stride: usize, x: *const f32, k: usize
         // Words 0..32 are x[i..i + 32] in order: lane q holds the pair (x[i + 2q], x[i + 2q + 1]).
         let w: __m512i = core::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
         let pairs = lanes(rest.div_ceil(2));
-        _mm512_mask_i32scatter_epi32(
-            dst.add((i / 2) * stride) as *mut i32,
-            pairs,
-            offsets,
-            w,
-            4,
-        );
+        _mm512_mask_i32scatter_epi32(dst.add((i / 2) * stride) as *mut i32, pairs, offsets, w, 4);
         i += 32;
     }
 }
