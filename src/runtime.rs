@@ -34,21 +34,6 @@ pub fn thread_pool(
     builder.build()
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn subnormals_flush_to_zero_inside_the_pool() {
-        let pool = super::thread_pool(Some(1)).unwrap();
-        let tiny = std::hint::black_box(1e-30f32);
-        let (inside, outside) = (
-            pool.install(|| std::hint::black_box(tiny) * std::hint::black_box(1e-10f32)),
-            std::hint::black_box(tiny) * std::hint::black_box(1e-10f32),
-        );
-        assert_eq!(inside, 0.0);
-        assert!(outside > 0.0);
-    }
-}
-
 /// Whether this CPU runs bf16 dot products in hardware (AVX512_BF16, with the AVX-512 subsets the
 /// bf16 kernels use), checked once.
 pub fn has_avx512_bf16() -> bool {
@@ -91,4 +76,19 @@ pub fn bf16_emulation_allowed() -> bool {
 /// Whether `precision=bf16` can run here: in hardware, or emulated on request.
 pub fn bf16_available() -> bool {
     has_avx512_bf16() || bf16_emulation_allowed()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn subnormals_flush_to_zero_inside_the_pool() {
+        let pool = super::thread_pool(Some(1)).unwrap();
+        let tiny = std::hint::black_box(1e-30f32);
+        let (inside, outside) = (
+            pool.install(|| std::hint::black_box(tiny) * std::hint::black_box(1e-10f32)),
+            std::hint::black_box(tiny) * std::hint::black_box(1e-10f32),
+        );
+        assert_eq!(inside, 0.0);
+        assert!(outside > 0.0);
+    }
 }
