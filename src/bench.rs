@@ -3,8 +3,10 @@
 //! Training speed is reported as median milliseconds per step (forward, backward, AdamW; batch
 //! sampling included) after warm-up, tokens per second (B*T per step), and achieved GFLOP/s by
 //! [`Model::flops_per_step`]: `6 * params * tokens + 12 * n_layer * n_embd * block_size * tokens`.
-//! The peak is the best rate of large f32 products through the same `gemm` path the model uses,
-//! measured in the same run.
+//! The peaks are what the cores can do at all, measured in the same run on every thread at once
+//! with register-only loops (no memory traffic, independent accumulators): fp32 fused
+//! multiply-adds, and, where the CPU has AVX512_BF16, bf16 dot products (`VDPBF16PS`, twice the
+//! flops per instruction). A run is compared with the peak of its own precision.
 
 use crate::config::{ModelConfig, TrainConfig};
 use crate::data::TINY_SHAKESPEARE;
@@ -85,27 +87,109 @@ pub fn bench_training(
     })
 }
 
-/// The best f32 matrix-product rate (GFLOP/s) of a few large products through the model's
-/// matmul kernel on the current rayon pool.
-pub fn matmul_peak() -> f64 {
-    let mut best = 0.0f64;
-    for (n, ic, oc) in [(4096, 768, 768), (2048, 1024, 1024)] {
-        let mut rng = Rng::new(1);
-        let inp: Vec<f32> = (0..n * ic).map(|_| rng.uniform()).collect();
-        let w: Vec<f32> = (0..oc * ic).map(|_| rng.uniform()).collect();
-        let mut out = vec![0.0f32; n * oc];
-        let flops = 2.0 * (n * ic * oc) as f64;
-        crate::kernels::matmul::forward(&mut out, &inp, &w, None, ic, oc);
-        let mut times: Vec<f64> = (0..7)
-            .map(|_| {
-                let t0 = Instant::now();
-                crate::kernels::matmul::forward(&mut out, &inp, &w, None, ic, oc);
-                t0.elapsed().as_secs_f64()
-            })
-            .collect();
-        best = best.max(flops / median(&mut times) / 1e9);
+/// Iterations of a peak probe's loop, and rounds (the best is kept).
+const PROBE_ITERATIONS: u64 = 4_000_000;
+const PROBE_ROUNDS: usize = 5;
+
+/// Runs `probe` (returning flops done) on every thread of the current pool at once and returns
+/// the best round's total GFLOP/s.
+fn probe_all_threads(probe: fn(u64) -> f64) -> f64 {
+    (0..PROBE_ROUNDS)
+        .map(|_| {
+            let t0 = Instant::now();
+            let flops: f64 = rayon::broadcast(|_| probe(PROBE_ITERATIONS)).iter().sum();
+            flops / t0.elapsed().as_secs_f64() / 1e9
+        })
+        .fold(0.0, f64::max)
+}
+
+/// The fp32 peak (GFLOP/s) of the current pool: fused multiply-adds on twelve independent
+/// registers, 512 bits wide where the CPU has AVX-512, else 256 (fp32 without FMA: 0).
+pub fn fp32_fma_peak() -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX512F.
+            return probe_all_threads(|n| unsafe { peak_loops::fma512(n) });
+        }
+        if crate::kernels::has_avx2_fma() {
+            // SAFETY: the CPU has AVX2 and FMA.
+            return probe_all_threads(|n| unsafe { peak_loops::fma256(n) });
+        }
     }
-    best
+    0.0
+}
+
+/// The bf16 peak (GFLOP/s) of the current pool, `VDPBF16PS` on twelve independent registers
+/// (64 flops each); `None` without AVX512_BF16.
+pub fn bf16_dot_peak() -> Option<f64> {
+    #[cfg(target_arch = "x86_64")]
+    if crate::runtime::has_avx512_bf16() {
+        // SAFETY: the CPU has AVX512_BF16 and AVX512F.
+        return Some(probe_all_threads(|n| unsafe { peak_loops::dpbf16(n) }));
+    }
+    None
+}
+
+#[cfg(target_arch = "x86_64")]
+mod peak_loops {
+    //! Register-only loops: each iteration updates twelve accumulators that do not depend on
+    //! each other, enough to cover the instruction's latency on every current x86 core.
+    use std::arch::x86_64::*;
+    use std::hint::black_box;
+
+    /// # Safety
+    /// The CPU must have AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn fma256(n: u64) -> f64 {
+        let (x, y) = (
+            _mm256_set1_ps(black_box(0.999)),
+            _mm256_set1_ps(black_box(1e-3)),
+        );
+        let mut acc = [_mm256_setzero_ps(); 12];
+        for _ in 0..n {
+            for a in acc.iter_mut() {
+                *a = _mm256_fmadd_ps(*a, x, y);
+            }
+        }
+        black_box(acc);
+        (n * 12 * 8 * 2) as f64
+    }
+
+    /// # Safety
+    /// The CPU must have AVX512F.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn fma512(n: u64) -> f64 {
+        let (x, y) = (
+            _mm512_set1_ps(black_box(0.999)),
+            _mm512_set1_ps(black_box(1e-3)),
+        );
+        let mut acc = [_mm512_setzero_ps(); 12];
+        for _ in 0..n {
+            for a in acc.iter_mut() {
+                *a = _mm512_fmadd_ps(*a, x, y);
+            }
+        }
+        black_box(acc);
+        (n * 12 * 16 * 2) as f64
+    }
+
+    /// # Safety
+    /// The CPU must have AVX512_BF16 and AVX512F.
+    #[target_feature(enable = "avx512bf16,avx512f,avx512bw,avx512vl")]
+    pub unsafe fn dpbf16(n: u64) -> f64 {
+        let x: __m512bh = std::mem::transmute(_mm512_set1_epi32(black_box(0x3F80_3F80)));
+        let y: __m512bh = std::mem::transmute(_mm512_set1_epi32(black_box(0x3A80_3A80)));
+        let mut acc = [_mm512_setzero_ps(); 12];
+        for _ in 0..n {
+            for a in acc.iter_mut() {
+                *a = _mm512_dpbf16_ps(*a, x, y);
+            }
+        }
+        black_box(acc);
+        // 16 lanes, each two products and two additions.
+        (n * 12 * 16 * 4) as f64
+    }
 }
 
 /// Generation speed in tokens per second with the context full (`block_size` tokens of

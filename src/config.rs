@@ -125,6 +125,32 @@ pub enum DecayOn {
     Matrices,
 }
 
+/// The number format of the linear layers' matrix products.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Precision {
+    /// Everything in fp32.
+    #[default]
+    Fp32,
+    /// Mixed precision: the linear layers' products take bf16 operands (rounded to nearest even)
+    /// and sum in fp32; parameters, gradients, optimizer state and every other layer stay fp32.
+    /// Needs a CPU with AVX512_BF16.
+    Bf16,
+}
+
+impl Precision {
+    /// Whether this machine can run it: bf16 needs AVX512_BF16 (or the emulation switch,
+    /// [`crate::runtime::BF16_EMULATE_ENV`]).
+    pub fn check_supported(self) -> Result<(), ConfigError> {
+        match self {
+            Precision::Bf16 if !crate::runtime::bf16_available() => Err(ConfigError::Invalid(
+                "precision=bf16 needs a CPU with AVX512_BF16, and this one has none; use precision=fp32".into(),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainConfig {
@@ -150,6 +176,10 @@ pub struct TrainConfig {
     /// Random batches per split in the loss estimate (the lecture's `eval_iters`).
     pub eval_iters: usize,
     pub seed: u64,
+    /// `fp32`, or `bf16` for the linear layers' products (checkpoints from before this setting
+    /// load as fp32).
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 impl TrainConfig {
@@ -171,6 +201,7 @@ impl TrainConfig {
             eval_interval: 500,
             eval_iters: 200,
             seed: 1337,
+            precision: Precision::Fp32,
         }
     }
 
@@ -212,7 +243,7 @@ impl TrainConfig {
         if self.eval_iters == 0 {
             return bad("eval_iters must be at least 1");
         }
-        Ok(())
+        self.precision.check_supported()
     }
 }
 
@@ -691,6 +722,19 @@ pub fn parse_config_file(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Checkpoints written before the precision setting existed have no such field: fp32.
+    #[test]
+    fn train_configs_without_a_precision_are_fp32() {
+        let mut json = serde_json::to_value(TrainConfig::lecture(4, 10, 1e-3)).unwrap();
+        json.as_object_mut().unwrap().remove("precision");
+        let cfg: TrainConfig = serde_json::from_value(json).unwrap();
+        assert_eq!(cfg.precision, Precision::Fp32);
+        let mut cfg = TrainConfig::lecture(4, 10, 1e-3);
+        apply_override(&mut cfg, "precision", "bf16").unwrap();
+        assert_eq!(cfg.precision, Precision::Bf16);
+        assert!(apply_override(&mut cfg, "precision", "fp16").is_err());
+    }
 
     #[test]
     fn presets_are_valid_and_unique() {

@@ -34,6 +34,50 @@ pub fn thread_pool(
     builder.build()
 }
 
+/// Whether this CPU runs bf16 dot products in hardware (AVX512_BF16, with the AVX-512 subsets the
+/// bf16 kernels use), checked once.
+pub fn has_avx512_bf16() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::sync::OnceLock;
+        static HAS: OnceLock<bool> = OnceLock::new();
+        *HAS.get_or_init(|| {
+            std::arch::is_x86_feature_detected!("avx512bf16")
+                && std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("avx512vl")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// The environment variable that lets `precision=bf16` run on a CPU without AVX512_BF16, with the
+/// portable bf16 kernels: the same rounding, at well below fp32 speed. For checking what bf16
+/// does to training on a machine that lacks the instruction; not for speed.
+pub const BF16_EMULATE_ENV: &str = "CHARGPT_BF16_EMULATE";
+
+static EMULATION: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Allows bf16 without AVX512_BF16 for the rest of the process, as [`BF16_EMULATE_ENV`] does
+/// (for tests, which cannot safely set environment variables while other threads run).
+pub fn allow_bf16_emulation() {
+    EMULATION.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether [`BF16_EMULATE_ENV`] is 1 or [`allow_bf16_emulation`] was called.
+pub fn bf16_emulation_allowed() -> bool {
+    use std::sync::OnceLock;
+    static ENV: OnceLock<bool> = OnceLock::new();
+    EMULATION.load(std::sync::atomic::Ordering::Relaxed)
+        || *ENV.get_or_init(|| std::env::var(BF16_EMULATE_ENV).is_ok_and(|v| v == "1"))
+}
+
+/// Whether `precision=bf16` can run here: in hardware, or emulated on request.
+pub fn bf16_available() -> bool {
+    has_avx512_bf16() || bf16_emulation_allowed()
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

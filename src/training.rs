@@ -109,8 +109,9 @@ impl Trainer {
     }
 
     /// A trainer that splits each batch into `shards` parts (at most one per sequence), run in
-    /// parallel on the current rayon pool.
-    pub fn with_shards(model: Model, config: TrainConfig, shards: usize) -> Self {
+    /// parallel on the current rayon pool. The model's products take `config.precision`.
+    pub fn with_shards(mut model: Model, config: TrainConfig, shards: usize) -> Self {
+        model.set_precision(config.precision);
         let n = model.num_params();
         let (b, t) = (config.batch_size, model.config.block_size);
         let shards = shard_rows(b, shards)
@@ -254,6 +255,8 @@ impl Trainer {
             lr,
             scale,
         );
+        // bf16: the products of the next step read the new weights' bf16 copies.
+        self.model.refresh_bf16();
         self.step += 1;
         Ok(StepStats {
             step,

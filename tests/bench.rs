@@ -30,6 +30,7 @@ fn bench_json_has_every_field_with_sane_values() {
         "tokens_per_s",
         "gflops",
         "peak_gflops",
+        "fp32_fma_peak_gflops",
         "gen_tokens_per_s",
     ] {
         let x = v[key]
@@ -38,6 +39,26 @@ fn bench_json_has_every_field_with_sane_values() {
         assert!(x.is_finite() && x > 0.0, "{key} = {x}");
     }
     assert_eq!(v["threads"], 2);
+    // An fp32 run is compared with the fp32 peak; the bf16 peak is probed where the CPU has it.
+    assert_eq!(v["precision"], "fp32");
+    assert_eq!(v["peak_gflops"], v["fp32_fma_peak_gflops"]);
+    let percent = v["percent_of_peak"].as_f64().unwrap();
+    let (gflops, peak) = (
+        v["gflops"].as_f64().unwrap(),
+        v["peak_gflops"].as_f64().unwrap(),
+    );
+    assert!((percent - 100.0 * gflops / peak).abs() < 1e-9 * percent);
+    match v["bf16_dot_peak_gflops"].as_f64() {
+        Some(bf16) => {
+            assert!(chargpt::runtime::has_avx512_bf16());
+            // VDPBF16PS does twice the flops of an fp32 FMA of the same width.
+            assert!(bf16 > peak, "bf16 peak {bf16} vs fp32 {peak}");
+        }
+        None => {
+            assert!(!chargpt::runtime::has_avx512_bf16());
+            assert!(v["bf16_dot_peak_gflops"].is_null());
+        }
+    }
     assert_eq!(v["params"], 42369);
     // tokens per second is B*T per step over the step time.
     let tps = v["tokens_per_s"].as_f64().unwrap();

@@ -880,3 +880,20 @@ fn ctrl_c_saves_and_the_run_resumes() {
         .success()
         .stdout(contains(format!("resuming layernorm at step {step}")));
 }
+
+/// `precision=bf16` on a CPU without AVX512_BF16 is a one-line error naming the way out (on one
+/// with it, the setting trains; tests/resume.rs covers bf16 runs on either).
+#[test]
+fn bf16_without_the_instruction_is_refused_in_one_line() {
+    if chargpt::runtime::has_avx512_bf16() {
+        return;
+    }
+    let dir = common::workspace();
+    for args in [
+        &["train", "--preset", "layernorm", "--set", "precision=bf16"][..],
+        &["bench", "--preset", "layernorm", "--set", "precision=bf16"][..],
+    ] {
+        let shown = common::fails(dir.path(), args, "AVX512_BF16");
+        assert!(shown.contains("precision=fp32"), "{shown}");
+    }
+}

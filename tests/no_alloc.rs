@@ -62,6 +62,8 @@ fn allocations_per_step(preset_name: &str, threads: usize, overrides: &[(&str, &
 
 #[test]
 fn training_steps_do_not_allocate() {
+    // bf16 runs with the portable kernels where the CPU lacks AVX512_BF16: the same buffers.
+    chargpt::runtime::allow_bf16_emulation();
     // Tests in one binary run concurrently and would count each other's allocations.
     for threads in [1, 2] {
         for (name, overrides) in [
@@ -70,6 +72,12 @@ fn training_steps_do_not_allocate() {
             ("layernorm", &[][..]),
             // Wide enough that the products and attention split over threads, with dropout on.
             ("nanogpt-cpu", &[("dropout", "0.1"), ("n_layer", "2")][..]),
+            // bf16 products: packing buffers and the weights' bf16 copies are made once.
+            ("layernorm", &[("precision", "bf16")][..]),
+            (
+                "nanogpt-cpu",
+                &[("dropout", "0.1"), ("n_layer", "2"), ("precision", "bf16")][..],
+            ),
         ] {
             let n = allocations_per_step(name, threads, overrides);
             assert_eq!(

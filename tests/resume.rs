@@ -4,12 +4,18 @@
 //! learning rate changes every step.
 
 use chargpt::checkpoint::{self, read_tensor_file};
-use chargpt::config::{preset, LrSchedule};
+use chargpt::config::{preset, LrSchedule, Precision};
 use chargpt::data::TINY_SHAKESPEARE;
 use chargpt::training::{data_info, run_training, Run, RunEvent, RunOptions};
 use std::path::Path;
 
 fn tiny_run(text: &str) -> Run {
+    tiny_run_in(text, Precision::Fp32)
+}
+
+fn tiny_run_in(text: &str, precision: Precision) -> Run {
+    // bf16 runs with the portable kernels where the CPU lacks AVX512_BF16.
+    chargpt::runtime::allow_bf16_emulation();
     let p = preset("layernorm").unwrap();
     let mut model = p.model;
     model.dropout = 0.1;
@@ -21,6 +27,7 @@ fn tiny_run(text: &str) -> Run {
     train.warmup_steps = 10;
     train.min_lr = 1e-4;
     train.grad_clip = 1.0;
+    train.precision = precision;
     Run::new(model, train, text, data_info("test", text)).unwrap()
 }
 
@@ -45,16 +52,25 @@ fn train(run: &mut Run, out: &Path, stop_at: Option<usize>) -> (Vec<f32>, Vec<(u
 
 #[test]
 fn stopping_and_resuming_changes_nothing() {
+    stop_and_resume(Precision::Fp32);
+}
+
+#[test]
+fn stopping_and_resuming_a_bf16_run_changes_nothing() {
+    stop_and_resume(Precision::Bf16);
+}
+
+fn stop_and_resume(precision: Precision) {
     let text = &TINY_SHAKESPEARE[..100_000];
     let dir = tempfile::tempdir().unwrap();
     let (straight_dir, split_dir) = (dir.path().join("straight"), dir.path().join("split"));
 
-    let mut straight = tiny_run(text);
+    let mut straight = tiny_run_in(text, precision);
     let (straight_losses, straight_evals) = train(&mut straight, &straight_dir, None);
     assert_eq!(straight_losses.len(), 60);
 
     // 30 steps, stop (as Ctrl-C would), then a new process's worth of state from disk.
-    let mut first = tiny_run(text);
+    let mut first = tiny_run_in(text, precision);
     let (mut losses, mut evals) = train(&mut first, &split_dir, Some(30));
     assert_eq!(losses.len(), 30);
     drop(first);
@@ -68,6 +84,7 @@ fn stopping_and_resuming_changes_nothing() {
     drop(steps_file);
     let saved = checkpoint::load_config(&split_dir).unwrap();
     assert_eq!(saved.step, 30);
+    assert_eq!(saved.train.precision, precision);
     let mut resumed = Run::resume(&split_dir, saved.train, text, data_info("test", text)).unwrap();
     assert_eq!(resumed.trainer.step, 30);
     let (more_losses, more_evals) = train(&mut resumed, &split_dir, None);
@@ -105,6 +122,42 @@ fn stopping_and_resuming_changes_nothing() {
         steps(&split_dir).iter().map(|r| r.0).collect::<Vec<_>>(),
         (1..=60).collect::<Vec<_>>()
     );
+}
+
+/// The checkpoint is fp32 either way: a bf16 run continues in fp32 and the other way round, and
+/// the switch changes the numbers (the products really change precision).
+#[test]
+fn a_run_continues_in_the_other_precision() {
+    let text = &TINY_SHAKESPEARE[..50_000];
+    let dir = tempfile::tempdir().unwrap();
+    for (first, then) in [
+        (Precision::Bf16, Precision::Fp32),
+        (Precision::Fp32, Precision::Bf16),
+    ] {
+        let out = dir.path().join(format!("{first:?}"));
+        let mut run = tiny_run_in(text, first);
+        train(&mut run, &out, Some(20));
+        let saved = checkpoint::load_config(&out).unwrap();
+        let mut same = saved.train.clone();
+        same.steps = 25;
+        let mut other = same.clone();
+        other.precision = then;
+        let mut a = Run::resume(&out, same, text, data_info("t", text)).unwrap();
+        let mut b = Run::resume(&out, other, text, data_info("t", text)).unwrap();
+        assert_eq!(a.trainer.model.params, b.trainer.model.params);
+        assert_eq!(b.trainer.model.precision(), then);
+        let (la, _) = train(&mut a, &dir.path().join("a"), None);
+        let (lb, _) = train(&mut b, &dir.path().join("b"), None);
+        assert_eq!(lb.len(), 5);
+        assert!(lb.iter().all(|l| l.is_finite()));
+        assert_ne!(
+            la, lb,
+            "{first:?} -> {then:?}: the precision made no difference"
+        );
+        for (x, y) in la.iter().zip(&lb) {
+            assert!((x - y).abs() < 0.02, "{first:?} -> {then:?}: {x} vs {y}");
+        }
+    }
 }
 
 #[test]

@@ -411,7 +411,7 @@ fn bad_sweeps_fail_before_training() {
     fails(
         d,
         &sweep_args(&["--set", "block_size=4000"]),
-        "the combination n_layer=1, eval_iters=2, block_size=4000 is invalid: small.txt",
+        "small.txt: the train split has 2745 tokens but a block of 4000 needs at least 4001",
     );
     fails(
         d,

@@ -4,6 +4,7 @@ ratios as a Markdown table.
 
     cargo build --release
     python3 tools/bench_compare.py [--threads 2] [--repeats 3] [--workloads lecture,nanogpt-cpu,...]
+    python3 tools/bench_compare.py --bf16 [--repeats 3]   # the bf16 table (needs AVX512_BF16)
 
 Each number is the median of `--repeats` runs (each run itself reports a median step time).
 Peak RSS is each process's maximum resident set size. PyTorch stays out of CI: this script is
@@ -38,12 +39,66 @@ def median_of(runs, key):
     return statistics.median(vals) if vals else None
 
 
+# The bf16 comparison: (label, workload, dropout override or None, chargpt's target vs PyTorch's
+# bf16 autocast, or None where the target is bf16 at least as fast as chargpt's fp32).
+BF16_CASES = [
+    ("lecture, dropout 0", "lecture", 0.0, 1.3),
+    ("lecture, dropout 0.2", "lecture", None, 1.3),
+    ("nanogpt-cpu", "nanogpt-cpu", None, None),
+    ("default", "default", None, None),
+]
+
+
+def bf16_table(args):
+    """chargpt fp32 and bf16 against PyTorch (fused attention) fp32 and bf16 autocast, round robin."""
+    rows = []
+    for label, w, dropout, target in BF16_CASES:
+        chargpt = [CHARGPT, "--threads", str(args.threads), "bench", "--preset", w, "--json", "--gen-tokens", "0"]
+        torch = [sys.executable, os.path.join(HERE, "bench_pytorch.py"), "--workload", w, "--model", "fused",
+                 "--threads", str(args.threads), "--json"]
+        if dropout is not None:
+            chargpt += ["--set", f"dropout={dropout}"]
+            torch += ["--dropout", str(dropout)]
+        cmds = [
+            ("chargpt fp32", chargpt),
+            ("chargpt bf16", chargpt + ["--set", "precision=bf16"]),
+            ("torch fp32", torch),
+            ("torch bf16", torch + ["--precision", "bf16"]),
+        ]
+        runs = {name: [] for name, _ in cmds}
+        for _ in range(args.repeats):
+            for name, cmd in cmds:
+                runs[name].append(run(cmd))
+                print(f"{label} {name}: {runs[name][-1]['ms_per_step']:.3f} ms/step", file=sys.stderr)
+        results = {name: {k: median_of(r, k) for k in
+                          ("ms_per_step", "tokens_per_s", "gflops", "percent_of_peak", "peak_rss_mb")}
+                   for name, r in runs.items()}
+        rows.append((label, target, results))
+    print("| workload | chargpt fp32 | chargpt bf16 | PyTorch fp32 | PyTorch bf16 autocast | "
+          "bf16 vs PyTorch bf16 | bf16 vs fp32 | target |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for label, target, r in rows:
+        c32, c16, t32, t16 = (r[k] for k in ("chargpt fp32", "chargpt bf16", "torch fp32", "torch bf16"))
+        want = f">= {target}x PyTorch bf16" if target else "bf16 >= fp32"
+        print(f"| {label} | {c32['ms_per_step']:.1f} ms | {c16['ms_per_step']:.1f} ms "
+              f"({c16['gflops']:.0f} GFLOP/s, {c16['percent_of_peak']:.0f}% of the bf16 peak) | "
+              f"{t32['ms_per_step']:.1f} ms | {t16['ms_per_step']:.1f} ms | "
+              f"{t16['ms_per_step'] / c16['ms_per_step']:.2f}x | {c32['ms_per_step'] / c16['ms_per_step']:.2f}x | {want} |")
+    for label, _, r in rows:
+        if label.startswith("lecture"):
+            print(f"peak RSS, {label}: chargpt fp32 {r['chargpt fp32']['peak_rss_mb']:.0f} MB, "
+                  f"bf16 {r['chargpt bf16']['peak_rss_mb']:.0f} MB, PyTorch bf16 {r['torch bf16']['peak_rss_mb']:.0f} MB")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--workloads", default="lecture,nanogpt-cpu,layernorm,bigram")
+    ap.add_argument("--bf16", action="store_true", help="the bf16 table instead (chargpt and PyTorch, fp32 and bf16)")
     args = ap.parse_args()
+    if args.bf16:
+        return bf16_table(args)
     rows = []
     for w in args.workloads.split(","):
         cmds = [

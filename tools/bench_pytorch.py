@@ -7,7 +7,13 @@ Two PyTorch models per workload:
   fused  - one q/k/v product and F.scaled_dot_product_attention, as nanoGPT does: faster.
 
     python3 tools/bench_pytorch.py --workload nanogpt-cpu --model fused --threads 2 --json
+    python3 tools/bench_pytorch.py --workload lecture --precision bf16 --dropout 0 --json
     python3 tools/bench_compare.py          # runs chargpt and both PyTorch models, prints ratios
+
+`--precision bf16` is PyTorch's CPU mixed precision as its documentation prescribes:
+`torch.autocast("cpu", dtype=torch.bfloat16)` around the forward pass and the loss (linear layers,
+matmuls and scaled-dot-product attention run in bf16 through oneDNN; parameters, gradients and
+AdamW state stay fp32), backward and the optimizer step outside it.
 
 Each run prints one JSON object: ms_per_step, tokens_per_s, gflops (same formula as chargpt:
 6 * params * tokens + 12 * n_layer * n_embd * block_size * tokens per step), gen_tokens_per_s
@@ -31,6 +37,7 @@ WORKLOADS = {
     "layernorm": (32, 4, 3, 8, 32, 0.0, "relu", 1e-3),
     "nanogpt-cpu": (128, 4, 4, 64, 12, 0.0, "gelu", 1e-3),
     "lecture": (384, 6, 6, 256, 64, 0.2, "relu", 3e-4),
+    "default": (192, 6, 4, 128, 16, 0.0, "gelu", 2e-3),
 }
 VOCAB = 65
 
@@ -170,11 +177,16 @@ def main():
     ap.add_argument("--steps", type=int, default=None, help="timed steps (default: by workload)")
     ap.add_argument("--warmup", type=int, default=None)
     ap.add_argument("--generate", type=int, default=0, help="also time this many generated tokens at full context")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                    help="bf16: torch.autocast('cpu', dtype=torch.bfloat16) around forward + loss")
+    ap.add_argument("--dropout", type=float, default=None, help="override the workload's dropout")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(1337)
     n_embd, n_head, n_layer, T, B, dropout, act, lr = WORKLOADS[args.workload]
+    if args.dropout is not None:
+        dropout = args.dropout
     if n_embd is None:
         model = Bigram()
         cfg = dict(n_layer=0, n_embd=0)
@@ -183,7 +195,7 @@ def main():
         cfg = dict(n_layer=n_layer, n_embd=n_embd)
     params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
-    default_steps = {"lecture": 3, "nanogpt-cpu": 30, "layernorm": 300, "bigram": 1000}[args.workload]
+    default_steps = {"lecture": 3, "nanogpt-cpu": 30, "default": 20, "layernorm": 300, "bigram": 1000}[args.workload]
     steps = args.steps or default_steps
     warmup = args.warmup if args.warmup is not None else max(1, steps // 10)
     data = torch.randint(VOCAB, (100_000,))
@@ -197,7 +209,8 @@ def main():
     for i in range(warmup + steps):
         t0 = time.perf_counter()
         x, y = batch()
-        _, loss = model(x, y)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+            _, loss = model(x, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -209,6 +222,8 @@ def main():
     out = dict(
         workload=args.workload,
         model=args.model,
+        precision=args.precision,
+        dropout=dropout,
         threads=args.threads,
         params=params,
         ms_per_step=per_step * 1e3,

@@ -64,8 +64,15 @@ pub fn run(args: BenchArgs) -> Result<()> {
     );
     let train: TrainBench =
         bench::bench_training(&model_cfg, &train_cfg, warmup, steps, args.breakdown)?;
-    note!("measuring this machine's matrix-product peak...");
-    let peak = bench::matmul_peak();
+    note!("measuring this machine's arithmetic peaks...");
+    let precision = train_cfg.precision;
+    let fp32_peak = bench::fp32_fma_peak();
+    let bf16_peak = bench::bf16_dot_peak();
+    // The run is compared with the peak of the arithmetic its products use.
+    let (peak, peak_name) = match (precision, bf16_peak) {
+        (config::Precision::Bf16, Some(p)) => (p, "bf16 dot-product"),
+        _ => (fp32_peak, "fp32 fused multiply-add"),
+    };
     let gen = (args.gen_tokens > 0 && model_cfg.architecture == config::Architecture::Transformer)
         .then(|| {
             note!("timing the generation of {} characters...", args.gen_tokens);
@@ -88,6 +95,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "{}",
             serde_json::json!({
                 "preset": args.preset,
+                "precision": precision,
                 "threads": threads,
                 "params": train.params,
                 "batch_size": train_cfg.batch_size,
@@ -98,6 +106,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 "gflops": train.gflops,
                 "peak_gflops": peak,
                 "percent_of_peak": 100.0 * train.gflops / peak,
+                "fp32_fma_peak_gflops": fp32_peak,
+                "bf16_dot_peak_gflops": bf16_peak,
                 "gen_tokens_per_s": gen,
                 "peak_rss_mb": rss,
                 "breakdown": breakdown,
@@ -106,12 +116,16 @@ pub fn run(args: BenchArgs) -> Result<()> {
         return Ok(());
     }
     say!(
-        "{}: {} parameters, B{} T{}, {threads} thread{}",
+        "{}: {} parameters, B{} T{}, {threads} thread{}, {} products",
         args.preset,
         super::presets::thousands(train.params),
         train_cfg.batch_size,
         model_cfg.block_size,
-        if threads == 1 { "" } else { "s" }
+        if threads == 1 { "" } else { "s" },
+        match precision {
+            config::Precision::Fp32 => "fp32",
+            config::Precision::Bf16 => "bf16",
+        }
     );
     say!(
         "training: {:.3} ms/step (median of {steps} after {warmup} warm-up), {:.0} tokens/s",
@@ -119,10 +133,17 @@ pub fn run(args: BenchArgs) -> Result<()> {
         train.tokens_per_s
     );
     say!(
-        "          {:.1} GFLOP/s = {:.0}% of this machine's {:.0} GFLOP/s matrix-product peak",
+        "          {:.1} GFLOP/s = {:.0}% of this machine's {:.0} GFLOP/s {peak_name} peak",
         train.gflops,
         100.0 * train.gflops / peak,
         peak
+    );
+    say!(
+        "          (peaks on {threads} thread{}: fp32 {fp32_peak:.0} GFLOP/s, bf16 {})",
+        if threads == 1 { "" } else { "s" },
+        bf16_peak.map_or("none: no AVX512_BF16".to_string(), |p| format!(
+            "{p:.0} GFLOP/s"
+        ))
     );
     say!("          (GFLOP/s = (6 x params + 12 x n_layer x n_embd x block_size) x tokens per step / step time)");
     if let Some(g) = gen {

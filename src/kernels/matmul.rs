@@ -8,11 +8,14 @@
 //! - `dweight += dout^T @ inp`         (OC, N) x (N, IC)
 //! - `dbias += sum over rows of dout`
 //!
-//! All three products go through the `gemm` crate, which picks the widest SIMD kernel the CPU has
+//! In fp32 all three products go through the `gemm` crate, which picks the widest SIMD kernel the CPU has
 //! at run time (AVX-512 with feature `x86-v4`) and splits large products over rayon's threads.
 //! Transposes cost nothing: gemm takes row and column strides, so `weight^T` and `dout^T` are the
-//! same memory read with swapped strides.
+//! same memory read with swapped strides. A [`Weight`] that carries a bf16 copy
+//! ([`super::matmul_bf16::PackedWeight`], the model's in `precision=bf16`) sends all three through
+//! [`super::matmul_bf16`] instead (one-row products, generation's, stay fp32).
 
+use super::matmul_bf16::{self, PackedWeight};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
@@ -117,16 +120,40 @@ pub(crate) unsafe fn gemm_ptr(
     );
 }
 
+/// A linear layer's weight (OC, IC): the fp32 values, and the bf16 copy the products use instead
+/// where the model runs in bf16.
+#[derive(Clone, Copy)]
+pub struct Weight<'a> {
+    pub values: &'a [f32],
+    pub bf16: Option<&'a PackedWeight>,
+}
+
+impl<'a> From<&'a [f32]> for Weight<'a> {
+    fn from(values: &'a [f32]) -> Self {
+        Weight { values, bf16: None }
+    }
+}
+
+impl<'a> From<&'a Vec<f32>> for Weight<'a> {
+    fn from(values: &'a Vec<f32>) -> Self {
+        Weight { values, bf16: None }
+    }
+}
+
 /// `out = inp @ weight^T + bias`.
-pub fn forward(
+pub fn forward<'w>(
     out: &mut [f32],
     inp: &[f32],
-    weight: &[f32],
+    weight: impl Into<Weight<'w>>,
     bias: Option<&[f32]>,
     in_channels: usize,
     out_channels: usize,
 ) {
     let _timer = crate::profile::scope(crate::profile::Kernel::Matmul, false);
+    let Weight {
+        values: weight,
+        bf16,
+    } = weight.into();
     let (ic, oc) = (in_channels, out_channels);
     let n = inp.len() / ic;
     assert!(inp.len() == n * ic && out.len() >= n * oc && weight.len() == oc * ic);
@@ -139,29 +166,39 @@ pub fn forward(
         // Threads split the output features.
         return matvec(out, inp, weight, bias);
     }
-    // SAFETY: out is (n, oc) row-major, inp (n, ic) row-major, and weight (oc, ic) read as its
-    // transpose (ic, oc) with strides (1, ic); the asserts above check the lengths.
-    unsafe {
-        gemm_strided(
-            n,
-            oc,
-            ic,
-            out,
-            (oc, 1),
-            false,
-            inp,
-            (ic, 1),
-            weight,
-            (1, ic),
-            1.0,
-            true,
-        );
+    if let Some(packed) = bf16 {
+        assert_eq!(packed.shape(), (oc, ic));
+        matmul_bf16::forward(out, inp, packed);
+    } else {
+        // SAFETY: out is (n, oc) row-major, inp (n, ic) row-major, and weight (oc, ic) read as its
+        // transpose (ic, oc) with strides (1, ic); the asserts above check the lengths.
+        unsafe {
+            gemm_strided(
+                n,
+                oc,
+                ic,
+                out,
+                (oc, 1),
+                false,
+                inp,
+                (ic, 1),
+                weight,
+                (1, ic),
+                1.0,
+                true,
+            );
+        }
     }
+    add_bias(out, bias);
+}
+
+fn add_bias(out: &mut [f32], bias: Option<&[f32]>) {
     // The bias is added after the product rather than written first for it to accumulate onto:
     // the output is usually cold (last touched a whole step ago), and a product that only writes
     // it misses once per line where one that reads a prefilled output misses twice. 128 -> 512
     // on 384 rows with a cold output: 87 GFLOP/s prefilled, 95 added after.
     if let Some(bias) = bias {
+        let oc = bias.len();
         out.par_chunks_mut(oc)
             .with_min_len(super::min_items(oc * 64))
             .for_each(|row| add_row(row, bias));
@@ -226,20 +263,36 @@ impl<'a> Grad<'a> {
 /// The gradients of `out = inp @ weight^T + bias`: the input's and the weight's as `dinp` and
 /// `dweight` say; `dbias` is added to.
 #[allow(clippy::too_many_arguments)]
-pub fn backward(
+pub fn backward<'w>(
     dinp: Grad,
     dweight: Grad,
     dbias: Option<&mut [f32]>,
     dout: &[f32],
     inp: &[f32],
-    weight: &[f32],
+    weight: impl Into<Weight<'w>>,
     in_channels: usize,
     out_channels: usize,
 ) {
     let _timer = crate::profile::scope(crate::profile::Kernel::Matmul, true);
+    let Weight {
+        values: weight,
+        bf16,
+    } = weight.into();
     let (ic, oc) = (in_channels, out_channels);
     let n = inp.len() / ic;
     assert!(inp.len() == n * ic && dout.len() == n * oc && weight.len() == oc * ic);
+    if let Some(packed) = bf16.filter(|_| n > 0) {
+        assert_eq!(packed.shape(), (oc, ic));
+        if let Some((dinp, accumulate)) = dinp.target() {
+            assert_eq!(dinp.len(), n * ic);
+            matmul_bf16::input_grad(dinp, accumulate, dout, packed);
+        }
+        if let Some((dweight, accumulate)) = dweight.target() {
+            assert_eq!(dweight.len(), oc * ic);
+            matmul_bf16::weight_grad(dweight, accumulate, dout, inp, ic);
+        }
+        return bias_grad(dbias, dout, oc);
+    }
     if let Some((dinp, accumulate)) = dinp.target() {
         assert_eq!(dinp.len(), n * ic);
         // SAFETY: dinp (n, ic) (+)= dout (n, oc) @ weight (oc, ic), all row-major, lengths checked.
@@ -281,6 +334,12 @@ pub fn backward(
             );
         }
     }
+    bias_grad(dbias, dout, oc);
+}
+
+/// `dbias += sum over rows of dout`.
+fn bias_grad(dbias: Option<&mut [f32]>, dout: &[f32], oc: usize) {
+    let n = dout.len() / oc;
     if let Some(dbias) = dbias {
         assert_eq!(dbias.len(), oc);
         const COLUMN_BLOCK: usize = 64;

@@ -20,6 +20,7 @@ pub mod dropout;
 pub mod embedding;
 pub mod layernorm;
 pub mod matmul;
+pub mod matmul_bf16;
 pub mod residual;
 
 /// Rough number of floating-point operations below which a piece of parallel work is not split

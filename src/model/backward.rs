@@ -86,7 +86,7 @@ impl Model {
             db,
             &g.d_logits[..n * v],
             head_in,
-            view(p, &lm.weight),
+            self.weight(&lm.weight),
             c,
             v,
         );
@@ -226,7 +226,7 @@ impl Model {
                         db,
                         d_branch,
                         hidden,
-                        view(p, &fc2.weight),
+                        self.weight(&fc2.weight),
                         f,
                         c,
                     );
@@ -254,7 +254,7 @@ impl Model {
                 db,
                 d_fc,
                 ffn_in,
-                view(p, &fc.weight),
+                self.weight(&fc.weight),
                 c,
                 f,
             );
@@ -307,7 +307,7 @@ impl Model {
                     db,
                     d_branch,
                     &a.attn_y[rc.clone()],
-                    view(p, &proj.weight),
+                    self.weight(&proj.weight),
                     c,
                     c,
                 );
@@ -345,7 +345,7 @@ impl Model {
             None,
             &g.d_qkv[..n * 3 * c],
             attn_in,
-            view(p, &bl.qkv.weight),
+            self.weight(&bl.qkv.weight),
             c,
             3 * c,
         );

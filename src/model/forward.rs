@@ -161,7 +161,7 @@ impl Model {
         matmul::forward(
             &mut acts.logits[first * v..n * v],
             head_in,
-            view(p, &lm.weight),
+            self.weight(&lm.weight),
             lm.bias.as_ref().map(|b| view(p, b)),
             c,
             v,
@@ -214,7 +214,7 @@ impl Model {
         matmul::forward(
             &mut a.qkv[first * 3 * c..n * 3 * c],
             attn_in,
-            view(p, &bl.qkv.weight),
+            self.weight(&bl.qkv.weight),
             None,
             c,
             3 * c,
@@ -267,7 +267,7 @@ impl Model {
             matmul::forward(
                 &mut out[rc.clone()],
                 &a.attn_y[rc.clone()],
-                view(p, &proj.weight),
+                self.weight(&proj.weight),
                 proj.bias.as_ref().map(|b| view(p, b)),
                 c,
                 c,
@@ -317,7 +317,7 @@ impl Model {
         matmul::forward(
             &mut a.fc[rf.clone()],
             ffn_in,
-            view(p, &fc.weight),
+            self.weight(&fc.weight),
             fc.bias.as_ref().map(|b| view(p, b)),
             c,
             f,
@@ -334,7 +334,7 @@ impl Model {
                 matmul::forward(
                     &mut out[rc.clone()],
                     &hidden[rf.clone()],
-                    view(p, &fc2.weight),
+                    self.weight(&fc2.weight),
                     fc2.bias.as_ref().map(|b| view(p, b)),
                     f,
                     c,

@@ -77,6 +77,22 @@ pub struct ParamLayout {
 }
 
 impl ParamLayout {
+    /// Every linear layer's weight: its range, out and in channels.
+    pub fn linear_weights(&self) -> impl Iterator<Item = (Range<usize>, usize, usize)> + '_ {
+        let blocks = self
+            .blocks
+            .iter()
+            .flat_map(|b| [Some(&b.qkv), b.proj.as_ref(), b.fc.as_ref(), b.fc2.as_ref()]);
+        blocks.chain([self.lm_head.as_ref()]).flatten().map(|l| {
+            let spec = self
+                .specs
+                .iter()
+                .find(|s| s.range() == l.weight)
+                .expect("every linear weight has a spec");
+            (l.weight.clone(), spec.shape[0], spec.shape[1])
+        })
+    }
+
     /// Whether `range` is the weight of a linear layer (lm_head or a block's qkv, projection or
     /// feed-forward): the tensors whose gradient a single matrix product writes.
     pub fn is_linear_weight(&self, range: Range<usize>) -> bool {

@@ -47,9 +47,13 @@ mod layout;
 pub use activations::Activations;
 pub use layout::{BlockLayout, Linear, Norm, ParamLayout, ParamSpec};
 
-use crate::config::{Init, ModelConfig};
+use crate::config::{Init, ModelConfig, Precision};
+use crate::kernels::matmul::Weight;
+use crate::kernels::matmul_bf16::PackedWeight;
 use crate::rng::Rng;
 use layout::Role;
+use rayon::prelude::*;
+use std::ops::Range;
 
 /// A model: its configuration, the layout of its parameters, and the parameters.
 #[derive(Debug, Clone)]
@@ -57,6 +61,10 @@ pub struct Model {
     pub config: ModelConfig,
     pub layout: ParamLayout,
     pub params: Vec<f32>,
+    /// In bf16 precision, every linear weight rounded to bf16 and packed for the products (its
+    /// range in `params` and the copy); `None` in fp32. [`Model::refresh_bf16`] renews it after
+    /// the parameters change.
+    bf16: Option<Vec<(Range<usize>, PackedWeight)>>,
 }
 
 impl Model {
@@ -86,6 +94,7 @@ impl Model {
             config,
             layout,
             params,
+            bf16: None,
         }
     }
 
@@ -96,6 +105,7 @@ impl Model {
             config,
             layout,
             params,
+            bf16: None,
         })
     }
 
@@ -168,10 +178,65 @@ impl Model {
                 _ => {}
             }
         }
-        Model {
-            config,
-            layout,
-            params,
+        Model::from_params(config, params).expect("length from the layout")
+    }
+
+    /// The precision of the linear layers' products.
+    pub fn precision(&self) -> Precision {
+        match self.bf16 {
+            Some(_) => Precision::Bf16,
+            None => Precision::Fp32,
+        }
+    }
+
+    /// Switches the linear layers' products to `precision`: bf16 makes (and fills) the bf16
+    /// copies of the linear weights, fp32 drops them. The caller has checked that the CPU runs
+    /// bf16 ([`Precision::check_supported`]).
+    pub fn set_precision(&mut self, precision: Precision) {
+        self.bf16 = match precision {
+            Precision::Fp32 => None,
+            Precision::Bf16 => Some(
+                self.layout
+                    .linear_weights()
+                    .map(|(range, oc, ic)| (range, PackedWeight::new(oc, ic)))
+                    .collect(),
+            ),
+        };
+        self.refresh_bf16();
+    }
+
+    /// Rounds the linear weights into their bf16 copies again (once per optimizer step: the
+    /// products then read bf16 weights without converting them each time). Allocates nothing.
+    pub fn refresh_bf16(&mut self) {
+        let _timer = crate::profile::scope(crate::profile::Kernel::Optimizer, false);
+        let params = &self.params;
+        if let Some(copies) = &mut self.bf16 {
+            copies
+                .par_iter_mut()
+                .with_max_len(1)
+                .for_each(|(range, packed)| packed.pack(&params[range.clone()]));
+        }
+    }
+
+    /// Bytes held by the bf16 copies (0 in fp32).
+    pub fn bf16_bytes(&self) -> usize {
+        self.bf16
+            .iter()
+            .flatten()
+            .map(|(_, packed)| packed.bytes())
+            .sum()
+    }
+
+    /// The linear weight at `range` as the products read it: its fp32 values, and its bf16 copy in
+    /// bf16 precision.
+    pub(crate) fn weight(&self, range: &Range<usize>) -> Weight<'_> {
+        Weight {
+            values: &self.params[range.clone()],
+            bf16: self
+                .bf16
+                .as_ref()
+                .and_then(|c| c.iter().find(|(r, _)| r == range))
+                .map(|(_, packed)| packed),
         }
     }
 
@@ -303,6 +368,65 @@ mod tests {
                 },
                 5e-3,
             );
+        }
+    }
+
+    /// bf16 products change the loss and the gradient by about what rounding the operands to 8
+    /// significant bits does (measured: loss 4.19205 against 4.19211, gradient 0.4% of its norm
+    /// apart, cosine 0.99999): within 2e-3 and 2%, pointing the same way; the fp32 numbers come
+    /// back when switched back.
+    #[test]
+    fn bf16_loss_and_gradient_are_close_to_fp32() {
+        let mut cfg = preset("nanogpt-cpu").unwrap().model;
+        cfg.vocab_size = 65;
+        cfg.n_embd = 64;
+        cfg.n_head = 4;
+        cfg.n_layer = 2;
+        cfg.block_size = 32;
+        cfg.dropout = 0.1;
+        let (b, t) = (4, 32);
+        let mut rng = Rng::new(3);
+        let x: Vec<TokenId> = (0..b * t).map(|_| rng.below(65) as TokenId).collect();
+        let y: Vec<TokenId> = (0..b * t).map(|_| rng.below(65) as TokenId).collect();
+        let mut model = Model::new(cfg.clone(), 9);
+        let mut acts = Activations::new(&cfg, b, t, true);
+        let mut run = |model: &Model| {
+            let loss = model
+                .forward(&mut acts, &x, Some(&y), b, t, Some(4))
+                .unwrap();
+            let mut grads = vec![f32::NAN; model.num_params()];
+            model.backward(&mut acts, &mut grads);
+            (loss, grads)
+        };
+        let (loss32, grad32) = run(&model);
+        model.set_precision(crate::config::Precision::Bf16);
+        assert_eq!(model.precision(), crate::config::Precision::Bf16);
+        let (loss16, grad16) = run(&model);
+        model.set_precision(crate::config::Precision::Fp32);
+        let (loss_back, grad_back) = run(&model);
+        assert_eq!((loss_back, &grad_back), (loss32, &grad32));
+
+        assert!((loss16 - loss32).abs() < 2e-3, "loss {loss16} vs {loss32}");
+        assert_ne!(loss16, loss32, "the bf16 products were not used");
+        let dot = |a: &[f32], b: &[f32]| {
+            a.iter()
+                .zip(b)
+                .map(|(&u, &v)| u as f64 * v as f64)
+                .sum::<f64>()
+        };
+        let norm32 = dot(&grad32, &grad32).sqrt();
+        let diff: Vec<f32> = grad16.iter().zip(&grad32).map(|(a, b)| a - b).collect();
+        let relative = dot(&diff, &diff).sqrt() / norm32;
+        let cosine = dot(&grad16, &grad32) / (norm32 * dot(&grad16, &grad16).sqrt());
+        assert!(
+            relative < 0.02 && cosine > 0.9995,
+            "gradient: relative difference {relative:.4}, cosine {cosine:.6}"
+        );
+        // Every tensor's gradient, not just the largest, follows fp32.
+        for spec in &model.layout.specs {
+            let (a, b) = (&grad16[spec.range()], &grad32[spec.range()]);
+            let cosine = dot(a, b) / (dot(a, a) * dot(b, b)).sqrt().max(1e-30);
+            assert!(cosine > 0.99, "{}: cosine {cosine:.5}", spec.name);
         }
     }
 }

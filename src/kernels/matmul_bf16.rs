@@ -1,0 +1,766 @@
+//! bf16 matrix products for the linear layers: bf16 operands, fp32 accumulation, fp32 outputs.
+//!
+//! bf16 is the top half of an IEEE fp32 (sign, the 8 exponent bits, 7 of the 23 mantissa bits):
+//! fp32's range at about 3 significant digits. CPUs with AVX512_BF16 multiply it at twice the fp32
+//! rate: `VDPBF16PS` computes, for each of 16 fp32 lanes, `acc += a[2i] b[2i] + a[2i+1] b[2i+1]`,
+//! 64 flops per instruction against 32 for an fp32 fused multiply-add. Mixed precision as on GPUs:
+//! the parameters, gradients, optimizer state and every other layer stay fp32; only the operands
+//! of these products are rounded (to nearest even), and the sums are fp32.
+//!
+//! The three products of a linear layer `out = inp @ W^T` (inp (N, IC), W (OC, IC)), each
+//! `C (M, Nc) (+)= A (M, K) @ B (K, Nc)` with C row-major:
+//!
+//! | product | M | Nc | K | A | B |
+//! |---|---|---|---|---|---|
+//! | [`forward`] `out = inp @ W^T` | N | OC | IC | inp, k along rows | W^T, pre-packed |
+//! | [`input_grad`] `dinp = dout @ W` | N | IC | OC | dout, k along rows | W, pre-packed |
+//! | [`weight_grad`] `dW = dout^T @ inp` | OC | IC | N | dout^T, k down columns | inp, k down columns |
+//!
+//! `VDPBF16PS` reduces over k in pairs, so both operands are packed with consecutive k-pairs in one
+//! `u32` (element 2p in the low half): A into panels of [`MR`] rows, `[pair][row]`, one element
+//! broadcast at a time; B into panels of [`NR`] columns, `[pair][column]`, two vectors at a time.
+//! Where k runs along a row (the forward and input-gradient A), a pair is two neighbours of one
+//! row; where it runs down the columns (the weight gradient's A and B, and W read as B of the
+//! input gradient), a pair is the same column of two consecutive rows, so two rows are interleaved.
+//! The weight is rounded and packed once per optimizer step, for both products that read it
+//! ([`PackedWeight`]); activations and gradients are rounded while they are packed.
+//!
+//! Blocking (per thread): k in blocks of [`KC_PAIRS`] pairs, so that a B micro-panel (KC x NR) stays
+//! in L1 while the [`MC`] rows of an A block (in L2) stream past it; the micro-kernel keeps an
+//! MR x NR tile of C in 24 vector registers. Odd k, and m and Nc that are not multiples of the
+//! blocking, are zero-padded in the packed panels and masked at the store. Large products split
+//! their rows of C over the rayon pool; products on a thread that runs its kernels
+//! [`super::sequentially`] (a data-parallel shard) stay on it.
+//!
+//! Two engines compute the same thing: the AVX512_BF16 one ([`avx512`]), and a portable twin in
+//! plain Rust for CPUs without it (tests, and `CHARGPT_BF16_EMULATE=1`, which lets a machine
+//! without the instruction train with bf16 numerics at well below fp32 speed, to check what bf16
+//! does to a model). Both round the same way; they differ in summation order only.
+
+#[cfg(target_arch = "x86_64")]
+pub mod avx512;
+
+use super::SharedMut;
+use rayon::prelude::*;
+use std::cell::RefCell;
+
+/// Rows of C per micro-kernel call.
+pub const MR: usize = 12;
+/// Columns of C per micro-kernel call.
+pub const NR: usize = 32;
+/// k-pairs per block: a B micro-panel of KC_PAIRS x NR elements is 16 KiB, half of L1.
+pub const KC_PAIRS: usize = 128;
+/// Rows of A per block (8 micro-panels, 48 KiB at KC_PAIRS).
+pub const MC: usize = 8 * MR;
+
+#[cfg(target_arch = "x86_64")]
+const _: () = assert!(avx512::MR == MR && avx512::NR == NR);
+
+/// Which code computes the products.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// `VDPBF16PS` micro-kernels (AVX512_BF16 CPUs).
+    Avx512,
+    /// The same packing and blocking in plain Rust.
+    Portable,
+}
+
+impl Engine {
+    /// The engine for this CPU: AVX512_BF16 where it has it, otherwise the portable twin if
+    /// `CHARGPT_BF16_EMULATE=1` allowed bf16 without it, otherwise none.
+    pub fn detect() -> Option<Engine> {
+        if crate::runtime::has_avx512_bf16() {
+            Some(Engine::Avx512)
+        } else if crate::runtime::bf16_emulation_allowed() {
+            Some(Engine::Portable)
+        } else {
+            None
+        }
+    }
+
+    fn best() -> Engine {
+        Engine::detect().unwrap_or(Engine::Portable)
+    }
+}
+
+/// fp32 -> bf16, rounding to nearest even, as `VCVTNE2PS2BF16` does: NaNs stay (quiet) NaNs,
+/// subnormal inputs become zero of the same sign; values that round past the largest bf16
+/// become infinity.
+#[inline(always)]
+pub fn to_bf16(x: f32) -> u16 {
+    let bits = x.to_bits();
+    if x.is_nan() {
+        return ((bits >> 16) | 0x40) as u16;
+    }
+    if bits & 0x7F80_0000 == 0 {
+        return ((bits >> 16) & 0x8000) as u16;
+    }
+    // Adding 0x7FFF, plus one when the kept part is odd, carries into the kept half exactly when
+    // the dropped half is above one half, or equal to it with an odd kept part.
+    ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) as u16
+}
+
+/// bf16 -> fp32 (exact).
+#[inline(always)]
+pub fn from_bf16(h: u16) -> f32 {
+    f32::from_bits((h as u32) << 16)
+}
+
+/// `x` rounded to the nearest bf16, as an fp32.
+#[inline(always)]
+pub fn round(x: f32) -> f32 {
+    from_bf16(to_bf16(x))
+}
+
+/// A k-pair: `lo` (element 2p) in the low half.
+#[inline(always)]
+fn pair(lo: f32, hi: f32) -> u32 {
+    to_bf16(lo) as u32 | (to_bf16(hi) as u32) << 16
+}
+
+/// A linear layer's weight W (OC, IC) rounded to bf16 and packed as the B operand of both
+/// products that read it. Refreshed from the fp32 master weight once per optimizer step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PackedWeight {
+    out_channels: usize,
+    in_channels: usize,
+    /// W^T for [`forward`] (K = IC, Nc = OC): panels of NR output channels, `[panel][pair][NR]`.
+    transposed: Vec<u32>,
+    /// W for [`input_grad`] (K = OC, Nc = IC): panels of NR input channels, `[panel][pair][NR]`.
+    plain: Vec<u32>,
+}
+
+impl PackedWeight {
+    /// Zeroed buffers for a weight of shape (OC, IC); [`PackedWeight::pack`] fills them.
+    pub fn new(out_channels: usize, in_channels: usize) -> Self {
+        let (oc, ic) = (out_channels, in_channels);
+        PackedWeight {
+            out_channels: oc,
+            in_channels: ic,
+            transposed: vec![0; oc.div_ceil(NR) * ic.div_ceil(2) * NR],
+            plain: vec![0; ic.div_ceil(NR) * oc.div_ceil(2) * NR],
+        }
+    }
+
+    pub fn shape(&self) -> (usize, usize) {
+        (self.out_channels, self.in_channels)
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        4 * (self.transposed.len() + self.plain.len())
+    }
+
+    /// Rounds `w` (OC, IC) to bf16 into both layouts (the padding stays zero).
+    pub fn pack(&mut self, w: &[f32]) {
+        self.pack_with(w, Engine::best());
+    }
+
+    fn pack_with(&mut self, w: &[f32], engine: Engine) {
+        let (oc, ic) = (self.out_channels, self.in_channels);
+        assert_eq!(w.len(), oc * ic);
+        let (kp_ic, kp_oc) = (ic.div_ceil(2), oc.div_ceil(2));
+        // W^T: row o of W holds output channel o's k (= ic) run; its pairs go to column o % NR
+        // of panel o / NR.
+        for (o, row) in w.chunks_exact(ic).enumerate() {
+            let base = (o / NR) * kp_ic * NR + o % NR;
+            pairs_of_row(engine, &mut self.transposed[base..], NR, row);
+        }
+        // W: k (= oc) runs down the columns; pair p of panel j interleaves rows 2p and 2p + 1.
+        for j in 0..ic.div_ceil(NR) {
+            let (c0, width) = (j * NR, NR.min(ic - j * NR));
+            for p in 0..kp_oc {
+                let r0 = &w[2 * p * ic + c0..][..width];
+                let r1 = (2 * p + 1 < oc).then(|| &w[(2 * p + 1) * ic + c0..][..width]);
+                let dst = &mut self.plain[(j * kp_oc + p) * NR..][..width];
+                interleave_rows(engine, dst, r0, r1);
+            }
+        }
+    }
+}
+
+/// `dst[p * stride] = pair(x[2p], x[2p + 1])` for every pair of `x` (zero past an odd end).
+fn pairs_of_row(engine: Engine, dst: &mut [u32], stride: usize, x: &[f32]) {
+    let pairs = x.len().div_ceil(2);
+    if pairs == 0 {
+        return;
+    }
+    assert!(dst.len() > (pairs - 1) * stride);
+    #[cfg(target_arch = "x86_64")]
+    if engine == Engine::Avx512 && stride * 16 <= i32::MAX as usize {
+        // SAFETY: the engine is only chosen where the CPU has AVX512_BF16 (Engine::detect); the
+        // assert above bounds every written index, x.len() bounds the reads.
+        unsafe { avx512::pairs_of_row(dst.as_mut_ptr(), stride, x.as_ptr(), x.len()) };
+        return;
+    }
+    let _ = engine;
+    let mut chunks = x.chunks_exact(2);
+    for (p, two) in chunks.by_ref().enumerate() {
+        dst[p * stride] = pair(two[0], two[1]);
+    }
+    if let [last] = chunks.remainder() {
+        dst[(pairs - 1) * stride] = pair(*last, 0.0);
+    }
+}
+
+/// `dst[j] = pair(r0[j], r1[j])` (zero high halves without `r1`).
+fn interleave_rows(engine: Engine, dst: &mut [u32], r0: &[f32], r1: Option<&[f32]>) {
+    let n = dst.len();
+    assert!(r0.len() >= n && r1.is_none_or(|r| r.len() >= n));
+    #[cfg(target_arch = "x86_64")]
+    if engine == Engine::Avx512 {
+        // SAFETY: the CPU has AVX512_BF16 (Engine::detect); lengths checked above.
+        unsafe {
+            avx512::interleave_rows(dst.as_mut_ptr(), r0.as_ptr(), r1.map(|r| r.as_ptr()), n)
+        };
+        return;
+    }
+    let _ = engine;
+    interleave_portable(dst, r0, r1);
+}
+
+super::simd_fn! {
+    fn interleave_portable(dst: &mut [u32], r0: &[f32], r1: Option<&[f32]>) {
+        match r1 {
+            Some(r1) => {
+                for ((d, &a), &b) in dst.iter_mut().zip(r0).zip(r1) {
+                    *d = pair(a, b);
+                }
+            }
+            None => {
+                for (d, &a) in dst.iter_mut().zip(r0) {
+                    *d = pair(a, 0.0);
+                }
+            }
+        }
+    }
+}
+
+super::simd_fn! {
+    /// The portable micro-kernel: what [`avx512::kernel`] computes, in plain Rust. Each bf16
+    /// widens exactly to fp32 (a shift), each pair's two products are added, then accumulated.
+    fn kernel_portable(
+        kp: usize,
+        a: &[u32],
+        b: &[u32],
+        c: SharedMut,
+        ldc: usize,
+        rows: usize,
+        cols: usize,
+        accumulate: bool,
+    ) {
+        let lo = |u: u32| f32::from_bits(u << 16);
+        let hi = |u: u32| f32::from_bits(u & 0xFFFF_0000);
+        for r in 0..rows {
+            let mut acc = [0.0f32; NR];
+            for p in 0..kp {
+                let av = a[p * MR + r];
+                let (a0, a1) = (lo(av), hi(av));
+                let bp = &b[p * NR..(p + 1) * NR];
+                for (s, &bv) in acc.iter_mut().zip(bp) {
+                    *s += a0 * lo(bv) + a1 * hi(bv);
+                }
+            }
+            // SAFETY: the driver passes a tile of C inside the caller's output (rows x cols at
+            // stride ldc) that no other thread writes.
+            let out = unsafe { std::slice::from_raw_parts_mut(c.get().add(r * ldc), cols) };
+            for (o, &s) in out.iter_mut().zip(&acc) {
+                *o = if accumulate { *o + s } else { s };
+            }
+        }
+    }
+}
+
+/// Where the A operand (M, K) comes from.
+#[derive(Clone, Copy)]
+enum ASource<'a> {
+    /// `A[i][k] = x[i * ld + k]`: k along a row.
+    KAlongRows { x: &'a [f32], ld: usize },
+    /// `A[i][k] = x[k * ld + i]`: k down the columns (a transposed operand).
+    KDownColumns { x: &'a [f32], ld: usize },
+}
+
+/// Where the B operand (K, Nc) comes from.
+#[derive(Clone, Copy)]
+enum BSource<'a> {
+    /// Already packed: panels of NR columns, `[panel][pair][NR]`, every k-pair of the product.
+    Packed(&'a [u32]),
+    /// `B[k][j] = x[k * ld + j]`: k down the columns, packed per block.
+    KDownColumns { x: &'a [f32], ld: usize },
+}
+
+/// One product `C (m, n) (+)= A (m, k) @ B (k, n)`, C row-major with row stride `ldc`.
+#[derive(Clone, Copy)]
+struct Product<'a> {
+    m: usize,
+    n: usize,
+    k: usize,
+    a: ASource<'a>,
+    b: BSource<'a>,
+    c: SharedMut,
+    ldc: usize,
+    accumulate: bool,
+}
+
+thread_local! {
+    /// Packing buffers (A block, B block), grown on first use and kept: products allocate
+    /// nothing once warm.
+    static BUFFERS: RefCell<(Vec<u32>, Vec<u32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// Products smaller than this (in multiply-adds) stay on one thread.
+const PARALLEL_PRODUCT: usize = 128 * 128 * 128;
+
+/// Runs `prod`, splitting its rows over the rayon pool when it is large and this thread may fork.
+fn run(prod: Product, engine: Engine, parallel: bool) {
+    if prod.m == 0 || prod.n == 0 {
+        return;
+    }
+    let threads = rayon::current_num_threads();
+    let fork = parallel
+        && !super::is_sequential()
+        && threads > 1
+        && prod.m * prod.n * prod.k >= PARALLEL_PRODUCT
+        && prod.m > MR;
+    if !fork {
+        return run_rows(prod, engine, 0..prod.m);
+    }
+    // Row blocks of whole micro-panels, about two per thread for balance.
+    let per = prod.m.div_ceil(2 * threads).div_ceil(MR) * MR;
+    let blocks = prod.m.div_ceil(per);
+    (0..blocks).into_par_iter().for_each(|i| {
+        let rows = i * per..((i + 1) * per).min(prod.m);
+        run_rows(prod, engine, rows)
+    });
+}
+
+/// The rows `rows` of `prod` on the calling thread: the blocked loops around the micro-kernel.
+fn run_rows(prod: Product, engine: Engine, rows: std::ops::Range<usize>) {
+    BUFFERS.with(|buffers| {
+        let mut buffers = buffers.borrow_mut();
+        let (abuf, bbuf) = &mut *buffers;
+        let Product {
+            n,
+            k,
+            a,
+            b,
+            c,
+            ldc,
+            accumulate,
+            ..
+        } = prod;
+        let kp_total = k.div_ceil(2);
+        let panels = n.div_ceil(NR);
+        let mut pc = 0;
+        // k = 0: the product is zero (written, or nothing added).
+        if kp_total == 0 && !accumulate {
+            for i in rows.clone() {
+                // SAFETY: row i of C (n floats at stride ldc) belongs to this call.
+                unsafe { std::slice::from_raw_parts_mut(c.get().add(i * ldc), n) }.fill(0.0);
+            }
+        }
+        while pc < kp_total {
+            let kpb = KC_PAIRS.min(kp_total - pc);
+            // The B block: either slices of the pre-packed panels or packed here.
+            let (bdata, panel_stride, panel_offset): (&[u32], usize, usize) = match b {
+                BSource::Packed(data) => (data, kp_total * NR, pc * NR),
+                BSource::KDownColumns { x, ld } => {
+                    grow(bbuf, panels * kpb * NR);
+                    for j in 0..panels {
+                        let (c0, width) = (j * NR, NR.min(n - j * NR));
+                        for p in 0..kpb {
+                            let k0 = 2 * (pc + p);
+                            let r0 = &x[k0 * ld + c0..][..width];
+                            let r1 = (k0 + 1 < k).then(|| &x[(k0 + 1) * ld + c0..][..width]);
+                            let dst = &mut bbuf[(j * kpb + p) * NR..][..NR];
+                            interleave_rows(engine, &mut dst[..width], r0, r1);
+                            dst[width..].fill(0);
+                        }
+                    }
+                    (&bbuf[..], kpb * NR, 0)
+                }
+            };
+            let acc = accumulate || pc > 0;
+            let mut ic = rows.start;
+            while ic < rows.end {
+                let mc = MC.min(rows.end - ic);
+                let row_panels = mc.div_ceil(MR);
+                grow(abuf, row_panels * kpb * MR);
+                pack_a(
+                    engine,
+                    a,
+                    ic,
+                    mc,
+                    k,
+                    pc,
+                    kpb,
+                    &mut abuf[..row_panels * kpb * MR],
+                );
+                for j in 0..panels {
+                    let bp = &bdata[j * panel_stride + panel_offset..][..kpb * NR];
+                    let cols = NR.min(n - j * NR);
+                    for ir in 0..row_panels {
+                        let r0 = ic + ir * MR;
+                        let nrows = MR.min(rows.end - r0);
+                        let ap = &abuf[ir * kpb * MR..][..kpb * MR];
+                        // SAFETY: the tile (r0.., j * NR..) of C, nrows x cols, lies inside the
+                        // caller's output, and these rows belong to this call alone.
+                        let tile = SharedMut(unsafe { c.get().add(r0 * ldc + j * NR) });
+                        micro_kernel(engine, kpb, ap, bp, tile, ldc, nrows, cols, acc);
+                    }
+                }
+                ic += mc;
+            }
+            pc += kpb;
+        }
+    })
+}
+
+/// Grows a packing buffer to at least `len` (allocates only the first time a size is reached).
+fn grow(buf: &mut Vec<u32>, len: usize) {
+    if buf.len() < len {
+        buf.resize(len, 0);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn micro_kernel(
+    engine: Engine,
+    kp: usize,
+    a: &[u32],
+    b: &[u32],
+    c: SharedMut,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+    accumulate: bool,
+) {
+    debug_assert!(a.len() >= kp * MR && b.len() >= kp * NR && rows <= MR && cols <= NR);
+    #[cfg(target_arch = "x86_64")]
+    if engine == Engine::Avx512 {
+        // SAFETY: the CPU has AVX512_BF16 (Engine::detect); the panels hold kp pairs (checked
+        // above) and the tile is the caller's (see run_rows).
+        unsafe {
+            avx512::kernel(
+                kp,
+                a.as_ptr(),
+                b.as_ptr(),
+                c.get(),
+                ldc,
+                rows,
+                cols,
+                accumulate,
+            )
+        };
+        return;
+    }
+    let _ = engine;
+    kernel_portable(kp, a, b, c, ldc, rows, cols, accumulate);
+}
+
+/// Packs rows `i0..i0 + mc` and pairs `pc..pc + kpb` of A into `dst`: panels of MR rows,
+/// `[panel][pair][MR]`, rows past `mc` and k past the end zero.
+#[allow(clippy::too_many_arguments)]
+fn pack_a(
+    engine: Engine,
+    a: ASource,
+    i0: usize,
+    mc: usize,
+    k: usize,
+    pc: usize,
+    kpb: usize,
+    dst: &mut [u32],
+) {
+    let k0 = 2 * pc;
+    let k1 = (k0 + 2 * kpb).min(k);
+    for (panel, dst) in dst.chunks_exact_mut(kpb * MR).enumerate() {
+        let r0 = panel * MR;
+        let nrows = MR.min(mc - r0);
+        if nrows < MR {
+            dst.fill(0);
+        }
+        match a {
+            ASource::KAlongRows { x, ld } => {
+                for r in 0..nrows {
+                    let row = &x[(i0 + r0 + r) * ld..][k0..k1];
+                    pairs_of_row(engine, &mut dst[r..], MR, row);
+                }
+            }
+            ASource::KDownColumns { x, ld } => {
+                for p in 0..kpb {
+                    let kk = k0 + 2 * p;
+                    let c0 = i0 + r0;
+                    let row0 = &x[kk * ld + c0..][..nrows];
+                    let row1 = (kk + 1 < k).then(|| &x[(kk + 1) * ld + c0..][..nrows]);
+                    interleave_rows(engine, &mut dst[p * MR..][..nrows], row0, row1);
+                }
+            }
+        }
+    }
+}
+
+/// `out (N, OC) = inp (N, IC) @ W^T` in bf16 (the bias is the caller's).
+pub fn forward(out: &mut [f32], inp: &[f32], weight: &PackedWeight) {
+    forward_with(out, inp, weight, Engine::best())
+}
+
+fn forward_with(out: &mut [f32], inp: &[f32], weight: &PackedWeight, engine: Engine) {
+    let (oc, ic) = weight.shape();
+    let n = inp.len() / ic.max(1);
+    assert!(inp.len() == n * ic && out.len() >= n * oc);
+    let prod = Product {
+        m: n,
+        n: oc,
+        k: ic,
+        a: ASource::KAlongRows { x: inp, ld: ic },
+        b: BSource::Packed(&weight.transposed),
+        c: SharedMut(out.as_mut_ptr()),
+        ldc: oc,
+        accumulate: false,
+    };
+    run(prod, engine, true);
+}
+
+/// `dinp (N, IC) (+)= dout (N, OC) @ W` in bf16.
+pub fn input_grad(dinp: &mut [f32], accumulate: bool, dout: &[f32], weight: &PackedWeight) {
+    input_grad_with(dinp, accumulate, dout, weight, Engine::best())
+}
+
+fn input_grad_with(
+    dinp: &mut [f32],
+    accumulate: bool,
+    dout: &[f32],
+    weight: &PackedWeight,
+    engine: Engine,
+) {
+    let (oc, ic) = weight.shape();
+    let n = dout.len() / oc.max(1);
+    assert!(dout.len() == n * oc && dinp.len() == n * ic);
+    let prod = Product {
+        m: n,
+        n: ic,
+        k: oc,
+        a: ASource::KAlongRows { x: dout, ld: oc },
+        b: BSource::Packed(&weight.plain),
+        c: SharedMut(dinp.as_mut_ptr()),
+        ldc: ic,
+        accumulate,
+    };
+    run(prod, engine, true);
+}
+
+/// `dweight (OC, IC) (+)= dout (N, OC)^T @ inp (N, IC)` in bf16.
+pub fn weight_grad(
+    dweight: &mut [f32],
+    accumulate: bool,
+    dout: &[f32],
+    inp: &[f32],
+    in_channels: usize,
+) {
+    let n = inp.len() / in_channels.max(1);
+    weight_grad_shaped(dweight, accumulate, dout, inp, n, Engine::best())
+}
+
+fn weight_grad_shaped(
+    dweight: &mut [f32],
+    accumulate: bool,
+    dout: &[f32],
+    inp: &[f32],
+    n: usize,
+    engine: Engine,
+) {
+    let (oc, ic) = (dout.len() / n.max(1), inp.len() / n.max(1));
+    assert!(dout.len() == n * oc && inp.len() == n * ic && dweight.len() == oc * ic);
+    let prod = Product {
+        m: oc,
+        n: ic,
+        k: n,
+        a: ASource::KDownColumns { x: dout, ld: oc },
+        b: BSource::KDownColumns { x: inp, ld: ic },
+        c: SharedMut(dweight.as_mut_ptr()),
+        ldc: ic,
+        accumulate,
+    };
+    run(prod, engine, true);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::gradcheck::random_vec;
+    use crate::rng::Rng;
+
+    /// The engines this machine can run: the portable twin always, AVX512_BF16 where present.
+    fn engines() -> Vec<Engine> {
+        let mut e = vec![Engine::Portable];
+        if crate::runtime::has_avx512_bf16() {
+            e.push(Engine::Avx512);
+        }
+        e
+    }
+
+    fn rounded(x: &[f32]) -> Vec<f64> {
+        x.iter().map(|&v| round(v) as f64).collect()
+    }
+
+    /// Only the summation order differs from the f64 sum of the same rounded products: fp32
+    /// accumulation over k terms errs by about k * 2^-24 of the sum of |terms|.
+    fn assert_close(what: &str, got: &[f32], want: &[f64], scale: &[f64], k: usize) {
+        assert_eq!(got.len(), want.len());
+        let tol = 4.0 * (k as f64 + 2.0) * f32::EPSILON as f64;
+        for (i, ((&g, &w), &s)) in got.iter().zip(want).zip(scale).enumerate() {
+            assert!(
+                (g as f64 - w).abs() <= tol * (s + 1e-30),
+                "{what}[{i}]: {g} vs {w} (scale {s})"
+            );
+        }
+    }
+
+    #[test]
+    fn rounding_is_to_nearest_even() {
+        // 1 + 2^-8 is halfway between 1 and 1 + 2^-7: to the even neighbour, 1.
+        assert_eq!(round(1.0 + 1.0 / 256.0), 1.0);
+        // Just above halfway rounds up; 1 + 3 * 2^-8 is halfway with an odd lower neighbour.
+        assert_eq!(round(1.0 + 1.0 / 256.0 + 1e-6), 1.0 + 1.0 / 128.0);
+        assert_eq!(round(1.0 + 3.0 / 256.0), 1.0 + 2.0 / 128.0);
+        assert_eq!(round(-1.0 - 3.0 / 256.0), -1.0 - 2.0 / 128.0);
+        assert!(round(f32::NAN).is_nan());
+        assert_eq!(round(f32::INFINITY), f32::INFINITY);
+        assert_eq!(round(f32::MAX), f32::INFINITY);
+        assert_eq!(round(1e-40).to_bits(), 0);
+        assert_eq!(round(-1e-40).to_bits(), 0x8000_0000);
+        // Relative error at most half a unit in the 8th significant bit, 2^-8.
+        let mut rng = Rng::new(3);
+        for _ in 0..10_000 {
+            let x = rng.normal() * 1e3;
+            assert!(((round(x) - x) / x).abs() <= 1.0 / 256.0, "{x}");
+        }
+    }
+
+    /// Shapes with tails everywhere: m, n and k not multiples of MR, NR and 2 * KC_PAIRS, k odd,
+    /// k spanning several blocks, a single row and a single column.
+    const SHAPES: [(usize, usize, usize); 7] = [
+        (1, 1, 1),
+        (5, 3, 4),
+        (13, 33, 7),
+        (130, 96, 200),
+        (97, 300, 45),
+        (40, 515, 70),
+        (12, 32, 256),
+    ];
+
+    #[test]
+    fn the_three_products_match_an_fp32_reference_on_the_same_rounded_inputs() {
+        let mut rng = Rng::new(21);
+        for engine in engines() {
+            for (n, ic, oc) in SHAPES {
+                let inp = random_vec(n * ic, &mut rng, 1.0);
+                let w = random_vec(oc * ic, &mut rng, 1.0);
+                let dout = random_vec(n * oc, &mut rng, 1.0);
+                let mut packed = PackedWeight::new(oc, ic);
+                packed.pack_with(&w, engine);
+                let (ri, rw, rd) = (rounded(&inp), rounded(&w), rounded(&dout));
+                let what = format!("{engine:?} n={n} ic={ic} oc={oc}");
+
+                // out = inp @ W^T.
+                let mut out = vec![f32::NAN; n * oc];
+                forward_with(&mut out, &inp, &packed, engine);
+                let (mut want, mut scale) = (vec![0.0; n * oc], vec![0.0; n * oc]);
+                for r in 0..n {
+                    for o in 0..oc {
+                        for i in 0..ic {
+                            let t = ri[r * ic + i] * rw[o * ic + i];
+                            want[r * oc + o] += t;
+                            scale[r * oc + o] += t.abs();
+                        }
+                    }
+                }
+                assert_close(&format!("forward {what}"), &out, &want, &scale, ic);
+
+                // dinp = dout @ W, written and then accumulated onto itself (doubling it).
+                let mut dinp = vec![f32::NAN; n * ic];
+                input_grad_with(&mut dinp, false, &dout, &packed, engine);
+                let (mut want, mut scale) = (vec![0.0; n * ic], vec![0.0; n * ic]);
+                for r in 0..n {
+                    for i in 0..ic {
+                        for o in 0..oc {
+                            let t = rd[r * oc + o] * rw[o * ic + i];
+                            want[r * ic + i] += t;
+                            scale[r * ic + i] += t.abs();
+                        }
+                    }
+                }
+                assert_close(&format!("dinp {what}"), &dinp, &want, &scale, oc);
+                let copy = dinp.clone();
+                input_grad_with(&mut dinp, true, &dout, &packed, engine);
+                for (d, c) in dinp.iter().zip(&copy) {
+                    assert_eq!(*d, 2.0 * c, "accumulated dinp {what}");
+                }
+
+                // dW = dout^T @ inp.
+                let mut dw = vec![f32::NAN; oc * ic];
+                weight_grad_shaped(&mut dw, false, &dout, &inp, n, engine);
+                let (mut want, mut scale) = (vec![0.0; oc * ic], vec![0.0; oc * ic]);
+                for r in 0..n {
+                    for o in 0..oc {
+                        for i in 0..ic {
+                            let t = rd[r * oc + o] * ri[r * ic + i];
+                            want[o * ic + i] += t;
+                            scale[o * ic + i] += t.abs();
+                        }
+                    }
+                }
+                assert_close(&format!("dweight {what}"), &dw, &want, &scale, n);
+                let copy = dw.clone();
+                weight_grad_shaped(&mut dw, true, &dout, &inp, n, engine);
+                for (d, c) in dw.iter().zip(&copy) {
+                    assert_eq!(*d, 2.0 * c, "accumulated dweight {what}");
+                }
+            }
+        }
+    }
+
+    /// Split over two threads, a product gives the same result as on one (rows are split, each
+    /// row's sums are the same sums).
+    #[test]
+    fn threads_split_rows_without_changing_results() {
+        let (n, ic, oc) = (300, 130, 260);
+        let mut rng = Rng::new(5);
+        let inp = random_vec(n * ic, &mut rng, 1.0);
+        let w = random_vec(oc * ic, &mut rng, 1.0);
+        let dout = random_vec(n * oc, &mut rng, 1.0);
+        let mut packed = PackedWeight::new(oc, ic);
+        packed.pack_with(&w, Engine::Portable);
+        let run_all = || {
+            let mut out = vec![0.0; n * oc];
+            forward_with(&mut out, &inp, &packed, Engine::Portable);
+            let mut dw = vec![0.0; oc * ic];
+            weight_grad_shaped(&mut dw, false, &dout, &inp, n, Engine::Portable);
+            (out, dw)
+        };
+        let one = crate::kernels::sequentially(run_all);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        assert_eq!(pool.install(run_all), one);
+    }
+
+    /// Both engines pack the same bits (where the machine has AVX512_BF16).
+    #[test]
+    fn packing_is_the_same_on_both_engines() {
+        if !crate::runtime::has_avx512_bf16() {
+            return;
+        }
+        let mut rng = Rng::new(8);
+        for (oc, ic) in [(1, 1), (7, 45), (70, 515), (384, 128)] {
+            let w = random_vec(oc * ic, &mut rng, 1.0);
+            let mut a = PackedWeight::new(oc, ic);
+            let mut b = PackedWeight::new(oc, ic);
+            a.pack_with(&w, Engine::Portable);
+            b.pack_with(&w, Engine::Avx512);
+            assert_eq!(a, b, "{oc}x{ic}");
+        }
+    }
+}
