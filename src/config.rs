@@ -522,8 +522,12 @@ pub fn derive_settings(base: &TrainConfig, train: &mut TrainConfig, given: &[&st
         let scaled = base.min_lr * train.learning_rate / base.learning_rate;
         if scaled != train.min_lr {
             notes.push(format!(
-                "min_lr {:e} -> {scaled:e}: the same ratio to learning_rate {:e} as {:e} to {:e} (set min_lr to choose)",
-                train.min_lr, train.learning_rate, base.min_lr, base.learning_rate
+                "min_lr {} -> {}: the same ratio to learning_rate {} as {} to {} (set min_lr to choose)",
+                short(train.min_lr),
+                short(scaled),
+                short(train.learning_rate),
+                short(base.min_lr),
+                short(base.learning_rate)
             ));
             train.min_lr = scaled;
         }
@@ -540,6 +544,18 @@ pub fn derive_settings(base: &TrainConfig, train: &mut TrainConfig, given: &[&st
     notes
 }
 
+/// A learning rate as a person writes it: `3e-5`, `2.5e-4`, `0.1` (4 significant digits at most,
+/// so float noise such as 2.9999997e-5 does not show).
+fn short(x: f32) -> String {
+    let text = format!("{x:.3e}");
+    let (mantissa, exponent) = text.split_once('e').unwrap_or((&text, "0"));
+    let mantissa = mantissa.trim_end_matches('0').trim_end_matches('.');
+    match exponent {
+        "0" => mantissa.to_string(),
+        e => format!("{mantissa}e{e}"),
+    }
+}
+
 /// Settings that are valid but probably not what was meant, each as one line of warning.
 pub fn setting_warnings(train: &TrainConfig) -> Vec<String> {
     let mut warnings = Vec::new();
@@ -551,8 +567,9 @@ pub fn setting_warnings(train: &TrainConfig) -> Vec<String> {
     }
     if train.lr_schedule != LrSchedule::Constant && train.min_lr >= train.learning_rate {
         warnings.push(format!(
-            "min_lr ({:e}) >= learning_rate ({:e}): the schedule never decays; set min_lr below the learning rate (a tenth of it is usual)",
-            train.min_lr, train.learning_rate
+            "min_lr ({}) >= learning_rate ({}): the schedule never decays; set min_lr below the learning rate (a tenth of it is usual)",
+            short(train.min_lr),
+            short(train.learning_rate)
         ));
     }
     warnings
@@ -840,6 +857,7 @@ mod tests {
         assert!((t.min_lr - 3e-5).abs() < 1e-9, "{}", t.min_lr);
         assert_eq!(notes.len(), 2, "{notes:?}");
         assert!(notes[0].starts_with("warmup_steps 100 -> 11"), "{notes:?}");
+        assert!(notes[1].starts_with("min_lr 2e-4 -> 3e-5: "), "{notes:?}");
         // A checkpoint's explicit interval goes back to automatic when steps change.
         let old = TrainConfig {
             eval_interval: 500,

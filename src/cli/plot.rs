@@ -37,6 +37,8 @@ pub enum Style {
     Line,
     /// A thin, light line (raw values under their smoothed version).
     Faint,
+    /// A line without dots, for a value at every step.
+    Curve,
 }
 
 /// One named line.
@@ -449,6 +451,7 @@ where
                 if series.points.len() <= 60 { 3 } else { 0 },
             ),
             Style::Faint => (colour.mix(0.3).stroke_width(1), 0),
+            Style::Curve => (colour.stroke_width(2), 0),
         };
         let legend_stroke = stroke;
         chart
@@ -469,25 +472,24 @@ where
     Ok(())
 }
 
-/// An exponential moving average with bias correction (as TensorBoard smooths curves): the
-/// value at step i weighs step i - k by `(1 - 1/span)^k`, and early values are not pulled
-/// towards 0.
-pub fn smoothed(points: &[(f64, f64)], span: f64) -> Vec<(f64, f64)> {
-    let beta = 1.0 - 1.0 / span.max(1.0);
-    let (mut avg, mut weight) = (0.0, 0.0);
-    points
-        .iter()
-        .map(|&(x, y)| {
-            avg = beta * avg + (1.0 - beta) * y;
-            weight = beta * weight + (1.0 - beta);
-            (x, avg / weight)
+/// Each point's y replaced by the mean over the `2 * half + 1` points centred on it (fewer at the
+/// ends): a smoothing that, unlike a running average, does not lag behind a falling curve.
+pub fn smoothed(points: &[(f64, f64)], half: usize) -> Vec<(f64, f64)> {
+    let mut prefix = vec![0.0f64; points.len() + 1];
+    for (i, p) in points.iter().enumerate() {
+        prefix[i + 1] = prefix[i] + p.1;
+    }
+    (0..points.len())
+        .map(|i| {
+            let (lo, hi) = (i.saturating_sub(half), (i + half + 1).min(points.len()));
+            (points[i].0, (prefix[hi] - prefix[lo]) / (hi - lo) as f64)
         })
         .collect()
 }
 
 /// A run's losses against the step: the training loss of every step (faint) and smoothed, and
-/// the train and val estimates of each evaluation; the x axis covers the run's `steps` even
-/// when it stopped early.
+/// the train and val estimates of each evaluation, up to the last step done; a run that has not
+/// reached its `total_steps` says how far it got in the title.
 pub fn loss_plot(
     path: &Path,
     title: &str,
@@ -499,8 +501,14 @@ pub fn loss_plot(
         .iter()
         .map(|r| (r.step as f64, r.loss as f64))
         .collect();
-    // About 50 steps' worth of noise averaged at the end of a long run, fewer in a short one.
-    let span = (total_steps as f64 / 50.0).clamp(1.0, 100.0);
+    let done = steps
+        .last()
+        .map(|r| r.step)
+        .max(metrics.last().map(|r| r.step))
+        .unwrap_or(0);
+    // Average over about 2% of the steps on each side: enough to see the trend through the noise
+    // of single batches, little enough to keep the bend of the first hundred steps.
+    let half = raw.len() / 100;
     let mut series = Vec::new();
     if raw.len() > 1 {
         series.push(Series {
@@ -511,8 +519,8 @@ pub fn loss_plot(
         });
         series.push(Series {
             label: "train, each step (smoothed)".into(),
-            points: smoothed(&raw, span),
-            style: Style::Line,
+            points: smoothed(&raw, half),
+            style: Style::Curve,
             colour: Some(0),
         });
     }
@@ -534,12 +542,17 @@ pub fn loss_plot(
         style: Style::Line,
         colour: Some(1),
     });
+    let title = if done < total_steps {
+        format!("{title} (step {done} of {total_steps})")
+    } else {
+        title.to_string()
+    };
     draw_line_plot(
         path,
         &LinePlot {
-            x_span: Some((0.0, total_steps.max(1) as f64)),
+            x_span: Some((0.0, done.max(1) as f64)),
             ..LinePlot::new(
-                title,
+                &title,
                 "step",
                 "loss (cross-entropy, nats per character)",
                 &series,
@@ -980,9 +993,13 @@ mod tests {
         }
         // Nothing left behind but the plot.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
-        let smooth = smoothed(&[(1.0, 2.0), (2.0, 2.0), (3.0, 4.0)], 2.0);
-        assert_eq!(smooth[0].1, 2.0, "no pull towards 0 at the start");
-        assert!(smooth[2].1 > 2.0 && smooth[2].1 < 4.0);
+        let smooth = smoothed(&[(1.0, 2.0), (2.0, 2.0), (3.0, 5.0), (4.0, 3.0)], 1);
+        let close = |a: &[(f64, f64)], b: &[f64]| {
+            a.len() == b.len() && a.iter().zip(b).all(|(p, y)| (p.1 - y).abs() < 1e-12)
+        };
+        assert!(close(&smooth, &[2.0, 3.0, 10.0 / 3.0, 4.0]), "{smooth:?}");
+        let ys: Vec<f64> = smooth.iter().map(|p| p.1).collect();
+        assert!(close(&smoothed(&smooth, 0), &ys));
     }
 
     #[test]
