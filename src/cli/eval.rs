@@ -28,6 +28,9 @@ pub struct EvalArgs {
     /// Print one JSON object: {"split": ..., "loss": ..., "tokens": ..., "windows": ...}.
     #[arg(long)]
     json: bool,
+    /// Which implementation of the model computes the loss.
+    #[arg(long, value_enum, default_value_t)]
+    engine: super::EngineArg,
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
@@ -43,7 +46,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let dataset = Dataset::with_vocabulary(&text, &ckpt.tokenizer, &info.source)?;
     dataset.check_block_size(ckpt.model.config.block_size)?;
     let batch = ckpt.config.train.batch_size;
-    let exact = evaluate_exact(&ckpt.model, dataset.split(split), batch);
+    let exact = evaluate_exact(&ckpt.model, dataset.split(split), batch, args.engine.into());
     if args.json {
         say!(
             "{{\"split\": \"{}\", \"loss\": {}, \"tokens\": {}, \"windows\": {}}}",

@@ -69,6 +69,9 @@ pub struct TrainArgs {
     /// Seed for initialisation, batch order and dropout.
     #[arg(long, value_name = "N")]
     seed: Option<u64>,
+    /// Which implementation of the model trains it (the checkpoint is the same either way).
+    #[arg(long, value_enum, default_value_t)]
+    engine: super::EngineArg,
 }
 
 /// Settings from the command line and a config file, not yet applied.
@@ -430,6 +433,7 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
         name,
         resumed,
     } = prepare(&args)?;
+    run.trainer.set_engine(args.engine.into());
     let train_cfg = run.trainer.config.clone();
     let model_cfg = run.trainer.model.config.clone();
     let samples_path = out.join(SAMPLES_FILE);
