@@ -124,7 +124,13 @@ impl Trainer {
         Self::with_shards_on(model, config, shards, Engine::Fast)
     }
 
-    fn with_shards_on(model: Model, config: TrainConfig, shards: usize, engine: Engine) -> Self {
+    /// [`Trainer::with_shards`] on the given engine.
+    pub fn with_shards_on(
+        model: Model,
+        config: TrainConfig,
+        shards: usize,
+        engine: Engine,
+    ) -> Self {
         let n = model.num_params();
         let (b, t) = (config.batch_size, model.config.block_size);
         // The reference engine allocates per pass; its shards need no fast buffers.

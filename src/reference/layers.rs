@@ -675,3 +675,190 @@ pub fn cross_entropy_backward(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Each layer's backward pass against finite differences of its forward pass.
+    use super::*;
+    use crate::kernels::gradcheck::{check, random_vec, weighted_sum};
+    use crate::rng::{DropoutSeed, DropoutSite, Rng};
+
+    #[test]
+    fn embedding_gradient_matches_finite_differences() {
+        let mut rng = Rng::new(1);
+        let (b, t, v, c) = (2, 4, 5, 6);
+        let tokens: Vec<TokenId> = (0..b * t).map(|_| rng.below(v) as TokenId).collect();
+        let (wte, wpe) = (
+            random_vec(v * c, &mut rng, 1.0),
+            random_vec(t * c, &mut rng, 1.0),
+        );
+        let w = random_vec(b * t * c, &mut rng, 1.0);
+        let (mut dwte, mut dwpe) = (vec![0.0; v * c], vec![0.0; t * c]);
+        embedding_backward(&mut dwte, Some(&mut dwpe), &w, &tokens, b, t, c);
+        let f = |wte: &[f32], wpe: &[f32]| {
+            let mut out = vec![0.0; b * t * c];
+            embedding_forward(&mut out, &tokens, wte, Some(wpe), b, t, c);
+            weighted_sum(&out, &w)
+        };
+        check("dwte", &wte, &dwte, |x| f(x, &wpe), 1e-3);
+        check("dwpe", &wpe, &dwpe, |x| f(&wte, x), 1e-3);
+    }
+
+    #[test]
+    fn layernorm_gradient_matches_finite_differences() {
+        let mut rng = Rng::new(2);
+        let (b, t, c) = (2, 3, 10);
+        let x = random_vec(b * t * c, &mut rng, 1.0);
+        let wt: Vec<f32> = random_vec(c, &mut rng, 0.5)
+            .iter()
+            .map(|v| v + 1.0)
+            .collect();
+        let bs = random_vec(c, &mut rng, 0.5);
+        let w = random_vec(b * t * c, &mut rng, 1.0);
+        let run = |x: &[f32], wt: &[f32], bs: &[f32]| {
+            let (mut y, mut m, mut r) = (vec![0.0; b * t * c], vec![0.0; b * t], vec![0.0; b * t]);
+            layernorm_forward(&mut y, &mut m, &mut r, x, wt, bs, b, t, c);
+            (y, m, r)
+        };
+        let (_, m, r) = run(&x, &wt, &bs);
+        let (mut dx, mut dw, mut db) = (vec![0.0; b * t * c], vec![0.0; c], vec![0.0; c]);
+        layernorm_backward(&mut dx, &mut dw, &mut db, &w, &x, &wt, &m, &r, b, t, c);
+        let f = |x: &[f32], wt: &[f32], bs: &[f32]| weighted_sum(&run(x, wt, bs).0, &w);
+        check("dinp", &x, &dx, |v| f(v, &wt, &bs), 2e-3);
+        check("dweight", &wt, &dw, |v| f(&x, v, &bs), 2e-3);
+        check("dbias", &bs, &db, |v| f(&x, &wt, v), 2e-3);
+    }
+
+    #[test]
+    fn linear_gradient_matches_finite_differences() {
+        let mut rng = Rng::new(3);
+        let (b, t, i_n, o_n) = (2, 3, 7, 5);
+        let x = random_vec(b * t * i_n, &mut rng, 1.0);
+        let wt = random_vec(o_n * i_n, &mut rng, 0.5);
+        let bs = random_vec(o_n, &mut rng, 0.5);
+        let w = random_vec(b * t * o_n, &mut rng, 1.0);
+        let f = |x: &[f32], wt: &[f32], bs: &[f32]| {
+            let mut out = vec![0.0; b * t * o_n];
+            linear_forward(&mut out, x, wt, Some(bs), b, t, i_n, o_n);
+            weighted_sum(&out, &w)
+        };
+        let (mut dx, mut dw, mut db) = (vec![0.0; x.len()], vec![0.0; wt.len()], vec![0.0; o_n]);
+        linear_backward(&mut dx, &mut dw, Some(&mut db), &w, &x, &wt, b, t, i_n, o_n);
+        check("dinp", &x, &dx, |v| f(v, &wt, &bs), 1e-3);
+        check("dweight", &wt, &dw, |v| f(&x, v, &bs), 1e-3);
+        check("dbias", &bs, &db, |v| f(&x, &wt, v), 1e-3);
+    }
+
+    #[test]
+    fn attention_gradient_matches_finite_differences() {
+        let mut rng = Rng::new(4);
+        let s = AttentionShape {
+            b_n: 2,
+            t_n: 5,
+            c_n: 6,
+            h_n: 2,
+        };
+        let qkv = random_vec(s.b_n * s.t_n * 3 * s.c_n, &mut rng, 1.0);
+        let w = random_vec(s.b_n * s.t_n * s.c_n, &mut rng, 1.0);
+        let masks = DropoutSeed::new(5).site(0, DropoutSite::AttentionWeights);
+        for dropout in [None, Some((0.3, masks))] {
+            let run = |qkv: &[f32]| {
+                let mut out = vec![0.0; w.len()];
+                let cache = attention_forward(&mut out, qkv, 0.4, dropout, s);
+                (out, cache)
+            };
+            let (_, cache) = run(&qkv);
+            // Each row of weights sums to 1 and is 0 above the diagonal.
+            for (row, a) in cache.att.chunks(s.t_n).enumerate() {
+                let t = row % s.t_n;
+                assert!((a.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+                assert!(a[t + 1..].iter().all(|&x| x == 0.0));
+            }
+            let mut dqkv = vec![0.0; qkv.len()];
+            attention_backward(&mut dqkv, &w, &qkv, &cache, 0.4, 0.3, s);
+            let name = format!("dqkv, dropout {:?}", dropout.map(|d| d.0));
+            check(&name, &qkv, &dqkv, |x| weighted_sum(&run(x).0, &w), 2e-3);
+        }
+    }
+
+    #[test]
+    fn activation_gradients_match_finite_differences() {
+        let mut rng = Rng::new(5);
+        let n = 40;
+        // Away from ReLU's kink at 0.
+        let x: Vec<f32> = random_vec(n, &mut rng, 2.0)
+            .into_iter()
+            .map(|v| if v.abs() < 0.1 { v + 0.3 } else { v })
+            .collect();
+        let w = random_vec(n, &mut rng, 1.0);
+        for kind in [Activation::Relu, Activation::Gelu] {
+            let mut dx = vec![0.0; n];
+            activation_backward(kind, &mut dx, &w, &x);
+            let f = |x: &[f32]| {
+                let mut y = vec![0.0; n];
+                activation_forward(kind, &mut y, x);
+                weighted_sum(&y, &w)
+            };
+            check(&format!("{kind:?}"), &x, &dx, f, 1e-3);
+        }
+        // torch.nn.functional.gelu(torch.tensor([1., -1.]), approximate="tanh")
+        let mut y = [0.0; 2];
+        activation_forward(Activation::Gelu, &mut y, &[1.0, -1.0]);
+        assert!((y[0] - 0.841_192).abs() < 1e-5 && (y[1] + 0.158_808).abs() < 1e-5);
+    }
+
+    #[test]
+    fn dropout_and_residual_gradients_match_finite_differences() {
+        let mut rng = Rng::new(6);
+        let (b, len) = (3, 50);
+        let x = random_vec(b * len, &mut rng, 1.0);
+        let w = random_vec(b * len, &mut rng, 1.0);
+        let masks = DropoutSeed::new(9).site(1, DropoutSite::AttentionOutput);
+        let run = |x: &[f32]| {
+            let (mut y, mut m) = (vec![0.0; x.len()], vec![false; x.len()]);
+            dropout_forward(&mut y, &mut m, x, 0.4, masks, b, len);
+            (y, m)
+        };
+        let (y, mask) = run(&x);
+        let kept = mask.iter().filter(|&&k| k).count();
+        assert!(kept > 0 && kept < mask.len());
+        assert!(y
+            .iter()
+            .zip(&x)
+            .all(|(&y, &x)| y == 0.0 || (y - x / 0.6).abs() < 1e-5));
+        let mut dx = vec![0.0; x.len()];
+        dropout_backward(&mut dx, &w, &mask, 0.4);
+        check("dropout", &x, &dx, |x| weighted_sum(&run(x).0, &w), 1e-3);
+        let (mut da, mut db) = (vec![0.0; x.len()], vec![0.0; x.len()]);
+        residual_backward(&mut da, &mut db, &w);
+        let sum = |a: &[f32], b: &[f32]| {
+            let mut out = vec![0.0; a.len()];
+            residual_forward(&mut out, a, b);
+            weighted_sum(&out, &w)
+        };
+        check("da", &x, &da, |v| sum(v, &y), 1e-3);
+        check("db", &y, &db, |v| sum(&x, v), 1e-3);
+    }
+
+    #[test]
+    fn cross_entropy_gradient_matches_finite_differences() {
+        let mut rng = Rng::new(7);
+        let (n, v) = (6, 9);
+        let z = random_vec(n * v, &mut rng, 2.0);
+        let y: Vec<TokenId> = (0..n).map(|_| rng.below(v) as TokenId).collect();
+        let loss = |z: &[f32]| {
+            let (mut p, mut l) = (vec![0.0; n * v], vec![0.0; n]);
+            cross_entropy_forward(&mut p, &mut l, z, &y, n, v) as f64
+        };
+        let (mut p, mut l) = (vec![0.0; n * v], vec![0.0; n]);
+        cross_entropy_forward(&mut p, &mut l, &z, &y, n, v);
+        let mut dz = vec![0.0; n * v];
+        cross_entropy_backward(&mut dz, &p, &y, n, v, 1.0);
+        check("dlogits", &z, &dz, loss, 2e-3);
+        // Uniform logits: ln V.
+        let uniform = vec![0.0; v];
+        let (mut p, mut l) = (vec![0.0; v], vec![0.0; 1]);
+        let loss = cross_entropy_forward(&mut p, &mut l, &uniform, &[3], 1, v);
+        assert!((loss - (v as f32).ln()).abs() < 1e-6);
+    }
+}

@@ -27,6 +27,8 @@
 //! of float sums. (The alternative, reproducing the fast engine's per-shard and per-chunk streams
 //! here, would have made the reference depend on the fast engine's sharding.)
 #![forbid(unsafe_code)]
+// Loops over indices, as the math is written (`for c in 0..C`), rather than over iterators.
+#![allow(clippy::needless_range_loop)]
 
 pub mod layers;
 mod model;

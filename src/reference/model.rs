@@ -659,3 +659,82 @@ fn block_backward(
     add_into(&mut d_x, &d_via_branch);
     d_x
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{preset, Activation, AttentionScale, FeedForward, Init, ModelConfig};
+    use crate::kernels::gradcheck::check;
+    use crate::rng::Rng;
+
+    /// The whole model's gradient against finite differences of its loss, with dropout on (the
+    /// same masks every time, so the loss is a function of the parameters), for configs that
+    /// take each path through a block, and for the bigram model.
+    #[test]
+    fn whole_model_gradient_matches_finite_differences() {
+        let base = ModelConfig {
+            vocab_size: 7,
+            n_embd: 8,
+            n_head: 2,
+            n_layer: 2,
+            block_size: 5,
+            dropout: 0.3,
+            init: Init::Pytorch,
+            ..preset("layernorm").unwrap().model
+        };
+        let mut bigram = preset("bigram").unwrap().model;
+        bigram.vocab_size = 7;
+        let variants = [
+            ("pre-norm blocks, ReLU", base.clone()),
+            (
+                "GELU, n_embd scaling",
+                ModelConfig {
+                    activation: Activation::Gelu,
+                    attention_scale: AttentionScale::NEmbd,
+                    ..base.clone()
+                },
+            ),
+            (
+                "no residual, Linear feed-forward, no projection, no LayerNorm",
+                ModelConfig {
+                    residual: false,
+                    layer_norm: false,
+                    attention_projection: false,
+                    feed_forward: FeedForward::Linear,
+                    ..base.clone()
+                },
+            ),
+            (
+                "no feed-forward",
+                ModelConfig {
+                    feed_forward: FeedForward::None,
+                    ..base.clone()
+                },
+            ),
+            ("bigram", bigram),
+        ];
+        let mut rng = Rng::new(12);
+        let masks = Some(DropoutSeed::new(99));
+        for (name, cfg) in variants {
+            let model = Model::new(cfg.clone(), 5);
+            let (b, t) = (3, 5);
+            let x: Vec<TokenId> = (0..b * t).map(|_| rng.below(7) as TokenId).collect();
+            let y: Vec<TokenId> = (0..b * t).map(|_| rng.below(7) as TokenId).collect();
+            let pass = forward(&model, &x, Some(&y), b, t, masks);
+            // NaN to start with: backward overwrites the whole gradient.
+            let mut grads = vec![f32::NAN; model.num_params()];
+            backward(&model, &pass, &mut grads, 1.0);
+            let mut probe = model.clone();
+            check(
+                name,
+                &model.params,
+                &grads,
+                |p| {
+                    probe.params.copy_from_slice(p);
+                    forward(&probe, &x, Some(&y), b, t, masks).loss.unwrap() as f64
+                },
+                5e-3,
+            );
+        }
+    }
+}

@@ -1149,4 +1149,70 @@ mod tests {
             }
         }
     }
+
+    /// Against the step-by-step reference (scores, scale, mask, softmax, dropout, weighted sum),
+    /// with and without dropout, on shapes that take each path.
+    #[test]
+    fn matches_the_reference_attention() {
+        use crate::reference::layers::{self as reference, AttentionShape};
+        let mut rng = Rng::new(25);
+        for shape in [
+            Shape {
+                batch: 2,
+                seq_len: 5,
+                channels: 12,
+                n_head: 3,
+            },
+            Shape {
+                batch: 2,
+                seq_len: 40,
+                channels: 48,
+                n_head: 2,
+            },
+            Shape {
+                batch: 2,
+                seq_len: 70,
+                channels: 32,
+                n_head: 2,
+            },
+        ] {
+            let n = shape.batch * shape.seq_len * shape.channels;
+            let qkv = random_vec(3 * n, &mut rng, 1.0);
+            let dout = random_vec(n, &mut rng, 1.0);
+            let s = AttentionShape {
+                b_n: shape.batch,
+                t_n: shape.seq_len,
+                c_n: shape.channels,
+                h_n: shape.n_head,
+            };
+            for drop in [None, dropout(0.25, 9)] {
+                let name = format!("{:?} {shape:?} {drop:?}", shape.path());
+                let (out, att, mask) = run_forward(&qkv, shape, 0.5, drop);
+                let dqkv = run_backward(&qkv, &dout, shape, 0.5, drop);
+                let mut want = vec![0.0; n];
+                let cache = reference::attention_forward(
+                    &mut want,
+                    &qkv,
+                    0.5,
+                    drop.map(|d| (d.p, d.masks)),
+                    s,
+                );
+                assert_close(&format!("{name}: out"), &out, &want, 1e-5);
+                assert_close(&format!("{name}: att"), &att, &cache.att, 1e-5);
+                if let Some(want_mask) = &cache.mask {
+                    // Kept where the key is visible; above the diagonal the weight is 0 anyway.
+                    let t_n = shape.seq_len;
+                    for (i, (&m, &w)) in mask.iter().zip(want_mask).enumerate() {
+                        let (t, u) = ((i / t_n) % t_n, i % t_n);
+                        if u <= t {
+                            assert_eq!(m == 1, w, "{name}: mask element {i}");
+                        }
+                    }
+                }
+                let mut want_dqkv = vec![0.0; 3 * n];
+                reference::attention_backward(&mut want_dqkv, &dout, &qkv, &cache, 0.5, 0.25, s);
+                assert_close(&format!("{name}: dqkv"), &dqkv, &want_dqkv, 1e-5);
+            }
+        }
+    }
 }
