@@ -6,10 +6,13 @@
 //! The peaks are what the cores can do at all, measured in the same run on every thread at once
 //! with register-only loops (no memory traffic, independent accumulators): fp32 fused
 //! multiply-adds, and, where the CPU has AVX512_BF16, bf16 dot products (`VDPBF16PS`, twice the
-//! flops per instruction). A run is compared with the peak of its own precision.
+//! flops per instruction). A run is compared with the peak of its own precision. Either engine
+//! can be timed ([`Engine`]), and the fast engine with its batch in a chosen number of
+//! data-parallel shards: what the engine and the sharding buy.
 
 use crate::config::{ModelConfig, TrainConfig};
 use crate::data::TINY_SHAKESPEARE;
+use crate::engine::Engine;
 use crate::model::Model;
 use crate::profile;
 use crate::rng::Rng;
@@ -34,6 +37,8 @@ fn median(v: &mut [f64]) -> f64 {
 #[derive(Debug, Clone)]
 pub struct TrainBench {
     pub params: usize,
+    /// The data-parallel shards each batch was cut into.
+    pub shards: usize,
     pub ms_per_step: f64,
     pub tokens_per_s: f64,
     pub gflops: f64,
@@ -41,21 +46,44 @@ pub struct TrainBench {
     pub breakdown: Vec<(&'static str, f64, f64)>,
 }
 
-/// Times `steps` training steps after `warmup` steps on Tiny Shakespeare (vocabulary 65).
+/// How [`bench_training`] runs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TrainBenchOptions {
+    /// Untimed steps first (thread pools, caches and the allocator settle).
+    pub warmup: usize,
+    /// Timed steps.
+    pub steps: usize,
+    /// Also time each kernel ([`profile`]).
+    pub breakdown: bool,
+    pub engine: Engine,
+    /// Data-parallel shards per batch (None: the trainer's choice, one per thread where a step
+    /// is large enough).
+    pub shards: Option<usize>,
+}
+
+/// Times training steps on Tiny Shakespeare (vocabulary 65).
 pub fn bench_training(
     model_cfg: &ModelConfig,
     train_cfg: &TrainConfig,
-    warmup: usize,
-    steps: usize,
-    breakdown: bool,
+    options: TrainBenchOptions,
 ) -> Result<TrainBench, TrainError> {
+    let TrainBenchOptions {
+        warmup,
+        steps,
+        breakdown,
+        engine,
+        shards,
+    } = options;
     let tokenizer = Tokenizer::from_text(TINY_SHAKESPEARE).expect("non-empty");
     let data = tokenizer.encode(TINY_SHAKESPEARE).expect("own vocabulary");
     let mut cfg = model_cfg.clone();
     cfg.vocab_size = tokenizer.vocab_size();
     let model = Model::new(cfg.clone(), train_cfg.seed);
     let params = model.num_params();
-    let mut trainer = Trainer::new(model, train_cfg.clone());
+    let mut trainer = match shards {
+        Some(n) => Trainer::with_shards_on(model, train_cfg.clone(), n, engine),
+        None => Trainer::with_engine(model, train_cfg.clone(), engine),
+    };
     for _ in 0..warmup {
         trainer.train_step(&data)?;
     }
@@ -80,6 +108,7 @@ pub fn bench_training(
     };
     Ok(TrainBench {
         params,
+        shards: trainer.shard_count(),
         ms_per_step: per_step * 1e3,
         tokens_per_s: tokens / per_step,
         gflops: trainer.model.flops_per_step(train_cfg.batch_size) / per_step / 1e9,
@@ -192,15 +221,15 @@ mod peak_loops {
     }
 }
 
-/// Generation speed in tokens per second with the context full (`block_size` tokens of
-/// context for every new token): generates `warmup` tokens to fill the context, then times `n`.
-pub fn bench_generation(model: &Model, n: usize) -> f64 {
+/// Generation speed on `engine` in tokens per second with the context full (`block_size` tokens
+/// of context for every new token): fills the context with a prompt, then times `n` tokens.
+pub fn bench_generation(model: &Model, n: usize, engine: Engine) -> f64 {
     let block = model.config.block_size;
     let mut rng = Rng::new(7);
     let prompt: Vec<TokenId> = (0..block)
         .map(|_| rng.below(model.config.vocab_size) as TokenId)
         .collect();
-    let mut generator = Generator::new(model, &prompt, SampleSettings::default());
+    let mut generator = Generator::new(model, &prompt, SampleSettings::default()).on(engine);
     // The prompt already fills the context; every timed token sees `block_size` tokens.
     let _ = generator.next_token(&mut rng);
     let t0 = Instant::now();

@@ -7,16 +7,21 @@
 //! its parameter layout), [`optimizer`] (AdamW, schedule, clipping), [`training`] (the loop and
 //! loss estimates), [`sampling`] (generation), [`checkpoint`] (safetensors + JSON); [`ladder`] lists
 //! the lecture's sequence of models with the losses it published.
+//!
+//! [`reference`] is the same model in plain loops, the version to read first; [`engine`] chooses
+//! which of the two computes a pass.
 
 pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod engine;
 pub mod kernels;
 pub mod ladder;
 pub mod model;
 pub mod optimizer;
 pub mod profile;
+pub mod reference;
 pub mod rng;
 pub mod runtime;
 pub mod sampling;

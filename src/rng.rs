@@ -4,8 +4,13 @@
 //! and token sampling. All of them must be reproducible from a seed, and the training state must be
 //! saved in a checkpoint so that a resumed run continues exactly. SplitMix64 (Steele, Lea and Flood,
 //! 2014) fits: its whole state is one `u64`, it passes BigCrush, and `mix` doubles as a hash for
-//! deriving independent streams (one per layer, batch row and head for dropout) from a seed and a
-//! counter, so parallel kernels draw the same numbers whatever the thread count.
+//! deriving independent streams from a seed and a counter, so parallel kernels draw the same
+//! numbers whatever the thread count.
+//!
+//! Dropout masks ([`DropoutSeed`]) are defined here, once, for both engines: every element is a
+//! pure function of (step seed, layer, site, batch row, index of the element within that row's
+//! tensor), so the fast engine, whatever its threads and data-parallel shards, and the reference
+//! engine, which runs the batch whole, zero the same activations.
 
 /// SplitMix64: `state += GOLDEN; output = mix(state)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +81,94 @@ impl Rng {
     }
 }
 
+/// Where in block `layer` a dropout mask applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropoutSite {
+    /// The attention weights, (H, T, T) per batch row: element `(h * T + t) * T + u`.
+    AttentionWeights = 1,
+    /// The attention projection's output, (T, C) per batch row: element `t * C + c`.
+    AttentionOutput = 2,
+    /// The feed-forward branch's output, (T, C) per batch row (the activation, (T, F), for the
+    /// one-layer feed-forward): element `t * C + c`.
+    FeedForwardOutput = 3,
+}
+
+/// The dropout masks of one training step, for a batch or for the consecutive rows of a batch
+/// starting at `first_row` (a data-parallel shard).
+///
+/// The mask of `site` in block `layer` for batch row b is the SplitMix64 stream whose state
+/// starts at `Rng::derived(seed, layer, site, b).state()`; element i of that row's tensor is kept
+/// when the stream's i-th uniform is at least p. The i-th output of a SplitMix64 stream started at
+/// state s is `mix(s + (i + 1) * GOLDEN)`, so any element can be computed on its own: no state is
+/// carried from one element to the next, and it does not matter which thread draws it, in what
+/// order, or how the batch was split.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DropoutSeed {
+    pub seed: u64,
+    /// The batch row of this part's first sequence.
+    pub first_row: usize,
+}
+
+impl DropoutSeed {
+    /// The masks of a whole batch.
+    pub fn new(seed: u64) -> Self {
+        DropoutSeed { seed, first_row: 0 }
+    }
+
+    /// The masks of the part of the batch that starts `first_row` rows into this one.
+    pub fn rows_from(self, first_row: usize) -> Self {
+        DropoutSeed {
+            first_row: self.first_row + first_row,
+            ..self
+        }
+    }
+
+    /// The masks of one site of one block.
+    pub fn site(self, layer: usize, site: DropoutSite) -> SiteMasks {
+        SiteMasks {
+            seed: self.seed,
+            layer: layer as u64,
+            site: site as u64,
+            first_row: self.first_row,
+        }
+    }
+}
+
+/// The dropout masks of one site of one block, for each batch row of a (part of a) batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SiteMasks {
+    seed: u64,
+    layer: u64,
+    site: u64,
+    first_row: usize,
+}
+
+impl SiteMasks {
+    /// The mask of row `b` of this part of the batch (row `first_row + b` of the whole batch).
+    #[inline]
+    pub fn row(self, b: usize) -> RowMask {
+        let row = (self.first_row + b) as u64;
+        RowMask(Rng::derived(self.seed, self.layer, self.site, row).state)
+    }
+}
+
+/// The dropout mask of one site for one batch row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RowMask(u64);
+
+impl RowMask {
+    /// Whether element `index` of the row's tensor is kept at dropout probability `p`: the
+    /// `index`-th uniform (24 bits, as [`Rng::uniform`]) of the row's stream is at least `p`.
+    #[inline(always)]
+    pub fn keep(self, index: usize, p: f32) -> bool {
+        let state = self
+            .0
+            .wrapping_add((index as u64).wrapping_add(1).wrapping_mul(GOLDEN_GAMMA));
+        let uniform = (mix(state) >> 40) as f32 * (1.0 / (1u64 << 24) as f32);
+        uniform >= p
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,6 +208,22 @@ mod tests {
         for c in counts {
             assert!((c as f64 - 10_000.0).abs() < 500.0, "{counts:?}");
         }
+    }
+
+    /// Element i of a row's mask is the i-th draw of an ordinary stream, computed on its own.
+    #[test]
+    fn mask_elements_are_the_draws_of_the_row_stream() {
+        let masks = DropoutSeed::new(5).rows_from(3);
+        let row = masks.site(2, DropoutSite::AttentionOutput).row(4);
+        let mut stream = Rng::derived(5, 2, DropoutSite::AttentionOutput as u64, 7);
+        for i in 0..1000 {
+            assert_eq!(row.keep(i, 0.3), stream.uniform() >= 0.3);
+        }
+        // The same row of the batch, reached from a shard that starts elsewhere.
+        let same = DropoutSeed::new(5).rows_from(7);
+        assert_eq!(same.site(2, DropoutSite::AttentionOutput).row(0), row);
+        let kept = (0..100_000).filter(|&i| row.keep(i, 0.2)).count();
+        assert!((kept as f64 / 1e5 - 0.8).abs() < 0.01, "{kept}");
     }
 
     #[test]

@@ -13,7 +13,11 @@
 //! last `block_size - shift` characters (`shift` = a quarter of the block by default) and growth
 //! resumes; the model then sees between 3/4 and all of a block of context instead of exactly one
 //! block. `shift = 1` reproduces the lecture exactly, at the lecture's cost.
+//!
+//! On the reference engine ([`Generator::on`]) there is no cache: every character recomputes the
+//! whole context, as the lecture does, over the same windows, so it draws the same text.
 
+use crate::engine::Engine;
 use crate::model::{Activations, Model};
 use crate::rng::Rng;
 use crate::tokenizer::TokenId;
@@ -76,6 +80,8 @@ pub fn sample_from_logits(
 pub struct Generator<'a> {
     model: &'a Model,
     settings: SampleSettings,
+    engine: Engine,
+    /// The fast engine's buffers, with the KV cache.
     acts: Activations,
     /// The current context, at most `block_size` ids.
     window: Vec<TokenId>,
@@ -102,6 +108,7 @@ impl<'a> Generator<'a> {
         Generator {
             model,
             settings,
+            engine: Engine::Fast,
             acts: Activations::new(&model.config, 1, block, false),
             window: window_buf,
             computed: 0,
@@ -117,9 +124,24 @@ impl<'a> Generator<'a> {
         self
     }
 
+    /// Computes the logits on `engine` (the fast one by default).
+    pub fn on(mut self, engine: Engine) -> Self {
+        self.engine = engine;
+        self
+    }
+
     /// Draws the next id and appends it to the context.
     pub fn next_token(&mut self, rng: &mut Rng) -> TokenId {
         let v = self.model.config.vocab_size;
+        let t = self.window.len();
+        if self.engine == Engine::Reference {
+            // The whole window again, and the logits of its last position.
+            let pass = crate::reference::forward(self.model, &self.window, None, 1, t, None);
+            let last = &pass.logits[(t - 1) * v..t * v];
+            let next = sample_from_logits(last, self.settings, rng, &mut self.scratch);
+            self.append(next);
+            return next;
+        }
         if self.computed < self.window.len() {
             let (model, acts, window, start) =
                 (self.model, &mut self.acts, &self.window, self.computed);
@@ -131,9 +153,14 @@ impl<'a> Generator<'a> {
             }
             self.computed = self.window.len();
         }
-        let t = self.window.len();
         let last = &self.acts.logits()[(t - 1) * v..t * v];
         let next = sample_from_logits(last, self.settings, rng, &mut self.scratch);
+        self.append(next);
+        next
+    }
+
+    /// Appends `next` to the context, first dropping `shift` ids if it is full.
+    fn append(&mut self, next: TokenId) {
         if self.window.len() == self.model.config.block_size {
             // Positions are absolute: dropping ids shifts every position, so the cache restarts.
             let drop = self.shift.min(self.window.len());
@@ -141,7 +168,6 @@ impl<'a> Generator<'a> {
             self.computed = 0;
         }
         self.window.push(next);
-        next
     }
 }
 
@@ -241,6 +267,25 @@ mod tests {
         for (a, b) in cached.iter().zip(&lecture_logits(&model, &window)) {
             assert!((a - b).abs() < 1e-5, "{a} vs {b}");
         }
+    }
+
+    /// The reference engine, recomputing every window, draws the same text as the cached fast
+    /// engine (greedy, so that a last-digit difference in the logits cannot change a draw).
+    #[test]
+    fn both_engines_write_the_same_text() {
+        let model = tiny_model();
+        let greedy = SampleSettings {
+            temperature: 1.0,
+            top_k: Some(1),
+        };
+        let text = |engine: Engine| {
+            let mut gen = Generator::new(&model, &[3, 1], greedy).on(engine);
+            let mut rng = Rng::new(4);
+            (0..20)
+                .map(|_| gen.next_token(&mut rng))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(text(Engine::Fast), text(Engine::Reference));
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //! Threads split the batch (data parallelism): with P worker threads the B sequences are cut
 //! into P shards of consecutive rows, each thread runs the forward and backward pass of its shard
 //! with its own activations and gradient buffer (its kernels on that thread alone), and the
-//! shards' gradients are summed. Shard s contributes `n_s / N` times the gradient of its own mean
+//! shards' gradients are summed. Either engine ([`Engine`]) runs the shards: the fast one in the
+//! activations allocated here, the reference one in buffers of its own. Shard s contributes `n_s / N` times the gradient of its own mean
 //! loss, so the sum is exactly the gradient of the whole batch's mean. One fork-join per step
 //! instead of one per kernel is what makes small models fast on several threads; the memory for
 //! activations is the same (each shard holds its own rows), plus one gradient buffer per extra
@@ -28,10 +29,11 @@ use crate::data::{
     char_counts, fill_windows, fingerprint, sample_batch, window_count, DataError, Dataset, Split,
     FINE_TUNE_ADVICE,
 };
+use crate::engine::Engine;
 use crate::kernels::sequentially;
 use crate::model::{Activations, Model};
 use crate::optimizer::{add_assign, clip_scale, learning_rate, sum_squares, AdamW};
-use crate::rng::Rng;
+use crate::rng::{DropoutSeed, Rng};
 use crate::tokenizer::{TokenId, Tokenizer};
 use rayon::prelude::*;
 use std::io::Write;
@@ -68,6 +70,8 @@ pub struct Trainer {
     pub data_rng: Rng,
     /// Steps completed so far.
     pub step: usize,
+    /// Which engine computes the forward and backward passes.
+    engine: Engine,
     shards: Vec<Shard>,
     inputs: Vec<TokenId>,
     targets: Vec<TokenId>,
@@ -83,6 +87,7 @@ const GRAD_CHUNK: usize = 1 << 14;
 #[derive(Debug)]
 struct Shard {
     rows: Range<usize>,
+    /// The fast engine's buffers for these rows (empty on the reference engine).
     acts: Activations,
     /// This shard's gradient; empty for shard 0, which borrows the trainer's buffer.
     grads: Vec<f32>,
@@ -102,23 +107,41 @@ impl Trainer {
     /// A trainer whose steps use every thread of the current rayon pool (build it inside
     /// `pool.install`); results are reproducible for a given thread count.
     pub fn new(model: Model, config: TrainConfig) -> Self {
+        Self::with_engine(model, config, Engine::Fast)
+    }
+
+    /// [`Trainer::new`] on the given engine; the reference engine splits the batch over the
+    /// threads in the same way.
+    pub fn with_engine(model: Model, config: TrainConfig, engine: Engine) -> Self {
         // A step of a few million flops is over before a second thread would wake up.
         let worth = (model.flops_per_step(config.batch_size) / 20e6) as usize;
         let shards = rayon::current_num_threads().min(worth.max(1));
-        Self::with_shards(model, config, shards)
+        Self::with_shards_on(model, config, shards, engine)
     }
 
     /// A trainer that splits each batch into `shards` parts (at most one per sequence), run in
     /// parallel on the current rayon pool. The model's products take `config.precision`.
-    pub fn with_shards(mut model: Model, config: TrainConfig, shards: usize) -> Self {
+    pub fn with_shards(model: Model, config: TrainConfig, shards: usize) -> Self {
+        Self::with_shards_on(model, config, shards, Engine::Fast)
+    }
+
+    /// [`Trainer::with_shards`] on the given engine.
+    pub fn with_shards_on(
+        mut model: Model,
+        config: TrainConfig,
+        shards: usize,
+        engine: Engine,
+    ) -> Self {
         model.set_precision(config.precision);
         let n = model.num_params();
         let (b, t) = (config.batch_size, model.config.block_size);
+        // The reference engine allocates per pass; its shards need no fast buffers.
+        let rows_held = |rows: usize| if engine == Engine::Fast { rows } else { 0 };
         let shards = shard_rows(b, shards)
             .into_iter()
             .enumerate()
             .map(|(i, rows)| Shard {
-                acts: Activations::new(&model.config, rows.len(), t, true),
+                acts: Activations::new(&model.config, rows_held(rows.len()), t, true),
                 grads: if i == 0 { Vec::new() } else { vec![0.0; n] },
                 rows,
                 loss: 0.0,
@@ -131,6 +154,7 @@ impl Trainer {
             optimizer: AdamW::new(n),
             data_rng,
             step: 0,
+            engine,
             shards,
             inputs: vec![0; b * t],
             targets: vec![0; b * t],
@@ -142,6 +166,28 @@ impl Trainer {
     /// The threads a step is split over.
     pub fn shard_count(&self) -> usize {
         self.shards.len()
+    }
+
+    pub fn engine(&self) -> Engine {
+        self.engine
+    }
+
+    /// Runs the following steps and loss estimates on `engine` (the state of the run is the
+    /// same for both: parameters, optimizer, data order).
+    pub fn set_engine(&mut self, engine: Engine) {
+        if engine == self.engine {
+            return;
+        }
+        let t = self.model.config.block_size;
+        self.engine = engine;
+        for s in &mut self.shards {
+            let rows = if engine == Engine::Fast {
+                s.rows.len()
+            } else {
+                0
+            };
+            s.acts = Activations::new(&self.model.config, rows, t, true);
+        }
     }
 
     /// The forward pass of the batch (B, T) on every shard, and with `backward` the gradient of
@@ -156,35 +202,48 @@ impl Trainer {
         let t = self.model.config.block_size;
         let batch = self.shards.last().map_or(0, |s| s.rows.end);
         let model = &self.model;
-        let one = |s: &mut Shard, index: usize| {
+        let engine = self.engine;
+        let one = |s: &mut Shard| {
             let rows = s.rows.start * t..s.rows.end * t;
-            let seed = dropout_seed.map(|d| crate::rng::mix(d ^ index as u64));
-            s.loss = model
-                .forward(
-                    &mut s.acts,
-                    &inputs[rows.clone()],
-                    Some(&targets[rows]),
-                    s.rows.len(),
-                    t,
-                    seed,
-                )
-                .expect("targets given");
-            if backward {
-                let share = s.rows.len() as f32 / batch as f32;
-                model.backward_scaled(&mut s.acts, &mut s.grads, share);
+            let (inputs, targets) = (&inputs[rows.clone()], &targets[rows]);
+            // The masks of this shard's rows of the batch: the same whatever the sharding.
+            let seed = dropout_seed.map(|d| DropoutSeed::new(d).rows_from(s.rows.start));
+            let share = s.rows.len() as f32 / batch as f32;
+            match engine {
+                Engine::Fast => {
+                    s.loss = model
+                        .forward(&mut s.acts, inputs, Some(targets), s.rows.len(), t, seed)
+                        .expect("targets given");
+                    if backward {
+                        model.backward_scaled(&mut s.acts, &mut s.grads, share);
+                    }
+                }
+                Engine::Reference => {
+                    let pass = crate::reference::forward(
+                        model,
+                        inputs,
+                        Some(targets),
+                        s.rows.len(),
+                        t,
+                        seed,
+                    );
+                    s.loss = pass.loss.expect("targets given");
+                    if backward {
+                        crate::reference::backward(model, &pass, &mut s.grads, share);
+                    }
+                }
             }
         };
         if backward {
             std::mem::swap(&mut self.grads, &mut self.shards[0].grads);
         }
         if self.shards.len() == 1 {
-            one(&mut self.shards[0], 0);
+            one(&mut self.shards[0]);
         } else {
             self.shards
                 .par_iter_mut()
-                .enumerate()
                 .with_max_len(1)
-                .for_each(|(i, s)| sequentially(|| one(s, i)));
+                .for_each(|s| sequentially(|| one(s)));
         }
         if backward {
             // One pass over memory: the shards' gradients summed into shard 0's buffer, and
@@ -306,9 +365,9 @@ pub struct ExactLoss {
 
 /// The mean loss over every target of `data`, cut into consecutive non-overlapping windows of
 /// `block_size` inputs (+1 target); the last partial window is dropped. Runs `batch` windows at a
-/// time.
-pub fn evaluate_exact(model: &Model, data: &[TokenId], batch: usize) -> ExactLoss {
-    evaluate_exact_with_progress(model, data, batch, &mut |_, _| {})
+/// time on `engine` (the reference engine splits each batch over the threads).
+pub fn evaluate_exact(model: &Model, data: &[TokenId], batch: usize, engine: Engine) -> ExactLoss {
+    evaluate_exact_with_progress(model, data, batch, engine, &mut |_, _| {})
 }
 
 /// [`evaluate_exact`], calling `progress(windows done, windows)` after each batch of windows.
@@ -316,12 +375,14 @@ pub fn evaluate_exact_with_progress(
     model: &Model,
     data: &[TokenId],
     batch: usize,
+    engine: Engine,
     progress: &mut dyn FnMut(usize, usize),
 ) -> ExactLoss {
     let t = model.config.block_size;
     let windows = window_count(data.len(), t);
     let batch = batch.max(1).min(windows.max(1));
-    let mut acts = Activations::new(&model.config, batch, t, false);
+    let capacity = if engine == Engine::Fast { batch } else { 0 };
+    let mut acts = Activations::new(&model.config, capacity, t, false);
     let (mut inputs, mut targets) = (vec![0; batch * t], vec![0; batch * t]);
     let mut total = 0.0f64;
     let mut first = 0;
@@ -329,8 +390,25 @@ pub fn evaluate_exact_with_progress(
         let rows = batch.min(windows - first);
         fill_windows(data, t, first, rows, &mut inputs, &mut targets);
         let n = rows * t;
-        model.forward(&mut acts, &inputs[..n], Some(&targets[..n]), rows, t, None);
-        total += acts.losses().iter().map(|&l| l as f64).sum::<f64>();
+        let (inputs, targets) = (&inputs[..n], &targets[..n]);
+        match engine {
+            Engine::Fast => {
+                model.forward(&mut acts, inputs, Some(targets), rows, t, None);
+                total += acts.losses().iter().map(|&l| l as f64).sum::<f64>();
+            }
+            Engine::Reference => {
+                let parts = shard_rows(rows, rayon::current_num_threads());
+                let losses: Vec<Vec<f32>> = parts
+                    .par_iter()
+                    .map(|r| {
+                        let w = r.start * t..r.end * t;
+                        let (x, y) = (&inputs[w.clone()], &targets[w]);
+                        crate::reference::forward(model, x, Some(y), r.len(), t, None).losses
+                    })
+                    .collect();
+                total += losses.iter().flatten().map(|&l| l as f64).sum::<f64>();
+            }
+        }
         first += rows;
         progress(first, windows);
     }
@@ -942,6 +1020,7 @@ pub fn run_training(
             &run.trainer.model,
             &run.dataset.val,
             run.trainer.config.batch_size,
+            run.trainer.engine(),
         ));
     }
     if options.out.is_some() {

@@ -68,11 +68,43 @@ fn bench_json_has_every_field_with_sane_values() {
 }
 
 #[test]
+fn bench_times_the_reference_engine_and_a_chosen_sharding() {
+    let run = |args: &[&str]| -> serde_json::Value {
+        let out = Command::new(BIN)
+            .args(["--threads", "2", "bench", "--preset", "layernorm", "--json"])
+            .args(["--steps", "2", "--gen-tokens", "3"])
+            .args(args)
+            .assert()
+            .success()
+            .get_output()
+            .stdout
+            .clone();
+        serde_json::from_slice(&out).expect("one JSON object")
+    };
+    let v = run(&["--engine", "reference", "--breakdown"]);
+    assert_eq!(v["engine"], "reference");
+    assert!(v["ms_per_step"].as_f64().unwrap() > 0.0);
+    assert!(v["gen_tokens_per_s"].as_f64().unwrap() > 0.0);
+    // The reference layers are timed under the same kernel names.
+    assert!(v["breakdown"]["matmul"]["backward_ms"].as_f64().unwrap() > 0.0);
+    assert!(v["breakdown"]["attention"]["forward_ms"].as_f64().unwrap() > 0.0);
+    let v = run(&["--shards", "1", "--keep-subnormals"]);
+    assert_eq!(v["engine"], "fast");
+    assert_eq!(v["shards"], 1);
+    assert_eq!(v["flush_subnormals"], false);
+}
+
+#[test]
 fn bench_rejects_nonsense() {
     let dir = common::workspace();
     common::fails(
         dir.path(),
         &["bench", "--preset", "layernorm", "--steps", "0"],
         "--steps must be at least 1",
+    );
+    common::fails(
+        dir.path(),
+        &["bench", "--preset", "layernorm", "--shards", "0"],
+        "--shards must be at least 1",
     );
 }

@@ -897,3 +897,68 @@ fn bf16_without_the_instruction_is_refused_in_one_line() {
         assert!(shown.contains("precision=fp32"), "{shown}");
     }
 }
+
+/// `--engine reference` trains, evaluates and samples as the fast engine does: the same
+/// checkpoint format, the same losses up to float rounding, the same greedy text.
+#[test]
+fn the_reference_engine_trains_evaluates_and_samples_like_the_fast_one() {
+    let dir = workspace();
+    let train = |engine: &str, out: &str| {
+        let args = train_args(&[
+            "--data",
+            "small.txt",
+            "--out",
+            out,
+            "--set",
+            "dropout=0.1",
+            "--engine",
+            engine,
+        ]);
+        chargpt(dir.path()).args(&args).assert().success();
+        let config: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(dir.path().join(out).join("config.json")).unwrap(),
+        )
+        .unwrap();
+        config["final_val_loss"].as_f64().unwrap()
+    };
+    let (fast, reference) = (train("fast", "fast"), train("reference", "ref"));
+    assert!(
+        ((fast - reference) / fast).abs() < 1e-4,
+        "final val loss {fast} (fast) vs {reference} (reference)"
+    );
+    let eval = |engine: &str| {
+        let out = chargpt(dir.path())
+            .args(["eval", "--model", "ref", "--json", "--engine", engine])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        json["loss"].as_f64().unwrap()
+    };
+    let (a, b) = (eval("fast"), eval("reference"));
+    assert!(
+        ((a - b) / b).abs() < 1e-5,
+        "eval {a} (fast) vs {b} (reference)"
+    );
+    assert!(
+        (b - reference).abs() < 1e-9,
+        "eval {b} vs the run's own {reference}"
+    );
+    let sample = |engine: &str| {
+        let out = chargpt(dir.path())
+            .args([
+                "sample", "--model", "ref", "--prompt", "the ", "--tokens", "30",
+            ])
+            .args(["--top-k", "1", "--engine", engine])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert_eq!(sample("fast"), sample("reference"));
+    fails(
+        dir.path(),
+        &["eval", "--model", "ref", "--engine", "slow"],
+        "invalid value 'slow'",
+    );
+}

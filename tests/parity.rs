@@ -1,9 +1,11 @@
-//! The engine against PyTorch: the fixtures in `tests/fixtures` were written by
+//! Both engines against PyTorch: the fixtures in `tests/fixtures` were written by
 //! `tools/make_fixtures.py` from the reference model in `tools/chargpt_torch.py`. For each case the
 //! logits, the loss and every parameter gradient of one forward/backward pass must agree, and so
-//! must the losses of 10 optimizer steps on the same batch.
+//! must the losses of 10 optimizer steps on the same batch, on the fast engine and on the
+//! reference engine (`src/reference/`).
 
 use chargpt::config::{ModelConfig, TrainConfig};
+use chargpt::engine::Engine;
 use chargpt::model::{Activations, Model, ParamLayout};
 use chargpt::tokenizer::TokenId;
 use chargpt::training::Trainer;
@@ -89,26 +91,50 @@ fn rel_err(a: &[f32], b: &[f32]) -> f64 {
 }
 
 fn check_case(name: &str) {
+    for engine in Engine::ALL {
+        check_case_on(name, engine);
+    }
+}
+
+/// One forward/backward pass on `engine`: (loss, logits, gradient).
+fn one_pass(model: &Model, fx: &Fixture, engine: Engine) -> (f32, Vec<f32>, Vec<f32>) {
+    let (b, t) = (fx.train.batch_size, fx.model.block_size);
+    // NaN to start with: backward overwrites the whole gradient.
+    let mut grads = vec![f32::NAN; model.num_params()];
+    match engine {
+        Engine::Fast => {
+            let mut acts = Activations::new(&model.config, b, t, true);
+            let loss = model
+                .forward(&mut acts, &fx.inputs, Some(&fx.targets), b, t, None)
+                .unwrap();
+            model.backward(&mut acts, &mut grads);
+            (loss, acts.logits().to_vec(), grads)
+        }
+        Engine::Reference => {
+            let pass =
+                chargpt::reference::forward(model, &fx.inputs, Some(&fx.targets), b, t, None);
+            chargpt::reference::backward(model, &pass, &mut grads, 1.0);
+            (pass.loss.unwrap(), pass.logits, grads)
+        }
+    }
+}
+
+fn check_case_on(name: &str, engine: Engine) {
     let fx = load(name);
     let layout = ParamLayout::new(&fx.model);
     let model = Model::from_params(fx.model.clone(), flat(&fx, &layout, "param")).unwrap();
-    let (b, t) = (fx.train.batch_size, fx.model.block_size);
+    let b = fx.train.batch_size;
+    let name = &format!("{name} ({engine} engine)");
 
-    let mut acts = Activations::new(&model.config, b, t, true);
-    let loss = model
-        .forward(&mut acts, &fx.inputs, Some(&fx.targets), b, t, None)
-        .unwrap();
+    let (loss, logits, grads) = one_pass(&model, &fx, engine);
     let want_loss = fx.f32s["loss"][0];
     assert!(
         (loss - want_loss).abs() <= 1e-5 * want_loss.abs().max(1.0),
         "{name}: loss {loss} vs PyTorch {want_loss}"
     );
-    let e = rel_err(acts.logits(), &fx.f32s["logits"]);
+    let e = rel_err(&logits, &fx.f32s["logits"]);
     assert!(e < 1e-5, "{name}: logits differ by {e:.2e} of their scale");
 
-    // NaN to start with: backward overwrites the whole gradient.
-    let mut grads = vec![f32::NAN; layout.len];
-    model.backward(&mut acts, &mut grads);
     let want = flat(&fx, &layout, "grad");
     let mut worst_grad = 0.0f64;
     for spec in &layout.specs {
@@ -128,8 +154,15 @@ fn check_case(name: &str) {
     for threads in [1, 2] {
         let pool = chargpt::runtime::thread_pool(Some(threads)).unwrap();
         pool.install(|| {
-            let mut trainer = Trainer::with_shards(model.clone(), fx.train.clone(), threads);
-            assert_eq!(trainer.shard_count(), threads.min(b));
+            let mut trainer = match engine {
+                Engine::Fast => Trainer::with_shards(model.clone(), fx.train.clone(), threads),
+                Engine::Reference => {
+                    Trainer::with_engine(model.clone(), fx.train.clone(), Engine::Reference)
+                }
+            };
+            if engine == Engine::Fast {
+                assert_eq!(trainer.shard_count(), threads.min(b));
+            }
             for (i, &want) in want_losses.iter().enumerate() {
                 let stats = trainer.step_on_batch(&fx.inputs, &fx.targets).unwrap();
                 assert!(

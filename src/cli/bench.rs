@@ -3,6 +3,7 @@
 use anyhow::{bail, Result};
 use chargpt::bench::{self, TrainBench};
 use chargpt::config;
+use chargpt::engine::Engine;
 use chargpt::model::Model;
 use clap::Args;
 
@@ -14,12 +15,28 @@ pub struct BenchArgs {
     /// Override a setting of the preset, e.g. --set batch_size=32.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     overrides: Vec<String>,
-    /// Training steps to time after warm-up [default: about 10 seconds' worth, at least 3].
+    /// Training steps to time after warm-up [default: about 10 seconds' worth, at least 3 (2 on
+    /// the reference engine)].
     #[arg(long, value_name = "N")]
     steps: Option<usize>,
-    /// Characters to generate for the generation timing (0 skips it).
-    #[arg(long, default_value_t = 300, value_name = "N")]
-    gen_tokens: usize,
+    /// Untimed training steps first [default: a tenth of --steps, 1 to 20].
+    #[arg(long, value_name = "N")]
+    warmup: Option<usize>,
+    /// Characters to generate for the generation timing, 0 skips it [default: 300; 10 on the
+    /// reference engine, which recomputes the whole context for each].
+    #[arg(long, value_name = "N")]
+    gen_tokens: Option<usize>,
+    /// Which implementation of the model to time.
+    #[arg(long, value_enum, default_value_t)]
+    engine: super::EngineArg,
+    /// Cut each batch into N data-parallel shards [default: one per thread where a step is
+    /// large enough]; --shards 1 leaves the threads to split each kernel instead.
+    #[arg(long, value_name = "N")]
+    shards: Option<usize>,
+    /// Run on threads that keep subnormal floats (slow on x86) instead of flushing them to zero:
+    /// what flushing buys.
+    #[arg(long)]
+    keep_subnormals: bool,
     /// Also print the time per step of each kernel, forward and backward.
     #[arg(long)]
     breakdown: bool,
@@ -37,6 +54,18 @@ fn peak_rss_mb() -> Option<f64> {
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
+    if args.keep_subnormals {
+        // The same number of threads, started without the flush-to-zero switch.
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(rayon::current_num_threads())
+            .build()?;
+        return pool.install(|| bench(args));
+    }
+    bench(args)
+}
+
+fn bench(args: BenchArgs) -> Result<()> {
+    let engine: Engine = args.engine.into();
     let preset = config::preset(&args.preset)?;
     let (mut model_cfg, mut train_cfg) = (preset.model, preset.train);
     for o in &args.overrides {
@@ -50,20 +79,35 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if args.steps == Some(0) {
         bail!("--steps must be at least 1");
     }
+    if args.shards == Some(0) {
+        bail!("--shards must be at least 1");
+    }
     let flops = Model::new(model_cfg.clone(), 0).flops_per_step(train_cfg.batch_size);
-    // About ten seconds at ~100 GFLOP/s, but at least 3 and at most 1000 steps.
-    let steps = args
-        .steps
-        .unwrap_or_else(|| ((1e12 / flops) as usize).clamp(3, 1000));
-    let warmup = (steps / 10).clamp(1, 20);
+    // About ten seconds at ~100 GFLOP/s (the reference engine: ~2), but at least 3 (2) and at
+    // most 1000 steps.
+    let steps = args.steps.unwrap_or_else(|| match engine {
+        Engine::Fast => ((1e12 / flops) as usize).clamp(3, 1000),
+        Engine::Reference => ((2e10 / flops) as usize).clamp(2, 1000),
+    });
+    let warmup = args.warmup.unwrap_or((steps / 10).clamp(1, 20));
+    let gen_tokens = args.gen_tokens.unwrap_or(match engine {
+        Engine::Fast => 300,
+        Engine::Reference => 10,
+    });
     let threads = rayon::current_num_threads();
     note!(
-        "timing {warmup} warm-up and {steps} training steps of {} (about {:.0} GFLOP each)...",
+        "timing {warmup} warm-up and {steps} training steps of {} on the {engine} engine (about {:.0} GFLOP each)...",
         args.preset,
         flops / 1e9
     );
-    let train: TrainBench =
-        bench::bench_training(&model_cfg, &train_cfg, warmup, steps, args.breakdown)?;
+    let options = bench::TrainBenchOptions {
+        warmup,
+        steps,
+        breakdown: args.breakdown,
+        engine,
+        shards: args.shards,
+    };
+    let train: TrainBench = bench::bench_training(&model_cfg, &train_cfg, options)?;
     note!("measuring this machine's arithmetic peaks...");
     let precision = train_cfg.precision;
     let fp32_peak = bench::fp32_fma_peak();
@@ -73,12 +117,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
         (config::Precision::Bf16, Some(p)) => (p, "bf16 dot-product"),
         _ => (fp32_peak, "fp32 fused multiply-add"),
     };
-    let gen = (args.gen_tokens > 0 && model_cfg.architecture == config::Architecture::Transformer)
-        .then(|| {
-            note!("timing the generation of {} characters...", args.gen_tokens);
+    let gen = (gen_tokens > 0 && model_cfg.architecture == config::Architecture::Transformer).then(
+        || {
+            note!("timing the generation of {gen_tokens} characters...");
             let model = Model::new(model_cfg.clone(), 1);
-            bench::bench_generation(&model, args.gen_tokens)
-        });
+            bench::bench_generation(&model, gen_tokens, engine)
+        },
+    );
     let rss = peak_rss_mb();
     if args.json {
         let breakdown: serde_json::Map<String, serde_json::Value> = train
@@ -95,8 +140,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "{}",
             serde_json::json!({
                 "preset": args.preset,
+                "engine": engine.name(),
                 "precision": precision,
                 "threads": threads,
+                "shards": train.shards,
+                "flush_subnormals": !args.keep_subnormals,
                 "params": train.params,
                 "batch_size": train_cfg.batch_size,
                 "block_size": model_cfg.block_size,
@@ -116,15 +164,22 @@ pub fn run(args: BenchArgs) -> Result<()> {
         return Ok(());
     }
     say!(
-        "{}: {} parameters, B{} T{}, {threads} thread{}, {} products",
+        "{}: {} parameters, B{} T{}, {engine} engine, {} products, {threads} thread{}, {} shard{}{}",
         args.preset,
         super::presets::thousands(train.params),
         train_cfg.batch_size,
         model_cfg.block_size,
-        if threads == 1 { "" } else { "s" },
         match precision {
             config::Precision::Fp32 => "fp32",
             config::Precision::Bf16 => "bf16",
+        },
+        if threads == 1 { "" } else { "s" },
+        train.shards,
+        if train.shards == 1 { "" } else { "s" },
+        if args.keep_subnormals {
+            ", subnormals kept"
+        } else {
+            ""
         }
     );
     say!(

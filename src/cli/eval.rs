@@ -28,6 +28,9 @@ pub struct EvalArgs {
     /// Print one JSON object: {"split": ..., "loss": ..., "tokens": ..., "windows": ...}.
     #[arg(long)]
     json: bool,
+    /// Which implementation of the model computes the loss.
+    #[arg(long, value_enum, default_value_t)]
+    engine: super::EngineArg,
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
@@ -51,10 +54,13 @@ pub fn run(args: EvalArgs) -> Result<()> {
         window_count(dataset.split(split).len(), ckpt.model.config.block_size),
         &format!("{} windows", split.name()),
     );
-    let exact =
-        evaluate_exact_with_progress(&ckpt.model, dataset.split(split), batch, &mut |done, _| {
-            bar.set_position(done as u64)
-        });
+    let exact = evaluate_exact_with_progress(
+        &ckpt.model,
+        dataset.split(split),
+        batch,
+        args.engine.into(),
+        &mut |done, _| bar.set_position(done as u64),
+    );
     bar.finish_and_clear();
     if args.json {
         say!(

@@ -77,6 +77,25 @@ enum Command {
     Vocab(vocab::VocabArgs),
 }
 
+/// `--engine`, shared by the commands that run the model.
+#[derive(Debug, Clone, Copy, Default, clap::ValueEnum)]
+pub enum EngineArg {
+    /// The fast kernels.
+    #[default]
+    Fast,
+    /// The plain-loop reference engine (src/reference/): the math as written, much slower.
+    Reference,
+}
+
+impl From<EngineArg> for chargpt::engine::Engine {
+    fn from(arg: EngineArg) -> Self {
+        match arg {
+            EngineArg::Fast => chargpt::engine::Engine::Fast,
+            EngineArg::Reference => chargpt::engine::Engine::Reference,
+        }
+    }
+}
+
 /// A mistake in the command line itself (exit status 2, as clap uses).
 #[derive(Debug)]
 pub struct UsageError(String);

@@ -4,7 +4,7 @@ use anyhow::{bail, Result};
 use chargpt::checkpoint;
 use chargpt::data;
 use chargpt::rng::Rng;
-use chargpt::sampling::{self, SampleSettings};
+use chargpt::sampling::{Generator, SampleSettings};
 use clap::Args;
 use std::io::Write;
 use std::path::PathBuf;
@@ -43,6 +43,10 @@ pub struct SampleArgs {
     /// The same seed (with the same model and options) gives the same text.
     #[arg(long, default_value_t = 1337, value_name = "S")]
     seed: u64,
+    /// Which implementation of the model computes the logits (the reference one recomputes the
+    /// whole context for every character).
+    #[arg(long, value_enum, default_value_t)]
+    engine: super::EngineArg,
 }
 
 pub fn run(args: SampleArgs) -> Result<()> {
@@ -82,23 +86,19 @@ pub fn run(args: SampleArgs) -> Result<()> {
             let _ = writeln!(out, "\n---------------");
         }
         let _ = write!(out, "{prompt_text}");
-        sampling::generate(
-            &ckpt.model,
-            &prompt,
-            args.tokens,
-            settings,
-            &mut rng,
-            |id| {
-                if write_error.is_some() {
-                    return;
+        let mut generator = Generator::new(&ckpt.model, &prompt, settings).on(args.engine.into());
+        for _ in 0..args.tokens {
+            if write_error.is_some() {
+                // The reader has gone (`| head`): nothing more to draw for.
+                break;
+            }
+            let id = generator.next_token(&mut rng);
+            if let Ok(c) = tok.decode_one(id) {
+                if let Err(e) = write!(out, "{c}").and_then(|()| out.flush()) {
+                    write_error = Some(e);
                 }
-                if let Ok(c) = tok.decode_one(id) {
-                    if let Err(e) = write!(out, "{c}").and_then(|()| out.flush()) {
-                        write_error = Some(e);
-                    }
-                }
-            },
-        );
+            }
+        }
     }
     let end = writeln!(out).and_then(|()| out.flush());
     match write_error.map_or(end, Err) {

@@ -72,6 +72,9 @@ pub struct TrainArgs {
     /// Seed for initialisation, batch order and dropout.
     #[arg(long, value_name = "N")]
     seed: Option<u64>,
+    /// Which implementation of the model trains it (the checkpoint is the same either way).
+    #[arg(long, value_enum, default_value_t)]
+    engine: super::EngineArg,
     /// With --init-from: what to do with characters of --data that the model's vocabulary
     /// lacks: refuse the text (error), remove them from it (drop), or add them to the
     /// vocabulary (extend: new rows in the token embedding and lm_head) [default: error].
@@ -528,6 +531,7 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
         resumed,
         notes,
     } = prepare(&args)?;
+    run.trainer.set_engine(args.engine.into());
     let train_cfg = run.trainer.config.clone();
     let model_cfg = run.trainer.model.config.clone();
     let samples_path = out.join(SAMPLES_FILE);

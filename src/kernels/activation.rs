@@ -368,4 +368,23 @@ mod tests {
         forward(Activation::Relu, &mut y, &[-2.0, 0.5, 0.0]);
         assert_eq!(y, [0.0, 0.5, 0.0]);
     }
+
+    #[test]
+    fn matches_the_reference_activations() {
+        let mut rng = Rng::new(22);
+        // Long enough for the 8-wide vector loops and a scalar tail.
+        let n = 8 * 33 + 5;
+        let x = random_vec(n, &mut rng, 3.0);
+        let dy = random_vec(n, &mut rng, 1.0);
+        for kind in [Activation::Relu, Activation::Gelu] {
+            let (mut y, mut want) = (vec![0.0; n], vec![0.0; n]);
+            forward(kind, &mut y, &x);
+            crate::reference::layers::activation_forward(kind, &mut want, &x);
+            assert_close(&format!("{kind:?}"), &y, &want, 1e-6);
+            let (mut dx, mut want_dx) = (vec![0.5; n], vec![0.5; n]);
+            backward(kind, &mut dx, &dy, &x);
+            crate::reference::layers::activation_backward(kind, &mut want_dx, &dy, &x);
+            assert_close(&format!("{kind:?} backward"), &dx, &want_dx, 1e-5);
+        }
+    }
 }

@@ -109,4 +109,27 @@ mod tests {
         let loss = forward(&mut p, &mut l, &z, &[1], 4);
         assert!((loss - 1000.0).abs() < 1e-3, "{loss}");
     }
+
+    #[test]
+    fn matches_the_reference_cross_entropy() {
+        let mut rng = Rng::new(24);
+        let (n, v) = (13, 65);
+        let z = random_vec(n * v, &mut rng, 3.0);
+        let y: Vec<TokenId> = (0..n).map(|_| rng.below(v) as TokenId).collect();
+        let (mut p, mut l) = (vec![0.0; n * v], vec![0.0; n]);
+        let loss = forward(&mut p, &mut l, &z, &y, v);
+        let (mut want_p, mut want_l) = (vec![0.0; n * v], vec![0.0; n]);
+        let want_loss =
+            crate::reference::layers::cross_entropy_forward(&mut want_p, &mut want_l, &z, &y, n, v);
+        assert!(
+            ((loss - want_loss) / want_loss).abs() < 1e-6,
+            "{loss} vs {want_loss}"
+        );
+        assert_close("probs", &p, &want_p, 1e-6);
+        assert_close("losses", &l, &want_l, 1e-6);
+        let (mut dz, mut want_dz) = (vec![0.0; n * v], vec![0.0; n * v]);
+        backward(&mut dz, &p, &y, v, 0.5);
+        crate::reference::layers::cross_entropy_backward(&mut want_dz, &want_p, &y, n, v, 0.5);
+        assert_close("dlogits", &dz, &want_dz, 1e-6);
+    }
 }

@@ -2,33 +2,37 @@
 //! `1 / (1 - p)`, so its expectation is unchanged and evaluation needs no rescaling:
 //! `y = x * m / (1 - p)` with `m ~ Bernoulli(1 - p)`. Backward: `dx += dy * m / (1 - p)`.
 //!
-//! The mask is drawn from a seeded generator and kept (one byte per element) for the backward
-//! pass. Each chunk of `CHUNK` elements draws from its own stream derived from `(seed, chunk)`,
-//! so the mask does not depend on how many threads ran the kernel.
+//! The mask is kept (one byte per element) for the backward pass. Which elements it keeps is
+//! defined in [`crate::rng::DropoutSeed`]: element i of batch row b is a pure function of the
+//! step's seed, the site, b and i, the same on both engines and whatever the threads. The
+//! reference twin is [`crate::reference::layers::dropout_forward`].
 
-use crate::rng::Rng;
+use crate::rng::SiteMasks;
 use rayon::prelude::*;
 
-pub(crate) const CHUNK: usize = 1 << 12;
-
 /// Applies dropout to `x` in place and records the mask: `x *= m / (1 - p)`, `mask = m`.
-/// Shapes: `x` and `mask` any shape, same length.
-pub fn forward(x: &mut [f32], mask: &mut [u8], p: f32, seed: u64) {
+/// Shapes: `x` and `mask` (B, L): B batch rows of `row_len` elements each, row b's mask drawn
+/// from `masks.row(b)`.
+pub fn forward(x: &mut [f32], mask: &mut [u8], p: f32, masks: SiteMasks, row_len: usize) {
     let _timer = crate::profile::scope(crate::profile::Kernel::Dropout, false);
+    assert_eq!(x.len(), mask.len());
+    assert!(row_len > 0 && x.len().is_multiple_of(row_len));
     let scale = 1.0 / (1.0 - p);
-    x.par_chunks_mut(CHUNK)
-        .zip(mask.par_chunks_mut(CHUNK))
+    x.par_chunks_mut(row_len)
+        .zip(mask.par_chunks_mut(row_len))
         .enumerate()
-        .with_min_len(super::min_items(CHUNK * 8))
-        .for_each(|(chunk, (x, m))| {
-            let mut rng = Rng::derived(seed, chunk as u64, 0, 0);
-            for (x, m) in x.iter_mut().zip(m.iter_mut()) {
-                let keep = rng.uniform() >= p;
+        .with_min_len(super::min_items(row_len * 8))
+        .for_each(|(b, (x, m))| {
+            let row = masks.row(b);
+            for (i, (x, m)) in x.iter_mut().zip(m.iter_mut()).enumerate() {
+                let keep = row.keep(i, p);
                 *m = keep as u8;
                 *x = if keep { *x * scale } else { 0.0 };
             }
         });
 }
+
+const CHUNK: usize = 1 << 12;
 
 /// `dx += dy * m / (1 - p)`.
 pub fn backward(dx: &mut [f32], dy: &[f32], mask: &[u8], p: f32) {
@@ -48,6 +52,11 @@ pub fn backward(dx: &mut [f32], dy: &[f32], mask: &[u8], p: f32) {
 mod tests {
     use super::*;
     use crate::kernels::gradcheck::*;
+    use crate::rng::{DropoutSeed, DropoutSite, Rng};
+
+    fn masks(seed: u64) -> SiteMasks {
+        DropoutSeed::new(seed).site(0, DropoutSite::AttentionOutput)
+    }
 
     #[test]
     fn gradient_matches_finite_differences_for_a_fixed_mask() {
@@ -57,7 +66,7 @@ mod tests {
         let w = random_vec(n, &mut rng, 1.0);
         let mut y = x.clone();
         let mut mask = vec![0u8; n];
-        forward(&mut y, &mut mask, 0.3, 42);
+        forward(&mut y, &mut mask, 0.3, masks(42), 1000);
         let mut dx = vec![0.0; n];
         backward(&mut dx, &w, &mask, 0.3);
         // Same seed, same mask: the function is linear in x.
@@ -68,7 +77,7 @@ mod tests {
             |x| {
                 let mut y = x.to_vec();
                 let mut m = vec![0u8; n];
-                forward(&mut y, &mut m, 0.3, 42);
+                forward(&mut y, &mut m, 0.3, masks(42), 1000);
                 weighted_sum(&y, &w)
             },
             1e-3,
@@ -80,7 +89,7 @@ mod tests {
         let n = 100_000;
         let mut x = vec![1.0f32; n];
         let mut mask = vec![0u8; n];
-        forward(&mut x, &mut mask, 0.2, 7);
+        forward(&mut x, &mut mask, 0.2, masks(7), 10_000);
         let kept = mask.iter().filter(|&&m| m == 1).count() as f64 / n as f64;
         assert!((kept - 0.8).abs() < 0.01, "kept {kept}");
         let mean = x.iter().map(|&v| v as f64).sum::<f64>() / n as f64;
@@ -88,7 +97,40 @@ mod tests {
         assert!(x.iter().all(|&v| v == 0.0 || (v - 1.25).abs() < 1e-6));
         // A different seed gives a different mask.
         let mut other = vec![0u8; n];
-        forward(&mut vec![1.0; n], &mut other, 0.2, 8);
+        forward(&mut vec![1.0; n], &mut other, 0.2, masks(8), 10_000);
         assert_ne!(mask, other);
+    }
+
+    /// The kernel and its reference twin zero the same elements and scale the rest the same,
+    /// also for a shard that starts inside the batch; the backward passes agree too.
+    #[test]
+    fn matches_the_reference_dropout() {
+        let mut rng = Rng::new(13);
+        let (b_n, row_len, p) = (3, 700, 0.25);
+        let x = random_vec(b_n * row_len, &mut rng, 1.0);
+        let dy = random_vec(b_n * row_len, &mut rng, 1.0);
+        let site = DropoutSeed::new(21)
+            .rows_from(2)
+            .site(1, DropoutSite::FeedForwardOutput);
+        let (mut y, mut mask) = (x.clone(), vec![0u8; x.len()]);
+        forward(&mut y, &mut mask, p, site, row_len);
+        let (mut want, mut want_mask) = (vec![0.0; x.len()], vec![false; x.len()]);
+        crate::reference::layers::dropout_forward(
+            &mut want,
+            &mut want_mask,
+            &x,
+            p,
+            site,
+            b_n,
+            row_len,
+        );
+        assert_eq!(y, want);
+        let bools: Vec<bool> = mask.iter().map(|&m| m == 1).collect();
+        assert_eq!(bools, want_mask);
+        let mut dx = vec![0.5; x.len()];
+        backward(&mut dx, &dy, &mask, p);
+        let mut want_dx = vec![0.5; x.len()];
+        crate::reference::layers::dropout_backward(&mut want_dx, &dy, &want_mask, p);
+        assert_eq!(dx, want_dx);
     }
 }

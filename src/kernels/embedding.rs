@@ -89,6 +89,7 @@ pub fn backward(
 mod tests {
     use super::*;
     use crate::kernels::gradcheck::*;
+    use crate::reference::layers as reference;
     use crate::rng::Rng;
 
     #[test]
@@ -116,5 +117,25 @@ mod tests {
         let mut out = vec![0.0; 4];
         forward(&mut out, &[1, 0], &wte, None, 2, 0, 2);
         assert_eq!(out, vec![3.0, 4.0, 1.0, 2.0]);
+    }
+
+    #[test]
+    fn matches_the_reference_embedding() {
+        let mut rng = Rng::new(14);
+        let (b, t, v, c) = (2, 6, 9, 70);
+        let tokens: Vec<TokenId> = (0..b * t).map(|_| rng.below(v) as TokenId).collect();
+        let wte = random_vec(v * c, &mut rng, 1.0);
+        let wpe = random_vec(t * c, &mut rng, 1.0);
+        let dout = random_vec(b * t * c, &mut rng, 1.0);
+        let (mut out, mut want) = (vec![0.0; b * t * c], vec![0.0; b * t * c]);
+        forward(&mut out, &tokens, &wte, Some(&wpe), t, 0, c);
+        reference::embedding_forward(&mut want, &tokens, &wte, Some(&wpe), b, t, c);
+        assert_close("embedding", &out, &want, 1e-6);
+        let (mut dwte, mut dwpe) = (vec![0.0; v * c], vec![0.0; t * c]);
+        backward(&mut dwte, Some(&mut dwpe), &dout, &tokens, t, c);
+        let (mut want_wte, mut want_wpe) = (vec![0.0; v * c], vec![0.0; t * c]);
+        reference::embedding_backward(&mut want_wte, Some(&mut want_wpe), &dout, &tokens, b, t, c);
+        assert_close("dwte", &dwte, &want_wte, 1e-6);
+        assert_close("dwpe", &dwpe, &want_wpe, 1e-6);
     }
 }

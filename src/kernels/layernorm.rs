@@ -303,6 +303,7 @@ pub fn backward(
 mod tests {
     use super::*;
     use crate::kernels::gradcheck::*;
+    use crate::reference::layers as reference;
     use crate::rng::Rng;
 
     #[test]
@@ -401,5 +402,47 @@ mod tests {
                 "{mean} {var}"
             );
         }
+    }
+
+    #[test]
+    fn matches_the_reference_layernorm() {
+        let mut rng = Rng::new(16);
+        let (b, t, c) = (3, 5, 37);
+        let x = random_vec(b * t * c, &mut rng, 2.0);
+        let w = random_vec(c, &mut rng, 1.0);
+        let bias = random_vec(c, &mut rng, 1.0);
+        let dy = random_vec(b * t * c, &mut rng, 1.0);
+        let n = b * t;
+        let (mut y, mut m, mut r) = (vec![0.0; n * c], vec![0.0; n], vec![0.0; n]);
+        forward(&mut y, &mut m, &mut r, &x, &w, &bias, c);
+        let (mut want_y, mut want_m, mut want_r) = (vec![0.0; n * c], vec![0.0; n], vec![0.0; n]);
+        reference::layernorm_forward(
+            &mut want_y,
+            &mut want_m,
+            &mut want_r,
+            &x,
+            &w,
+            &bias,
+            b,
+            t,
+            c,
+        );
+        assert_close("out", &y, &want_y, 1e-6);
+        assert_close("mean", &m, &want_m, 1e-6);
+        assert_close("rstd", &r, &want_r, 1e-6);
+        let grads = |fast: bool| {
+            let (mut dx, mut dw, mut db) = (vec![0.5; n * c], vec![0.25; c], vec![-0.5; c]);
+            match fast {
+                true => backward(&mut dx, &mut dw, &mut db, &dy, &x, &w, &m, &r, c),
+                false => reference::layernorm_backward(
+                    &mut dx, &mut dw, &mut db, &dy, &x, &w, &m, &r, b, t, c,
+                ),
+            }
+            (dx, dw, db)
+        };
+        let ((dx, dw, db), (want_dx, want_dw, want_db)) = (grads(true), grads(false));
+        assert_close("dinp", &dx, &want_dx, 1e-5);
+        assert_close("dweight", &dw, &want_dw, 1e-5);
+        assert_close("dbias", &db, &want_db, 1e-5);
     }
 }

@@ -360,6 +360,7 @@ fn bias_grad(dbias: Option<&mut [f32]>, dout: &[f32], oc: usize) {
 mod tests {
     use super::*;
     use crate::kernels::gradcheck::*;
+    use crate::reference::layers as reference;
     use crate::rng::Rng;
 
     fn naive(inp: &[f32], w: &[f32], b: &[f32], ic: usize, oc: usize) -> Vec<f32> {
@@ -491,5 +492,51 @@ mod tests {
         check("dinp", &inp, &dinp, |x| f(x, &wt, &bs), 1e-3);
         check("dweight", &wt, &dw, |x| f(&inp, x, &bs), 1e-3);
         check("dbias", &bs, &db, |x| f(&inp, &wt, x), 1e-3);
+    }
+
+    /// Against the plain triple loop of the reference engine, for a small product and one that
+    /// gemm splits over threads.
+    #[test]
+    fn matches_the_reference_linear_layer() {
+        let mut rng = Rng::new(27);
+        for (b, t, ic, oc) in [(2, 3, 5, 7), (4, 40, 96, 150)] {
+            let n = b * t;
+            let inp = random_vec(n * ic, &mut rng, 1.0);
+            let w = random_vec(oc * ic, &mut rng, 0.3);
+            let bias = random_vec(oc, &mut rng, 0.3);
+            let dout = random_vec(n * oc, &mut rng, 1.0);
+            let (mut out, mut want) = (vec![0.0; n * oc], vec![0.0; n * oc]);
+            forward(&mut out, &inp, &w, Some(&bias), ic, oc);
+            reference::linear_forward(&mut want, &inp, &w, Some(&bias), b, t, ic, oc);
+            assert_close("out", &out, &want, 1e-5);
+            let (mut dinp, mut dw, mut db) = (vec![0.0; n * ic], vec![0.0; oc * ic], vec![0.0; oc]);
+            backward(
+                Grad::Add(&mut dinp),
+                Grad::Add(&mut dw),
+                Some(&mut db),
+                &dout,
+                &inp,
+                &w,
+                ic,
+                oc,
+            );
+            let (mut want_dinp, mut want_dw, mut want_db) =
+                (vec![0.0; n * ic], vec![0.0; oc * ic], vec![0.0; oc]);
+            reference::linear_backward(
+                &mut want_dinp,
+                &mut want_dw,
+                Some(&mut want_db),
+                &dout,
+                &inp,
+                &w,
+                b,
+                t,
+                ic,
+                oc,
+            );
+            assert_close("dinp", &dinp, &want_dinp, 1e-5);
+            assert_close("dweight", &dw, &want_dw, 1e-5);
+            assert_close("dbias", &db, &want_db, 1e-5);
+        }
     }
 }

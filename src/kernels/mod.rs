@@ -11,7 +11,8 @@
 //! - No kernel allocates. Parallel kernels split work with rayon into pieces large enough to pay
 //!   for the fork-join; small models therefore run their kernels on one thread.
 //!
-//! Every kernel has a finite-difference gradient test in its module.
+//! Every kernel has a finite-difference gradient test in its module, and a test against its
+//! twin in [`crate::reference::layers`], the same layer in plain loops.
 
 pub mod activation;
 pub mod attention;
@@ -607,5 +608,27 @@ pub(crate) mod gradcheck {
     /// `sum_i w_i * y_i` in f64: a scalar loss whose gradient with respect to `y` is `w`.
     pub fn weighted_sum(y: &[f32], w: &[f32]) -> f64 {
         y.iter().zip(w).map(|(&a, &b)| a as f64 * b as f64).sum()
+    }
+
+    /// Fails unless `got` matches `want` (a fast kernel's output and its reference twin's) to
+    /// within `tol` of `want`'s largest magnitude; returns that relative difference.
+    pub fn assert_close(name: &str, got: &[f32], want: &[f32], tol: f64) -> f64 {
+        assert_eq!(got.len(), want.len(), "{name}: length");
+        let scale = want
+            .iter()
+            .map(|x| x.abs() as f64)
+            .fold(0.0, f64::max)
+            .max(1e-12);
+        let worst = got
+            .iter()
+            .zip(want)
+            .map(|(a, b)| (*a as f64 - *b as f64).abs())
+            .fold(0.0, f64::max)
+            / scale;
+        assert!(
+            worst < tol,
+            "{name}: differs from the reference by {worst:.2e} of its scale"
+        );
+        worst
     }
 }

@@ -60,4 +60,25 @@ mod tests {
         check("da", &a, &da, |x| f(x, &b), 1e-3);
         check("db", &b, &db, |x| f(&a, x), 1e-3);
     }
+
+    #[test]
+    fn matches_the_reference_residual() {
+        let mut rng = Rng::new(23);
+        let n = 50_000; // several chunks
+        let (a, b, d) = (
+            random_vec(n, &mut rng, 1.0),
+            random_vec(n, &mut rng, 1.0),
+            random_vec(n, &mut rng, 1.0),
+        );
+        let (mut out, mut want) = (vec![0.0; n], vec![0.0; n]);
+        forward(&mut out, &a, &b);
+        crate::reference::layers::residual_forward(&mut want, &a, &b);
+        assert_eq!(out, want);
+        let (mut da, mut db) = (vec![0.5; n], vec![0.5; n]);
+        backward(&mut da, &d);
+        backward(&mut db, &d);
+        let (mut want_da, mut want_db) = (vec![0.5; n], vec![0.5; n]);
+        crate::reference::layers::residual_backward(&mut want_da, &mut want_db, &d);
+        assert_eq!((da, db), (want_da, want_db));
+    }
 }

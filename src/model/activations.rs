@@ -118,7 +118,7 @@ pub struct Activations {
     pub(super) batch: usize,
     pub(super) seq_len: usize,
     pub(super) has_targets: bool,
-    pub(super) dropout_seed: Option<u64>,
+    pub(super) dropout_seed: Option<crate::rng::DropoutSeed>,
     pub(super) tokens: Vec<TokenId>,
     pub(super) targets: Vec<TokenId>,
     pub(super) encoded: Vec<f32>,

@@ -7,11 +7,13 @@ use crate::config::Architecture;
 use crate::kernels::{
     activation, attention, cross_entropy, dropout, embedding, layernorm, matmul, residual,
 };
+use crate::rng::{DropoutSeed, DropoutSite};
 use crate::tokenizer::TokenId;
 
 impl Model {
     /// Runs the forward pass over `inputs` (B, T). With `targets` it returns the mean
-    /// cross-entropy loss. `dropout_seed` switches dropout on (training); `None` is evaluation
+    /// cross-entropy loss. `dropout` switches dropout on (training) with the masks it names (for
+    /// a shard of a batch, those of its rows, [`DropoutSeed::rows_from`]); `None` is evaluation
     /// mode. Panics if the shape exceeds the activations' capacity or a token is out of range.
     pub fn forward(
         &self,
@@ -20,7 +22,7 @@ impl Model {
         targets: Option<&[TokenId]>,
         batch: usize,
         seq_len: usize,
-        dropout_seed: Option<u64>,
+        dropout: Option<DropoutSeed>,
     ) -> Option<f32> {
         let cfg = &self.config;
         let v = cfg.vocab_size;
@@ -32,7 +34,7 @@ impl Model {
             assert!(targets.iter().all(|&t| (t as usize) < v));
             acts.targets[..n].copy_from_slice(targets);
         }
-        let dropout_p = if dropout_seed.is_some() && cfg.dropout > 0.0 {
+        let dropout_p = if dropout.is_some() && cfg.dropout > 0.0 {
             assert!(
                 acts.grad.d_logits.len() >= n * v,
                 "dropout needs training activations"
@@ -41,7 +43,7 @@ impl Model {
         } else {
             0.0
         };
-        acts.dropout_seed = dropout_seed.filter(|_| dropout_p > 0.0);
+        acts.dropout_seed = dropout.filter(|_| dropout_p > 0.0);
         self.forward_rows(acts, 0, dropout_p);
         targets.map(|targets| {
             cross_entropy::forward(
@@ -127,13 +129,11 @@ impl Model {
                 Some(prev) => &prev.output()[..n * c],
                 None => &acts.encoded[..n * c],
             };
-            let seed = acts
-                .dropout_seed
-                .map(|s| crate::rng::mix(s ^ (l as u64 + 1)));
             let step = BlockStep {
                 shape,
                 first,
-                seed,
+                layer: l,
+                seed: acts.dropout_seed,
                 dropout_p,
             };
             self.block_forward(bl, x, &mut rest[0], &mut acts.transient, step);
@@ -183,13 +183,14 @@ impl Model {
         let BlockStep {
             shape,
             first,
+            layer,
             seed,
             dropout_p,
         } = step;
         let n = shape.batch * shape.seq_len;
         let att_len = n * cfg.n_head * shape.seq_len;
-        // Each dropout site gets its own stream; dropout only runs on whole batches (first = 0).
-        let drop = |site: u64| seed.map(|s| crate::rng::mix(s ^ (site << 32)));
+        // Each dropout site has its own masks; dropout only runs on whole batches (first = 0).
+        let drop = |site: DropoutSite| seed.map(|s| s.site(layer, site));
         // The rows being computed, for tensors of width C and F.
         let rc = first * c..n * c;
         let rf = first * f..n * f;
@@ -230,10 +231,14 @@ impl Model {
             );
         }
         if first == 0 {
-            let att_dropout = drop(1).map(|seed| attention::DropoutBuffers {
-                mask: &mut a.att_mask[..att_len],
-                dropout: attention::AttentionDropout { p: dropout_p, seed },
-            });
+            let att_dropout =
+                drop(DropoutSite::AttentionWeights).map(|masks| attention::DropoutBuffers {
+                    mask: &mut a.att_mask[..att_len],
+                    dropout: attention::AttentionDropout {
+                        p: dropout_p,
+                        masks,
+                    },
+                });
             attention::forward(
                 &mut a.attn_y[..n * c],
                 &mut a.att[..att_len],
@@ -272,12 +277,13 @@ impl Model {
                 c,
                 c,
             );
-            if let Some(seed) = drop(2) {
+            if let Some(masks) = drop(DropoutSite::AttentionOutput) {
                 dropout::forward(
                     &mut out[..n * c],
                     &mut a.proj_mask[..n * c],
                     dropout_p,
-                    seed,
+                    masks,
+                    shape.seq_len * c,
                 );
             }
         }
@@ -339,18 +345,25 @@ impl Model {
                     f,
                     c,
                 );
-                if let Some(seed) = drop(3) {
-                    dropout::forward(&mut out[..n * c], &mut a.ffn_mask[..n * c], dropout_p, seed);
+                if let Some(masks) = drop(DropoutSite::FeedForwardOutput) {
+                    dropout::forward(
+                        &mut out[..n * c],
+                        &mut a.ffn_mask[..n * c],
+                        dropout_p,
+                        masks,
+                        shape.seq_len * c,
+                    );
                 }
                 out
             }
             None => {
-                if let Some(seed) = drop(3) {
+                if let Some(masks) = drop(DropoutSite::FeedForwardOutput) {
                     dropout::forward(
                         &mut hidden[..n * f],
                         &mut a.ffn_mask[..n * f],
                         dropout_p,
-                        seed,
+                        masks,
+                        shape.seq_len * f,
                     );
                 }
                 hidden
@@ -368,7 +381,9 @@ struct BlockStep {
     shape: attention::Shape,
     /// First row computed (B = 1 when > 0).
     first: usize,
-    /// Dropout seed of this block (None: no dropout).
-    seed: Option<u64>,
+    /// The block's index.
+    layer: usize,
+    /// The step's dropout masks (None: no dropout).
+    seed: Option<DropoutSeed>,
     dropout_p: f32,
 }

@@ -289,6 +289,7 @@ mod tests {
     }
     use crate::config::{preset, Activation, AttentionScale, FeedForward};
     use crate::kernels::gradcheck::check;
+    use crate::rng::DropoutSeed;
     use crate::tokenizer::TokenId;
 
     /// The whole model's gradient against finite differences of its loss, with dropout on (the
@@ -350,7 +351,7 @@ mod tests {
             let x: Vec<TokenId> = (0..b * t).map(|_| rng.below(7) as TokenId).collect();
             let y: Vec<TokenId> = (0..b * t).map(|_| rng.below(7) as TokenId).collect();
             let mut acts = Activations::new(&cfg, b, t, true);
-            model.forward(&mut acts, &x, Some(&y), b, t, Some(99));
+            model.forward(&mut acts, &x, Some(&y), b, t, Some(DropoutSeed::new(99)));
             // NaN to start with: backward overwrites the whole gradient.
             let mut grads = vec![f32::NAN; model.num_params()];
             model.backward(&mut acts, &mut grads);
@@ -363,7 +364,14 @@ mod tests {
                 |p| {
                     probe.params.copy_from_slice(p);
                     probe
-                        .forward(&mut probe_acts, &x, Some(&y), b, t, Some(99))
+                        .forward(
+                            &mut probe_acts,
+                            &x,
+                            Some(&y),
+                            b,
+                            t,
+                            Some(DropoutSeed::new(99)),
+                        )
                         .unwrap() as f64
                 },
                 5e-3,
@@ -392,7 +400,14 @@ mod tests {
         let mut acts = Activations::new(&cfg, b, t, true);
         let mut run = |model: &Model| {
             let loss = model
-                .forward(&mut acts, &x, Some(&y), b, t, Some(4))
+                .forward(
+                    &mut acts,
+                    &x,
+                    Some(&y),
+                    b,
+                    t,
+                    Some(crate::rng::DropoutSeed::new(4)),
+                )
                 .unwrap();
             let mut grads = vec![f32::NAN; model.num_params()];
             model.backward(&mut acts, &mut grads);

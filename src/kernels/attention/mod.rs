@@ -26,7 +26,7 @@
 
 use super::matmul::gemm_ptr;
 use super::{axpy, dot, simd_fn, weighted_rows, SharedMut};
-use crate::rng::Rng;
+use crate::rng::{RowMask, SiteMasks};
 use rayon::prelude::*;
 use std::cell::RefCell;
 
@@ -99,11 +99,20 @@ fn with_scratch<R>(
     })
 }
 
-/// Dropout on the attention weights: probability and the seed of this call's mask.
+/// Dropout on the attention weights: probability and the masks of this call's batch rows
+/// (element `(h * T + t) * T + u` of row b's mask is key u of query t in head h).
 #[derive(Debug, Clone, Copy)]
 pub struct AttentionDropout {
     pub p: f32,
-    pub seed: u64,
+    pub masks: SiteMasks,
+}
+
+/// The dropout mask of one (batch row, head): element (t, u) is element `first + t * T + u` of
+/// the batch row's mask.
+#[derive(Debug, Clone, Copy)]
+struct HeadMask {
+    row: RowMask,
+    first: usize,
 }
 
 /// Rows per block of the blocked products: block i needs keys `0..(i+1)*rows`, so the work is
@@ -201,11 +210,12 @@ fn softmax_backward_rows(
     }
 }
 
-/// Draws row t of a head's dropout mask (keys 0..=t) from the head's stream.
+/// Draws row t of a head's dropout mask (keys 0..=t; the masked keys get 0).
 #[inline(always)]
-fn draw_mask_row(rng: &mut Rng, mask_row: &mut [u8], t: usize, p: f32) {
-    for m in &mut mask_row[..=t] {
-        *m = (rng.uniform() >= p) as u8;
+fn draw_mask_row(mask: HeadMask, mask_row: &mut [u8], t: usize, p: f32) {
+    let first = mask.first + t * mask_row.len();
+    for (u, m) in mask_row[..=t].iter_mut().enumerate() {
+        *m = mask.row.keep(first + u, p) as u8;
     }
     mask_row[t + 1..].fill(0);
 }
@@ -248,7 +258,7 @@ unsafe fn head_forward_gemm(
     head: Head,
     out: *mut f32,
     att: &mut [f32],
-    dropped: Option<(&mut [f32], &mut [u8], &mut Rng, f32)>,
+    dropped: Option<(&mut [f32], &mut [u8], HeadMask, f32)>,
     scale: f32,
 ) {
     let Head { q, t_n, c, hs, .. } = head;
@@ -299,15 +309,15 @@ unsafe fn head_forward_gemm(
 #[inline(always)]
 fn dropout_weights<'a>(
     att: &'a [f32],
-    dropped: Option<(&'a mut [f32], &mut [u8], &mut Rng, f32)>,
+    dropped: Option<(&'a mut [f32], &mut [u8], HeadMask, f32)>,
     t_n: usize,
 ) -> &'a [f32] {
     match dropped {
-        Some((dropped, mask, rng, p)) => {
+        Some((dropped, mask, head_mask, p)) => {
             let keep = 1.0 / (1.0 - p);
             for t in 0..t_n {
                 let m = &mut mask[t * t_n..(t + 1) * t_n];
-                draw_mask_row(rng, m, t, p);
+                draw_mask_row(head_mask, m, t, p);
                 for ((d, &a), &m) in dropped[t * t_n..(t + 1) * t_n]
                     .iter_mut()
                     .zip(&att[t * t_n..])
@@ -330,7 +340,7 @@ unsafe fn head_forward_tiles(
     head: Head,
     out: *mut f32,
     att: &mut [f32],
-    dropped: Option<(&mut [f32], &mut [u8], &mut Rng, f32)>,
+    dropped: Option<(&mut [f32], &mut [u8], HeadMask, f32)>,
     scale: f32,
 ) {
     use tiles::{Strides, Triangle};
@@ -366,7 +376,7 @@ unsafe fn head_forward_rows(
     head: Head,
     out: *mut f32,
     att: &mut [f32],
-    mut dropped: Option<(&mut [f32], &mut [u8], &mut Rng, f32)>,
+    mut dropped: Option<(&mut [f32], &mut [u8], HeadMask, f32)>,
     scale: f32,
 ) {
     let Head { t_n, c, hs, .. } = head;
@@ -379,10 +389,10 @@ unsafe fn head_forward_rows(
         softmax_causal(a, t);
         let o = std::slice::from_raw_parts_mut(out.add(t * c), hs);
         let weights: &[f32] = match dropped.as_mut() {
-            Some((d, mask, rng, p)) => {
+            Some((d, mask, head_mask, p)) => {
                 let keep = 1.0 / (1.0 - *p);
                 let m = &mut mask[row.clone()];
-                draw_mask_row(rng, m, t, *p);
+                draw_mask_row(*head_mask, m, t, *p);
                 let d = &mut d[row];
                 for ((d, &a), &m) in d.iter_mut().zip(a.iter()).zip(m.iter()) {
                     *d = a * m as f32 * keep;
@@ -403,13 +413,13 @@ simd_fn! {
         att: &mut [f32],
         mask: Option<&mut [u8]>,
         dropped: Option<&mut [f32]>,
-        rng: &mut Rng,
+        head_mask: Option<HeadMask>,
         p: f32,
         scale: f32,
         path: Path,
     ) {
-        let dropped = match (mask, dropped) {
-            (Some(mask), Some(dropped)) => Some((dropped, mask, rng, p)),
+        let dropped = match (mask, dropped, head_mask) {
+            (Some(mask), Some(dropped), Some(head_mask)) => Some((dropped, mask, head_mask, p)),
             _ => None,
         };
         // SAFETY: `forward` built `head` and `out` for this (batch row, head) alone, and chose
@@ -427,7 +437,7 @@ simd_fn! {
     }
 }
 
-/// Dropout on the attention weights: its probability and seed, and `mask` (B*H*T*T entries),
+/// Dropout on the attention weights: its probability and masks, and `mask` (B*H*T*T entries),
 /// which the forward pass draws and the backward pass reads.
 pub struct DropoutBuffers<'a> {
     pub mask: &'a mut [u8],
@@ -456,13 +466,20 @@ pub fn forward(
     let att = &mut att[..heads * square];
     let out_ptr = SharedMut(out.as_mut_ptr());
     let path = shape.path();
-    let (mask, p, seed) = match dropout {
+    let (mask, p, masks) = match dropout {
         Some(d) => (
             Some(&mut d.mask[..heads * square]),
             d.dropout.p,
-            d.dropout.seed,
+            Some(d.dropout.masks),
         ),
-        None => (None, 0.0, 0),
+        None => (None, 0.0, None),
+    };
+    // Head h of batch row b: its part of row b's mask starts at element h * T * T.
+    let head_mask = |bh: usize| {
+        masks.map(|m| HeadMask {
+            row: m.row(bh / h_n),
+            first: (bh % h_n) * square,
+        })
     };
     let head_of = |bh: usize| {
         let (b, h) = (bh / h_n, bh % h_n);
@@ -486,7 +503,6 @@ pub fn forward(
             .enumerate()
             .with_min_len(min_len)
             .for_each(|(bh, (a, m))| {
-                let mut rng = Rng::derived(seed, (bh / h_n) as u64, (bh % h_n) as u64, 0);
                 with_scratch(&SQUARE, square, |d| {
                     head_forward(
                         head_of(bh),
@@ -494,7 +510,7 @@ pub fn forward(
                         a,
                         Some(m),
                         Some(d),
-                        &mut rng,
+                        head_mask(bh),
                         p,
                         scale,
                         path,
@@ -506,14 +522,13 @@ pub fn forward(
             .enumerate()
             .with_min_len(min_len)
             .for_each(|(bh, a)| {
-                let mut rng = Rng::new(0);
                 head_forward(
                     head_of(bh),
                     out_head(bh),
                     a,
                     None,
                     None,
-                    &mut rng,
+                    head_mask(bh),
                     0.0,
                     scale,
                     path,
@@ -886,6 +901,12 @@ pub fn backward(
 mod tests {
     use super::*;
     use crate::kernels::gradcheck::*;
+    use crate::rng::{DropoutSeed, DropoutSite, Rng};
+
+    fn dropout(p: f32, seed: u64) -> Option<AttentionDropout> {
+        let masks = DropoutSeed::new(seed).site(0, DropoutSite::AttentionWeights);
+        Some(AttentionDropout { p, masks })
+    }
 
     fn run_forward(
         qkv: &[f32],
@@ -960,7 +981,7 @@ mod tests {
             let n = shape.batch * shape.seq_len * shape.channels;
             let qkv = random_vec(3 * n, &mut rng, 1.0);
             let w = random_vec(n, &mut rng, 1.0);
-            for drop in [None, Some(AttentionDropout { p: 0.25, seed: 9 })] {
+            for drop in [None, dropout(0.25, 9)] {
                 let dqkv = run_backward(&qkv, &w, shape, 0.5, drop);
                 check(
                     &format!("dqkv {shape:?} {drop:?}"),
@@ -1006,7 +1027,12 @@ mod tests {
                 hs,
             };
             let heads = bh * sq..(bh + 1) * sq;
-            let mut rng = Rng::derived(seed, b as u64, h as u64, 0);
+            let head_mask = HeadMask {
+                row: DropoutSeed::new(seed)
+                    .site(0, DropoutSite::AttentionWeights)
+                    .row(b),
+                first: h * sq,
+            };
             let o = SharedMut(out[b * t_n * c + h * hs..].as_mut_ptr());
             head_forward(
                 head,
@@ -1014,7 +1040,7 @@ mod tests {
                 &mut att[heads.clone()],
                 Some(&mut mask[heads.clone()]),
                 Some(&mut scratch),
-                &mut rng,
+                Some(head_mask),
                 p,
                 scale,
                 path,
@@ -1041,7 +1067,7 @@ mod tests {
         let n = 2 * 72 * 32;
         let qkv = random_vec(3 * n, &mut rng, 1.0);
         let w = random_vec(n, &mut rng, 1.0);
-        let drop = Some(AttentionDropout { p: 0.2, seed: 4 });
+        let drop = dropout(0.2, 4);
         let (out, att, mask) = run_forward(&qkv, shape, 0.3, drop);
         let dqkv = run_backward(&qkv, &w, shape, 0.3, drop);
         let mut paths = vec![Path::Rows, Path::Gemm];
@@ -1120,6 +1146,72 @@ mod tests {
             forward_row(&mut row, &mut scores, q, &keys, &values, t, 3, 0.4);
             for (a, b) in row.iter().zip(&out[t * 12..(t + 1) * 12]) {
                 assert!((a - b).abs() < 1e-6, "row {t}: {a} vs {b}");
+            }
+        }
+    }
+
+    /// Against the step-by-step reference (scores, scale, mask, softmax, dropout, weighted sum),
+    /// with and without dropout, on shapes that take each path.
+    #[test]
+    fn matches_the_reference_attention() {
+        use crate::reference::layers::{self as reference, AttentionShape};
+        let mut rng = Rng::new(25);
+        for shape in [
+            Shape {
+                batch: 2,
+                seq_len: 5,
+                channels: 12,
+                n_head: 3,
+            },
+            Shape {
+                batch: 2,
+                seq_len: 40,
+                channels: 48,
+                n_head: 2,
+            },
+            Shape {
+                batch: 2,
+                seq_len: 70,
+                channels: 32,
+                n_head: 2,
+            },
+        ] {
+            let n = shape.batch * shape.seq_len * shape.channels;
+            let qkv = random_vec(3 * n, &mut rng, 1.0);
+            let dout = random_vec(n, &mut rng, 1.0);
+            let s = AttentionShape {
+                b_n: shape.batch,
+                t_n: shape.seq_len,
+                c_n: shape.channels,
+                h_n: shape.n_head,
+            };
+            for drop in [None, dropout(0.25, 9)] {
+                let name = format!("{:?} {shape:?} {drop:?}", shape.path());
+                let (out, att, mask) = run_forward(&qkv, shape, 0.5, drop);
+                let dqkv = run_backward(&qkv, &dout, shape, 0.5, drop);
+                let mut want = vec![0.0; n];
+                let cache = reference::attention_forward(
+                    &mut want,
+                    &qkv,
+                    0.5,
+                    drop.map(|d| (d.p, d.masks)),
+                    s,
+                );
+                assert_close(&format!("{name}: out"), &out, &want, 1e-5);
+                assert_close(&format!("{name}: att"), &att, &cache.att, 1e-5);
+                if let Some(want_mask) = &cache.mask {
+                    // Kept where the key is visible; above the diagonal the weight is 0 anyway.
+                    let t_n = shape.seq_len;
+                    for (i, (&m, &w)) in mask.iter().zip(want_mask).enumerate() {
+                        let (t, u) = ((i / t_n) % t_n, i % t_n);
+                        if u <= t {
+                            assert_eq!(m == 1, w, "{name}: mask element {i}");
+                        }
+                    }
+                }
+                let mut want_dqkv = vec![0.0; 3 * n];
+                reference::attention_backward(&mut want_dqkv, &dout, &qkv, &cache, 0.5, 0.25, s);
+                assert_close(&format!("{name}: dqkv"), &dqkv, &want_dqkv, 1e-5);
             }
         }
     }
