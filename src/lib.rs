@@ -16,6 +16,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod engine;
+pub mod inspect;
 pub mod kernels;
 pub mod ladder;
 pub mod model;

@@ -39,13 +39,10 @@ impl Default for SampleSettings {
     }
 }
 
-/// Draws one id from `logits` (length V) with the given settings. `scratch` holds V floats.
-pub fn sample_from_logits(
-    logits: &[f32],
-    settings: SampleSettings,
-    rng: &mut Rng,
-    scratch: &mut Vec<f32>,
-) -> TokenId {
+/// The unnormalised weights `exp(z / temperature - max)` of `logits` (length V) into `scratch`,
+/// 0 outside the `top_k` largest; returns their sum. [`sample_from_logits`] draws from them,
+/// [`distribution`] normalises them: one definition of what the sampler draws from.
+fn weights(logits: &[f32], settings: SampleSettings, scratch: &mut Vec<f32>) -> f64 {
     scratch.clear();
     scratch.extend(logits.iter().map(|&z| z / settings.temperature));
     if let Some(k) = settings.top_k.filter(|&k| k < logits.len()) {
@@ -65,6 +62,26 @@ pub fn sample_from_logits(
         *z = (*z - max).exp();
         sum += *z as f64;
     }
+    sum
+}
+
+/// The distribution the next character is drawn from given `logits` (length V):
+/// `softmax(logits / temperature)` over the `top_k` most likely, 0 elsewhere. Into `out`.
+pub fn distribution(logits: &[f32], settings: SampleSettings, out: &mut Vec<f32>) {
+    let sum = weights(logits, settings, out);
+    for p in out.iter_mut() {
+        *p = (*p as f64 / sum) as f32;
+    }
+}
+
+/// Draws one id from `logits` (length V) with the given settings. `scratch` holds V floats.
+pub fn sample_from_logits(
+    logits: &[f32],
+    settings: SampleSettings,
+    rng: &mut Rng,
+    scratch: &mut Vec<f32>,
+) -> TokenId {
+    let sum = weights(logits, settings, scratch);
     let mut r = rng.uniform_f64() * sum;
     for (i, &p) in scratch.iter().enumerate() {
         r -= p as f64;

@@ -4,15 +4,14 @@
 //! Head h of layer l turns each position t into a distribution over the positions u <= t it may
 //! see: `a[t, u] = softmax_u(scale * q_t . k_u)`. Row t of a map is that distribution, so each row
 //! sums to 1 and everything right of the diagonal is 0 (the causal mask). These are the weights
-//! of an evaluation-mode forward pass (no dropout), as [`Activations::attention_weights`] keeps
-//! them.
+//! of an evaluation-mode forward pass (no dropout), from [`inspect::attention`].
 
 use super::plot::{draw_heatmap_grid, Heatmap, HeatmapGrid};
 use anyhow::{bail, Result};
 use chargpt::checkpoint;
 use chargpt::config::Architecture;
 use chargpt::data;
-use chargpt::model::Activations;
+use chargpt::inspect;
 use clap::Args;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -85,28 +84,6 @@ fn visible(c: char) -> String {
     }
 }
 
-/// (mean look-back distance, weight on the query itself, weight on the character just before)
-/// of one (T, T) map, averaged over the queries that have a choice (all but the first, which can
-/// only see itself). The look-back of query t is `sum_u a[t, u] (t - u)`: 0 for a head that only
-/// looks at the current character, about t/2 for one that spreads evenly over the past.
-fn summary(map: &[Vec<f32>]) -> (f64, f64, f64) {
-    let first = usize::from(map.len() > 1);
-    let queries = (map.len() - first).max(1) as f64;
-    let (mut back, mut itself, mut previous) = (0.0, 0.0, 0.0);
-    for (q, row) in map.iter().enumerate().skip(first) {
-        back += row
-            .iter()
-            .enumerate()
-            .map(|(u, &w)| w as f64 * q.saturating_sub(u) as f64)
-            .sum::<f64>();
-        itself += row.get(q).copied().unwrap_or(0.0) as f64;
-        if q > 0 {
-            previous += row.get(q - 1).copied().unwrap_or(0.0) as f64;
-        }
-    }
-    (back / queries, itself / queries, previous / queries)
-}
-
 pub fn run(args: AttentionArgs) -> Result<()> {
     if let Some(out) = &args.out {
         if out.extension().and_then(|e| e.to_str()) != Some("png") {
@@ -134,29 +111,26 @@ pub fn run(args: AttentionArgs) -> Result<()> {
             args.model.display()
         );
     }
-    super::encode_prompt(&ckpt.tokenizer, &text)?;
-    let chars: Vec<char> = text.chars().collect();
-    let dropped = chars.len().saturating_sub(cfg.block_size);
-    let chars = &chars[dropped..];
+    let ids = super::encode_prompt(&ckpt.tokenizer, &text)?;
+    let weights = inspect::attention(&ckpt.model, &ids)?;
+    let dropped = inspect::visible(&ckpt.model, &ids);
+    let chars: Vec<char> = text.chars().skip(dropped).collect();
     let prompt: String = chars.iter().collect();
-    let ids = ckpt.tokenizer.encode(&prompt)?;
-    let t = ids.len();
-    let (l_n, h_n) = (cfg.n_layer, cfg.n_head);
-    let mut acts = Activations::new(cfg, 1, t, false);
-    ckpt.model.forward(&mut acts, &ids, None, 1, t, None);
-    // attention_weights(l) is (B, H, T, T) with B = 1.
-    let mut layers = Vec::with_capacity(l_n);
-    for l in 0..l_n {
-        let Some(weights) = acts.attention_weights(l) else {
-            bail!("the model has no attention weights for layer {l}");
-        };
-        layers.push(
-            weights
-                .chunks_exact(t * t)
-                .map(|head| head.chunks_exact(t).map(<[f32]>::to_vec).collect())
-                .collect::<Vec<Vec<Vec<f32>>>>(),
-        );
-    }
+    let t = weights.len;
+    let (l_n, h_n) = (weights.n_layer, weights.n_head);
+    let layers = (0..l_n)
+        .map(|l| {
+            (0..h_n)
+                .map(|h| {
+                    weights
+                        .map(l, h)
+                        .chunks_exact(t)
+                        .map(<[f32]>::to_vec)
+                        .collect()
+                })
+                .collect()
+        })
+        .collect();
     let maps = AttentionMaps {
         model: args.model.display().to_string(),
         prompt,
@@ -195,13 +169,14 @@ pub fn run(args: AttentionArgs) -> Result<()> {
         if h_n == 1 { "" } else { "s" },
         maps.prompt
     );
-    for (l, heads) in maps.layers.iter().enumerate() {
-        for (h, map) in heads.iter().enumerate() {
-            let (back, itself, previous) = summary(map);
+    for l in 0..l_n {
+        for h in 0..h_n {
+            let s = weights.summary(l, h);
             say!(
-                "layer {l}, head {h}: looks back {back:.1} characters on average; {:.0}% of its weight on the character itself, {:.0}% on the one before",
-                100.0 * itself,
-                100.0 * previous
+                "layer {l}, head {h}: looks back {:.1} characters on average; {:.0}% of its weight on the character itself, {:.0}% on the one before",
+                s.look_back,
+                100.0 * s.itself,
+                100.0 * s.previous
             );
         }
     }
@@ -250,26 +225,5 @@ mod tests {
         assert_eq!(visible('\n'), "⏎");
         assert_eq!(visible('a'), "a");
         assert_eq!(visible('\u{7}'), "·");
-    }
-
-    #[test]
-    fn the_summary_measures_how_far_a_head_looks_back() {
-        // A head that always looks at the current character...
-        let diagonal = vec![
-            vec![1.0, 0.0, 0.0],
-            vec![0.0, 1.0, 0.0],
-            vec![0.0, 0.0, 1.0],
-        ];
-        assert_eq!(summary(&diagonal), (0.0, 1.0, 0.0));
-        // ...one that always looks at the first: look-back (1 + 2) / 2 over the queries with a
-        // choice...
-        let first = vec![
-            vec![1.0, 0.0, 0.0],
-            vec![1.0, 0.0, 0.0],
-            vec![1.0, 0.0, 0.0],
-        ];
-        assert_eq!(summary(&first), (1.5, 0.0, 0.5));
-        // ...and a one-character prompt, whose only query sees only itself.
-        assert_eq!(summary(&[vec![1.0]]), (0.0, 1.0, 0.0));
     }
 }

@@ -239,6 +239,36 @@ impl Activations {
         Some(&blk.att[..self.batch * self.n_head * self.seq_len * self.seq_len])
     }
 
+    /// The input of block `layer` in the last forward pass, (B, T, C): the embedding for block
+    /// 0, the previous block's output after.
+    pub fn block_input(&self, layer: usize) -> Option<&[f32]> {
+        let n = self.batch * self.seq_len;
+        let c = self.encoded.len() / self.capacity_batch.max(1) / self.capacity_seq.max(1);
+        if layer >= self.blocks.len() {
+            return None;
+        }
+        Some(match layer {
+            0 => &self.encoded[..n * c],
+            l => &self.blocks[l - 1].output()[..n * c],
+        })
+    }
+
+    /// The `[q; k; v]` rows of block `layer` in the last forward pass, (B, T, 3C).
+    pub fn qkv(&self, layer: usize) -> Option<&[f32]> {
+        let blk = self.blocks.get(layer)?;
+        let n = self.batch * self.seq_len;
+        let c3 = blk.qkv.len() / self.capacity_batch.max(1) / self.capacity_seq.max(1);
+        Some(&blk.qkv[..n * c3])
+    }
+
+    /// Block `layer`'s heads' outputs, concatenated, in the last forward pass, (B, T, C).
+    pub fn heads_output(&self, layer: usize) -> Option<&[f32]> {
+        let blk = self.blocks.get(layer)?;
+        let n = self.batch * self.seq_len;
+        let c = blk.attn_y.len() / self.capacity_batch.max(1) / self.capacity_seq.max(1);
+        Some(&blk.attn_y[..n * c])
+    }
+
     /// Bytes held by all buffers.
     pub fn bytes(&self) -> usize {
         let f = |v: &Vec<f32>| v.len() * 4;
