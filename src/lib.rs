@@ -8,7 +8,7 @@
 //! loss estimates), [`sampling`] (generation), [`checkpoint`] (safetensors + JSON); [`ladder`] lists
 //! the lecture's sequence of models with the losses it published.
 //!
-//! [`reference`] is the same model in plain loops, the version to read first; [`engine`] chooses
+//! [`mod@reference`] is the same model in plain loops, the version to read first; [`engine`] chooses
 //! which of the two computes a pass.
 
 pub mod bench;
