@@ -133,6 +133,10 @@ impl Trainer {
         engine: Engine,
     ) -> Self {
         model.set_precision(config.precision);
+        if model.config.architecture == crate::config::Architecture::Transformer {
+            let (t, hs) = (model.config.block_size, model.config.head_size());
+            rayon::broadcast(|_| crate::kernels::attention::reserve_scratch(t, hs));
+        }
         let n = model.num_params();
         let (b, t) = (config.batch_size, model.config.block_size);
         // The reference engine allocates per pass; its shards need no fast buffers.

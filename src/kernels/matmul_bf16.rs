@@ -416,6 +416,19 @@ fn run_rows(prod: Product, engine: Engine, rows: std::ops::Range<usize>) {
     })
 }
 
+/// Grows the calling thread's packing buffers to what any product with outputs at most `max_n`
+/// wide needs, so that a thread meeting a product for the first time later (which thread runs
+/// which part of a step depends on work stealing) does not allocate in a training step. Call it
+/// on every thread of the pool (`rayon::broadcast`) when a model switches to bf16.
+pub fn reserve_buffers(max_n: usize) {
+    BUFFERS.with(|buffers| {
+        let mut buffers = buffers.borrow_mut();
+        let (abuf, bbuf) = &mut *buffers;
+        grow(abuf, MC.div_ceil(MR) * KC_PAIRS * MR);
+        grow(bbuf, max_n.div_ceil(NR) * KC_PAIRS * NR);
+    });
+}
+
 /// Grows a packing buffer to at least `len` (allocates only the first time a size is reached).
 fn grow(buf: &mut Vec<u32>, len: usize) {
     if buf.len() < len {

@@ -193,6 +193,16 @@ impl Model {
     /// copies of the linear weights, fp32 drops them. The caller has checked that the CPU runs
     /// bf16 ([`Precision::check_supported`]).
     pub fn set_precision(&mut self, precision: Precision) {
+        if precision == Precision::Bf16 {
+            // Every thread's packing buffers at their largest now, not in some later step.
+            let widest = self
+                .layout
+                .linear_weights()
+                .map(|(_, oc, ic)| oc.max(ic))
+                .max()
+                .unwrap_or(0);
+            rayon::broadcast(|_| crate::kernels::matmul_bf16::reserve_buffers(widest));
+        }
         self.bf16 = match precision {
             Precision::Fp32 => None,
             Precision::Bf16 => Some(

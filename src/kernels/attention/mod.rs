@@ -84,6 +84,15 @@ thread_local! {
     static TRANSPOSED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
+/// Grows the calling thread's scratch to what heads of `seq_len` positions and `head_size`
+/// channels need, so that a thread running attention for the first time in a later step (which
+/// thread runs which head depends on work stealing) does not allocate then. The trainer calls it
+/// on every thread of the pool (`rayon::broadcast`) when it is built.
+pub fn reserve_scratch(seq_len: usize, head_size: usize) {
+    with_scratch(&SQUARE, seq_len * seq_len, |_| ());
+    with_scratch(&TRANSPOSED, head_size * seq_len, |_| ());
+}
+
 /// Runs `f` with this thread's `scratch` buffer, at least `len` floats long.
 fn with_scratch<R>(
     scratch: &'static std::thread::LocalKey<RefCell<Vec<f32>>>,
