@@ -5,8 +5,9 @@
 //! [`tokenizer`] (characters to ids), [`data`] (splits and batches), [`config`] (model shapes and
 //! presets), [`kernels`] (one file per layer, forward and backward), [`model`] (the network and
 //! its parameter layout), [`optimizer`] (AdamW, schedule, clipping), [`training`] (the loop and
-//! loss estimates), [`sampling`] (generation), [`checkpoint`] (safetensors + JSON); [`ladder`] lists
-//! the lecture's sequence of models with the losses it published.
+//! loss estimates), [`sampling`] (generation), [`checkpoint`] (safetensors + JSON); [`runs`] (run
+//! directories as the front ends see them: preparing, locking, listing); [`ladder`] lists the
+//! lecture's sequence of models with the losses it published.
 
 pub mod bench;
 pub mod checkpoint;
@@ -18,6 +19,7 @@ pub mod model;
 pub mod optimizer;
 pub mod profile;
 pub mod rng;
+pub mod runs;
 pub mod runtime;
 pub mod sampling;
 pub mod tokenizer;

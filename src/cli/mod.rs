@@ -32,7 +32,7 @@ mod train;
 mod vocab;
 
 use anyhow::{Context, Result};
-use chargpt::checkpoint::{DataInfo, EMBEDDED_SOURCE};
+use chargpt::checkpoint::DataInfo;
 use chargpt::data;
 use clap::{Parser, Subcommand};
 use std::path::Path;
@@ -225,35 +225,14 @@ pub fn encode_prompt(
 
 /// Reads a training or evaluation text: `path`, or the built-in Tiny Shakespeare.
 pub fn load_text(path: Option<&Path>) -> Result<(String, DataInfo)> {
-    let (text, source) = match path {
-        // Recorded absolute, so that `eval` and `--resume` find it from any directory.
-        Some(p) => (
-            data::read_text(p)?,
-            p.canonicalize()
-                .unwrap_or_else(|_| p.to_path_buf())
-                .display()
-                .to_string(),
-        ),
-        None => (
-            data::TINY_SHAKESPEARE.to_string(),
-            EMBEDDED_SOURCE.to_string(),
-        ),
-    };
-    let info = chargpt::training::data_info(&source, &text);
-    Ok((text, info))
+    Ok(chargpt::runs::load_text(path)?)
 }
 
 /// Reads the text a checkpoint was trained on, as its `config.json` records it (`None`: the
 /// built-in text).
 pub fn load_recorded_text(recorded: Option<&DataInfo>) -> Result<(String, DataInfo)> {
-    match recorded {
-        Some(info) if info.source != EMBEDDED_SOURCE => load_text(Some(Path::new(&info.source)))
-            .with_context(|| {
-                format!(
-                    "the model was trained on {}; give its path with --data",
-                    info.source
-                )
-            }),
-        _ => load_text(None),
-    }
+    Ok(chargpt::runs::load_recorded_text(
+        recorded,
+        train::WORDING.give_text,
+    )?)
 }
