@@ -315,6 +315,8 @@ pub struct Prepared {
     pub resumed: bool,
     /// Settings changed to follow others (`config::derive_settings`), one line each.
     pub notes: Vec<String>,
+    /// Held until the run is dropped: no other process trains `out` meanwhile.
+    pub lock: RunLock,
 }
 
 /// What a new run is made of.
@@ -337,6 +339,7 @@ pub fn prepare_new(request: &NewRun<'_>, wording: &Wording) -> Result<Prepared, 
     let notes =
         config::derive_settings(&preset.train, &mut train_cfg, &given_keys(request.settings));
     let out = request.out;
+    refuse_if_locked(out)?;
     refuse_to_overwrite(out, wording)?;
     let (text, info) = load_text(request.data)?;
     let mut sized = model_cfg.clone();
@@ -350,13 +353,14 @@ pub fn prepare_new(request: &NewRun<'_>, wording: &Wording) -> Result<Prepared, 
         e => e.into(),
     })?;
     run.preset = Some(name.clone());
-    check_writable(out, wording)?;
+    let lock = claim(out, wording)?;
     Ok(Prepared {
         run,
         out: out.to_path_buf(),
         name,
         resumed: false,
         notes,
+        lock,
     })
 }
 
@@ -378,6 +382,7 @@ pub fn prepare_resume(
     warn: &mut dyn FnMut(&str),
 ) -> Result<Prepared, PrepareError> {
     let out = request.out;
+    refuse_if_locked(out)?;
     if !checkpoint::exists(out) {
         return Err(PrepareError::Refused(format!(
             "nothing to resume: {} holds no checkpoint; {}",
@@ -402,7 +407,7 @@ pub fn prepare_resume(
             ));
         }
     }
-    check_writable(out, wording)?;
+    let lock = claim(out, wording)?;
     let run = Run::resume(out, train_cfg, &text, info)?;
     let name = saved
         .preset
@@ -414,6 +419,7 @@ pub fn prepare_resume(
         name,
         resumed: true,
         notes: Vec::new(),
+        lock,
     })
 }
 

@@ -208,10 +208,11 @@ fn prepare(args: &TrainArgs) -> Result<Prepared> {
                 init.display()
             );
         }
+        runs::refuse_if_locked(&out)?;
         runs::refuse_to_overwrite(&out, &WORDING)?;
         check_memory(&model_cfg, &train_cfg)?;
         let (text, info) = load_text(args.data.as_deref())?;
-        check_writable(&out)?;
+        let lock = runs::claim(&out, &WORDING)?;
         let model = Model::from_params(model_cfg, ckpt.model.params)
             .ok_or_else(|| anyhow!("the checkpoint's parameters do not fit its config"))?;
         let name = format!("fine-tune of {}", init.display());
@@ -243,6 +244,7 @@ fn prepare(args: &TrainArgs) -> Result<Prepared> {
             name,
             resumed: false,
             notes,
+            lock,
         });
     }
     let name = settings
@@ -348,6 +350,8 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
         name,
         resumed,
         notes,
+        // Held to the end of the run: no other process trains `out` meanwhile.
+        lock: _lock,
     } = prepare(&args)?;
     let train_cfg = run.trainer.config.clone();
     let model_cfg = run.trainer.model.config.clone();
