@@ -93,7 +93,7 @@ pub enum PrepareError {
     RecordedText {
         recorded: String,
         hint: &'static str,
-        source: DataError,
+        source: Box<DataError>,
     },
     #[error(transparent)]
     Config(#[from] ConfigError),
@@ -299,7 +299,7 @@ pub fn load_recorded_text(
             .map_err(|source| PrepareError::RecordedText {
                 recorded: info.source.clone(),
                 hint,
-                source,
+                source: Box::new(source),
             }),
         _ => Ok(load_text(None)?),
     }

@@ -894,7 +894,11 @@ fn a_second_trainer_of_the_same_directory_is_refused_and_the_lock_dies_with_the_
         }
     }
     let message = format!("run is being trained by process {}", first.id());
-    fails(d, &train_args(&["--data", "small.txt", "--out", "run"]), &message);
+    fails(
+        d,
+        &train_args(&["--data", "small.txt", "--out", "run"]),
+        &message,
+    );
     fails(d, &["train", "--resume", "--out", "run"], &message);
     // kill -9: the operating system releases the lock, and the run resumes from its checkpoint.
     first.kill().unwrap();

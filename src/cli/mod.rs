@@ -33,7 +33,6 @@ mod vocab;
 
 use anyhow::{Context, Result};
 use chargpt::checkpoint::DataInfo;
-use chargpt::data;
 use clap::{Parser, Subcommand};
 use std::path::Path;
 use std::process::ExitCode;
@@ -75,6 +74,8 @@ enum Command {
     Sweep(sweep::SweepArgs),
     /// List a model's characters, and which characters of a text it lacks.
     Vocab(vocab::VocabArgs),
+    /// A web page to start runs, watch them learn live, compare them and sample from them.
+    Serve(crate::serve::ServeArgs),
 }
 
 /// A mistake in the command line itself (exit status 2, as clap uses).
@@ -99,11 +100,17 @@ pub fn run() -> Result<ExitCode> {
     if cli.threads == Some(0) {
         return Err(UsageError("--threads must be at least 1".into()).into());
     }
+    // The server runs each training in a pool of its own (so that two trainings share the
+    // cores instead of one waiting inside the other's fork-join), on threads of its own.
+    let command = match cli.command {
+        Command::Serve(args) => return crate::serve::run(args, cli.threads),
+        other => other,
+    };
     let pool =
         chargpt::runtime::thread_pool(cli.threads).context("cannot start the worker threads")?;
     // Everything runs inside the pool, so kernels fork and join without a hand-off from an
     // outside thread.
-    pool.install(|| match cli.command {
+    pool.install(|| match command {
         Command::Train(args) => train::run(args),
         Command::Sample(args) => sample::run(args).map(|()| ExitCode::SUCCESS),
         Command::Eval(args) => eval::run(args).map(|()| ExitCode::SUCCESS),
@@ -113,6 +120,7 @@ pub fn run() -> Result<ExitCode> {
         Command::Attention(args) => attention::run(args).map(|()| ExitCode::SUCCESS),
         Command::Sweep(args) => sweep::run(args),
         Command::Vocab(args) => vocab::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Serve(_) => unreachable!("served above"),
     })
 }
 
@@ -156,6 +164,7 @@ fn usage_error(e: clap::Error) -> Result<ExitCode> {
             "attention",
             "sweep",
             "vocab",
+            "serve",
         ]
         .contains(&a.as_str())
     });
@@ -211,16 +220,7 @@ pub fn encode_prompt(
     tokenizer: &chargpt::tokenizer::Tokenizer,
     text: &str,
 ) -> Result<Vec<chargpt::tokenizer::TokenId>> {
-    let unknown = tokenizer.unknown_chars(text);
-    if !unknown.is_empty() {
-        anyhow::bail!(
-            "the prompt has {} character{} that the model's vocabulary lacks: {}; use only characters of the text it was trained on",
-            unknown.len(),
-            if unknown.len() == 1 { "" } else { "s" },
-            data::list_chars(&unknown, 20)
-        );
-    }
-    Ok(tokenizer.encode(text)?)
+    Ok(chargpt::sampling::encode_prompt(tokenizer, text)?)
 }
 
 /// Reads a training or evaluation text: `path`, or the built-in Tiny Shakespeare.
