@@ -8,6 +8,7 @@ use std::path::Path;
 use tempfile::TempDir;
 
 pub mod server;
+pub mod webdriver;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_chargpt");
 
