@@ -191,10 +191,15 @@ async fn presets() -> Response {
         .map(|p| {
             let mut model = p.model.clone();
             model.vocab_size = 65;
-            let mut settings = serde_json::to_value(&p.model).unwrap_or_default();
+            // Through text, so that an f32 setting shows as typed (0.9, not 0.8999999761581421).
+            let as_value = |config: String| {
+                serde_json::from_str::<serde_json::Value>(&config).unwrap_or_default()
+            };
+            let mut settings = as_value(serde_json::to_string(&p.model).unwrap_or_default());
             if let Some(map) = settings.as_object_mut() {
                 map.remove("vocab_size");
-                if let Ok(serde_json::Value::Object(train)) = serde_json::to_value(&p.train) {
+                let train = as_value(serde_json::to_string(&p.train).unwrap_or_default());
+                if let serde_json::Value::Object(train) = train {
                     map.extend(train);
                 }
             }

@@ -53,6 +53,14 @@ pub struct StepPoint {
     pub grad_norm: f32,
     pub tokens_per_s: f64,
     pub eta_s: f64,
+    /// When the step ended, in milliseconds since 1970 (for measuring how late a page sees it).
+    pub at_ms: f64,
+}
+
+fn unix_ms() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
 }
 
 /// What a training reports, in order. Each becomes a server-sent event named by [`name`].
@@ -397,6 +405,7 @@ fn train(live: &LiveRun, prepared: Prepared) {
             grad_norm: stats.grad_norm,
             tokens_per_s,
             eta_s,
+            at_ms: unix_ms(),
         })),
         RunEvent::Eval {
             row,

@@ -67,7 +67,9 @@ function setState(state, text) {
   root.dataset.state = state;
   root.querySelector('#stop').hidden = state !== 'training';
   root.querySelector('#resume').hidden = state !== 'stopped';
-  root.querySelector('#extend-box').hidden = state === 'training';
+  root.querySelector('#extend-box').hidden = state !== 'stopped' && state !== 'finished';
+  const extend = root.querySelector('#extend-steps');
+  if (state === 'finished' && total && !extend.value) extend.value = String(total * 2);
   if (text !== undefined) root.querySelector('#progress-text').textContent = text;
 }
 
@@ -206,6 +208,9 @@ export default {
     app.on('history', onHistory);
     app.on('run-selected', (name) => {
       reset();
+      // Until the new run's history or events say where it stands.
+      root.querySelector('#extend-steps').value = '';
+      setState('');
       root.querySelector('#run-error').textContent = '';
       root.querySelector('#saved').textContent = '';
       root.querySelector('#run-name').textContent = name ?? 'no run selected';
