@@ -5,8 +5,10 @@
 //! [`tokenizer`] (characters to ids), [`data`] (splits and batches), [`config`] (model shapes and
 //! presets), [`kernels`] (one file per layer, forward and backward), [`model`] (the network and
 //! its parameter layout), [`optimizer`] (AdamW, schedule, clipping), [`training`] (the loop and
-//! loss estimates), [`sampling`] (generation), [`checkpoint`] (safetensors + JSON); [`ladder`] lists
-//! the lecture's sequence of models with the losses it published.
+//! loss estimates), [`sampling`] (generation), [`checkpoint`] (safetensors + JSON); [`runs`] (run
+//! directories as the front ends see them: preparing, locking, listing); [`inspect`] (the numbers
+//! behind each idea for a model and a text); [`ladder`] lists the lecture's sequence of models with
+//! the losses it published.
 //!
 //! [`mod@reference`] is the same model in plain loops, the version to read first; [`engine`] chooses
 //! which of the two computes a pass.
@@ -24,6 +26,7 @@ pub mod optimizer;
 pub mod profile;
 pub mod reference;
 pub mod rng;
+pub mod runs;
 pub mod runtime;
 pub mod sampling;
 pub mod tokenizer;

@@ -1,6 +1,7 @@
-//! The `chargpt` command line: train, sample, evaluate, list presets.
+//! The `chargpt` binary: the command line (`src/cli/`) and the web server (`src/serve/`).
 
 mod cli;
+mod serve;
 
 use std::process::ExitCode;
 

@@ -20,7 +20,24 @@
 use crate::engine::Engine;
 use crate::model::{Activations, Model};
 use crate::rng::Rng;
-use crate::tokenizer::TokenId;
+use crate::tokenizer::{TokenId, Tokenizer, TokenizerError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PromptError {
+    #[error("the prompt has {} character{} that the model's vocabulary lacks: {}; use only characters of the text it was trained on", .0.len(), if .0.len() == 1 { "" } else { "s" }, crate::data::list_chars(.0, 20))]
+    UnknownChars(Vec<char>),
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+}
+
+/// The ids of a prompt; characters the model's vocabulary lacks are one error listing them all.
+pub fn encode_prompt(tokenizer: &Tokenizer, text: &str) -> Result<Vec<TokenId>, PromptError> {
+    let unknown = tokenizer.unknown_chars(text);
+    if !unknown.is_empty() {
+        return Err(PromptError::UnknownChars(unknown));
+    }
+    Ok(tokenizer.encode(text)?)
+}
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SampleSettings {

@@ -962,3 +962,54 @@ fn the_reference_engine_trains_evaluates_and_samples_like_the_fast_one() {
         "invalid value 'slow'",
     );
 }
+
+#[test]
+fn a_second_trainer_of_the_same_directory_is_refused_and_the_lock_dies_with_the_first() {
+    let dir = workspace();
+    let d = dir.path();
+    let mut first = std::process::Command::new(BIN)
+        .current_dir(d)
+        .args([
+            "train",
+            "--preset",
+            "layernorm",
+            "--set",
+            "eval_interval=50",
+            "--set",
+            "eval_iters=2",
+            "--out",
+            "run",
+            "--threads",
+            "1",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(first.stdout.take().unwrap()).lines();
+    // By step 50 the first run holds the lock and has saved a checkpoint.
+    for line in lines.by_ref() {
+        if line.unwrap().starts_with("step 50:") {
+            break;
+        }
+    }
+    let message = format!("run is being trained by process {}", first.id());
+    fails(
+        d,
+        &train_args(&["--data", "small.txt", "--out", "run"]),
+        &message,
+    );
+    fails(d, &["train", "--resume", "--out", "run"], &message);
+    // kill -9: the operating system releases the lock, and the run resumes from its checkpoint.
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("run/config.json")).unwrap()).unwrap();
+    let step = config["step"].as_u64().unwrap();
+    let target = format!("steps={}", step + 5);
+    chargpt(d)
+        .args(["train", "--resume", "--out", "run", "--set", &target])
+        .assert()
+        .success()
+        .stdout(contains(format!("resuming layernorm at step {step}")));
+}

@@ -32,8 +32,7 @@ mod train;
 mod vocab;
 
 use anyhow::{Context, Result};
-use chargpt::checkpoint::{DataInfo, EMBEDDED_SOURCE};
-use chargpt::data;
+use chargpt::checkpoint::DataInfo;
 use clap::{Parser, Subcommand};
 use std::path::Path;
 use std::process::ExitCode;
@@ -75,6 +74,8 @@ enum Command {
     Sweep(sweep::SweepArgs),
     /// List a model's characters, and which characters of a text it lacks.
     Vocab(vocab::VocabArgs),
+    /// A web page to start runs, watch them learn live, compare them and sample from them.
+    Serve(crate::serve::ServeArgs),
 }
 
 /// `--engine`, shared by the commands that run the model.
@@ -118,11 +119,17 @@ pub fn run() -> Result<ExitCode> {
     if cli.threads == Some(0) {
         return Err(UsageError("--threads must be at least 1".into()).into());
     }
+    // The server runs each training in a pool of its own (so that two trainings share the
+    // cores instead of one waiting inside the other's fork-join), on threads of its own.
+    let command = match cli.command {
+        Command::Serve(args) => return crate::serve::run(args, cli.threads),
+        other => other,
+    };
     let pool =
         chargpt::runtime::thread_pool(cli.threads).context("cannot start the worker threads")?;
     // Everything runs inside the pool, so kernels fork and join without a hand-off from an
     // outside thread.
-    pool.install(|| match cli.command {
+    pool.install(|| match command {
         Command::Train(args) => train::run(args),
         Command::Sample(args) => sample::run(args).map(|()| ExitCode::SUCCESS),
         Command::Eval(args) => eval::run(args).map(|()| ExitCode::SUCCESS),
@@ -132,6 +139,7 @@ pub fn run() -> Result<ExitCode> {
         Command::Attention(args) => attention::run(args).map(|()| ExitCode::SUCCESS),
         Command::Sweep(args) => sweep::run(args),
         Command::Vocab(args) => vocab::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Serve(_) => unreachable!("served above"),
     })
 }
 
@@ -175,6 +183,7 @@ fn usage_error(e: clap::Error) -> Result<ExitCode> {
             "attention",
             "sweep",
             "vocab",
+            "serve",
         ]
         .contains(&a.as_str())
     });
@@ -230,49 +239,19 @@ pub fn encode_prompt(
     tokenizer: &chargpt::tokenizer::Tokenizer,
     text: &str,
 ) -> Result<Vec<chargpt::tokenizer::TokenId>> {
-    let unknown = tokenizer.unknown_chars(text);
-    if !unknown.is_empty() {
-        anyhow::bail!(
-            "the prompt has {} character{} that the model's vocabulary lacks: {}; use only characters of the text it was trained on",
-            unknown.len(),
-            if unknown.len() == 1 { "" } else { "s" },
-            data::list_chars(&unknown, 20)
-        );
-    }
-    Ok(tokenizer.encode(text)?)
+    Ok(chargpt::sampling::encode_prompt(tokenizer, text)?)
 }
 
 /// Reads a training or evaluation text: `path`, or the built-in Tiny Shakespeare.
 pub fn load_text(path: Option<&Path>) -> Result<(String, DataInfo)> {
-    let (text, source) = match path {
-        // Recorded absolute, so that `eval` and `--resume` find it from any directory.
-        Some(p) => (
-            data::read_text(p)?,
-            p.canonicalize()
-                .unwrap_or_else(|_| p.to_path_buf())
-                .display()
-                .to_string(),
-        ),
-        None => (
-            data::TINY_SHAKESPEARE.to_string(),
-            EMBEDDED_SOURCE.to_string(),
-        ),
-    };
-    let info = chargpt::training::data_info(&source, &text);
-    Ok((text, info))
+    Ok(chargpt::runs::load_text(path)?)
 }
 
 /// Reads the text a checkpoint was trained on, as its `config.json` records it (`None`: the
 /// built-in text).
 pub fn load_recorded_text(recorded: Option<&DataInfo>) -> Result<(String, DataInfo)> {
-    match recorded {
-        Some(info) if info.source != EMBEDDED_SOURCE => load_text(Some(Path::new(&info.source)))
-            .with_context(|| {
-                format!(
-                    "the model was trained on {}; give its path with --data",
-                    info.source
-                )
-            }),
-        _ => load_text(None),
-    }
+    Ok(chargpt::runs::load_recorded_text(
+        recorded,
+        train::WORDING.give_text,
+    )?)
 }

@@ -3,32 +3,29 @@
 
 use super::plot::loss_plot;
 use super::presets::thousands;
-use super::{load_recorded_text, load_text, UsageError};
+use super::{load_text, UsageError};
 use anyhow::{anyhow, bail, Context, Result};
 use chargpt::checkpoint::{self, Checkpoint, DataInfo, InitFrom, EMBEDDED_SOURCE};
-use chargpt::config::{self, ConfigError, ModelConfig, TrainConfig, DEFAULT_PRESET};
+use chargpt::config::{self, ModelConfig, TrainConfig, DEFAULT_PRESET};
 use chargpt::data;
 use chargpt::model::Model;
-use chargpt::rng::Rng;
-use chargpt::sampling::{self, SampleSettings};
-use chargpt::tokenizer::Tokenizer;
+use chargpt::runs::{
+    self, NewRun, Prepared, ResumeRun, Setting, SettingOrigin, Wording, EVAL_SAMPLE, SAMPLES_FILE,
+};
 use chargpt::training::{
-    run_training, MetricsRow, Run, RunError, RunEvent, RunOptions, RunOutcome, StepRow,
-    UnknownChars, VocabChange,
+    run_training, MetricsRow, Run, RunEvent, RunOptions, RunOutcome, StepRow, UnknownChars,
+    VocabChange,
 };
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub const SAMPLES_FILE: &str = "samples.txt";
 pub const PLOT_FILE: &str = "loss.png";
-/// Characters in the sample printed at each evaluation, and at the end.
-const EVAL_SAMPLE: usize = 200;
+/// Characters in the sample printed at the end.
 const FINAL_SAMPLE: usize = 500;
 
 #[derive(Args)]
@@ -99,18 +96,20 @@ impl From<UnknownCharsArg> for UnknownChars {
     }
 }
 
+/// The "what to do" clauses of the library's refusals, in the command line's words.
+pub(super) const WORDING: Wording = Wording {
+    change_setting: "change it with --set KEY=VALUE or in the --config file",
+    keep_shape: "drop the setting, or train a new model without --resume/--init-from",
+    another_out: "choose another --out",
+    existing: "continue it with --resume, or choose another --out, or delete it first",
+    nothing_to_resume: "start the run without --resume, or point --out at a run",
+    give_text: "give its path with --data",
+};
+
 /// Settings from the command line and a config file, not yet applied.
 struct Settings {
-    /// (origin, key, value): origin says where a bad setting came from.
-    list: Vec<(String, String, String)>,
+    list: Vec<Setting>,
     preset: Option<String>,
-}
-
-impl Settings {
-    /// The keys given explicitly (in the config file, with --set or --seed).
-    fn given(&self) -> Vec<&str> {
-        self.list.iter().map(|(_, k, _)| k.as_str()).collect()
-    }
 }
 
 fn gather_settings(args: &TrainArgs) -> Result<Settings> {
@@ -121,7 +120,11 @@ fn gather_settings(args: &TrainArgs) -> Result<Settings> {
         let text = data::read_text(path)?;
         let (preset, settings) = config::parse_config_file(&shown, &text)?;
         file_preset = preset;
-        list.extend(settings.into_iter().map(|(k, v)| (shown.clone(), k, v)));
+        list.extend(settings.into_iter().map(|(key, value)| Setting {
+            origin: SettingOrigin::File(shown.clone()),
+            key,
+            value,
+        }));
     }
     for o in &args.overrides {
         let (k, v) = config::parse_override(o).map_err(|e| {
@@ -129,10 +132,18 @@ fn gather_settings(args: &TrainArgs) -> Result<Settings> {
                 "{e}; write --set KEY=VALUE, for example --set n_layer=4"
             ))
         })?;
-        list.push(("--set".to_string(), k.to_string(), v.to_string()));
+        list.push(Setting {
+            origin: SettingOrigin::Flag("--set".into()),
+            key: k.to_string(),
+            value: v.to_string(),
+        });
     }
     if let Some(seed) = args.seed {
-        list.push(("--seed".to_string(), "seed".to_string(), seed.to_string()));
+        list.push(Setting {
+            origin: SettingOrigin::Flag("--seed".into()),
+            key: "seed".into(),
+            value: seed.to_string(),
+        });
     }
     Ok(Settings {
         list,
@@ -140,149 +151,14 @@ fn gather_settings(args: &TrainArgs) -> Result<Settings> {
     })
 }
 
-fn apply(settings: &Settings, model: &mut ModelConfig, train: &mut TrainConfig) -> Result<()> {
-    for (origin, key, value) in &settings.list {
-        config::apply_to_configs(model, train, key, value).map_err(|e| {
-            if origin == "--set" || origin == "--seed" {
-                anyhow!("{origin} {key}={value}: {e}")
-            } else {
-                anyhow!("{origin}: {e}")
-            }
-        })?;
-    }
-    Ok(())
-}
-
-/// A resumed or fine-tuned model keeps its shape: the settings may change `allowed` model fields
-/// only (or set others to the value they already have).
-fn check_model_unchanged(
-    saved: &ModelConfig,
-    wanted: &ModelConfig,
-    allowed: &[&str],
-    what: &str,
-) -> Result<()> {
-    let (Ok(serde_json::Value::Object(a)), Ok(serde_json::Value::Object(b))) =
-        (serde_json::to_value(saved), serde_json::to_value(wanted))
-    else {
-        bail!("cannot compare model settings");
-    };
-    let changed: Vec<String> = a
-        .iter()
-        .filter(|(k, v)| !allowed.contains(&k.as_str()) && b.get(*k) != Some(*v))
-        .map(|(k, v)| format!("{k} (the checkpoint has {v})"))
-        .collect();
-    if !changed.is_empty() {
-        bail!(
-            "cannot change {} when {what}: the model keeps the checkpoint's shape; drop the setting, or train a new model without --resume/--init-from",
-            changed.join(", ")
-        );
-    }
-    Ok(())
-}
-
-/// Makes sure `dir` exists and takes files, before any time is spent training; clears temporary
-/// files an interrupted save of an earlier run left behind.
+/// Makes sure `dir` exists and takes files (see [`runs::check_writable`]).
 pub(super) fn check_writable(dir: &Path) -> Result<()> {
-    let fail = |e: std::io::Error| {
-        anyhow!(
-            "cannot write to the output directory {}: {e}; choose another --out",
-            dir.display()
-        )
-    };
-    std::fs::create_dir_all(dir).map_err(fail)?;
-    let probe = dir.join(format!(".chargpt-probe-{}", std::process::id()));
-    std::fs::write(&probe, b"probe").map_err(fail)?;
-    std::fs::remove_file(&probe).map_err(fail)?;
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
-            let ours = [
-                checkpoint::MODEL_FILE,
-                checkpoint::CONFIG_FILE,
-                checkpoint::OPTIMIZER_FILE,
-                chargpt::training::METRICS_FILE,
-                "loss",
-            ]
-            .iter()
-            .any(|f| name.starts_with(&format!(".{f}.tmp-")));
-            if ours {
-                let _ = std::fs::remove_file(entry.path());
-            }
-        }
-    }
-    Ok(())
+    Ok(runs::check_writable(dir, &WORDING)?)
 }
 
-/// Roughly the bytes a run takes: parameters, gradients and both AdamW moments, plus the training
-/// and evaluation activations (per token and layer about 10 C + 2 F values and H T attention
-/// weights, and the logits). In f64, so that absurd settings cannot overflow.
-fn memory_needed(model: &ModelConfig, train: &TrainConfig) -> f64 {
-    let (c, f, h, t, l, v) = (
-        model.n_embd as f64,
-        model.ffn_hidden() as f64,
-        model.n_head as f64,
-        model.block_size as f64,
-        model.n_layer as f64,
-        model.vocab_size.max(1) as f64,
-    );
-    let params = if model.architecture == chargpt::config::Architecture::Bigram {
-        v * v
-    } else {
-        // Embeddings, per block qkv + projection + two feed-forward layers, lm_head.
-        (v + t) * c + l * (4.0 * c * c + 2.0 * f * c) + v * c
-    };
-    let tokens = train.batch_size as f64 * t;
-    let per_token = l * (10.0 * c + 2.0 * f + 1.25 * h * t) + 10.0 * c + 3.0 * v;
-    4.0 * (4.0 * params + 2.0 * tokens * per_token)
-}
-
-/// The machine's memory in bytes, where the system says (Linux).
-fn memory_total() -> Option<f64> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024.0)
-}
-
-/// Refuses settings whose buffers could not be allocated, rather than letting the allocator abort.
 /// Refuses settings whose buffers cannot fit in this machine's memory, before allocating them.
 pub(super) fn check_memory(model: &ModelConfig, train: &TrainConfig) -> Result<()> {
-    let needed = memory_needed(model, train);
-    if let Some(total) = memory_total() {
-        if needed > total {
-            let gib = |b: f64| b / (1u64 << 30) as f64;
-            bail!(
-                "these settings need about {:.0} GiB of memory and this machine has {:.0} GiB; choose a smaller n_embd, n_layer, block_size or batch_size",
-                gib(needed).ceil(),
-                gib(total)
-            );
-        }
-    }
-    Ok(())
-}
-
-fn refuse_to_overwrite(out: &Path) -> Result<()> {
-    if checkpoint::exists(out) {
-        let step = checkpoint::load_config(out)
-            .map(|c| format!(" (step {})", c.step))
-            .unwrap_or_default();
-        bail!(
-            "{} already holds a checkpoint{step}; continue it with --resume, or choose another --out, or delete it first",
-            out.display()
-        );
-    }
-    Ok(())
-}
-
-/// What the command was asked to do, with its run ready.
-struct Prepared {
-    run: Run,
-    out: PathBuf,
-    name: String,
-    resumed: bool,
-    /// Settings changed to follow others (`config::derive_settings`), one line each.
-    notes: Vec<String>,
+    Ok(runs::check_memory(model, train)?)
 }
 
 fn prepare(args: &TrainArgs) -> Result<Prepared> {
@@ -294,42 +170,14 @@ fn prepare(args: &TrainArgs) -> Result<Prepared> {
             .out
             .clone()
             .unwrap_or_else(|| PathBuf::from("runs").join(name));
-        if !checkpoint::exists(&out) {
-            bail!(
-                "nothing to resume: {} holds no checkpoint; start the run without --resume, or point --out at a run",
-                out.display()
-            );
-        }
-        let saved = checkpoint::load_config(&out)?;
-        let (mut model_cfg, mut train_cfg) = (saved.model.clone(), saved.train.clone());
-        apply(&settings, &mut model_cfg, &mut train_cfg)?;
-        check_model_unchanged(&saved.model, &model_cfg, &[], "resuming")?;
-        check_memory(&model_cfg, &train_cfg)?;
-        let (text, info) = match &args.data {
-            Some(path) => load_text(Some(path))?,
-            None => load_recorded_text(saved.data.as_ref())?,
+        let request = ResumeRun {
+            out: &out,
+            settings: &settings.list,
+            data: args.data.as_deref(),
         };
-        if let Some(recorded) = &saved.data {
-            if recorded.fingerprint != info.fingerprint {
-                note!(
-                    "warning: {} is not the text this run started on ({}); the continuation will not match an uninterrupted run",
-                    info.source, recorded.source
-                );
-            }
-        }
-        check_writable(&out)?;
-        let run = Run::resume(&out, train_cfg, &text, info)?;
-        let name = saved
-            .preset
-            .clone()
-            .unwrap_or_else(|| "the run".to_string());
-        return Ok(Prepared {
-            run,
-            out,
-            name,
-            resumed: true,
-            notes: Vec::new(),
-        });
+        return Ok(runs::prepare_resume(&request, &WORDING, &mut |line| {
+            note!("{line}")
+        })?);
     }
     if let Some(init) = &args.init_from {
         let ckpt = checkpoint::load(init)?;
@@ -339,9 +187,16 @@ fn prepare(args: &TrainArgs) -> Result<Prepared> {
         };
         let mut train_cfg = base.clone();
         let mut model_cfg = ckpt.model.config.clone();
-        apply(&settings, &mut model_cfg, &mut train_cfg)?;
-        check_model_unchanged(&ckpt.model.config, &model_cfg, &["dropout"], "fine-tuning")?;
-        let notes = config::derive_settings(&base, &mut train_cfg, &settings.given());
+        runs::apply_settings(&settings.list, &mut model_cfg, &mut train_cfg)?;
+        runs::check_model_unchanged(
+            &ckpt.model.config,
+            &model_cfg,
+            &["dropout"],
+            "fine-tuning",
+            &WORDING,
+        )?;
+        let notes =
+            config::derive_settings(&base, &mut train_cfg, &runs::given_keys(&settings.list));
         let out = args
             .out
             .clone()
@@ -356,10 +211,11 @@ fn prepare(args: &TrainArgs) -> Result<Prepared> {
                 init.display()
             );
         }
-        refuse_to_overwrite(&out)?;
+        runs::refuse_if_locked(&out)?;
+        runs::refuse_to_overwrite(&out, &WORDING)?;
         check_memory(&model_cfg, &train_cfg)?;
         let (text, info) = load_text(args.data.as_deref())?;
-        check_writable(&out)?;
+        let lock = runs::claim(&out, &WORDING)?;
         let model = Model::from_params(model_cfg, ckpt.model.params)
             .ok_or_else(|| anyhow!("the checkpoint's parameters do not fit its config"))?;
         let name = format!("fine-tune of {}", init.display());
@@ -391,41 +247,24 @@ fn prepare(args: &TrainArgs) -> Result<Prepared> {
             name,
             resumed: false,
             notes,
+            lock,
         });
     }
     let name = settings
         .preset
         .clone()
         .unwrap_or_else(|| DEFAULT_PRESET.to_string());
-    let preset = config::preset(&name)?;
-    let (mut model_cfg, mut train_cfg) = (preset.model, preset.train.clone());
-    apply(&settings, &mut model_cfg, &mut train_cfg)?;
-    let notes = config::derive_settings(&preset.train, &mut train_cfg, &settings.given());
     let out = args
         .out
         .clone()
         .unwrap_or_else(|| PathBuf::from("runs").join(&name));
-    refuse_to_overwrite(&out)?;
-    let (text, info) = load_text(args.data.as_deref())?;
-    let mut sized = model_cfg.clone();
-    sized.vocab_size = Tokenizer::from_text(&text).map_or(1, |t| t.vocab_size());
-    check_memory(&sized, &train_cfg)?;
-    // Validate settings and data before touching the output directory.
-    let mut run = Run::new(model_cfg, train_cfg, &text, info).map_err(|e| match e {
-        RunError::Config(ConfigError::Invalid(_)) => {
-            anyhow!("{e}; change it with --set KEY=VALUE or in the --config file")
-        }
-        e => e.into(),
-    })?;
-    run.preset = Some(name.clone());
-    check_writable(&out)?;
-    Ok(Prepared {
-        run,
-        out,
-        name,
-        resumed: false,
-        notes,
-    })
+    let request = NewRun {
+        preset: &name,
+        settings: &settings.list,
+        out: &out,
+        data: args.data.as_deref(),
+    };
+    Ok(runs::prepare_new(&request, &WORDING)?)
 }
 
 /// `dir` as an absolute path where it can be resolved, for the records in `config.json`.
@@ -483,27 +322,11 @@ fn data_name(info: &DataInfo) -> String {
     }
 }
 
-/// A sample of `n` characters from the model, seeded by the run's seed and the step so that it is
-/// the same every time the run is repeated.
-fn sample_text(model: &Model, tokenizer: &Tokenizer, seed: u64, step: usize, n: usize) -> String {
-    let mut rng = Rng::derived(seed, 0x5A4D_9E11, step as u64, n as u64);
-    let ids = sampling::generate(model, &[], n, SampleSettings::default(), &mut rng, |_| {});
-    tokenizer.decode(&ids).unwrap_or_default()
-}
-
 fn indent(text: &str) -> String {
     text.lines()
         .map(|l| format!("  | {l}"))
         .collect::<Vec<_>>()
         .join("\n")
-}
-
-fn append(path: &Path, text: &str) -> std::io::Result<()> {
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)?;
-    file.write_all(text.as_bytes())
 }
 
 fn duration(seconds: f64) -> String {
@@ -530,6 +353,8 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
         name,
         resumed,
         notes,
+        // Held to the end of the run: no other process trains `out` meanwhile.
+        lock: _lock,
     } = prepare(&args)?;
     run.trainer.set_engine(args.engine.into());
     let train_cfg = run.trainer.config.clone();
@@ -639,7 +464,7 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
             steps,
             ..
         } => {
-            let sample = sample_text(model, tokenizer, train_cfg.seed, row.step, EVAL_SAMPLE);
+            let sample = runs::eval_sample(model, tokenizer, train_cfg.seed, row.step, EVAL_SAMPLE);
             bar.suspend(|| {
                 let mut line = format!(
                     "step {}: train {:.4}, val {:.4}",
@@ -655,8 +480,8 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
                 }
                 say!("{line}\n{}", indent(&sample));
             });
-            let record = format!("step {} (val {:.4}):\n{sample}\n\n", row.step, row.val_loss);
-            if let Err(e) = append(&samples_path, &record) {
+            let record = runs::sample_record(row.step, row.val_loss, &sample);
+            if let Err(e) = runs::append(&samples_path, &record) {
                 bar.suspend(|| note!("warning: cannot write {}: {e}", samples_path.display()));
             }
             draw_plot(metrics, steps, &bar);
@@ -741,7 +566,7 @@ fn report(
     );
     let model = &run.trainer.model;
     let seed = run.trainer.config.seed;
-    let sample = sample_text(
+    let sample = runs::eval_sample(
         model,
         &run.tokenizer,
         seed,
@@ -749,7 +574,7 @@ fn report(
         FINAL_SAMPLE,
     );
     say!("sample:\n{sample}");
-    let _ = append(
+    let _ = runs::append(
         samples_path,
         &format!("final, step {} ({name}):\n{sample}\n", outcome.steps_done),
     );

@@ -7,6 +7,9 @@ use assert_cmd::Command;
 use std::path::Path;
 use tempfile::TempDir;
 
+pub mod server;
+pub mod webdriver;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_chargpt");
 
 pub fn chargpt(dir: &Path) -> Command {

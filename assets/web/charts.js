@@ -1,0 +1,71 @@
+// Line charts over training steps, drawn by uPlot (vendor/uPlot.esm.js).
+//
+// uPlot takes "aligned" data: one array of x values and, per series, one array of y values of
+// the same length, with null where a series has no point. A chart here is made once and then
+// given new data with `set(x, ys)`; it follows its container's width.
+
+import uPlot from './vendor/uPlot.esm.js';
+
+export const COLORS = ['#1f77b4', '#d62728', '#2ca02c', '#ff7f0e', '#9467bd', '#8c564b',
+  '#e377c2', '#7f7f7f', '#bcbd22', '#17becf'];
+
+// series: [{label, color, width?, points?: true (dots, joined over gaps), dash?}]
+export function lineChart(element, { title, yLabel, series, height = 260, yLog = false }) {
+  const options = {
+    title,
+    width: Math.max(element.clientWidth, 300),
+    height,
+    scales: { x: { time: false }, y: yLog ? { distr: 3 } : {} },
+    axes: [{ label: 'step' }, { label: yLabel }],
+    legend: { live: true },
+    series: [
+      { label: 'step' },
+      ...series.map((s) => ({
+        label: s.label,
+        stroke: s.color,
+        width: s.width ?? 1.5,
+        dash: s.dash,
+        spanGaps: Boolean(s.points),
+        points: { show: Boolean(s.points), size: 5, fill: s.color },
+      })),
+    ],
+  };
+  const plot = new uPlot(options, [[], ...series.map(() => [])], element);
+  new ResizeObserver(() => {
+    const width = Math.max(element.clientWidth, 300);
+    if (width !== plot.width) plot.setSize({ width, height });
+  }).observe(element);
+  return {
+    plot,
+    set(x, ys) {
+      plot.setData([x, ...ys]);
+      // How many x positions the chart has: the browser tests read it.
+      element.dataset.points = String(x.length);
+    },
+  };
+}
+
+// Merges sorted step numbers of several series into one x axis, and spreads each series' values
+// over it (null where a series has no point at that step).
+export function align(seriesPoints) {
+  const steps = new Set();
+  for (const points of seriesPoints) for (const [step] of points) steps.add(step);
+  const x = [...steps].sort((a, b) => a - b);
+  const index = new Map(x.map((step, i) => [step, i]));
+  const ys = seriesPoints.map((points) => {
+    const y = new Array(x.length).fill(null);
+    for (const [step, value] of points) y[index.get(step)] = value;
+    return y;
+  });
+  return { x, ys };
+}
+
+// An exponential moving average with its start-up bias removed (as TensorBoard smooths):
+// m_t = b m_{t-1} + (1 - b) v_t, shown as m_t / (1 - b^t).
+export function smooth(values, b = 0.95) {
+  let m = 0;
+  return values.map((v, i) => {
+    m = b * m + (1 - b) * v;
+    return m / (1 - b ** (i + 1));
+  });
+}

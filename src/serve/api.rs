@@ -1,0 +1,678 @@
+//! The JSON API (the README's table lists it) and the router that puts it, the guard and the page
+//! together.
+//!
+//! Handlers read and write only under the runs directory: a run is `RUNS/NAME` with `NAME` of
+//! [`runs::valid_run_name`], uploads are `RUNS/.uploads/ID.txt`. File work runs on tokio's
+//! blocking threads, never on the one thread that serves every request.
+
+use super::error::{json_response, one_line, ApiError, ApiResult};
+use super::live::{self, Plan};
+use super::{assets, security, AppState};
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
+use axum::response::sse::{KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use chargpt::checkpoint::{self, write_atomic};
+use chargpt::config;
+use chargpt::data::{fingerprint, DataError};
+use chargpt::model::ParamLayout;
+use chargpt::rng::Rng;
+use chargpt::runs::{self, RunLock, Setting};
+use chargpt::sampling::{self, Generator, SampleSettings};
+use chargpt::training::{self, read_metrics, read_steps};
+use serde::Deserialize;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The largest JSON request body.
+pub const JSON_LIMIT: usize = 64 * 1024;
+/// The largest text upload.
+pub const UPLOAD_LIMIT: usize = 32 * 1024 * 1024;
+/// The most characters one sample request draws.
+pub const MAX_SAMPLE: usize = 20_000;
+/// Where uploads are kept, under the runs directory (a name no run can have).
+const UPLOADS: &str = ".uploads";
+
+type Shared = State<Arc<AppState>>;
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/api/presets", get(presets))
+        .route("/api/runs", get(list).post(start))
+        .route("/api/runs/{name}", get(details))
+        .route("/api/runs/{name}/metrics", get(metrics))
+        .route("/api/runs/{name}/events", get(events))
+        .route("/api/runs/{name}/stop", post(stop))
+        .route("/api/runs/{name}/resume", post(resume))
+        .route("/api/runs/{name}/delete", post(delete))
+        .route("/api/runs/{name}/sample", post(sample))
+        .route(
+            "/api/uploads",
+            post(upload).layer(DefaultBodyLimit::max(UPLOAD_LIMIT)),
+        )
+        .fallback(assets::serve)
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed: read with GET, change with POST (see the API table in the README)",
+            )
+        })
+        .layer(DefaultBodyLimit::max(JSON_LIMIT))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            security::guard,
+        ))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            |_: Box<dyn std::any::Any + Send>| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the server failed on this request (a bug); the server and its trainings go on",
+                )
+                .into_response()
+            },
+        ))
+        .with_state(state)
+}
+
+/// A run name from the path, checked: one plain path component, never `..` or a separator.
+pub struct RunName(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for RunName {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Path(name) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::bad_request(format!("bad run name in the path: {e}")))?;
+        check_name(&name)?;
+        Ok(RunName(name))
+    }
+}
+
+fn check_name(name: &str) -> ApiResult<()> {
+    if runs::valid_run_name(name) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "invalid run name {name:?}: use 1 to 64 letters, digits, '.', '_' or '-', not starting with '.'"
+        ))
+        .with_field("name"))
+    }
+}
+
+/// A request body parsed as JSON, with the size limit's and serde's refusals in plain words.
+fn parse_json<T: serde::de::DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> ApiResult<T> {
+    let bytes = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the request body is larger than {} KiB, the most a request may send",
+                    JSON_LIMIT / 1024
+                ),
+            )
+        } else {
+            ApiError::bad_request(format!("cannot read the request body: {e}"))
+        }
+    })?;
+    let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        &bytes
+    };
+    serde_json::from_slice(bytes).map_err(|e| {
+        ApiError::bad_request(format!(
+            "malformed JSON in the request body: {e}; send an object such as {{\"name\": \"mine\", \"preset\": \"layernorm\"}}"
+        ))
+    })
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> ApiResult<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the server failed on this request (a bug); the server and its trainings go on",
+        )
+    })
+}
+
+fn run_dir(state: &AppState, name: &str) -> PathBuf {
+    state.runs_dir.join(name)
+}
+
+/// The run's summary, completed from the server's own training where the files do not say yet.
+fn summary(state: &AppState, name: &str) -> Option<runs::RunSummary> {
+    let mut s = runs::summarize(&run_dir(state, name), name)?;
+    if let Some(live) = state.live_run(name) {
+        if let Some(p) = live.last_step() {
+            s.step = s.step.max(p.step);
+            s.steps = Some(p.steps);
+        }
+        if let Some(live::LiveEvent::Start { preset, .. }) = live.start_event() {
+            s.preset = s.preset.or(preset);
+        }
+    }
+    Some(s)
+}
+
+fn no_such_run(name: &str) -> ApiError {
+    ApiError::not_found(format!(
+        "no run {name}: the runs directory has no such run; start it, or pick one from GET /api/runs"
+    ))
+}
+
+// ---- the handlers, in the order of the README's table ----
+
+async fn list(State(state): Shared) -> ApiResult<Response> {
+    let s = state.clone();
+    let list = blocking(move || {
+        runs::list_runs(&s.runs_dir)
+            .into_iter()
+            .filter_map(|r| summary(&s, &r.name))
+            .collect::<Vec<_>>()
+    })
+    .await?;
+    #[derive(serde::Serialize)]
+    struct Runs {
+        runs: Vec<runs::RunSummary>,
+    }
+    Ok(json_response(StatusCode::OK, &Runs { runs: list }))
+}
+
+async fn presets() -> Response {
+    let presets: Vec<serde_json::Value> = config::presets()
+        .iter()
+        .map(|p| {
+            let mut model = p.model.clone();
+            model.vocab_size = 65;
+            // Through text, so that an f32 setting shows as typed (0.9, not 0.8999999761581421).
+            let as_value = |config: String| {
+                serde_json::from_str::<serde_json::Value>(&config).unwrap_or_default()
+            };
+            let mut settings = as_value(serde_json::to_string(&p.model).unwrap_or_default());
+            if let Some(map) = settings.as_object_mut() {
+                map.remove("vocab_size");
+                let train = as_value(serde_json::to_string(&p.train).unwrap_or_default());
+                if let serde_json::Value::Object(train) = train {
+                    map.extend(train);
+                }
+            }
+            serde_json::json!({
+                "name": p.name,
+                "description": p.description,
+                "params": ParamLayout::new(&model).len,
+                "settings": settings,
+            })
+        })
+        .collect();
+    json_response(
+        StatusCode::OK,
+        &serde_json::json!({
+            "presets": presets,
+            "default": config::DEFAULT_PRESET,
+            "upload_limit": UPLOAD_LIMIT,
+            "max_sample": MAX_SAMPLE,
+        }),
+    )
+}
+
+/// Settings from a JSON object: numbers, booleans and strings, as `--set KEY=VALUE` takes them.
+fn settings_from(map: &serde_json::Map<String, serde_json::Value>) -> ApiResult<Vec<Setting>> {
+    map.iter()
+        .map(|(key, value)| {
+            let text = match value {
+                serde_json::Value::String(s) => s.trim().to_string(),
+                serde_json::Value::Number(n) => n.to_string(),
+                serde_json::Value::Bool(b) => b.to_string(),
+                _ => {
+                    return Err(ApiError::bad_request(format!(
+                        "setting {key} must be a number, true/false or a string"
+                    ))
+                    .with_field(key))
+                }
+            };
+            Ok(Setting::field(key, &text))
+        })
+        .collect()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StartRequest {
+    name: String,
+    #[serde(default)]
+    preset: Option<String>,
+    /// `{"n_layer": 2, "steps": "300"}`: every key `--set` takes.
+    #[serde(default)]
+    settings: serde_json::Map<String, serde_json::Value>,
+    /// The id `POST /api/uploads` gave; none: the built-in Tiny Shakespeare.
+    #[serde(default)]
+    upload: Option<String>,
+}
+
+async fn start(State(state): Shared, body: Result<Bytes, BytesRejection>) -> ApiResult<Response> {
+    let request: StartRequest = parse_json(body)?;
+    check_name(&request.name)?;
+    let settings = settings_from(&request.settings)?;
+    let data = match &request.upload {
+        None => None,
+        Some(id) => Some(upload_path(&state, id)?),
+    };
+    let preset = request
+        .preset
+        .unwrap_or_else(|| config::DEFAULT_PRESET.to_string());
+    let plan = Plan::New {
+        preset,
+        settings,
+        data,
+    };
+    let started = live::start(state, request.name, plan)
+        .await
+        .map_err(preset_field)?;
+    Ok(json_response(StatusCode::CREATED, &started))
+}
+
+/// An unknown preset is about the preset field.
+fn preset_field(e: ApiError) -> ApiError {
+    if e.field.is_none() && e.message.starts_with("unknown preset") {
+        e.with_field("preset")
+    } else {
+        e
+    }
+}
+
+async fn details(State(state): Shared, RunName(name): RunName) -> ApiResult<Response> {
+    let (s, n) = (state.clone(), name.clone());
+    let found = blocking(move || {
+        let summary = summary(&s, &n)?;
+        let config = checkpoint::load_config(&run_dir(&s, &n))
+            .ok()
+            .and_then(|c| serde_json::to_value(c).ok());
+        Some((summary, config))
+    })
+    .await?;
+    let Some((summary, config)) = found else {
+        return Err(no_such_run(&name));
+    };
+    Ok(json_response(
+        StatusCode::OK,
+        &serde_json::json!({ "run": summary, "config": config }),
+    ))
+}
+
+async fn metrics(State(state): Shared, RunName(name): RunName) -> ApiResult<Response> {
+    let dir = run_dir(&state, &name);
+    let found = blocking(move || {
+        runs::summarize(&dir, "")?;
+        let metrics = read_metrics(&dir.join(training::METRICS_FILE));
+        // Compact rows: [step, loss, lr] for each training step.
+        let steps: Vec<(usize, f32, f32)> = read_steps(&dir.join(training::STEPS_FILE))
+            .into_iter()
+            .map(|r| (r.step, r.loss, r.lr))
+            .collect();
+        let samples = runs::read_samples(&dir.join(runs::SAMPLES_FILE));
+        Some(History {
+            metrics: metrics.iter().map(MetricsPoint::from).collect(),
+            steps,
+            samples,
+        })
+    })
+    .await?;
+    match found {
+        Some(body) => Ok(json_response(StatusCode::OK, &body)),
+        None => Err(no_such_run(&name)),
+    }
+}
+
+/// What a run's files hold, for its curves and its feed of samples.
+#[derive(serde::Serialize)]
+struct History {
+    metrics: Vec<MetricsPoint>,
+    /// `[step, loss, lr]` of every training step.
+    steps: Vec<(usize, f32, f32)>,
+    samples: Vec<runs::EvalSample>,
+}
+
+/// A `metrics.csv` row.
+#[derive(serde::Serialize)]
+struct MetricsPoint {
+    step: usize,
+    train_loss: f32,
+    val_loss: f32,
+    lr: f32,
+    tokens_per_s: f64,
+    elapsed_s: f64,
+}
+
+impl From<&training::MetricsRow> for MetricsPoint {
+    fn from(m: &training::MetricsRow) -> Self {
+        MetricsPoint {
+            step: m.step,
+            train_loss: m.train_loss,
+            val_loss: m.val_loss,
+            lr: m.lr,
+            tokens_per_s: m.tokens_per_s,
+            elapsed_s: m.elapsed_s,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    /// Leave out steps up to this one (the page has them from `steps.csv`).
+    after: Option<usize>,
+}
+
+async fn events(
+    State(state): Shared,
+    RunName(name): RunName,
+    query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Response> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request(format!("bad query: {e}")))?;
+    match state.live_run(&name) {
+        Some(live) => {
+            let stream = live::events(live, query.after);
+            Ok(Sse::new(stream)
+                .keep_alive(KeepAlive::default())
+                .into_response())
+        }
+        None => {
+            // Not training here: one `idle` event with where the run stands, then the end.
+            let (s, n) = (state.clone(), name.clone());
+            let summary = blocking(move || summary(&s, &n)).await?;
+            let Some(summary) = summary else {
+                return Err(no_such_run(&name));
+            };
+            let idle = futures_util::stream::iter([Ok::<_, std::convert::Infallible>(live::sse(
+                "idle", &summary,
+            ))]);
+            Ok(Sse::new(idle).into_response())
+        }
+    }
+}
+
+async fn stop(State(state): Shared, RunName(name): RunName) -> ApiResult<Response> {
+    if let Some(live) = state.live_run(&name) {
+        live.request_stop();
+        return Ok(json_response(
+            StatusCode::ACCEPTED,
+            &serde_json::json!({ "name": name, "stopping": true }),
+        ));
+    }
+    let dir = run_dir(&state, &name);
+    let (exists, holder) = blocking(move || (dir.is_dir(), RunLock::holder(&dir))).await?;
+    if let Some(pid) = holder {
+        return Err(ApiError::conflict(format!(
+            "run {name} is being trained by process {pid}, not by this server; stop it there (Ctrl-C)"
+        )));
+    }
+    if !exists {
+        return Err(no_such_run(&name));
+    }
+    Err(ApiError::conflict(format!(
+        "run {name} is not training; resume it to train it further"
+    )))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResumeRequest {
+    /// Training settings only, e.g. `{"steps": 3000}` to extend a finished run.
+    #[serde(default)]
+    settings: serde_json::Map<String, serde_json::Value>,
+}
+
+async fn resume(
+    State(state): Shared,
+    RunName(name): RunName,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let request: ResumeRequest = parse_json(body)?;
+    let settings = settings_from(&request.settings)?;
+    let dir = run_dir(&state, &name);
+    if !blocking(move || dir.is_dir()).await? {
+        return Err(no_such_run(&name));
+    }
+    let started = live::start(state, name, Plan::Resume { settings }).await?;
+    Ok(json_response(StatusCode::ACCEPTED, &started))
+}
+
+async fn delete(State(state): Shared, RunName(name): RunName) -> ApiResult<Response> {
+    if state.live_run(&name).is_some() {
+        return Err(ApiError::conflict(format!(
+            "run {name} is training; stop it before deleting it"
+        )));
+    }
+    let dir = run_dir(&state, &name);
+    let shown = name.clone();
+    blocking(move || -> ApiResult<()> {
+        // A symbolic link is not a run directory of ours: never follow one out of the runs
+        // directory.
+        let is_dir = std::fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir());
+        if !is_dir || runs::summarize(&dir, &shown).is_none() {
+            return Err(no_such_run(&shown));
+        }
+        if let Some(pid) = RunLock::holder(&dir) {
+            return Err(ApiError::conflict(format!(
+                "run {shown} is being trained by process {pid}; stop it before deleting it"
+            )));
+        }
+        std::fs::remove_dir_all(&dir).map_err(|e| {
+            ApiError::conflict(format!(
+                "cannot delete {}: {e}; check its permissions",
+                dir.display()
+            ))
+        })
+    })
+    .await??;
+    Ok(json_response(
+        StatusCode::OK,
+        &serde_json::json!({ "name": name, "deleted": true }),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SampleRequest {
+    #[serde(default)]
+    prompt: String,
+    #[serde(default = "one")]
+    temperature: f32,
+    #[serde(default)]
+    top_k: Option<usize>,
+    #[serde(default = "default_seed")]
+    seed: u64,
+    #[serde(default = "default_tokens")]
+    tokens: usize,
+}
+
+fn one() -> f32 {
+    1.0
+}
+fn default_seed() -> u64 {
+    1337
+}
+fn default_tokens() -> usize {
+    500
+}
+
+/// Streams the characters drawn after the prompt as plain text, as they are drawn, from the
+/// run's latest checkpoint (a training run's too).
+async fn sample(
+    State(state): Shared,
+    RunName(name): RunName,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let request: SampleRequest = parse_json(body)?;
+    if !(request.temperature.is_finite() && request.temperature > 0.0) {
+        return Err(ApiError::bad_request(format!(
+            "temperature must be a positive number, got {}; 1.0 samples the model as it is, 0.8 is a little safer",
+            request.temperature
+        ))
+        .with_field("temperature"));
+    }
+    if request.top_k == Some(0) {
+        return Err(ApiError::bad_request(
+            "top_k must be at least 1 (1 always picks the most likely character); leave it empty to use all",
+        )
+        .with_field("top_k"));
+    }
+    if request.tokens > MAX_SAMPLE {
+        return Err(ApiError::bad_request(format!(
+            "tokens must be at most {MAX_SAMPLE}; draw several samples for more"
+        ))
+        .with_field("tokens"));
+    }
+    let dir = run_dir(&state, &name);
+    let shown = name.clone();
+    let loaded = blocking(move || -> ApiResult<_> {
+        if !dir.is_dir() {
+            return Err(no_such_run(&shown));
+        }
+        if !checkpoint::exists(&dir) {
+            return Err(ApiError::conflict(format!(
+                "run {shown} has no checkpoint yet: a run saves at its first evaluation that improves; try again in a moment"
+            )));
+        }
+        let ckpt = checkpoint::load(&dir).map_err(|e| ApiError::conflict(one_line(&e)))?;
+        let prompt = sampling::encode_prompt(&ckpt.tokenizer, &request.prompt)
+            .map_err(|e| ApiError::bad_request(one_line(&e)).with_field("prompt"))?;
+        Ok((ckpt, prompt))
+    })
+    .await??;
+    let (ckpt, prompt) = loaded;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(32);
+    let settings = SampleSettings {
+        temperature: request.temperature,
+        top_k: request.top_k,
+    };
+    let (tokens, seed) = (request.tokens, request.seed);
+    // Generation on a thread of its own, one core at most: each character is one row through
+    // the model. Characters go out in small chunks; a closed connection stops the drawing.
+    tokio::task::spawn_blocking(move || {
+        chargpt::runtime::flush_subnormals();
+        chargpt::kernels::sequentially(|| {
+            let mut generator = Generator::new(&ckpt.model, &prompt, settings);
+            let mut rng = Rng::new(seed);
+            let mut chunk = String::new();
+            let mut sent = Instant::now();
+            for i in 0..tokens {
+                let id = generator.next_token(&mut rng);
+                if let Ok(c) = ckpt.tokenizer.decode_one(id) {
+                    chunk.push(c);
+                }
+                let last = i + 1 == tokens;
+                if last || chunk.len() >= 256 || sent.elapsed() >= Duration::from_millis(30) {
+                    if tx
+                        .blocking_send(Bytes::from(std::mem::take(&mut chunk)))
+                        .is_err()
+                    {
+                        return;
+                    }
+                    sent = Instant::now();
+                }
+            }
+        })
+    });
+    let body = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, std::convert::Infallible>(b), rx))
+    });
+    Ok((
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        Body::from_stream(body),
+    )
+        .into_response())
+}
+
+#[derive(Deserialize)]
+struct UploadQuery {
+    /// The file's name, for messages.
+    filename: Option<String>,
+}
+
+/// Keeps an uploaded training text (UTF-8 checked, at most [`UPLOAD_LIMIT`] bytes) under
+/// `RUNS/.uploads/`, named by its fingerprint; answers its id for `POST /api/runs`.
+async fn upload(
+    State(state): Shared,
+    query: Result<Query<UploadQuery>, axum::extract::rejection::QueryRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let filename = query
+        .ok()
+        .and_then(|Query(q)| q.filename)
+        .map(|f| {
+            let base = f.rsplit(['/', '\\']).next().unwrap_or("").to_string();
+            base.chars().take(100).collect::<String>()
+        })
+        .filter(|f| !f.is_empty())
+        .unwrap_or_else(|| "the upload".to_string());
+    let bytes = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "{filename} is larger than {} MiB, the most an upload may be; use a shorter text, or train on it with `chargpt train --data FILE`",
+                    UPLOAD_LIMIT >> 20
+                ),
+            )
+            .with_field("upload")
+        } else {
+            ApiError::bad_request(format!("cannot read the upload: {e}")).with_field("upload")
+        }
+    })?;
+    let refuse = |e: DataError| ApiError::bad_request(e.to_string()).with_field("upload");
+    let text = String::from_utf8(bytes.to_vec()).map_err(|e| {
+        refuse(DataError::NotUtf8 {
+            path: filename.clone(),
+            offset: e.utf8_error().valid_up_to(),
+        })
+    })?;
+    if text.is_empty() {
+        return Err(refuse(DataError::Empty(filename)));
+    }
+    let id = fingerprint(&text);
+    let dir = state.runs_dir.join(UPLOADS);
+    let path = dir.join(format!("{id}.txt"));
+    let characters = text.chars().count();
+    let vocab_size = chargpt::tokenizer::Tokenizer::from_text(&text)
+        .map(|t| t.vocab_size())
+        .unwrap_or(0);
+    blocking(move || -> ApiResult<()> {
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| ApiError::conflict(format!("cannot write {}: {e}", dir.display())))?;
+        write_atomic(&path, text.as_bytes()).map_err(|e| ApiError::conflict(one_line(&e)))
+    })
+    .await??;
+    Ok(json_response(
+        StatusCode::CREATED,
+        &serde_json::json!({
+            "id": id, "filename": filename, "characters": characters, "vocab_size": vocab_size,
+        }),
+    ))
+}
+
+/// The file of upload `id`.
+fn upload_path(state: &AppState, id: &str) -> ApiResult<PathBuf> {
+    let well_formed = id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit());
+    let path = state.runs_dir.join(UPLOADS).join(format!("{id}.txt"));
+    if !well_formed || !path.is_file() {
+        return Err(ApiError::bad_request(format!(
+            "no upload {id:?}; upload the text again (POST /api/uploads)"
+        ))
+        .with_field("upload"));
+    }
+    Ok(path)
+}

@@ -1,0 +1,103 @@
+//! Every refusal is a 4xx with a JSON body `{"error": "..."}`: one line that says what is wrong
+//! and what to do, in the command line's words, and `"field"` when it is about one setting (the
+//! page shows it beside that field).
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use chargpt::runs::PrepareError;
+use chargpt::training::RunError;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+    pub field: Option<String>,
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+            field: None,
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, message)
+    }
+
+    pub fn with_field(mut self, field: &str) -> Self {
+        self.field = Some(field.to_string());
+        self
+    }
+
+    /// A refusal of the library's preparation of a run.
+    pub fn from_prepare(e: PrepareError) -> Self {
+        let field = e.key().map(str::to_string);
+        let status = match &e {
+            PrepareError::Locked { .. } => StatusCode::CONFLICT,
+            PrepareError::Refused(m) if m.contains("already holds a checkpoint") => {
+                StatusCode::CONFLICT
+            }
+            _ => StatusCode::BAD_REQUEST,
+        };
+        let message = match &e {
+            // The library's words name the command line's flag; the page extends a run instead.
+            PrepareError::Run(RunError::AlreadyFinished { dir, steps }) => format!(
+                "the run in {dir} already finished its {steps} steps; extend it: set steps above {steps}"
+            ),
+            _ => one_line(&e),
+        };
+        ApiError {
+            status,
+            message,
+            field,
+        }
+    }
+}
+
+/// The error and those of its causes that it does not already show, on one line.
+pub fn one_line(err: &dyn std::error::Error) -> String {
+    let mut message = err.to_string();
+    let mut cause = err.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        cause = c.source();
+    }
+    message.replace(['\n', '\r'], " ")
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = serde_json::json!({ "error": self.message });
+        if let Some(field) = self.field {
+            body["field"] = field.into();
+        }
+        json_response(self.status, &body)
+    }
+}
+
+pub fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Response {
+    let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
+    (
+        status,
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        bytes,
+    )
+        .into_response()
+}

@@ -1,0 +1,620 @@
+//! Trainings the server runs, and their live event streams.
+//!
+//! A training runs on its own thread, inside a worker pool of its own (as `chargpt train` runs
+//! inside one), through the library's `runs::prepare_*` and `training::run_training`. Its events go into
+//! a [`LiveRun`]: an append-only log in memory plus a counter (`tokio::sync::watch`) that wakes
+//! the readers. Publishing a step is a push under a mutex and a counter update: the training
+//! thread never waits for a reader, however slow or many. Each event stream keeps its own
+//! position in the log and sends what is new at most every [`COALESCE`] (one message with
+//! every step since the last), so 50 open pages cost 50 small writes per tenth of a second, not
+//! 50 per step.
+
+use super::error::{one_line, ApiError, ApiResult};
+use super::{lock, say, AppState};
+use axum::http::StatusCode;
+use axum::response::sse::Event;
+use chargpt::runs::{
+    self, NewRun, Prepared, ResumeRun, Setting, Wording, EVAL_SAMPLE, SAMPLES_FILE,
+};
+use chargpt::training::{run_training, RunEvent, RunOptions};
+use futures_util::stream::{self, Stream, StreamExt};
+use serde::Serialize;
+use std::convert::Infallible;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// The least time between two messages of one event stream.
+pub const COALESCE: Duration = Duration::from_millis(100);
+/// Characters in the sample drawn when a run finishes (as `chargpt train` draws it).
+const FINAL_SAMPLE: usize = 500;
+
+/// The "what to do" clauses of the library's refusals, in the page's words.
+pub const PAGE: Wording = Wording {
+    change_setting: "change it in the settings",
+    keep_shape: "a resumed run keeps its model: change training settings only",
+    another_out:
+        "check that the runs directory is writable, or start chargpt serve with another --runs",
+    existing: "resume it, or choose another name, or delete it first",
+    nothing_to_resume: "start it as a new run",
+    give_text: "put the text back there to resume the run",
+};
+
+/// One training step, as the page plots it.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct StepPoint {
+    /// Steps done, this one included.
+    pub step: usize,
+    pub steps: usize,
+    pub loss: f32,
+    pub lr: f32,
+    pub grad_norm: f32,
+    pub tokens_per_s: f64,
+    pub eta_s: f64,
+    /// When the step ended, in milliseconds since 1970 (for measuring how late a page sees it).
+    pub at_ms: f64,
+}
+
+fn unix_ms() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+}
+
+/// What a training reports, in order. Each becomes a server-sent event named by [`name`].
+///
+/// [`name`]: LiveEvent::name
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum LiveEvent {
+    Start {
+        step: usize,
+        steps: usize,
+        resumed: bool,
+        preset: Option<String>,
+        params: usize,
+    },
+    Step(StepPoint),
+    Eval {
+        step: usize,
+        train_loss: f32,
+        val_loss: f32,
+        lr: f32,
+        tokens_per_s: f64,
+        elapsed_s: f64,
+        improved: bool,
+        saved: bool,
+        /// The evaluation's sample (the one `chargpt train` prints and writes to samples.txt).
+        sample: String,
+    },
+    Saved {
+        step: usize,
+    },
+    /// The final exact evaluation over `windows` windows has begun.
+    Exact {
+        windows: usize,
+    },
+    Finished {
+        /// "finished" or "stopped".
+        state: &'static str,
+        step: usize,
+        steps: usize,
+        best_val_loss: Option<f32>,
+        best_val_step: Option<usize>,
+        final_val_loss: Option<f64>,
+        tokens_per_s: f64,
+        elapsed_s: f64,
+        /// A longer sample of the final model (finished runs only).
+        sample: Option<String>,
+    },
+    Error {
+        error: String,
+    },
+}
+
+impl LiveEvent {
+    pub fn name(&self) -> &'static str {
+        match self {
+            LiveEvent::Start { .. } => "start",
+            LiveEvent::Step(_) => "step",
+            LiveEvent::Eval { .. } => "eval",
+            LiveEvent::Saved { .. } => "saved",
+            LiveEvent::Exact { .. } => "exact",
+            LiveEvent::Finished { .. } => "finished",
+            LiveEvent::Error { .. } => "error",
+        }
+    }
+
+    /// The last event of a training.
+    fn is_last(&self) -> bool {
+        matches!(self, LiveEvent::Finished { .. } | LiveEvent::Error { .. })
+    }
+}
+
+/// A training of this server: its stop switch and the log of everything it reported.
+pub struct LiveRun {
+    pub name: String,
+    pub stop: Arc<AtomicBool>,
+    log: Mutex<Vec<LiveEvent>>,
+    /// How many events the log holds; readers wait for it to change.
+    count: watch::Sender<usize>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl LiveRun {
+    fn new(name: &str) -> Self {
+        LiveRun {
+            name: name.to_string(),
+            stop: Arc::new(AtomicBool::new(false)),
+            log: Mutex::new(Vec::new()),
+            count: watch::Sender::new(0),
+            thread: Mutex::new(None),
+        }
+    }
+
+    /// Appends an event and wakes the readers; never waits for them.
+    fn push(&self, event: LiveEvent) {
+        let n = {
+            let mut log = lock(&self.log);
+            log.push(event);
+            log.len()
+        };
+        self.count.send_replace(n);
+    }
+
+    /// The events from index `from` on.
+    fn events_from(&self, from: usize) -> Vec<LiveEvent> {
+        let log = lock(&self.log);
+        log.get(from..).map(<[_]>::to_vec).unwrap_or_default()
+    }
+
+    /// The session's first event (its start), once the training has begun.
+    pub fn start_event(&self) -> Option<LiveEvent> {
+        lock(&self.log).first().cloned()
+    }
+
+    /// The last step reported, if any.
+    pub fn last_step(&self) -> Option<StepPoint> {
+        lock(&self.log).iter().rev().find_map(|e| match e {
+            LiveEvent::Step(p) => Some(*p),
+            _ => None,
+        })
+    }
+
+    pub fn request_stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// How a training starts.
+pub enum Plan {
+    New {
+        preset: String,
+        settings: Vec<Setting>,
+        /// The training text; `None`: the built-in Tiny Shakespeare.
+        data: Option<PathBuf>,
+    },
+    Resume {
+        settings: Vec<Setting>,
+    },
+}
+
+/// What a started training reports at once.
+#[derive(Debug, Serialize)]
+pub struct Started {
+    pub name: String,
+    pub step: usize,
+    pub steps: usize,
+    pub resumed: bool,
+    /// Settings that followed others (`warmup_steps` with `steps`, ...), one line each.
+    pub notes: Vec<String>,
+    /// Settings that are valid but probably not what was meant, one line each.
+    pub warnings: Vec<String>,
+}
+
+/// Starts training run `name` by `plan` on its own thread; answers once the run is prepared
+/// (every check passed and its directory locked) or refused.
+pub async fn start(state: Arc<AppState>, name: String, plan: Plan) -> ApiResult<Started> {
+    let live = Arc::new(LiveRun::new(&name));
+    {
+        let mut trainings = lock(&state.live);
+        if trainings.contains_key(&name) {
+            return Err(ApiError::conflict(format!(
+                "run {name} is already training; stop it first"
+            )));
+        }
+        trainings.insert(name.clone(), live.clone());
+    }
+    let (ready, answer) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name(format!("train {name}"))
+        .spawn({
+            let (state, live) = (state.clone(), live.clone());
+            move || training_thread(state, live, plan, ready)
+        });
+    match spawned {
+        Ok(handle) => *lock(&live.thread) = Some(handle),
+        Err(e) => {
+            forget(&state, &live);
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot start a training thread: {e}"),
+            ));
+        }
+    }
+    match answer.await {
+        Ok(Ok(started)) => Ok(started),
+        Ok(Err(e)) => {
+            forget(&state, &live);
+            Err(e)
+        }
+        Err(_) => {
+            forget(&state, &live);
+            Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the training stopped before it began; see the server's output",
+            ))
+        }
+    }
+}
+
+/// Removes `live` from the server's trainings (if a newer one has not taken its name).
+fn forget(state: &AppState, live: &Arc<LiveRun>) {
+    let mut trainings = lock(&state.live);
+    if trainings
+        .get(&live.name)
+        .is_some_and(|l| Arc::ptr_eq(l, live))
+    {
+        trainings.remove(&live.name);
+    }
+}
+
+type Ready = tokio::sync::oneshot::Sender<ApiResult<Started>>;
+
+fn training_thread(state: Arc<AppState>, live: Arc<LiveRun>, plan: Plan, ready: Ready) {
+    let dir = state.runs_dir.join(&live.name);
+    // A panic must not take the server down or leave the run marked as training: it becomes the
+    // run's error event, and the lock goes with the unwound run.
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let pool = match chargpt::runtime::thread_pool(state.threads) {
+            Ok(pool) => pool,
+            Err(e) => {
+                let _ = ready.send(Err(ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("cannot start the worker threads: {e}"),
+                )));
+                return;
+            }
+        };
+        pool.install(|| {
+            let Some(prepared) = prepare(&dir, plan, ready, &live) else {
+                return;
+            };
+            train(&live, prepared);
+        })
+    }));
+    if let Err(panic) = outcome {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        live.push(LiveEvent::Error {
+            error: format!(
+                "the training stopped unexpectedly ({what}); the last checkpoint is kept: resume it"
+            ),
+        });
+    }
+    forget(&state, &live);
+}
+
+/// Prepares the run and answers the request that started it; `None` if it was refused.
+fn prepare(dir: &std::path::Path, plan: Plan, ready: Ready, live: &LiveRun) -> Option<Prepared> {
+    let mut warnings = Vec::new();
+    let prepared = match &plan {
+        Plan::New {
+            preset,
+            settings,
+            data,
+        } => runs::prepare_new(
+            &NewRun {
+                preset,
+                settings,
+                out: dir,
+                data: data.as_deref(),
+            },
+            &PAGE,
+        ),
+        Plan::Resume { settings } => runs::prepare_resume(
+            &ResumeRun {
+                out: dir,
+                settings,
+                data: None,
+            },
+            &PAGE,
+            &mut |line| warnings.push(line.trim_start_matches("warning: ").to_string()),
+        ),
+    };
+    let prepared = match prepared {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = ready.send(Err(ApiError::from_prepare(e)));
+            return None;
+        }
+    };
+    if !prepared.resumed {
+        // A new run starts a new record of samples.
+        if let Err(e) = std::fs::write(dir.join(SAMPLES_FILE), "") {
+            let _ = ready.send(Err(ApiError::bad_request(format!(
+                "cannot write {}: {e}; check that the runs directory is writable",
+                dir.join(SAMPLES_FILE).display()
+            ))));
+            return None;
+        }
+    }
+    let run = &prepared.run;
+    warnings.extend(chargpt::config::setting_warnings(&run.trainer.config));
+    live.push(LiveEvent::Start {
+        step: run.trainer.step,
+        steps: run.trainer.config.steps,
+        resumed: prepared.resumed,
+        preset: run.preset.clone(),
+        params: run.trainer.model.num_params(),
+    });
+    let _ = ready.send(Ok(Started {
+        name: live.name.clone(),
+        step: run.trainer.step,
+        steps: run.trainer.config.steps,
+        resumed: prepared.resumed,
+        notes: prepared.notes.clone(),
+        warnings,
+    }));
+    Some(prepared)
+}
+
+/// Trains the prepared run to its end (or a stop), publishing every event.
+fn train(live: &LiveRun, prepared: Prepared) {
+    let Prepared {
+        mut run,
+        out,
+        name,
+        lock: run_lock,
+        ..
+    } = prepared;
+    let options = RunOptions {
+        out: Some(out.clone()),
+        stop: Some(live.stop.clone()),
+        stop_at: None,
+        exact_eval: true,
+    };
+    let seed = run.trainer.config.seed;
+    let samples_path = out.join(SAMPLES_FILE);
+    let result = run_training(&mut run, &options, &mut |event| match event {
+        RunEvent::Step {
+            stats,
+            steps,
+            tokens_per_s,
+            eta_s,
+        } => live.push(LiveEvent::Step(StepPoint {
+            step: stats.step + 1,
+            steps,
+            loss: stats.loss,
+            lr: stats.lr,
+            grad_norm: stats.grad_norm,
+            tokens_per_s,
+            eta_s,
+            at_ms: unix_ms(),
+        })),
+        RunEvent::Eval {
+            row,
+            improved,
+            saved,
+            model,
+            tokenizer,
+            ..
+        } => {
+            let sample = runs::eval_sample(model, tokenizer, seed, row.step, EVAL_SAMPLE);
+            let _ = runs::append(
+                &samples_path,
+                &runs::sample_record(row.step, row.val_loss, &sample),
+            );
+            live.push(LiveEvent::Eval {
+                step: row.step,
+                train_loss: row.train_loss,
+                val_loss: row.val_loss,
+                lr: row.lr,
+                tokens_per_s: row.tokens_per_s,
+                elapsed_s: row.elapsed_s,
+                improved,
+                saved,
+                sample,
+            });
+            if saved {
+                live.push(LiveEvent::Saved { step: row.step });
+            }
+        }
+        RunEvent::ExactEval { windows } => live.push(LiveEvent::Exact { windows }),
+    });
+    let last = match result {
+        Ok(outcome) => {
+            let sample = (!outcome.interrupted).then(|| {
+                let text = runs::eval_sample(
+                    &run.trainer.model,
+                    &run.tokenizer,
+                    seed,
+                    outcome.steps_done + 1,
+                    FINAL_SAMPLE,
+                );
+                let record = format!("final, step {} ({name}):\n{text}\n", outcome.steps_done);
+                let _ = runs::append(&samples_path, &record);
+                text
+            });
+            let saved = outcome.saved_step.map(|step| LiveEvent::Saved { step });
+            let finished = LiveEvent::Finished {
+                state: if outcome.interrupted {
+                    "stopped"
+                } else {
+                    "finished"
+                },
+                step: outcome.steps_done,
+                steps: run.trainer.config.steps,
+                best_val_loss: outcome.best.map(|b| b.0),
+                best_val_step: outcome.best.map(|b| b.1),
+                final_val_loss: outcome.final_val.map(|e| e.loss),
+                tokens_per_s: outcome.tokens_per_s,
+                elapsed_s: outcome.elapsed_s,
+                sample,
+            };
+            saved.into_iter().chain([finished]).collect()
+        }
+        Err(e) => vec![LiveEvent::Error {
+            error: one_line(&e),
+        }],
+    };
+    // The lock goes before the last event, so that a page that reloads the list on it sees the
+    // run as no longer training.
+    drop(run);
+    drop(run_lock);
+    for event in last {
+        live.push(event);
+    }
+}
+
+/// The server-sent events of a training from its start: every event of the log, steps `<=
+/// after` left out (the page read them from `steps.csv`), consecutive steps sent as one `step`
+/// message holding an array. Ends after the training's last event.
+pub fn events(
+    live: Arc<LiveRun>,
+    after: Option<usize>,
+) -> impl Stream<Item = Result<Event, Infallible>> {
+    struct Reader {
+        live: Arc<LiveRun>,
+        changes: watch::Receiver<usize>,
+        position: usize,
+        sent_at: Option<Instant>,
+        ended: bool,
+    }
+    let reader = Reader {
+        changes: live.count.subscribe(),
+        live,
+        position: 0,
+        sent_at: None,
+        ended: false,
+    };
+    stream::unfold(reader, move |mut r| async move {
+        if r.ended {
+            return None;
+        }
+        loop {
+            let count = *r.changes.borrow_and_update();
+            if count > r.position {
+                if let Some(wait) = r.sent_at.map(|t| COALESCE.saturating_sub(t.elapsed())) {
+                    tokio::time::sleep(wait).await;
+                }
+                let new = r.live.events_from(r.position);
+                r.position += new.len();
+                r.ended = new.last().is_some_and(LiveEvent::is_last);
+                r.sent_at = Some(Instant::now());
+                let messages = messages(&new, after);
+                return Some((stream::iter(messages), r));
+            }
+            if r.changes.changed().await.is_err() {
+                return None;
+            }
+        }
+    })
+    .flatten()
+}
+
+/// The SSE messages for `events`: one per event, but one `step` message per run of steps.
+fn messages(events: &[LiveEvent], after: Option<usize>) -> Vec<Result<Event, Infallible>> {
+    let mut out = Vec::new();
+    let mut steps: Vec<StepPoint> = Vec::new();
+    let flush = |steps: &mut Vec<StepPoint>, out: &mut Vec<Result<Event, Infallible>>| {
+        if !steps.is_empty() {
+            out.push(Ok(sse("step", &steps)));
+            steps.clear();
+        }
+    };
+    for event in events {
+        match event {
+            LiveEvent::Step(p) => {
+                if after.is_none_or(|a| p.step > a) {
+                    steps.push(*p);
+                }
+            }
+            other => {
+                flush(&mut steps, &mut out);
+                out.push(Ok(sse(other.name(), other)));
+            }
+        }
+    }
+    flush(&mut steps, &mut out);
+    out
+}
+
+pub fn sse(name: &str, data: &impl Serialize) -> Event {
+    Event::default()
+        .event(name)
+        .data(serde_json::to_string(data).unwrap_or_else(|_| "null".into()))
+}
+
+/// Waits for Ctrl-C (or SIGTERM), then stops every training, waits for each to save, and exits.
+/// A second Ctrl-C quits at once (the atomic writes keep the last checkpoint intact).
+pub async fn save_all_on_signal(state: Arc<AppState>) {
+    wait_for_signal().await;
+    let trainings: Vec<Arc<LiveRun>> = lock(&state.live).values().cloned().collect();
+    if trainings.is_empty() {
+        say("chargpt serve: stopped");
+        std::process::exit(0);
+    }
+    say(&format!(
+        "chargpt serve: saving {} training{} before quitting (Ctrl-C again to quit without saving)",
+        trainings.len(),
+        if trainings.len() == 1 { "" } else { "s" }
+    ));
+    for t in &trainings {
+        t.request_stop();
+    }
+    tokio::spawn(async {
+        wait_for_signal().await;
+        say("chargpt serve: quitting without saving");
+        std::process::exit(130);
+    });
+    let _ = tokio::task::spawn_blocking(move || {
+        for t in trainings {
+            let handle = lock(&t.thread).take();
+            if let Some(h) = handle {
+                let _ = h.join();
+            }
+            let last = lock(&t.log).last().cloned();
+            match last {
+                Some(LiveEvent::Finished { step, .. }) => {
+                    say(&format!("saved {} at step {step}", t.name))
+                }
+                Some(LiveEvent::Error { error }) => say(&format!("{}: {error}", t.name)),
+                _ => {}
+            }
+        }
+    })
+    .await;
+    say("chargpt serve: stopped");
+    std::process::exit(0);
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
