@@ -533,10 +533,15 @@ pub fn derive_settings(base: &TrainConfig, train: &mut TrainConfig, given: &[&st
         }
     }
     if set("steps") && !set("eval_interval") && train.eval_interval != 0 {
+        let evals = train
+            .steps
+            .div_ceil(auto_eval_interval(train.steps, train.eval_iters));
         notes.push(format!(
-            "eval_interval {} -> automatic ({}): about 20 evaluations over {} steps (set eval_interval to choose)",
+            "eval_interval {} -> {} (automatic: {} evaluation{} over {} steps, about 20 unless that would take over a quarter of the training time; set eval_interval to choose)",
             train.eval_interval,
             auto_eval_interval(train.steps, train.eval_iters),
+            evals,
+            if evals == 1 { "" } else { "s" },
             train.steps
         ));
         train.eval_interval = 0;
