@@ -309,7 +309,7 @@ fn bad_settings() {
     fails(
         d,
         &with(&["--set", "activation=tanh"]),
-        "expected `relu` or `gelu`",
+        "expected one of `relu`, `gelu`, `relu2`",
     );
     // Settings whose buffers could never be allocated are refused before anything is allocated.
     fails(

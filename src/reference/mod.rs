@@ -33,4 +33,4 @@
 pub mod layers;
 mod model;
 
-pub use model::{backward, forward, Pass};
+pub use model::{backward, forward, forward_sliding, Pass};
