@@ -434,7 +434,7 @@ pub fn wsd_decay(cfg: &TrainConfig) -> (usize, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{preset, ModelConfig};
+    use crate::config::{preset, ModelConfig, OptimizerKind};
 
     fn tiny_layout() -> (ModelConfig, ParamLayout) {
         let mut cfg = preset("layernorm").unwrap().model;
@@ -500,6 +500,99 @@ mod tests {
         assert!((learning_rate(&cfg, 1000) - 1e-4).abs() < 1e-9);
         cfg.lr_schedule = LrSchedule::Constant;
         assert_eq!(learning_rate(&cfg, 5), 1e-3);
+    }
+
+    #[test]
+    fn wsd_warms_up_holds_then_decays_linearly_over_its_fraction() {
+        let mut cfg = TrainConfig::lecture(1, 1000, 1e-3);
+        cfg.lr_schedule = LrSchedule::Wsd;
+        cfg.warmup_steps = 100;
+        cfg.min_lr = 1e-4;
+        cfg.decay_fraction = 0.2;
+        assert_eq!(wsd_decay(&cfg), (800, 200));
+        assert!((learning_rate(&cfg, 0) - 1e-3 / 101.0).abs() < 1e-9);
+        assert_eq!(learning_rate(&cfg, 100), 1e-3);
+        assert_eq!(learning_rate(&cfg, 799), 1e-3);
+        assert_eq!(learning_rate(&cfg, 800), 1e-3);
+        assert!((learning_rate(&cfg, 900) - 5.5e-4).abs() < 1e-7);
+        assert!((learning_rate(&cfg, 999) - (1e-4 + 0.9e-3 / 200.0)).abs() < 1e-7);
+        assert_eq!(learning_rate(&cfg, 1000), 1e-4);
+        // A fraction longer than what the warm-up leaves decays right after it.
+        cfg.decay_fraction = 1.0;
+        assert_eq!(wsd_decay(&cfg), (100, 900));
+        cfg.steps = 3;
+        cfg.warmup_steps = 0;
+        cfg.decay_fraction = 0.01;
+        assert_eq!(wsd_decay(&cfg), (2, 1), "at least one step of decay");
+    }
+
+    /// Muon moves the hidden matrices as the plain-loop twin does (two steps: the momentum is
+    /// used), and AdamW everything else exactly as `optimizer = adamw` would.
+    #[test]
+    fn muon_matches_its_reference_and_leaves_the_rest_to_adamw() {
+        let mut mcfg = preset("layernorm").unwrap().model;
+        mcfg.vocab_size = 7;
+        mcfg.n_embd = 12;
+        mcfg.n_head = 3;
+        mcfg.n_layer = 2;
+        let layout = ParamLayout::new(&mcfg);
+        let n = layout.len;
+        let mut rng = crate::rng::Rng::new(4);
+        let start: Vec<f32> = (0..n).map(|_| 0.1 * rng.normal()).collect();
+        let grads: Vec<Vec<f32>> = (0..2)
+            .map(|_| (0..n).map(|_| rng.normal()).collect())
+            .collect();
+        let mut cfg = TrainConfig::lecture(1, 10, 1e-3);
+        cfg.optimizer = OptimizerKind::Muon;
+        cfg.muon_lr = 0.05;
+        cfg.muon_weight_decay = 0.1;
+        let (lr, scale) = (5e-4, 0.7);
+        let mut params = start.clone();
+        let mut opt = AdamW::new(n);
+        let mut adam_params = start.clone();
+        let mut adam = AdamW::new(n);
+        let adam_cfg = TrainConfig {
+            optimizer: OptimizerKind::Adamw,
+            ..cfg.clone()
+        };
+        let mut want = start.clone();
+        let mut momentum = vec![0.0; n];
+        let pool = crate::runtime::thread_pool(Some(2)).unwrap();
+        for g in &grads {
+            pool.install(|| opt.update(&mut params, g, &layout, &cfg, lr, scale));
+            adam.update(&mut adam_params, g, &layout, &adam_cfg, lr, scale);
+            for spec in layout.specs.iter().filter(|s| s.is_hidden_matrix()) {
+                let r = spec.range();
+                crate::reference::optimizer::muon_matrix(
+                    &mut want[r.clone()],
+                    &mut momentum[r.clone()],
+                    &g[r],
+                    spec.shape[0],
+                    spec.shape[1],
+                    0.05 * lr / 1e-3,
+                    cfg.muon_momentum,
+                    0.1,
+                    scale,
+                );
+            }
+        }
+        let hidden: Vec<_> = layout
+            .specs
+            .iter()
+            .filter(|s| s.is_hidden_matrix())
+            .collect();
+        assert_eq!(hidden.len(), 2 * 4, "qkv, proj, fc, fc2 per block");
+        for spec in &layout.specs {
+            let r = spec.range();
+            let (got, want) = match spec.is_hidden_matrix() {
+                true => (&params[r.clone()], &want[r]),
+                false => (&params[r.clone()], &adam_params[r]),
+            };
+            for (a, b) in got.iter().zip(want) {
+                assert!((a - b).abs() < 1e-5, "{}: {a} vs {b}", spec.name);
+            }
+            assert!(got != &start[spec.range()], "{} moved", spec.name);
+        }
     }
 
     #[test]

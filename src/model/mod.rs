@@ -298,7 +298,7 @@ mod tests {
             assert!((rows[6 * cols] - mean0).abs() < 1e-6);
         }
     }
-    use crate::config::{preset, Activation, AttentionScale, FeedForward};
+    use crate::config::{preset, Activation, AttentionScale, FeedForward, NormKind};
     use crate::kernels::gradcheck::check;
     use crate::rng::DropoutSeed;
     use crate::tokenizer::TokenId;
@@ -351,6 +351,34 @@ mod tests {
                 "no feed-forward",
                 ModelConfig {
                     feed_forward: FeedForward::None,
+                    ..base.clone()
+                },
+            ),
+            (
+                "rope, RMSNorm, relu2, QK-norm",
+                ModelConfig {
+                    position: Position::Rope,
+                    norm: NormKind::Rms,
+                    activation: Activation::Relu2,
+                    qk_norm: true,
+                    ..base.clone()
+                },
+            ),
+            (
+                "tied embeddings, no biases",
+                ModelConfig {
+                    tie_embeddings: true,
+                    bias: false,
+                    ..base.clone()
+                },
+            ),
+            (
+                "rope and QK-norm with LayerNorm, tied, GELU",
+                ModelConfig {
+                    position: Position::Rope,
+                    qk_norm: true,
+                    tie_embeddings: true,
+                    activation: Activation::Gelu,
                     ..base.clone()
                 },
             ),

@@ -1011,6 +1011,81 @@ mod tests {
     }
 
     #[test]
+    fn rmsnorm_qk_norm_and_rope_gradients_match_finite_differences() {
+        let mut rng = Rng::new(12);
+        let (b, t, c) = (2, 3, 10);
+        let x = random_vec(b * t * c, &mut rng, 1.0);
+        let wt: Vec<f32> = random_vec(c, &mut rng, 0.5)
+            .iter()
+            .map(|v| v + 1.0)
+            .collect();
+        let w = random_vec(b * t * c, &mut rng, 1.0);
+        let run = |x: &[f32], wt: &[f32]| {
+            let (mut y, mut r) = (vec![0.0; b * t * c], vec![0.0; b * t]);
+            rmsnorm_forward(&mut y, &mut r, x, wt, b, t, c);
+            (y, r)
+        };
+        let (_, r) = run(&x, &wt);
+        let (mut dx, mut dw) = (vec![0.0; b * t * c], vec![0.0; c]);
+        rmsnorm_backward(&mut dx, &mut dw, &w, &x, &wt, &r, b, t, c);
+        check(
+            "rms dinp",
+            &x,
+            &dx,
+            |v| weighted_sum(&run(v, &wt).0, &w),
+            2e-3,
+        );
+        check(
+            "rms dweight",
+            &wt,
+            &dw,
+            |v| weighted_sum(&run(&x, v).0, &w),
+            2e-3,
+        );
+
+        let s = AttentionShape {
+            b_n: 2,
+            t_n: 4,
+            c_n: 12,
+            h_n: 3,
+        };
+        let hs = s.head_size();
+        let qkv = random_vec(s.b_n * s.t_n * 3 * s.c_n, &mut rng, 1.0);
+        let w = random_vec(qkv.len(), &mut rng, 1.0);
+        let qw: Vec<f32> = random_vec(hs, &mut rng, 0.5)
+            .iter()
+            .map(|v| v + 1.0)
+            .collect();
+        let kw: Vec<f32> = random_vec(hs, &mut rng, 0.5)
+            .iter()
+            .map(|v| v + 1.0)
+            .collect();
+        let qk = |qkv: &[f32], qw: &[f32], kw: &[f32]| {
+            let mut out = vec![0.0; qkv.len()];
+            let rstd = qk_norm_forward(&mut out, qkv, qw, kw, s);
+            (out, rstd)
+        };
+        let (_, rstd) = qk(&qkv, &qw, &kw);
+        let (mut d, mut dqw, mut dkw) = (vec![0.0; qkv.len()], vec![0.0; hs], vec![0.0; hs]);
+        qk_norm_backward(&mut d, &mut dqw, &mut dkw, &w, &qkv, &qw, &kw, &rstd, s);
+        let f = |q: &[f32], a: &[f32], b: &[f32]| weighted_sum(&qk(q, a, b).0, &w);
+        check("qk dqkv", &qkv, &d, |v| f(v, &qw, &kw), 2e-3);
+        check("qk dq_weight", &qw, &dqw, |v| f(&qkv, v, &kw), 2e-3);
+        check("qk dk_weight", &kw, &dkw, |v| f(&qkv, &qw, v), 2e-3);
+
+        for first in [0, 9] {
+            let turn = |qkv: &[f32]| {
+                let mut out = vec![0.0; qkv.len()];
+                rope_forward(&mut out, qkv, first, s);
+                out
+            };
+            let mut d = vec![0.0; qkv.len()];
+            rope_backward(&mut d, &w, first, s);
+            check("rope dqkv", &qkv, &d, |v| weighted_sum(&turn(v), &w), 1e-3);
+        }
+    }
+
+    #[test]
     fn linear_gradient_matches_finite_differences() {
         let mut rng = Rng::new(3);
         let (b, t, i_n, o_n) = (2, 3, 7, 5);

@@ -770,6 +770,7 @@ fn block_backward(
 mod tests {
     use super::*;
     use crate::config::{preset, Activation, AttentionScale, FeedForward, Init, ModelConfig};
+    use crate::config::{NormKind, Position};
     use crate::kernels::gradcheck::check;
     use crate::rng::Rng;
 
@@ -814,6 +815,34 @@ mod tests {
                 "no feed-forward",
                 ModelConfig {
                     feed_forward: FeedForward::None,
+                    ..base.clone()
+                },
+            ),
+            (
+                "rope, RMSNorm, relu2, QK-norm",
+                ModelConfig {
+                    position: Position::Rope,
+                    norm: NormKind::Rms,
+                    activation: Activation::Relu2,
+                    qk_norm: true,
+                    ..base.clone()
+                },
+            ),
+            (
+                "tied embeddings, no biases",
+                ModelConfig {
+                    tie_embeddings: true,
+                    bias: false,
+                    ..base.clone()
+                },
+            ),
+            (
+                "rope and QK-norm with LayerNorm, tied, GELU",
+                ModelConfig {
+                    position: Position::Rope,
+                    qk_norm: true,
+                    tie_embeddings: true,
+                    activation: Activation::Gelu,
                     ..base.clone()
                 },
             ),
