@@ -883,6 +883,95 @@ mod tests {
         assert!(apply_override(&mut cfg, "precision", "fp16").is_err());
     }
 
+    /// Configs written before the modern settings existed (checkpoints, fixtures) have none of
+    /// their fields and load as today's behaviour: learned positions, LayerNorm, no QK-norm, an
+    /// untied head, biases, AdamW; every setting takes its value through `--set`.
+    #[test]
+    fn configs_without_the_modern_fields_load_as_the_lecture_model() {
+        let p = preset("nanogpt-cpu").unwrap();
+        let mut model = serde_json::to_value(&p.model).unwrap();
+        for key in ["position", "norm", "qk_norm", "tie_embeddings", "bias"] {
+            assert!(
+                model.as_object_mut().unwrap().remove(key).is_some(),
+                "{key}"
+            );
+        }
+        let model: ModelConfig = serde_json::from_value(model).unwrap();
+        assert_eq!(model, p.model);
+        let mut train = serde_json::to_value(&p.train).unwrap();
+        for key in [
+            "decay_fraction",
+            "optimizer",
+            "muon_lr",
+            "muon_momentum",
+            "muon_weight_decay",
+        ] {
+            assert!(
+                train.as_object_mut().unwrap().remove(key).is_some(),
+                "{key}"
+            );
+        }
+        let train: TrainConfig = serde_json::from_value(train).unwrap();
+        assert_eq!(train, p.train);
+        assert_eq!(train.optimizer, OptimizerKind::Adamw);
+
+        let (mut m, mut t) = (p.model, p.train);
+        for (k, v) in [
+            ("position", "rope"),
+            ("norm", "rms"),
+            ("activation", "relu2"),
+            ("qk_norm", "true"),
+            ("tie_embeddings", "true"),
+            ("bias", "false"),
+            ("lr_schedule", "wsd"),
+            ("decay_fraction", "0.3"),
+            ("optimizer", "muon"),
+            ("muon_lr", "0.03"),
+        ] {
+            apply_to_configs(&mut m, &mut t, k, v).unwrap();
+        }
+        assert_eq!(
+            (m.position, m.norm, m.activation),
+            (Position::Rope, NormKind::Rms, Activation::Relu2)
+        );
+        assert!(m.qk_norm && m.tie_embeddings && !m.bias);
+        assert_eq!(
+            (t.lr_schedule, t.optimizer),
+            (LrSchedule::Wsd, OptimizerKind::Muon)
+        );
+        assert_eq!((t.decay_fraction, t.muon_lr), (0.3, 0.03));
+        let err = apply_to_configs(&mut m, &mut t, "optimizer", "sgd").unwrap_err();
+        assert!(err.to_string().contains("`adamw` or `muon`"), "{err}");
+    }
+
+    #[test]
+    fn modern_settings_are_validated_in_one_line() {
+        let mut m = preset("layernorm").unwrap().model;
+        m.vocab_size = 65;
+        m.position = Position::Rope;
+        m.n_embd = 36;
+        m.n_head = 4;
+        let err = m.validate().unwrap_err().to_string();
+        assert!(err.contains("must be even") && !err.contains('\n'), "{err}");
+        m.n_embd = 32;
+        m.validate().unwrap();
+        let mut t = TrainConfig::lecture(4, 10, 1e-3);
+        for (key, value) in [
+            ("decay_fraction", 0.0),
+            ("decay_fraction", 1.5),
+            ("muon_lr", 0.0),
+            ("muon_momentum", 1.0),
+            ("muon_weight_decay", -1.0),
+        ] {
+            let mut bad = t.clone();
+            apply_override(&mut bad, key, &value.to_string()).unwrap();
+            let err = bad.validate().unwrap_err().to_string();
+            assert!(err.contains(key), "{key}={value}: {err}");
+        }
+        t.decay_fraction = 1.0;
+        t.validate().unwrap();
+    }
+
     #[test]
     fn presets_are_valid_and_unique() {
         let all = presets();
