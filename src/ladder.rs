@@ -448,7 +448,7 @@ mod tests {
         let (base_model, base_train) = modern_configs(0).unwrap();
         let preset = config::preset(MODERN_BASE).unwrap();
         assert_eq!((&base_model, &base_train), (&preset.model, &preset.train));
-        for i in 1..MODERN_RUNGS.len() {
+        for (i, rung) in MODERN_RUNGS.iter().enumerate().skip(1) {
             let (before, before_train) = modern_configs(i - 1).unwrap();
             let (after, after_train) = modern_configs(i).unwrap();
             let model_changes = usize::from(before != after);
@@ -457,7 +457,7 @@ mod tests {
                 model_changes + train_changes,
                 1,
                 "{} changes one thing",
-                MODERN_RUNGS[i].name
+                rung.name
             );
             let mut m = after.clone();
             m.vocab_size = 65;
