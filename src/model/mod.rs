@@ -5,8 +5,10 @@
 //! tokens (B, T)
 //!   -> x = wte[tokens] + wpe[t]                       (B, T, C)   token + position embedding
 //!   -> for each block:
-//!        a  = ln1(x)               if layer_norm      (B, T, C)
+//!        a  = ln1(x)               if layer_norm      (B, T, C)   LayerNorm or RMSNorm
 //!        qkv = a Wqkv^T                               (B, T, 3C)  no bias, as in the lecture
+//!        q, k = rmsnorm(q), rmsnorm(k) per head  if qk_norm
+//!        q, k = rope(q), rope(k)   if position = rope
 //!        y  = attention(qkv)                          (B, T, C)   H causal heads, concatenated
 //!        y  = dropout(y Wproj^T + bproj)  if projection
 //!        x  = x + y  (residual) or x = y
@@ -34,6 +36,13 @@
 //! | `blocks.{i}.ffn.proj.weight`, `.bias` | (C, F), (C) (Mlp only) |
 //! | `ln_f.weight`, `.bias` | (C) |
 //! | `lm_head.weight`, `.bias` | (V, C), (V) |
+//! | `blocks.{i}.attn.q_norm.weight`, `k_norm.weight` | (hs) each, with `qk_norm` |
+//!
+//! The settings beyond the lecture remove tensors: `position = rope` the position embedding,
+//! `norm = rms` the norms' biases, `bias = false` every bias, and `tie_embeddings = true`
+//! `lm_head.weight`: the head then reads `token_embedding.weight` (V, C), stored once, and its
+//! gradient is the sum of both uses (the head's product writes it, the embedding's backward adds
+//! to it).
 //!
 //! Weights use PyTorch's `nn.Linear` layout (out, in), so a chargpt tensor loads directly into
 //! the equivalent PyTorch module. The lecture's per-head `key`, `query`, `value` maps of head h
