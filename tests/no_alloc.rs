@@ -49,7 +49,8 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-/// Allocations in 5 training steps after warm-up.
+/// Allocations in 5 training steps after warm-up: in the first of up to 8 windows of 5 steps that
+/// allocates nothing, else in the last.
 fn allocations_per_step(preset_name: &str, threads: usize, overrides: &[(&str, &str)]) -> usize {
     let text = &TINY_SHAKESPEARE[..200_000];
     let tokenizer = Tokenizer::from_text(text).unwrap();
@@ -78,19 +79,25 @@ fn allocations_per_step(preset_name: &str, threads: usize, overrides: &[(&str, &
             trainer.train_step(&data.train).unwrap();
             ALLOCATIONS.load(Ordering::SeqCst) - before
         };
-        // gemm's per-thread packing buffers are made the first time a thread runs a product
-        // (attention's scratch and the bf16 packing buffers are reserved on every thread when
-        // the trainer is built), and which thread runs what depends on work stealing: on a busy
-        // machine a thread may first take part a few steps in. Warm up for at least 10 steps and
-        // until three in a row allocate nothing (40 at most), then count.
-        let mut quiet = 0;
-        for warm in 0..40 {
-            quiet = if step() == 0 { quiet + 1 } else { 0 };
-            if warm >= 10 && quiet >= 3 {
+        // gemm's per-thread packing buffers (and Muon's Newton-Schulz scratch) are made the
+        // first time a thread runs a product (attention's scratch and the bf16 packing buffers
+        // are reserved on every thread when the trainer is built), and which thread runs what
+        // depends on work stealing: on a busy machine a thread may first take part many steps
+        // in, and make its buffers then, once. So after 10 warm-up steps, count windows of 5
+        // steps until one allocates nothing, 8 windows at most. An allocation made by every
+        // step, or every few steps, is in every window and still fails; a thread's one-off
+        // first use is not counted against the steps after it. The result is the last window's.
+        for _ in 0..10 {
+            step();
+        }
+        let mut allocations = 0;
+        for _ in 0..8 {
+            allocations = (0..5).map(|_| step()).sum();
+            if allocations == 0 {
                 break;
             }
         }
-        (0..5).map(|_| step()).sum()
+        allocations
     })
 }
 
