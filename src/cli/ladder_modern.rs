@@ -13,10 +13,10 @@ use super::ladder::{
 use super::plot::{draw_line_plot, LinePlot, Series, Style};
 use super::presets::thousands;
 use super::{agree, load_text, UsageError};
-use chargpt::distributed::Group;
 use anyhow::{bail, Context, Result};
 use chargpt::checkpoint;
 use chargpt::config::{ModelConfig, TrainConfig};
+use chargpt::distributed::Group;
 use chargpt::ladder::{self, modern_configs, paired_difference, Spread, MODERN_BASE, MODERN_RUNGS};
 use chargpt::training::{MetricsRow, Run};
 use serde::Serialize;
@@ -310,7 +310,11 @@ fn write_report(
 fn rung_results(planned: &[Planned], seeds: usize, trained: &[Option<Trained>]) -> Vec<RungResult> {
     let mut results: Vec<RungResult> = Vec::new();
     for (p, runs) in planned.iter().zip(trained.chunks(seeds)) {
-        let Some(runs) = runs.iter().map(Option::as_ref).collect::<Option<Vec<&Trained>>>() else {
+        let Some(runs) = runs
+            .iter()
+            .map(Option::as_ref)
+            .collect::<Option<Vec<&Trained>>>()
+        else {
             break;
         };
         let vals: Vec<f64> = runs.iter().map(|t| t.val_exact).collect();
@@ -445,7 +449,13 @@ pub fn run(args: ModernArgs, group: Group) -> Result<ExitCode> {
         if results.is_empty() {
             return Ok(());
         }
-        write_report(out, &results, started.elapsed().as_secs_f64(), steps, &workers)
+        write_report(
+            out,
+            &results,
+            started.elapsed().as_secs_f64(),
+            steps,
+            &workers,
+        )
     };
     let Some(divided) = train_divided(group, n * seeds, &mut train, &mut finished)? else {
         // Another rank than 0: its results went to rank 0.
