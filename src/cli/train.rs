@@ -364,7 +364,12 @@ fn follow(args: &TrainArgs, group: Group) -> Result<ExitCode> {
         stop_at: None,
         exact_eval: true,
     };
-    match run_training(&mut run, &options, &mut |_| {}) {
+    let result = run_training(&mut run, &options, &mut |_| {});
+    if result.is_ok() {
+        // Rank 0 reports every rank's time in the gradient sums.
+        group.gradient_sum_seconds();
+    }
+    match result {
         Ok(outcome) if outcome.interrupted => Ok(ExitCode::from(130)),
         Ok(_) => Ok(ExitCode::SUCCESS),
         // Every rank sees the same loss: rank 0 reports it.
@@ -560,6 +565,18 @@ pub fn run(args: TrainArgs, group: Group) -> Result<ExitCode> {
         Err(e) if group.size() > 1 => super::abort_job(group, &e.into()),
         other => other?,
     };
+    if group.size() > 1 {
+        if let Some(seconds) = group.gradient_sum_seconds() {
+            let bytes = 4 * run.trainer.model.num_params();
+            let ms: Vec<String> = seconds.iter().map(|s| format!("{:.1}", s * 1e3)).collect();
+            say!(
+                "gradient sum across ranks: {} ms per step on ranks {} ({:.1} MB of gradient; the least is close to the sum's own cost, the rest is waiting for slower ranks)",
+                ms.join(", "),
+                (0..group.size()).map(|r| r.to_string()).collect::<Vec<_>>().join(", "),
+                bytes as f64 / 1e6
+            );
+        }
+    }
     report(&run, &outcome, &out, &samples_path, &name)
 }
 

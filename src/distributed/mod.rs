@@ -42,6 +42,7 @@ pub use backend::Session;
 
 use crate::optimizer::add_assign;
 use rayon::prelude::*;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The processes that train one model together: this one's rank and how many there are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,7 +145,27 @@ impl Group {
             add_shards(total, 0, None, count, later);
             return;
         }
+        if *SYNCED_TIMING {
+            // Every rank starts the sum together, so that its time is the sum's own (the bytes
+            // and the additions), not the wait for a slower rank's shards.
+            backend::barrier();
+        }
+        let start = std::time::Instant::now();
         backend::sum_in_shard_order(self, total, scratch, count, later);
+        GRADIENT_SUM_MICROS.fetch_add(start.elapsed().as_micros() as u64, Ordering::Relaxed);
+        GRADIENT_SUMS.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The mean time one gradient sum across ranks took on each rank, in seconds, in rank order
+    /// (a collective). A rank's time includes waiting for the slower ranks to finish their
+    /// shards (unless `CHARGPT_MPI_SYNC_TIMING=1`), so the least of them is close to the sum's
+    /// own cost: the bytes on the wire and the additions. `None` when no sum ran.
+    pub fn gradient_sum_seconds(self) -> Option<Vec<f64>> {
+        let sums = GRADIENT_SUMS.load(Ordering::Relaxed);
+        let micros = GRADIENT_SUM_MICROS.load(Ordering::Relaxed);
+        let mean = if sums == 0 { 0 } else { micros / sums };
+        let all = self.all_gather(mean as usize);
+        (sums > 0).then(|| all.into_iter().map(|us| us as f64 * 1e-6).collect())
     }
 
     /// A short description for messages: `rank 1 of 4 (host)`.
@@ -152,6 +173,17 @@ impl Group {
         format!("rank {} of {} ({})", self.rank, self.size, backend::host())
     }
 }
+
+/// Time spent in gradient sums across ranks, and how many ran (for the summary).
+static GRADIENT_SUM_MICROS: AtomicU64 = AtomicU64::new(0);
+static GRADIENT_SUMS: AtomicU64 = AtomicU64::new(0);
+
+/// The variable that makes each gradient sum start with a barrier, so that the time reported is
+/// the sum's own (for measurements; it costs a round trip per step).
+pub const SYNCED_TIMING_ENV: &str = "CHARGPT_MPI_SYNC_TIMING";
+
+static SYNCED_TIMING: std::sync::LazyLock<bool> =
+    std::sync::LazyLock::new(|| std::env::var(SYNCED_TIMING_ENV).is_ok_and(|v| v == "1"));
 
 /// Floats per task when shards are added on several threads.
 const ADD_PIECE: usize = 1 << 14;

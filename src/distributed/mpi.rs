@@ -107,6 +107,11 @@ pub(super) fn any(flag: bool) -> bool {
     out != 0
 }
 
+pub(super) fn barrier() {
+    let _wait = waiting("the other ranks' shards", true);
+    world().barrier();
+}
+
 pub(super) fn all_gather(value: usize) -> Vec<usize> {
     let _wait = waiting("setting up", true);
     let world = world();

@@ -32,6 +32,10 @@ pub(super) fn any(_: bool) -> bool {
     unreachable!("{ALONE}")
 }
 
+pub(super) fn barrier() {
+    unreachable!("{ALONE}")
+}
+
 pub(super) fn all_gather(_: usize) -> Vec<usize> {
     unreachable!("{ALONE}")
 }
