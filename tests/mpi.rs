@@ -20,6 +20,16 @@ mod common;
 use chargpt::checkpoint::read_tensor_file;
 use common::BIN;
 
+/// Held by each test while it runs: two ranks per job already fill a 2-core machine, and jobs
+/// side by side would spend their time waiting on each other's descheduled ranks.
+static ONE_JOB_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_JOB_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// `mpirun -np 2` as the tests run it, or `None` (with a notice) where there is no MPI outside CI.
 fn mpirun(dir: &Path) -> Option<Command> {
     let found = Command::new("mpirun")
@@ -77,14 +87,19 @@ fn train(dir: &Path, across_ranks: bool, args: &[&str]) -> Output {
     succeeded(&format!("train {args:?}"), cmd.output().unwrap())
 }
 
-/// The layernorm preset (4 blocks of 64 wide: big enough that one process splits each batch over
-/// its two threads), dropout on so that the masks are exercised, `steps` steps.
+/// The layernorm preset at 64 wide (158K parameters: a gradient of three pieces of the chain, and
+/// a step big enough that one process splits each batch over its two threads), dropout on so
+/// that the masks are exercised, `steps` steps.
 fn layernorm(out: &str, steps: usize) -> Vec<String> {
     [
         "--preset",
         "layernorm",
         "--out",
         out,
+        "--data",
+        "text.txt",
+        "--set",
+        "n_embd=64",
         "--set",
         "dropout=0.1",
         "--set",
@@ -96,6 +111,18 @@ fn layernorm(out: &str, steps: usize) -> Vec<String> {
     .map(|s| s.to_string())
     .chain(["--set".into(), format!("steps={steps}")])
     .collect()
+}
+
+/// A scratch directory with `text.txt`: the first 60,000 characters of Tiny Shakespeare (a val
+/// split of 6,000 that the final exact evaluation covers in a moment).
+fn workspace() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let text: String = chargpt::data::TINY_SHAKESPEARE
+        .chars()
+        .take(60_000)
+        .collect();
+    std::fs::write(dir.path().join("text.txt"), text).unwrap();
+    dir
 }
 
 fn strs(v: &[String]) -> Vec<&str> {
@@ -165,7 +192,8 @@ fn same_tensors(a: &Path, b: &Path) {
 
 #[test]
 fn two_ranks_take_the_steps_of_two_threads_and_checkpoints_move_between_them() {
-    let dir = tempfile::tempdir().unwrap();
+    let _alone = one_at_a_time();
+    let dir = workspace();
     let d = dir.path();
     if mpirun(d).is_none() {
         return;
@@ -194,7 +222,8 @@ fn two_ranks_take_the_steps_of_two_threads_and_checkpoints_move_between_them() {
 
 #[test]
 fn a_sweep_over_two_ranks_gives_the_single_process_results() {
-    let dir = tempfile::tempdir().unwrap();
+    let _alone = one_at_a_time();
+    let dir = workspace();
     let d = dir.path();
     let Some(mut cmd) = mpirun(d) else {
         return;
@@ -207,6 +236,8 @@ fn a_sweep_over_two_ranks_gives_the_single_process_results() {
         "learning_rate=3e-2,1e-2,3e-3",
         "--steps",
         "60",
+        "--data",
+        "text.txt",
         "--json",
     ];
     // Each rank trains whole runs on its one thread: the same runs as one process of one thread.
@@ -355,7 +386,8 @@ fn loads(dir: &Path, run: &Path) {
 
 #[test]
 fn a_rank_killed_mid_run_ends_the_job_with_the_checkpoint_intact() {
-    let dir = tempfile::tempdir().unwrap();
+    let _alone = one_at_a_time();
+    let dir = workspace();
     let d = dir.path();
     if mpirun(d).is_none() {
         return;
@@ -379,7 +411,8 @@ fn a_rank_killed_mid_run_ends_the_job_with_the_checkpoint_intact() {
 
 #[test]
 fn ctrl_c_saves_once_and_stops_every_rank() {
-    let dir = tempfile::tempdir().unwrap();
+    let _alone = one_at_a_time();
+    let dir = workspace();
     let d = dir.path();
     if mpirun(d).is_none() {
         return;
