@@ -163,7 +163,7 @@ impl Group {
     pub fn gradient_sum_seconds(self) -> Option<Vec<f64>> {
         let sums = GRADIENT_SUMS.load(Ordering::Relaxed);
         let micros = GRADIENT_SUM_MICROS.load(Ordering::Relaxed);
-        let mean = if sums == 0 { 0 } else { micros / sums };
+        let mean = micros.checked_div(sums).unwrap_or(0);
         let all = self.all_gather(mean as usize);
         (sums > 0).then(|| all.into_iter().map(|us| us as f64 * 1e-6).collect())
     }
