@@ -10,6 +10,8 @@
 //! behind each idea for a model and a text); [`ladder`] lists the lecture's sequence of models with
 //! the losses it published.
 //!
+//! [`distributed`] splits training over processes and machines (`mpirun`).
+//!
 //! [`mod@reference`] is the same model in plain loops, the version to read first; [`engine`] chooses
 //! which of the two computes a pass.
 
@@ -17,6 +19,7 @@ pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod distributed;
 pub mod engine;
 pub mod inspect;
 pub mod kernels;

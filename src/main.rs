@@ -9,9 +9,12 @@ fn main() -> ExitCode {
     match cli::run() {
         Ok(code) => code,
         Err(err) => {
-            // One line that says what went wrong and what to do.
-            use std::io::Write;
-            let _ = writeln!(std::io::stderr(), "error: {}", cli::one_line(&err));
+            // One line that says what went wrong and what to do (unless another rank of an
+            // mpirun job says it).
+            if !err.is::<cli::Quiet>() {
+                use std::io::Write;
+                let _ = writeln!(std::io::stderr(), "error: {}", cli::one_line(&err));
+            }
             ExitCode::from(cli::exit_status(&err))
         }
     }

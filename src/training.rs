@@ -14,6 +14,11 @@
 //! activations is the same (each shard holds its own rows), plus one gradient buffer per extra
 //! thread.
 //!
+//! Processes split the batch the same way (`mpirun`, [`crate::distributed`]): the B rows are cut
+//! into one shard per thread of every rank, as one process with that many threads would cut
+//! them, each rank runs its own shards, and the shards' gradients are added in shard order across
+//! the ranks, so the step is the single-process one bit for bit ([`Trainer::set_group`]).
+//!
 //! Loss is measured two ways:
 //! - [`Trainer::estimate_loss`]: the lecture's `estimate_loss`, the mean loss over `eval_iters`
 //!   random batches of a split, without dropout. Cheap and noisy; used during training.
@@ -29,6 +34,7 @@ use crate::data::{
     char_counts, fill_windows, fingerprint, sample_batch, window_count, DataError, Dataset, Split,
     FINE_TUNE_ADVICE,
 };
+use crate::distributed::{DistributedError, Group};
 use crate::engine::Engine;
 use crate::kernels::sequentially;
 use crate::model::{Activations, Model};
@@ -78,6 +84,19 @@ pub struct Trainer {
     /// The sum of squares of each `GRAD_CHUNK` piece of the last step's gradient, kept per piece
     /// so that the norm adds them in a fixed order whatever the threads did.
     chunk_squares: Vec<f64>,
+    /// The processes the batch is split over (this one alone unless started by mpirun).
+    group: Group,
+    /// The rows of every shard of the batch, on all ranks (`shards` are this rank's).
+    batch_shards: Vec<Range<usize>>,
+    /// Every shard's last mean loss, in shard order (gathered from the ranks).
+    shard_losses: Vec<f32>,
+    /// With several ranks: this rank's shards' losses, and how many shards each rank runs and
+    /// where its losses start (for the gather).
+    local_losses: Vec<f32>,
+    rank_shards: Vec<i32>,
+    rank_first_shard: Vec<i32>,
+    /// With several ranks: the buffer the gradient sum arrives in (swapped with `grads`).
+    reduce_scratch: Vec<f32>,
 }
 
 /// The gradient is summed over shards, and its norm taken, in pieces of this many floats.
@@ -93,6 +112,33 @@ struct Shard {
     grads: Vec<f32>,
     /// The shard's last mean loss.
     loss: f32,
+}
+
+/// The fast engine's buffers and a gradient buffer (but for the first) for each shard's rows.
+fn build_shards(model: &Model, engine: Engine, rows: &[Range<usize>]) -> Vec<Shard> {
+    let t = model.config.block_size;
+    // The reference engine allocates per pass; its shards need no fast buffers.
+    let rows_held = |rows: usize| if engine == Engine::Fast { rows } else { 0 };
+    rows.iter()
+        .enumerate()
+        .map(|(i, rows)| Shard {
+            acts: Activations::new(&model.config, rows_held(rows.len()), t, true),
+            grads: if i == 0 {
+                Vec::new()
+            } else {
+                vec![0.0; model.num_params()]
+            },
+            rows: rows.clone(),
+            loss: 0.0,
+        })
+        .collect()
+}
+
+/// Shards worth running for `batch` sequences split over `ranks` processes: a step of a few
+/// million flops is over before a second thread would wake up.
+fn shards_worth(model: &Model, batch: usize, ranks: usize) -> usize {
+    let worth = (model.flops_per_step(batch) / 20e6) as usize / ranks.max(1);
+    rayon::current_num_threads().min(worth.max(1))
 }
 
 /// `batch` rows cut into at most `parts` near-equal shards of consecutive rows.
@@ -113,9 +159,7 @@ impl Trainer {
     /// [`Trainer::new`] on the given engine; the reference engine splits the batch over the
     /// threads in the same way.
     pub fn with_engine(model: Model, config: TrainConfig, engine: Engine) -> Self {
-        // A step of a few million flops is over before a second thread would wake up.
-        let worth = (model.flops_per_step(config.batch_size) / 20e6) as usize;
-        let shards = rayon::current_num_threads().min(worth.max(1));
+        let shards = shards_worth(&model, config.batch_size, 1);
         Self::with_shards_on(model, config, shards, engine)
     }
 
@@ -139,18 +183,8 @@ impl Trainer {
         }
         let n = model.num_params();
         let (b, t) = (config.batch_size, model.config.block_size);
-        // The reference engine allocates per pass; its shards need no fast buffers.
-        let rows_held = |rows: usize| if engine == Engine::Fast { rows } else { 0 };
-        let shards = shard_rows(b, shards)
-            .into_iter()
-            .enumerate()
-            .map(|(i, rows)| Shard {
-                acts: Activations::new(&model.config, rows_held(rows.len()), t, true),
-                grads: if i == 0 { Vec::new() } else { vec![0.0; n] },
-                rows,
-                loss: 0.0,
-            })
-            .collect();
+        let batch_shards = shard_rows(b, shards);
+        let shards = build_shards(&model, engine, &batch_shards);
         let data_rng = Rng::derived(config.seed, 0xDA7A, 0, 0);
         Trainer {
             model,
@@ -164,7 +198,67 @@ impl Trainer {
             targets: vec![0; b * t],
             chunk_squares: vec![0.0; n.div_ceil(GRAD_CHUNK)],
             config,
+            group: Group::SINGLE,
+            shard_losses: vec![0.0; batch_shards.len()],
+            batch_shards,
+            local_losses: Vec::new(),
+            rank_shards: Vec::new(),
+            rank_first_shard: Vec::new(),
+            reduce_scratch: Vec::new(),
         }
+    }
+
+    /// Splits every batch over the ranks of `group` as well as over this process's threads.
+    /// A collective: every rank of the group calls it, once the run's state is the same on all.
+    ///
+    /// Each rank asks for one shard per thread (fewer for a small model); the batch is cut into
+    /// as many shards as all ranks asked for together, exactly as one process with that many
+    /// threads cuts it, and this rank takes its consecutive share. With 2 ranks of 1 thread a
+    /// step is then the same, bit for bit, as one process with 2 threads.
+    pub fn set_group(&mut self, group: Group) -> Result<(), DistributedError> {
+        let (b, ranks) = (self.config.batch_size, group.size());
+        if b < ranks {
+            return Err(DistributedError::BatchTooSmall { batch: b, ranks });
+        }
+        let wanted = shards_worth(&self.model, b, ranks);
+        let mut counts = group.all_gather(wanted);
+        if counts.iter().sum::<usize>() > b {
+            counts = vec![1; ranks];
+        }
+        let total: usize = counts.iter().sum();
+        let first: usize = counts[..group.rank()].iter().sum();
+        self.batch_shards = shard_rows(b, total);
+        let mine = &self.batch_shards[first..first + counts[group.rank()]];
+        self.shards = build_shards(&self.model, self.engine, mine);
+        self.shard_losses = vec![0.0; total];
+        self.local_losses = vec![0.0; self.shards.len()];
+        self.rank_shards = counts.iter().map(|&c| c as i32).collect();
+        self.rank_first_shard = counts
+            .iter()
+            .scan(0, |start, &c| {
+                let this = *start;
+                *start += c as i32;
+                Some(this)
+            })
+            .collect();
+        self.reduce_scratch = if ranks > 1 {
+            vec![0.0; self.grads.len()]
+        } else {
+            Vec::new()
+        };
+        self.group = group;
+        Ok(())
+    }
+
+    /// The processes each batch is split over.
+    pub fn group(&self) -> Group {
+        self.group
+    }
+
+    /// The shards of every rank together: the thread count one process would need to take the
+    /// same steps.
+    pub fn total_shards(&self) -> usize {
+        self.batch_shards.len()
     }
 
     /// The threads a step is split over.
@@ -204,7 +298,7 @@ impl Trainer {
         backward: bool,
     ) -> f32 {
         let t = self.model.config.block_size;
-        let batch = self.shards.last().map_or(0, |s| s.rows.end);
+        let batch = self.batch_shards.last().map_or(0, |r| r.end);
         let model = &self.model;
         let engine = self.engine;
         let one = |s: &mut Shard| {
@@ -241,7 +335,11 @@ impl Trainer {
         if backward {
             std::mem::swap(&mut self.grads, &mut self.shards[0].grads);
         }
-        if self.shards.len() == 1 {
+        if self.group.size() > 1 && self.shards.len() == 1 {
+            // One shard of several: run as each shard of a many-shard step runs, on one thread
+            // (kernels that split work over threads add partial sums in another order).
+            sequentially(|| one(&mut self.shards[0]));
+        } else if self.shards.len() == 1 {
             one(&mut self.shards[0]);
         } else {
             self.shards
@@ -249,7 +347,24 @@ impl Trainer {
                 .with_max_len(1)
                 .for_each(|s| sequentially(|| one(s)));
         }
-        if backward {
+        if backward && self.group.size() > 1 {
+            // The gradient of this rank's first shard back in `grads`, the sum over all ranks'
+            // shards into it, then the squares of the sum.
+            std::mem::swap(&mut self.grads, &mut self.shards[0].grads);
+            let rest = &self.shards[1..];
+            let later = |k: usize| -> &[f32] { &rest[k].grads };
+            self.group.sum_in_shard_order(
+                &mut self.grads,
+                &mut self.reduce_scratch,
+                rest.len(),
+                &later,
+            );
+            self.grads
+                .par_chunks(GRAD_CHUNK)
+                .zip(self.chunk_squares.par_iter_mut())
+                .with_min_len(crate::kernels::min_items(GRAD_CHUNK))
+                .for_each(|(g, squares)| *squares = sum_squares(g));
+        } else if backward {
             // One pass over memory: the shards' gradients summed into shard 0's buffer, and
             // the squares of the sum (for the clipping norm) while it is in registers.
             let (first, rest) = self.shards.split_first_mut().expect("at least one shard");
@@ -268,10 +383,26 @@ impl Trainer {
                 });
             std::mem::swap(&mut self.grads, &mut self.shards[0].grads);
         }
-        // The batch mean is the rows-weighted mean of the shard means.
-        self.shards
+        // The batch mean is the rows-weighted mean of the shard means, in shard order.
+        if self.group.size() > 1 {
+            for (mine, s) in self.local_losses.iter_mut().zip(&self.shards) {
+                *mine = s.loss;
+            }
+            self.group.all_gather_f32(
+                &self.local_losses,
+                &self.rank_shards,
+                &self.rank_first_shard,
+                &mut self.shard_losses,
+            );
+        } else {
+            for (all, s) in self.shard_losses.iter_mut().zip(&self.shards) {
+                *all = s.loss;
+            }
+        }
+        self.shard_losses
             .iter()
-            .map(|s| s.loss as f64 * s.rows.len() as f64)
+            .zip(&self.batch_shards)
+            .map(|(&loss, rows)| loss as f64 * rows.len() as f64)
             .sum::<f64>() as f32
             / batch as f32
     }
@@ -349,6 +480,19 @@ impl Trainer {
         (total / self.config.eval_iters as f64) as f32
     }
 
+    /// [`evaluate_exact`] of this trainer's model on its engine and batch size, split over its
+    /// group's ranks (a collective when there are several).
+    pub fn exact_loss(&self, data: &[TokenId]) -> ExactLoss {
+        exact_loss(
+            &self.model,
+            data,
+            self.config.batch_size,
+            self.engine,
+            self.group,
+            &mut |_, _| {},
+        )
+    }
+
     /// `estimate_loss` on both splits: (train, val).
     pub fn estimate_losses(&mut self, dataset: &Dataset) -> (f32, f32) {
         (
@@ -382,26 +526,55 @@ pub fn evaluate_exact_with_progress(
     engine: Engine,
     progress: &mut dyn FnMut(usize, usize),
 ) -> ExactLoss {
+    exact_loss(model, data, batch, engine, Group::SINGLE, progress)
+}
+
+/// [`evaluate_exact_with_progress`] with each batch of windows split over the ranks of `group`
+/// (a collective): every rank scores its consecutive share of the batch's windows, and the
+/// per-token losses are gathered and added in window order, as one process adds them.
+fn exact_loss(
+    model: &Model,
+    data: &[TokenId],
+    batch: usize,
+    engine: Engine,
+    group: Group,
+    progress: &mut dyn FnMut(usize, usize),
+) -> ExactLoss {
     let t = model.config.block_size;
     let windows = window_count(data.len(), t);
     let batch = batch.max(1).min(windows.max(1));
-    let capacity = if engine == Engine::Fast { batch } else { 0 };
+    let ranks = group.size();
+    // Rank r's windows of a batch of `rows`.
+    let share = |rows: usize, r: usize| (r * rows / ranks)..((r + 1) * rows / ranks);
+    let most = batch.div_ceil(ranks);
+    let capacity = if engine == Engine::Fast { most } else { 0 };
     let mut acts = Activations::new(&model.config, capacity, t, false);
-    let (mut inputs, mut targets) = (vec![0; batch * t], vec![0; batch * t]);
+    let (mut inputs, mut targets) = (vec![0; most * t], vec![0; most * t]);
+    let mut gathered = vec![0.0f32; if ranks > 1 { batch * t } else { 0 }];
     let mut total = 0.0f64;
     let mut first = 0;
     while first < windows {
         let rows = batch.min(windows - first);
-        fill_windows(data, t, first, rows, &mut inputs, &mut targets);
-        let n = rows * t;
+        let mine = share(rows, group.rank());
+        let n = mine.len() * t;
+        fill_windows(
+            data,
+            t,
+            first + mine.start,
+            mine.len(),
+            &mut inputs,
+            &mut targets,
+        );
         let (inputs, targets) = (&inputs[..n], &targets[..n]);
-        match engine {
+        let reference_losses: Vec<f32>;
+        let losses: &[f32] = match engine {
+            _ if n == 0 => &[],
             Engine::Fast => {
-                model.forward(&mut acts, inputs, Some(targets), rows, t, None);
-                total += acts.losses().iter().map(|&l| l as f64).sum::<f64>();
+                model.forward(&mut acts, inputs, Some(targets), mine.len(), t, None);
+                acts.losses()
             }
             Engine::Reference => {
-                let parts = shard_rows(rows, rayon::current_num_threads());
+                let parts = shard_rows(mine.len(), rayon::current_num_threads());
                 let losses: Vec<Vec<f32>> = parts
                     .par_iter()
                     .map(|r| {
@@ -410,8 +583,22 @@ pub fn evaluate_exact_with_progress(
                         crate::reference::forward(model, x, Some(y), r.len(), t, None).losses
                     })
                     .collect();
-                total += losses.iter().flatten().map(|&l| l as f64).sum::<f64>();
+                reference_losses = losses.concat();
+                &reference_losses
             }
+        };
+        if ranks == 1 {
+            total += losses.iter().map(|&l| l as f64).sum::<f64>();
+        } else {
+            let counts: Vec<i32> = (0..ranks)
+                .map(|r| (share(rows, r).len() * t) as i32)
+                .collect();
+            let offsets: Vec<i32> = (0..ranks)
+                .map(|r| (share(rows, r).start * t) as i32)
+                .collect();
+            let all = &mut gathered[..rows * t];
+            group.all_gather_f32(losses, &counts, &offsets, all);
+            total += all.iter().map(|&l| l as f64).sum::<f64>();
         }
         first += rows;
         progress(first, windows);
@@ -429,7 +616,7 @@ pub fn evaluate_exact_with_progress(
 }
 
 /// One row of `metrics.csv`: the loss estimates at an evaluation.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct MetricsRow {
     /// Steps completed.
     pub step: usize,
@@ -966,6 +1153,8 @@ pub fn run_training(
             .stop
             .as_ref()
             .is_some_and(|s| s.load(Ordering::Relaxed));
+        // Several ranks stop at the same step, whichever of them was asked.
+        let stop_requested = run.trainer.group().any(stop_requested);
         if stop_requested || options.stop_at.is_some_and(|n| run.trainer.step >= n) {
             interrupted = true;
             break;
@@ -1030,12 +1219,7 @@ pub fn run_training(
     if !interrupted && options.exact_eval {
         let windows = window_count(run.dataset.val.len(), run.trainer.model.config.block_size);
         on_event(RunEvent::ExactEval { windows });
-        final_val = Some(evaluate_exact(
-            &run.trainer.model,
-            &run.dataset.val,
-            run.trainer.config.batch_size,
-            run.trainer.engine(),
-        ));
+        final_val = Some(run.trainer.exact_loss(&run.dataset.val));
     }
     if options.out.is_some() {
         save(run, options, final_val.map(|e| e.loss), start)?;

@@ -1039,3 +1039,32 @@ fn a_second_trainer_of_the_same_directory_is_refused_and_the_lock_dies_with_the_
         .success()
         .stdout(contains(format!("resuming layernorm at step {step}")));
 }
+
+/// A build without the `mpi` feature started by mpirun (which sets OMPI_COMM_WORLD_SIZE and a
+/// rank in every process) refuses in one line instead of training the same run N times over.
+#[cfg(not(feature = "mpi"))]
+#[test]
+fn without_the_mpi_feature_mpirun_gets_a_one_line_refusal() {
+    let dir = workspace();
+    let d = dir.path();
+    let output = chargpt(d)
+        .args(train_args(&["--data", "small.txt", "--out", "run"]))
+        .env("OMPI_COMM_WORLD_SIZE", "2")
+        .env("OMPI_COMM_WORLD_RANK", "0")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("--features mpi"), "{stderr}");
+    assert!(!d.join("run").exists());
+    // The other ranks say nothing: one line for the whole job.
+    let output = chargpt(d)
+        .args(train_args(&["--data", "small.txt", "--out", "run"]))
+        .env("PMI_SIZE", "2")
+        .env("PMI_RANK", "1")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(output.stderr.is_empty());
+}

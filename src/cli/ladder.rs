@@ -4,19 +4,21 @@
 //! rung's val curve).
 //!
 //! Also home of what `ladder` and `sweep` share: training one configuration quietly (a progress
-//! bar on stderr, nothing on stdout) and Ctrl-C handling.
+//! bar on stderr, nothing on stdout), Ctrl-C handling, and dividing the configurations over the
+//! ranks of an mpirun job ([`train_divided`]).
 
 use super::plot::{draw_line_plot, LinePlot, Series};
 use super::presets::thousands;
-use super::{load_text, UsageError};
+use super::{agree, load_text, one_line, Quiet, UsageError};
 use anyhow::{anyhow, bail, Context, Result};
 use chargpt::checkpoint;
 use chargpt::config::{Architecture, AttentionScale, ConfigError, Init, ModelConfig, TrainConfig};
+use chargpt::distributed::{self, Group};
 use chargpt::ladder::{self, Rung, TOLERANCE};
 use chargpt::training::{run_training, MetricsRow, Run, RunError, RunEvent, RunOptions};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -112,7 +114,8 @@ struct RungResult {
     metrics: Vec<MetricsRow>,
 }
 
-/// What one quiet training run gave.
+/// What one quiet training run gave (sent from rank to rank as JSON).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(super) struct Trained {
     pub val_estimate: f32,
     pub val_exact: f64,
@@ -121,9 +124,13 @@ pub(super) struct Trained {
 }
 
 /// Ctrl-C sets the returned flag (the run in progress stops after its step and saves); a second
-/// Ctrl-C quits at once.
-pub(super) fn stop_on_ctrl_c() -> Arc<AtomicBool> {
+/// Ctrl-C quits at once. Under mpirun the ranks get SIGTERM instead, which sets it too.
+pub(super) fn stop_on_ctrl_c(group: Group) -> Arc<AtomicBool> {
     let stop = Arc::new(AtomicBool::new(false));
+    if group.size() > 1 {
+        distributed::stop_on_signals(stop.clone());
+        return stop;
+    }
     let flag = stop.clone();
     let _ = ctrlc::set_handler(move || {
         if flag.swap(true, Ordering::SeqCst) {
@@ -200,6 +207,153 @@ pub(super) fn train_quietly(
         wall_s: started.elapsed().as_secs_f64(),
         metrics: run.metrics.clone(),
     }))
+}
+
+/// What a rank tells rank 0 about its share of a grid.
+#[derive(Serialize, Deserialize)]
+enum Report {
+    Done { index: usize, result: Trained },
+    Stopped { index: usize },
+    Failed { message: String },
+    Finished,
+}
+
+/// What rank 0 does when item `index` of a grid finishes on `rank`, given every result so far.
+pub(super) type OnFinished<'a> = dyn FnMut(usize, usize, &[Option<Trained>]) -> Result<()> + 'a;
+
+/// How a grid trained by [`train_divided`] ended, on rank 0.
+pub(super) struct Divided {
+    /// Every item's result, by index (`None`: not trained, or stopped).
+    pub results: Vec<Option<Trained>>,
+    /// The items stopped by Ctrl-C (their checkpoints are saved), with the rank of each.
+    pub stopped: Vec<(usize, usize)>,
+}
+
+/// Trains items `0..n` of a grid (sweep combinations, ladder rungs), in one process or divided
+/// over the ranks of an mpirun job: item i on rank `i % ranks`, each rank on its own threads,
+/// with nothing exchanged while they train. So each item's numbers are those of a single
+/// process with a rank's thread count.
+///
+/// `train(i)` trains item i (`None`: stopped by Ctrl-C). On rank 0, `finished(i, rank,
+/// results)` is called as each result arrives, with every result so far by index (it prints
+/// and writes the report), and the results come back; the other ranks send theirs to rank 0
+/// and get `None`. An error on any rank ends the job with its message.
+pub(super) fn train_divided(
+    group: Group,
+    n: usize,
+    train: &mut dyn FnMut(usize) -> Result<Option<Trained>>,
+    finished: &mut OnFinished<'_>,
+) -> Result<Option<Divided>> {
+    let (rank, ranks) = (group.rank(), group.size());
+    let mine = (rank..n).step_by(ranks);
+    if rank > 0 {
+        let send = |report: &Report| match serde_json::to_vec(report) {
+            Ok(bytes) => distributed::send_to_root(&bytes),
+            Err(e) => super::abort_job(group, &e.into()),
+        };
+        for index in mine {
+            match train(index) {
+                Ok(Some(result)) => send(&Report::Done { index, result }),
+                Ok(None) => {
+                    send(&Report::Stopped { index });
+                    return Ok(None);
+                }
+                Err(e) => {
+                    let message = format!("{}: {}", group.describe(), one_line(&e));
+                    send(&Report::Failed { message });
+                    return Err(Quiet(1).into());
+                }
+            }
+        }
+        send(&Report::Finished);
+        return Ok(None);
+    }
+    let mut divided = Divided {
+        results: (0..n).map(|_| None).collect(),
+        stopped: Vec::new(),
+    };
+    // The ranks still training; each ends with Finished or Stopped.
+    let mut pending: Vec<usize> = (1..ranks).collect();
+    let gather = || -> Result<()> {
+        for index in mine {
+            match train(index)? {
+                Some(result) => {
+                    divided.results[index] = Some(result);
+                    finished(index, 0, &divided.results)?;
+                }
+                None => {
+                    divided.stopped.push((index, 0));
+                    break;
+                }
+            }
+            if ranks > 1 {
+                while let Some((from, bytes)) = distributed::receive_at_root(false) {
+                    take(from, &bytes, &mut divided, &mut pending, finished)?;
+                }
+            }
+        }
+        while !pending.is_empty() {
+            let Some((from, bytes)) = distributed::receive_at_root(true) else {
+                break;
+            };
+            take(from, &bytes, &mut divided, &mut pending, finished)?;
+        }
+        Ok(())
+    };
+    match gather() {
+        // The other ranks train on, or wait: end them too.
+        Err(e) if ranks > 1 => super::abort_job(group, &e),
+        Err(e) => Err(e),
+        Ok(()) => Ok(Some(divided)),
+    }
+}
+
+/// Rank 0's handling of one report from rank `from`.
+fn take(
+    from: usize,
+    bytes: &[u8],
+    divided: &mut Divided,
+    pending: &mut Vec<usize>,
+    finished: &mut OnFinished<'_>,
+) -> Result<()> {
+    match serde_json::from_slice::<Report>(bytes)? {
+        Report::Done { index, result } if index < divided.results.len() => {
+            divided.results[index] = Some(result);
+            finished(index, from, &divided.results)?;
+        }
+        Report::Done { .. } => anyhow::bail!("rank {from} sent the result of an item it has not"),
+        Report::Stopped { index } => {
+            divided.stopped.push((index, from));
+            pending.retain(|&r| r != from);
+        }
+        Report::Failed { message } => anyhow::bail!("{message}"),
+        Report::Finished => pending.retain(|&r| r != from),
+    }
+    Ok(())
+}
+
+/// The workers a grid ran on, for its report: `2 threads`, or `2 ranks of 1 thread`.
+pub(super) fn workers(group: Group) -> String {
+    let threads = rayon::current_num_threads();
+    let plural = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
+    if group.size() > 1 {
+        format!(
+            "{} of {}",
+            plural(group.size(), "rank"),
+            plural(threads, "thread")
+        )
+    } else {
+        plural(threads, "thread")
+    }
+}
+
+/// ` (rank 2)` in a job of several ranks, nothing in one process.
+pub(super) fn on_rank(group: Group, rank: usize) -> String {
+    if group.size() > 1 {
+        format!(" (rank {rank})")
+    } else {
+        String::new()
+    }
 }
 
 /// `12.3 s`, `2m 05s`, `1h 02m`.
@@ -401,11 +555,12 @@ fn result_rows(results: &[RungResult]) -> (Vec<String>, Vec<Vec<String>>, Vec<bo
 struct Setting {
     seed: u64,
     steps: Option<usize>,
+    /// `2 threads`, `2 ranks of 1 thread`.
+    workers: String,
 }
 
 fn write_report(out: &Path, results: &[RungResult], total_s: f64, setting: &Setting) -> Result<()> {
     let (header, rows, right) = result_rows(results);
-    let threads = rayon::current_num_threads();
     let seed = setting.seed;
     let steps = match setting.steps {
         Some(n) => format!(
@@ -415,8 +570,8 @@ fn write_report(out: &Path, results: &[RungResult], total_s: f64, setting: &Sett
     };
     let mut text = format!(
         "# The lecture's ladder, measured by chargpt\n\n\
-         `chargpt ladder` on {threads} thread{}, seed {seed}{steps}: {} rung{} in {} of wall time.\n\n",
-        if threads == 1 { "" } else { "s" },
+         `chargpt ladder` on {}, seed {seed}{steps}: {} rung{} in {} of wall time.\n\n",
+        setting.workers,
         results.len(),
         if results.len() == 1 { "" } else { "s" },
         duration(total_s)
@@ -468,117 +623,154 @@ fn write_report(out: &Path, results: &[RungResult], total_s: f64, setting: &Sett
     )
 }
 
-pub fn run(args: LadderArgs) -> Result<ExitCode> {
+/// The rows of the finished rungs, in ladder order.
+fn rung_results(planned: &[Planned], trained: &[Option<Trained>]) -> Vec<RungResult> {
+    planned
+        .iter()
+        .zip(trained)
+        .filter_map(|(p, t)| {
+            let t = t.as_ref()?;
+            Some(RungResult {
+                rung: p.rung.name,
+                preset: p.rung.preset,
+                params: p.params,
+                steps: p.train.steps,
+                val_estimate: t.val_estimate,
+                val_exact: t.val_exact,
+                published: p.rung.published,
+                diff: t.val_estimate as f64 - p.rung.published,
+                wall_s: t.wall_s,
+                metrics: t.metrics.clone(),
+            })
+        })
+        .collect()
+}
+
+pub fn run(args: LadderArgs, group: Group) -> Result<ExitCode> {
     if args.modern {
         let out = args
             .out
             .clone()
             .unwrap_or_else(|| PathBuf::from("runs/ladder-modern"));
-        return super::ladder_modern::run(super::ladder_modern::ModernArgs {
-            rungs: args.rungs.as_deref(),
-            out: &out,
-            steps: args.steps,
-            seed: args.seed,
-            seeds: args.seeds,
-            list: args.list,
-            json: args.json,
-        });
+        return super::ladder_modern::run(
+            super::ladder_modern::ModernArgs {
+                rungs: args.rungs.as_deref(),
+                out: &out,
+                steps: args.steps,
+                seed: args.seed,
+                seeds: args.seeds,
+                list: args.list,
+                json: args.json,
+            },
+            group,
+        );
     }
-    let planned = plan(&args)?;
+    let planned = agree(group, plan(&args))?;
     if args.list {
-        list(&planned);
+        if group.is_root() {
+            list(&planned);
+        }
         return Ok(ExitCode::SUCCESS);
     }
     let out = &args
         .out
         .clone()
         .unwrap_or_else(|| PathBuf::from("runs/ladder"));
-    let taken: Vec<&str> = planned
-        .iter()
-        .filter(|p| checkpoint::exists(&out.join(p.rung.name)))
-        .map(|p| p.rung.name)
-        .collect();
-    if !taken.is_empty() || out.join(TABLE_FILE).exists() {
-        let what = if taken.is_empty() {
-            TABLE_FILE.to_string()
-        } else {
-            format!("checkpoints of {}", taken.join(", "))
-        };
-        bail!(
-            "{} already holds a ladder ({what}); choose another --out, or delete it first",
-            out.display()
-        );
-    }
+    let checked = (|| -> Result<()> {
+        let taken: Vec<&str> = planned
+            .iter()
+            .filter(|p| checkpoint::exists(&out.join(p.rung.name)))
+            .map(|p| p.rung.name)
+            .collect();
+        if group.is_root() && (!taken.is_empty() || out.join(TABLE_FILE).exists()) {
+            let what = if taken.is_empty() {
+                TABLE_FILE.to_string()
+            } else {
+                format!("checkpoints of {}", taken.join(", "))
+            };
+            bail!(
+                "{} already holds a ladder ({what}); choose another --out, or delete it first",
+                out.display()
+            );
+        }
+        // Every rank writes its rungs' checkpoints on its own machine.
+        super::train::check_writable(out)
+    })();
+    agree(group, checked)?;
     let (text, info) = load_text(None)?;
-    super::train::check_writable(out)?;
     let setting = Setting {
         seed: planned.first().map_or(1337, |p| p.train.seed),
         steps: args.steps,
+        workers: workers(group),
     };
-    let stop = stop_on_ctrl_c();
+    let stop = stop_on_ctrl_c(group);
     let started = Instant::now();
-    let mut results: Vec<RungResult> = Vec::new();
     let n = planned.len();
-    for (i, p) in planned.into_iter().enumerate() {
+    let mut train = |i: usize| -> Result<Option<Trained>> {
+        let p = &planned[i];
         let rung_started = Instant::now();
-        note!(
-            "[{}/{n}] {}: {} parameters, {} steps of {}x{}",
-            i + 1,
-            p.rung.name,
-            thousands(p.params),
-            p.train.steps,
-            p.train.batch_size,
-            p.model.block_size
-        );
-        let mut run = Run::new(p.model, p.train.clone(), &text, info.clone())
+        if group.is_root() {
+            note!(
+                "[{}/{n}] {}: {} parameters, {} steps of {}x{}",
+                i + 1,
+                p.rung.name,
+                thousands(p.params),
+                p.train.steps,
+                p.train.batch_size,
+                p.model.block_size
+            );
+        }
+        let mut run = Run::new(p.model.clone(), p.train.clone(), &text, info.clone())
             .map_err(|e| run_error(e, p.rung.name))?;
         run.preset = Some(p.rung.preset.to_string());
         let dir = out.join(p.rung.name);
         let label = format!("{:>12}", p.rung.name);
-        let Some(trained) = train_quietly(&mut run, &dir, &stop, &label, rung_started)? else {
-            let finished = if results.is_empty() {
-                "no rung finished".to_string()
-            } else {
-                format!(
-                    "the finished rungs are in {}",
-                    out.join(TABLE_FILE).display()
-                )
-            };
+        train_quietly(&mut run, &dir, &stop, &label, rung_started)
+    };
+    let mut finished = |i: usize, rank: usize, trained: &[Option<Trained>]| -> Result<()> {
+        let p = &planned[i];
+        if let Some(t) = &trained[i] {
+            let diff = t.val_estimate as f64 - p.rung.published;
             note!(
-                "stopped during {}; its checkpoint is in {} (continue it with `chargpt train --resume --out {}`); {finished}",
+                "[{}/{n}] {}: val {:.4} (exact {:.4}), published {}, diff {diff:+.3}, {}{}",
+                i + 1,
                 p.rung.name,
+                t.val_estimate,
+                t.val_exact,
+                p.rung.published,
+                duration(t.wall_s),
+                on_rank(group, rank)
+            );
+        }
+        // Rewritten after every rung, so that an interrupted ladder keeps what it measured.
+        let results = rung_results(&planned, trained);
+        write_report(out, &results, started.elapsed().as_secs_f64(), &setting)
+    };
+    let Some(divided) = train_divided(group, n, &mut train, &mut finished)? else {
+        // Another rank than 0: its results went to rank 0.
+        return Ok(ExitCode::SUCCESS);
+    };
+    let results = rung_results(&planned, &divided.results);
+    if !divided.stopped.is_empty() {
+        let finished = if results.is_empty() {
+            "no rung finished".to_string()
+        } else {
+            format!(
+                "the finished rungs are in {}",
+                out.join(TABLE_FILE).display()
+            )
+        };
+        for &(index, rank) in &divided.stopped {
+            let dir = out.join(planned[index].rung.name);
+            note!(
+                "stopped during {}{}; its checkpoint is in {} (continue it with `chargpt train --resume --out {}`); {finished}",
+                planned[index].rung.name,
+                on_rank(group, rank),
                 dir.display(),
                 dir.display(),
             );
-            if !results.is_empty() {
-                write_report(out, &results, started.elapsed().as_secs_f64(), &setting)?;
-            }
-            return Ok(ExitCode::from(130));
-        };
-        let diff = trained.val_estimate as f64 - p.rung.published;
-        note!(
-            "[{}/{n}] {}: val {:.4} (exact {:.4}), published {}, diff {diff:+.3}, {}",
-            i + 1,
-            p.rung.name,
-            trained.val_estimate,
-            trained.val_exact,
-            p.rung.published,
-            duration(trained.wall_s)
-        );
-        results.push(RungResult {
-            rung: p.rung.name,
-            preset: p.rung.preset,
-            params: run.trainer.model.num_params(),
-            steps: p.train.steps,
-            val_estimate: trained.val_estimate,
-            val_exact: trained.val_exact,
-            published: p.rung.published,
-            diff,
-            wall_s: trained.wall_s,
-            metrics: trained.metrics,
-        });
-        // Rewritten after every rung, so that an interrupted ladder keeps what it measured.
-        write_report(out, &results, started.elapsed().as_secs_f64(), &setting)?;
+        }
+        return Ok(ExitCode::from(130));
     }
     let total = started.elapsed().as_secs_f64();
     if args.json {
@@ -587,9 +779,9 @@ pub fn run(args: LadderArgs) -> Result<ExitCode> {
         let (header, rows, right) = result_rows(&results);
         say!("{}", text_table(&header, &rows, &right));
         say!(
-            "whole ladder: {} on {} threads; table in {}, val curves in {}",
+            "whole ladder: {} on {}; table in {}, val curves in {}",
             duration(total),
-            rayon::current_num_threads(),
+            setting.workers,
             out.join(TABLE_FILE).display(),
             out.join(PLOT_FILE).display()
         );

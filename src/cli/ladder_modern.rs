@@ -7,14 +7,16 @@
 //! the step).
 
 use super::ladder::{
-    duration, markdown_table, run_error, stop_on_ctrl_c, text_table, train_quietly,
+    duration, markdown_table, on_rank, run_error, stop_on_ctrl_c, text_table, train_divided,
+    train_quietly, workers, Trained,
 };
 use super::plot::{draw_line_plot, LinePlot, Series, Style};
 use super::presets::thousands;
-use super::{load_text, UsageError};
+use super::{agree, load_text, UsageError};
 use anyhow::{bail, Context, Result};
 use chargpt::checkpoint;
 use chargpt::config::{ModelConfig, TrainConfig};
+use chargpt::distributed::Group;
 use chargpt::ladder::{self, modern_configs, paired_difference, Spread, MODERN_BASE, MODERN_RUNGS};
 use chargpt::training::{MetricsRow, Run};
 use serde::Serialize;
@@ -175,15 +177,19 @@ fn result_rows(results: &[RungResult]) -> (Vec<String>, Vec<Vec<String>>, Vec<bo
     (header, rows, right)
 }
 
-fn write_report(out: &Path, results: &[RungResult], total_s: f64, steps: usize) -> Result<()> {
+fn write_report(
+    out: &Path,
+    results: &[RungResult],
+    total_s: f64,
+    steps: usize,
+    workers: &str,
+) -> Result<()> {
     let (header, rows, right) = result_rows(results);
-    let threads = rayon::current_num_threads();
     let seeds = results.first().map_or(0, |r| r.seeds.len());
     let mut text = format!(
         "# The modern ladder, measured by chargpt\n\n\
-         `chargpt ladder --modern` on {threads} thread{}: {} rung{} from the `{MODERN_BASE}` \
+         `chargpt ladder --modern` on {workers}: {} rung{} from the `{MODERN_BASE}` \
          preset, {steps} steps each, {seeds} seed{} per rung, {} of wall time.\n\n",
-        if threads == 1 { "" } else { "s" },
         results.len(),
         if results.len() == 1 { "" } else { "s" },
         if seeds == 1 { "" } else { "s" },
@@ -298,70 +304,20 @@ fn write_report(out: &Path, results: &[RungResult], total_s: f64, steps: usize) 
     )
 }
 
-pub fn run(args: ModernArgs) -> Result<ExitCode> {
-    let planned = plan(&args)?;
-    let seeds = args.seeds.unwrap_or(ladder::MODERN_SEEDS);
-    if args.list {
-        list(&planned, seeds);
-        return Ok(ExitCode::SUCCESS);
-    }
-    let out = args.out;
-    if out.join(TABLE_FILE).exists()
-        || planned
-            .iter()
-            .any(|p| out.join(MODERN_RUNGS[p.index].name).exists())
-    {
-        bail!(
-            "{} already holds a ladder; choose another --out, or delete it first",
-            out.display()
-        );
-    }
-    let (text, info) = load_text(None)?;
-    super::train::check_writable(out)?;
-    let stop = stop_on_ctrl_c();
-    let started = Instant::now();
-    let steps = planned.first().map_or(0, |p| p.train.steps);
+/// The finished rungs' results, in ladder order: every rung whose seeds have all finished, up to
+/// the first that has not (each is compared with the rung before it). `trained` holds rung i's
+/// seed s at `i * seeds + s`.
+fn rung_results(planned: &[Planned], seeds: usize, trained: &[Option<Trained>]) -> Vec<RungResult> {
     let mut results: Vec<RungResult> = Vec::new();
-    let n = planned.len();
-    for (i, p) in planned.into_iter().enumerate() {
-        let rung = &MODERN_RUNGS[p.index];
-        let (mut vals, mut walls, mut metrics, mut used) = (vec![], vec![], vec![], vec![]);
-        for s in 0..seeds {
-            let seed = p.train.seed + s as u64;
-            let mut train = p.train.clone();
-            train.seed = seed;
-            note!(
-                "[{}/{n}] {}, seed {seed}: {} parameters, {} steps of {}x{}",
-                i + 1,
-                rung.name,
-                thousands(p.params),
-                train.steps,
-                train.batch_size,
-                p.model.block_size
-            );
-            let seed_started = Instant::now();
-            let mut run = Run::new(p.model.clone(), train, &text, info.clone())
-                .map_err(|e| run_error(e, rung.name))?;
-            run.preset = Some(MODERN_BASE.to_string());
-            let dir = out.join(rung.name).join(format!("seed-{seed}"));
-            let label = format!("{:>8} {seed}", rung.name);
-            let Some(trained) = train_quietly(&mut run, &dir, &stop, &label, seed_started)? else {
-                note!(
-                    "stopped during {} (seed {seed}); its checkpoint is in {}; the finished rungs are in {}",
-                    rung.name,
-                    dir.display(),
-                    out.join(TABLE_FILE).display()
-                );
-                if !results.is_empty() {
-                    write_report(out, &results, started.elapsed().as_secs_f64(), steps)?;
-                }
-                return Ok(ExitCode::from(130));
-            };
-            vals.push(trained.val_exact);
-            walls.push(trained.wall_s);
-            metrics.push(trained.metrics);
-            used.push(seed);
-        }
+    for (p, runs) in planned.iter().zip(trained.chunks(seeds)) {
+        let Some(runs) = runs
+            .iter()
+            .map(Option::as_ref)
+            .collect::<Option<Vec<&Trained>>>()
+        else {
+            break;
+        };
+        let vals: Vec<f64> = runs.iter().map(|t| t.val_exact).collect();
         let spread = Spread::of(&vals);
         let (vs, se, clear) = match results.last() {
             Some(prev) => {
@@ -370,33 +326,154 @@ pub fn run(args: ModernArgs) -> Result<ExitCode> {
             }
             None => (None, None, None),
         };
-        note!(
-            "[{}/{n}] {}: val {:.4} ± {:.4} over {} seed{}{}",
-            i + 1,
-            rung.name,
-            spread.mean,
-            spread.sd,
-            vals.len(),
-            if vals.len() == 1 { "" } else { "s" },
-            vs.map(|d| format!(", {d:+.4} against the rung before"))
-                .unwrap_or_default()
-        );
+        let rung = &MODERN_RUNGS[p.index];
         results.push(RungResult {
             rung: rung.name,
             idea: rung.idea,
             params: p.params,
             steps: p.train.steps,
-            seeds: used,
+            seeds: (0..seeds).map(|s| p.train.seed + s as u64).collect(),
             val_exact: vals,
             mean: spread.mean,
             sd: spread.sd,
             vs_before: vs,
             vs_before_se: se,
             clear,
-            wall_s: walls.iter().sum::<f64>() / walls.len() as f64,
-            metrics,
+            wall_s: runs.iter().map(|t| t.wall_s).sum::<f64>() / runs.len() as f64,
+            metrics: runs.iter().map(|t| t.metrics.clone()).collect(),
         });
-        write_report(out, &results, started.elapsed().as_secs_f64(), steps)?;
+    }
+    results
+}
+
+/// Runs the modern ladder, in one process or with its (rung, seed) runs divided over the ranks of
+/// an mpirun job ([`train_divided`]); rank 0 prints and writes the report.
+pub fn run(args: ModernArgs, group: Group) -> Result<ExitCode> {
+    let planned = agree(group, plan(&args))?;
+    let seeds = args.seeds.unwrap_or(ladder::MODERN_SEEDS);
+    if args.list {
+        if group.is_root() {
+            list(&planned, seeds);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let out = args.out;
+    let checked = (|| -> Result<()> {
+        if group.is_root()
+            && (out.join(TABLE_FILE).exists()
+                || planned
+                    .iter()
+                    .any(|p| out.join(MODERN_RUNGS[p.index].name).exists()))
+        {
+            bail!(
+                "{} already holds a ladder; choose another --out, or delete it first",
+                out.display()
+            );
+        }
+        // Every rank writes its runs' checkpoints on its own machine.
+        super::train::check_writable(out)
+    })();
+    agree(group, checked)?;
+    let (text, info) = load_text(None)?;
+    let stop = stop_on_ctrl_c(group);
+    let started = Instant::now();
+    let steps = planned.first().map_or(0, |p| p.train.steps);
+    let n = planned.len();
+    let workers = workers(group);
+    // Item i is rung i / seeds with seed number i % seeds.
+    let seed_of = |i: usize| planned[i / seeds].train.seed + (i % seeds) as u64;
+    let dir_of = |i: usize| {
+        out.join(MODERN_RUNGS[planned[i / seeds].index].name)
+            .join(format!("seed-{}", seed_of(i)))
+    };
+    let mut train = |i: usize| -> Result<Option<Trained>> {
+        let p = &planned[i / seeds];
+        let rung = &MODERN_RUNGS[p.index];
+        let seed = seed_of(i);
+        let mut train = p.train.clone();
+        train.seed = seed;
+        if group.is_root() {
+            note!(
+                "[{}/{n}] {}, seed {seed}: {} parameters, {} steps of {}x{}",
+                i / seeds + 1,
+                rung.name,
+                thousands(p.params),
+                train.steps,
+                train.batch_size,
+                p.model.block_size
+            );
+        }
+        let seed_started = Instant::now();
+        let mut run = Run::new(p.model.clone(), train, &text, info.clone())
+            .map_err(|e| run_error(e, rung.name))?;
+        run.preset = Some(MODERN_BASE.to_string());
+        let label = format!("{:>8} {seed}", rung.name);
+        train_quietly(&mut run, &dir_of(i), &stop, &label, seed_started)
+    };
+    let mut summarized = 0;
+    let mut finished = |i: usize, rank: usize, trained: &[Option<Trained>]| -> Result<()> {
+        let r = i / seeds;
+        let rung = &MODERN_RUNGS[planned[r].index];
+        if group.size() > 1 {
+            if let Some(t) = &trained[i] {
+                note!(
+                    "[{}/{n}] {}, seed {}: val {:.4} (exact), {}{}",
+                    r + 1,
+                    rung.name,
+                    seed_of(i),
+                    t.val_exact,
+                    duration(t.wall_s),
+                    on_rank(group, rank)
+                );
+            }
+        }
+        let results = rung_results(&planned, seeds, trained);
+        // A summary line for each rung that has joined the table (all its seeds, and every rung
+        // before it, done).
+        for (r, result) in results.iter().enumerate().skip(summarized) {
+            note!(
+                "[{}/{n}] {}: val {:.4} ± {:.4} over {} seed{}{}",
+                r + 1,
+                result.rung,
+                result.mean,
+                result.sd,
+                seeds,
+                if seeds == 1 { "" } else { "s" },
+                result
+                    .vs_before
+                    .map(|d| format!(", {d:+.4} against the rung before"))
+                    .unwrap_or_default()
+            );
+        }
+        summarized = results.len();
+        if results.is_empty() {
+            return Ok(());
+        }
+        write_report(
+            out,
+            &results,
+            started.elapsed().as_secs_f64(),
+            steps,
+            &workers,
+        )
+    };
+    let Some(divided) = train_divided(group, n * seeds, &mut train, &mut finished)? else {
+        // Another rank than 0: its results went to rank 0.
+        return Ok(ExitCode::SUCCESS);
+    };
+    let results = rung_results(&planned, seeds, &divided.results);
+    if !divided.stopped.is_empty() {
+        for &(i, rank) in &divided.stopped {
+            note!(
+                "stopped during {} (seed {}){}; its checkpoint is in {}; the finished rungs are in {}",
+                MODERN_RUNGS[planned[i / seeds].index].name,
+                seed_of(i),
+                on_rank(group, rank),
+                dir_of(i).display(),
+                out.join(TABLE_FILE).display()
+            );
+        }
+        return Ok(ExitCode::from(130));
     }
     let total = started.elapsed().as_secs_f64();
     if args.json {
@@ -405,9 +482,8 @@ pub fn run(args: ModernArgs) -> Result<ExitCode> {
         let (header, rows, right) = result_rows(&results);
         say!("{}", text_table(&header, &rows, &right));
         say!(
-            "whole ladder: {} on {} threads; table in {}, plots in {} and {}",
+            "whole ladder: {} on {workers}; table in {}, plots in {} and {}",
             duration(total),
-            rayon::current_num_threads(),
             out.join(TABLE_FILE).display(),
             out.join(PLOT_FILE).display(),
             out.join(CURVES_FILE).display()

@@ -34,6 +34,7 @@ mod vocab;
 
 use anyhow::{Context, Result};
 use chargpt::checkpoint::DataInfo;
+use chargpt::distributed::{self, Group, Session};
 use clap::{Parser, Subcommand};
 use std::path::Path;
 use std::process::ExitCode;
@@ -110,15 +111,61 @@ impl std::fmt::Display for UsageError {
 
 impl std::error::Error for UsageError {}
 
+/// An error that another rank reports (rank 0, or the rank it happened on): this rank ends with
+/// the exit status and prints nothing, so that an error every rank meets is one line, not N.
+#[derive(Debug)]
+pub struct Quiet(pub u8);
+
+impl std::fmt::Display for Quiet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "reported by another rank")
+    }
+}
+
+impl std::error::Error for Quiet {}
+
 /// Parses the arguments and runs the command; returns the exit status of a run that did not
 /// fail (0, or 130 for a training run stopped with Ctrl-C).
+///
+/// Under mpirun (a build with `--features mpi`) every rank runs this; `train`, `sweep` and
+/// `ladder` share their work among the ranks and every other command is refused.
 pub fn run() -> Result<ExitCode> {
+    let session = match Session::start() {
+        Ok(session) => session,
+        // Every rank meets the same refusal: rank 0 says it.
+        Err(_) if distributed::launched_rank() > 0 => return Err(Quiet(1).into()),
+        Err(e) => return Err(e.into()),
+    };
+    let group = session.group();
+    let result = run_in(group);
+    match result {
+        Err(e) if !group.is_root() && !e.is::<Quiet>() => Err(e.context(group.describe())),
+        other => other,
+    }
+}
+
+fn run_in(group: Group) -> Result<ExitCode> {
     let cli = match Cli::try_parse() {
+        // Every rank parses the same arguments: rank 0 alone prints the help or the mistake.
+        Err(e) if !group.is_root() => return Err(Quiet(if e.use_stderr() { 2 } else { 0 }).into()),
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };
     if cli.threads == Some(0) {
-        return Err(UsageError("--threads must be at least 1".into()).into());
+        return quiet_unless_root(group, UsageError("--threads must be at least 1".into()));
+    }
+    if group.size() > 1
+        && !matches!(
+            cli.command,
+            Command::Train(_) | Command::Sweep(_) | Command::Ladder(_)
+        )
+    {
+        return quiet_unless_root(
+            group,
+            UsageError(
+                "only train, sweep and ladder run across several processes; start this command without mpirun".into(),
+            ),
+        );
     }
     // The server runs each training in a pool of its own (so that two trainings share the
     // cores instead of one waiting inside the other's fork-join), on threads of its own.
@@ -126,22 +173,66 @@ pub fn run() -> Result<ExitCode> {
         Command::Serve(args) => return crate::serve::run(args, cli.threads),
         other => other,
     };
-    let pool =
-        chargpt::runtime::thread_pool(cli.threads).context("cannot start the worker threads")?;
+    // Ranks on one machine share its cores.
+    let threads = cli.threads.or_else(|| {
+        let ranks = distributed::ranks_on_this_machine();
+        (ranks > 1).then(|| {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            (cores / ranks).max(1)
+        })
+    });
+    let pool = chargpt::runtime::thread_pool(threads).context("cannot start the worker threads")?;
     // Everything runs inside the pool, so kernels fork and join without a hand-off from an
     // outside thread.
     pool.install(|| match command {
-        Command::Train(args) => train::run(args),
+        Command::Train(args) => train::run(args, group),
         Command::Sample(args) => sample::run(args).map(|()| ExitCode::SUCCESS),
         Command::Eval(args) => eval::run(args).map(|()| ExitCode::SUCCESS),
         Command::Presets(args) => presets::run(args).map(|()| ExitCode::SUCCESS),
         Command::Bench(args) => bench::run(args).map(|()| ExitCode::SUCCESS),
-        Command::Ladder(args) => ladder::run(args),
+        Command::Ladder(args) => ladder::run(args, group),
         Command::Attention(args) => attention::run(args).map(|()| ExitCode::SUCCESS),
-        Command::Sweep(args) => sweep::run(args),
+        Command::Sweep(args) => sweep::run(args, group),
         Command::Vocab(args) => vocab::run(args).map(|()| ExitCode::SUCCESS),
         Command::Serve(_) => unreachable!("served above"),
     })
+}
+
+/// `err` on rank 0; the others end quietly with the same status (they met the same error).
+fn quiet_unless_root(group: Group, err: UsageError) -> Result<ExitCode> {
+    if group.is_root() {
+        Err(err.into())
+    } else {
+        Err(Quiet(2).into())
+    }
+}
+
+/// Under mpirun, the outcome of a step every rank takes, known to all (a collective): they go on
+/// together or stop together. An error is reported once: by rank 0 if it met it, else by the
+/// rank that did; the other ranks end quietly.
+pub fn agree<T>(group: Group, result: Result<T>) -> Result<T> {
+    if group.size() == 1 {
+        return result;
+    }
+    let failed = group.all_gather(usize::from(result.is_err()));
+    match result {
+        Err(e) if group.is_root() || failed[0] == 0 => Err(e),
+        Err(_) => Err(Quiet(1).into()),
+        Ok(_) if failed.iter().any(|&f| f != 0) => Err(Quiet(1).into()),
+        Ok(value) => Ok(value),
+    }
+}
+
+/// Prints `err` as `main` would and ends every rank of the job: for an error on one rank while
+/// the others wait for it (they would otherwise wait to their deadline).
+pub fn abort_job(group: Group, err: &anyhow::Error) -> ! {
+    let place = if group.is_root() {
+        String::new()
+    } else {
+        format!("{}: ", group.describe())
+    };
+    note!("error: {place}{}", one_line(err));
+    distributed::abort(1)
 }
 
 /// Help and version go to stdout as usual; a real mistake becomes one line: clap's message, its
@@ -211,7 +302,9 @@ pub fn one_line(err: &anyhow::Error) -> String {
 
 /// The exit status for an error: 2 for a mistake in the command line, 1 otherwise.
 pub fn exit_status(err: &anyhow::Error) -> u8 {
-    if err.is::<UsageError>() {
+    if let Some(Quiet(code)) = err.downcast_ref::<Quiet>() {
+        *code
+    } else if err.is::<UsageError>() {
         2
     } else {
         1

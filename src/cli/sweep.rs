@@ -3,15 +3,17 @@
 //! the first setting's values, one line per combination of the others).
 
 use super::ladder::{
-    duration, markdown_table, run_error, stop_on_ctrl_c, text_table, train_quietly,
+    duration, markdown_table, on_rank, run_error, stop_on_ctrl_c, text_table, train_divided,
+    train_quietly, workers, Trained,
 };
 use super::plot::{draw_line_plot, label_values, LinePlot, Series};
 use super::presets::thousands;
-use super::{load_text, UsageError};
+use super::{agree, load_text, Quiet, UsageError};
 use anyhow::{anyhow, bail, Context, Result};
 use chargpt::checkpoint;
 use chargpt::config::{self, apply_to_configs, ModelConfig, TrainConfig};
 use chargpt::data::Dataset;
+use chargpt::distributed::Group;
 use chargpt::ladder::with_steps;
 use chargpt::tokenizer::Tokenizer;
 use chargpt::training::Run;
@@ -319,15 +321,27 @@ fn table(axes: &[Axis], results: &[SweepResult]) -> (Vec<String>, Vec<Vec<String
     (header, rows, right)
 }
 
+/// How a sweep ran, for its report.
+struct HowRun<'a> {
+    total_s: f64,
+    steps: usize,
+    /// `2 threads`, `2 ranks of 1 thread`.
+    workers: &'a str,
+}
+
 fn write_report(
     out: &Path,
     args: &SweepArgs,
     fixed: &[Axis],
     axes: &[Axis],
     results: &[SweepResult],
-    total_s: f64,
-    steps: usize,
+    how: &HowRun,
 ) -> Result<()> {
+    let HowRun {
+        total_s,
+        steps,
+        workers,
+    } = how;
     let (header, rows, right) = table(axes, results);
     let sets: Vec<String> = args
         .sets
@@ -335,15 +349,14 @@ fn write_report(
         .map(|s| format!("--set {}", s.replace(' ', "")))
         .collect();
     let mut text = format!(
-        "# Sweep of {}\n\n`chargpt sweep --preset {} {}`: {} run{} of {steps} steps each from the `{}` preset, {} in all on {} threads.\n\n",
+        "# Sweep of {}\n\n`chargpt sweep --preset {} {}`: {} run{} of {steps} steps each from the `{}` preset, {} in all on {workers}.\n\n",
         axes.iter().map(|a| a.key.as_str()).collect::<Vec<_>>().join(" x "),
         args.preset,
         sets.join(" "),
         results.len(),
         if results.len() == 1 { "" } else { "s" },
         args.preset,
-        duration(total_s),
-        rayon::current_num_threads(),
+        duration(*total_s),
     );
     if !fixed.is_empty() {
         let fixed: Vec<String> = fixed
@@ -408,98 +421,159 @@ fn write_report(
     )
 }
 
-pub fn run(args: SweepArgs) -> Result<ExitCode> {
-    if args.steps == Some(0) {
-        return Err(UsageError("--steps must be at least 1".into()).into());
-    }
-    let (fixed, axes) = split_fixed(parse_axes(&args.sets).map_err(UsageError)?);
-    let (text, info) = load_text(args.data.as_deref())?;
-    let planned = plan(&args, &fixed, &axes, &text, &info.source)?;
-    let out = &args.out;
-    let taken: Vec<String> = planned
+/// The table's results: the finished combinations, in grid order.
+fn sweep_results(
+    fixed: &[Axis],
+    axes: &[Axis],
+    planned: &[Planned],
+    trained: &[Option<Trained>],
+) -> Vec<SweepResult> {
+    planned
         .iter()
-        .map(|p| dir_name(&axes, &p.combo))
-        .filter(|name| checkpoint::exists(&out.join(name)))
-        .collect();
-    if !taken.is_empty() || out.join(TABLE_FILE).exists() {
-        let what = taken
-            .first()
-            .map_or(TABLE_FILE.to_string(), |t| format!("a checkpoint in {t}"));
-        bail!(
-            "{} already holds a sweep ({what}); choose another --out, or delete it first",
-            out.display()
-        );
+        .zip(trained)
+        .filter_map(|(p, t)| {
+            let t = t.as_ref()?;
+            let settings = fixed
+                .iter()
+                .map(|a| (a, 0))
+                .chain(axes.iter().zip(p.combo.iter().copied()))
+                .map(|(a, i)| {
+                    let v = &a.values[i];
+                    let value = serde_json::from_str(v)
+                        .unwrap_or_else(|_| serde_json::Value::String(v.clone()));
+                    (a.key.clone(), value)
+                })
+                .collect();
+            Some(SweepResult {
+                settings,
+                params: p.params,
+                val_exact: t.val_exact,
+                val_estimate: t.val_estimate,
+                wall_s: t.wall_s,
+                combo: p.combo.clone(),
+            })
+        })
+        .collect()
+}
+
+pub fn run(args: SweepArgs, group: Group) -> Result<ExitCode> {
+    let parsed = if args.steps == Some(0) {
+        Err(UsageError("--steps must be at least 1".into()).into())
+    } else {
+        parse_axes(&args.sets).map_err(|e| UsageError(e).into())
+    };
+    let (fixed, axes) = split_fixed(agree(group, parsed)?);
+    // Rank 0 reads the text; the other ranks' machines need not have it.
+    let loaded = if group.is_root() {
+        Some(load_text(args.data.as_deref()))
+    } else {
+        None
+    };
+    let shared = chargpt::runs::share_text(
+        group,
+        loaded.as_ref().and_then(|l| l.as_ref().ok()).cloned(),
+    )?;
+    if let Some(Err(e)) = loaded {
+        return Err(e);
     }
-    super::train::check_writable(out)?;
-    let stop = stop_on_ctrl_c();
+    let Some((text, info)) = shared else {
+        return Err(Quiet(1).into());
+    };
+    let planned = agree(group, plan(&args, &fixed, &axes, &text, &info.source))?;
+    let out = &args.out;
+    let checked = (|| -> Result<()> {
+        let taken: Vec<String> = planned
+            .iter()
+            .map(|p| dir_name(&axes, &p.combo))
+            .filter(|name| checkpoint::exists(&out.join(name)))
+            .collect();
+        if group.is_root() && (!taken.is_empty() || out.join(TABLE_FILE).exists()) {
+            let what = taken
+                .first()
+                .map_or(TABLE_FILE.to_string(), |t| format!("a checkpoint in {t}"));
+            bail!(
+                "{} already holds a sweep ({what}); choose another --out, or delete it first",
+                out.display()
+            );
+        }
+        // Every rank writes its runs' checkpoints on its own machine.
+        super::train::check_writable(out)
+    })();
+    agree(group, checked)?;
+    let stop = stop_on_ctrl_c(group);
     let started = Instant::now();
     let steps = planned.first().map_or(0, |p| p.train.steps);
     let n = planned.len();
-    let mut results: Vec<SweepResult> = Vec::new();
-    for (i, p) in planned.into_iter().enumerate() {
+    let workers = workers(group);
+    let mut train = |i: usize| -> Result<Option<Trained>> {
+        let p = &planned[i];
         let run_started = Instant::now();
         let what = describe(&axes, &p.combo);
-        note!(
-            "[{}/{n}] {what}: {} parameters, {} steps",
-            i + 1,
-            thousands(p.params),
-            p.train.steps
-        );
-        let mut run =
-            Run::new(p.model, p.train, &text, info.clone()).map_err(|e| run_error(e, &what))?;
+        if group.is_root() {
+            note!(
+                "[{}/{n}] {what}: {} parameters, {} steps",
+                i + 1,
+                thousands(p.params),
+                p.train.steps
+            );
+        }
+        let mut run = Run::new(p.model.clone(), p.train.clone(), &text, info.clone())
+            .map_err(|e| run_error(e, &what))?;
         run.preset = Some(args.preset.clone());
         let dir = out.join(dir_name(&axes, &p.combo));
         let label = format!("[{}/{n}]", i + 1);
-        let Some(trained) = train_quietly(&mut run, &dir, &stop, &label, run_started)? else {
-            let finished = if results.is_empty() {
-                "no run finished".to_string()
-            } else {
-                format!(
-                    "the finished runs are in {}",
-                    out.join(TABLE_FILE).display()
-                )
-            };
+        train_quietly(&mut run, &dir, &stop, &label, run_started)
+    };
+    let mut finished = |i: usize, rank: usize, trained: &[Option<Trained>]| -> Result<()> {
+        if let Some(t) = &trained[i] {
             note!(
-                "stopped during {what}; its checkpoint is in {} (continue it with `chargpt train --resume --out {}`); {finished}",
-                dir.display(),
-                dir.display(),
+                "[{}/{n}] {}: val {:.4} (exact), {}{}",
+                i + 1,
+                describe(&axes, &planned[i].combo),
+                t.val_exact,
+                duration(t.wall_s),
+                on_rank(group, rank)
             );
-            return Ok(ExitCode::from(130));
-        };
-        note!(
-            "[{}/{n}] {what}: val {:.4} (exact), {}",
-            i + 1,
-            trained.val_exact,
-            duration(trained.wall_s)
-        );
-        let settings = fixed
-            .iter()
-            .map(|a| (a, 0))
-            .chain(axes.iter().zip(p.combo.iter().copied()))
-            .map(|(a, i)| {
-                let v = &a.values[i];
-                let value = serde_json::from_str(v)
-                    .unwrap_or_else(|_| serde_json::Value::String(v.clone()));
-                (a.key.clone(), value)
-            })
-            .collect();
-        results.push(SweepResult {
-            settings,
-            params: run.trainer.model.num_params(),
-            val_exact: trained.val_exact,
-            val_estimate: trained.val_estimate,
-            wall_s: trained.wall_s,
-            combo: p.combo,
-        });
+        }
+        let results = sweep_results(&fixed, &axes, &planned, trained);
         write_report(
             out,
             &args,
             &fixed,
             &axes,
             &results,
-            started.elapsed().as_secs_f64(),
-            steps,
-        )?;
+            &HowRun {
+                total_s: started.elapsed().as_secs_f64(),
+                steps,
+                workers: &workers,
+            },
+        )
+    };
+    let Some(divided) = train_divided(group, n, &mut train, &mut finished)? else {
+        // Another rank than 0: its results went to rank 0.
+        return Ok(ExitCode::SUCCESS);
+    };
+    let results = sweep_results(&fixed, &axes, &planned, &divided.results);
+    if !divided.stopped.is_empty() {
+        let finished = if results.is_empty() {
+            "no run finished".to_string()
+        } else {
+            format!(
+                "the finished runs are in {}",
+                out.join(TABLE_FILE).display()
+            )
+        };
+        for &(index, rank) in &divided.stopped {
+            let what = describe(&axes, &planned[index].combo);
+            let dir = out.join(dir_name(&axes, &planned[index].combo));
+            note!(
+                "stopped during {what}{}; its checkpoint is in {} (continue it with `chargpt train --resume --out {}`); {finished}",
+                on_rank(group, rank),
+                dir.display(),
+                dir.display(),
+            );
+        }
+        return Ok(ExitCode::from(130));
     }
     if args.json {
         say!("{}", serde_json::to_string_pretty(&results)?);

@@ -3,18 +3,19 @@
 
 use super::plot::loss_plot;
 use super::presets::thousands;
-use super::{load_text, UsageError};
+use super::{agree, load_text, Quiet, UsageError};
 use anyhow::{anyhow, bail, Context, Result};
 use chargpt::checkpoint::{self, Checkpoint, DataInfo, InitFrom, EMBEDDED_SOURCE};
 use chargpt::config::{self, ModelConfig, TrainConfig, DEFAULT_PRESET};
 use chargpt::data;
+use chargpt::distributed::{self, Group};
 use chargpt::model::Model;
 use chargpt::runs::{
     self, NewRun, Prepared, ResumeRun, Setting, SettingOrigin, Wording, EVAL_SAMPLE, SAMPLES_FILE,
 };
 use chargpt::training::{
-    run_training, MetricsRow, Run, RunEvent, RunOptions, RunOutcome, StepRow, UnknownChars,
-    VocabChange,
+    run_training, MetricsRow, Run, RunError, RunEvent, RunOptions, RunOutcome, StepRow,
+    UnknownChars, VocabChange,
 };
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -346,7 +347,44 @@ fn rate(tokens_per_s: f64) -> String {
     }
 }
 
-pub fn run(args: TrainArgs) -> Result<ExitCode> {
+/// Under mpirun, a rank other than 0: trains the run rank 0 prepared and sent, silently, writing
+/// nothing.
+fn follow(args: &TrainArgs, group: Group) -> Result<ExitCode> {
+    let Some(mut run) = runs::share_run(group, None)? else {
+        // Rank 0 could not prepare the run, and says why.
+        return Err(Quiet(1).into());
+    };
+    run.trainer.set_engine(args.engine.into());
+    agree(group, run.trainer.set_group(group).map_err(Into::into))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    distributed::stop_on_signals(stop.clone());
+    let options = RunOptions {
+        out: None,
+        stop: Some(stop),
+        stop_at: None,
+        exact_eval: true,
+    };
+    let result = run_training(&mut run, &options, &mut |_| {});
+    if result.is_ok() {
+        // Rank 0 reports every rank's time in the gradient sums.
+        group.gradient_sum_seconds();
+    }
+    match result {
+        Ok(outcome) if outcome.interrupted => Ok(ExitCode::from(130)),
+        Ok(_) => Ok(ExitCode::SUCCESS),
+        // Every rank sees the same loss: rank 0 reports it.
+        Err(RunError::NonFinite { .. }) => Err(Quiet(1).into()),
+        Err(e) => super::abort_job(group, &e.into()),
+    }
+}
+
+pub fn run(args: TrainArgs, group: Group) -> Result<ExitCode> {
+    if !group.is_root() {
+        return follow(&args, group);
+    }
+    let mut prepared = prepare(&args);
+    // The other ranks wait for the run, or for word that there is none.
+    runs::share_run(group, prepared.as_mut().ok().map(|p| &mut p.run))?;
     let Prepared {
         mut run,
         out,
@@ -355,8 +393,11 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
         notes,
         // Held to the end of the run: no other process trains `out` meanwhile.
         lock: _lock,
-    } = prepare(&args)?;
+    } = prepared?;
     run.trainer.set_engine(args.engine.into());
+    if group.size() > 1 {
+        agree(group, run.trainer.set_group(group).map_err(Into::into))?;
+    }
     let train_cfg = run.trainer.config.clone();
     let model_cfg = run.trainer.model.config.clone();
     let samples_path = out.join(SAMPLES_FILE);
@@ -389,6 +430,21 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
         );
     }
     say!("{}", split_line(&run));
+    if group.size() > 1 {
+        let shards = run.trainer.total_shards();
+        say!(
+            "across {} ranks: each batch of {} in {shards} shards, the steps one process with {shards} threads takes",
+            group.size(),
+            train_cfg.batch_size,
+        );
+        distributed::set_fault_note(match run.saved_step {
+            Some(step) => format!(
+                "the checkpoint of step {step} in {} is intact",
+                out.display()
+            ),
+            None => format!("nothing was saved yet in {}", out.display()),
+        });
+    }
     for line in &notes {
         note!("note: {line}");
     }
@@ -408,7 +464,10 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
     bar.enable_steady_tick(Duration::from_millis(250));
 
     let stop = Arc::new(AtomicBool::new(false));
-    {
+    if group.size() > 1 {
+        // mpirun turns Ctrl-C into SIGTERM for every rank; they agree at the next step.
+        distributed::stop_on_signals(stop.clone());
+    } else {
         let stop = stop.clone();
         let bar = bar.clone();
         // A second Ctrl-C quits at once; the atomic writes keep the last checkpoint intact.
@@ -480,6 +539,13 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
                 }
                 say!("{line}\n{}", indent(&sample));
             });
+            if saved && group.size() > 1 {
+                distributed::set_fault_note(format!(
+                    "the checkpoint of step {} in {} is intact",
+                    row.step,
+                    out.display()
+                ));
+            }
             let record = runs::sample_record(row.step, row.val_loss, &sample);
             if let Err(e) = runs::append(&samples_path, &record) {
                 bar.suspend(|| note!("warning: cannot write {}: {e}", samples_path.display()));
@@ -494,7 +560,23 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
     bar.finish_and_clear();
     // The plot also shows the steps after the last evaluation (a run stopped by Ctrl-C).
     draw_plot(&run.metrics, &run.step_rows, &bar);
-    let outcome = result?;
+    let outcome = match result {
+        // The other ranks may be waiting for this one in the next step: end them too.
+        Err(e) if group.size() > 1 => super::abort_job(group, &e.into()),
+        other => other?,
+    };
+    if group.size() > 1 {
+        if let Some(seconds) = group.gradient_sum_seconds() {
+            let bytes = 4 * run.trainer.model.num_params();
+            let ms: Vec<String> = seconds.iter().map(|s| format!("{:.1}", s * 1e3)).collect();
+            say!(
+                "gradient sum across ranks: {} ms per step on ranks {} ({:.1} MB of gradient; the least is close to the sum's own cost, the rest is waiting for slower ranks)",
+                ms.join(", "),
+                (0..group.size()).map(|r| r.to_string()).collect::<Vec<_>>().join(", "),
+                bytes as f64 / 1e6
+            );
+        }
+    }
     report(&run, &outcome, &out, &samples_path, &name)
 }
 
