@@ -133,10 +133,24 @@ impl LiveEvent {
     }
 }
 
+/// The parameters of a training at its last evaluation, for the inspection views: a copy, so
+/// that looking never waits for (or slows) a step.
+pub struct Snapshot {
+    pub model: chargpt::model::Model,
+    pub tokenizer: chargpt::tokenizer::Tokenizer,
+    pub step: usize,
+    /// The text it trains on (its val split gives the surprise view its excerpts).
+    pub data: chargpt::checkpoint::DataInfo,
+    /// The embeddings view's answer for these parameters, once asked.
+    pub embeddings: std::sync::OnceLock<Vec<u8>>,
+}
+
 /// A training of this server: its stop switch and the log of everything it reported.
 pub struct LiveRun {
     pub name: String,
     pub stop: Arc<AtomicBool>,
+    /// Its model at the last evaluation (none before the first).
+    snapshot: Mutex<Option<Arc<Snapshot>>>,
     log: Mutex<Vec<LiveEvent>>,
     /// How many events the log holds; readers wait for it to change.
     count: watch::Sender<usize>,
@@ -148,6 +162,7 @@ impl LiveRun {
         LiveRun {
             name: name.to_string(),
             stop: Arc::new(AtomicBool::new(false)),
+            snapshot: Mutex::new(None),
             log: Mutex::new(Vec::new()),
             count: watch::Sender::new(0),
             thread: Mutex::new(None),
@@ -181,6 +196,11 @@ impl LiveRun {
             LiveEvent::Step(p) => Some(*p),
             _ => None,
         })
+    }
+
+    /// The model as it was at the last evaluation.
+    pub fn snapshot(&self) -> Option<Arc<Snapshot>> {
+        lock(&self.snapshot).clone()
     }
 
     pub fn request_stop(&self) {
@@ -388,9 +408,15 @@ fn train(live: &LiveRun, prepared: Prepared) {
         stop: Some(live.stop.clone()),
         stop_at: None,
         exact_eval: true,
+        probe: Some(chargpt::inspect::default_probe(
+            &run.tokenizer,
+            &run.dataset.val,
+            run.trainer.model.config.block_size,
+        )),
     };
     let seed = run.trainer.config.seed;
     let samples_path = out.join(SAMPLES_FILE);
+    let data = run.data.clone();
     let result = run_training(&mut run, &options, &mut |event| match event {
         RunEvent::Step {
             stats,
@@ -415,6 +441,14 @@ fn train(live: &LiveRun, prepared: Prepared) {
             tokenizer,
             ..
         } => {
+            // Before the event goes out, so that a page refreshing on it sees these parameters.
+            *lock(&live.snapshot) = Some(Arc::new(Snapshot {
+                model: model.clone(),
+                tokenizer: tokenizer.clone(),
+                step: row.step,
+                data: data.clone(),
+                embeddings: std::sync::OnceLock::new(),
+            }));
             let sample = runs::eval_sample(model, tokenizer, seed, row.step, EVAL_SAMPLE);
             let _ = runs::append(
                 &samples_path,
