@@ -68,7 +68,35 @@ pub enum Activation {
     Relu,
     /// The tanh approximation of GELU (as in GPT-2 and llm.c).
     Gelu,
+    /// ReLU squared, `relu(x)^2` (Primer; the modded-nanogpt speedrun).
+    Relu2,
 }
+
+/// How the model knows where a character is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Position {
+    /// A learned vector per position added to the token embedding (`position_embedding.weight`).
+    #[default]
+    Learned,
+    /// Rotary position embedding: each head's queries and keys rotated by an angle proportional
+    /// to their position, so that scores depend on relative positions only; no parameters.
+    Rope,
+}
+
+/// The kind of the pre-norms (`ln1`, `ln2`, `ln_f`) when `layer_norm` is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NormKind {
+    /// LayerNorm: subtract the mean, divide by the standard deviation, scale and shift.
+    #[default]
+    Layer,
+    /// RMSNorm: divide by the root mean square, scale; no mean, no shift (no bias tensor).
+    Rms,
+}
+
+/// The base of RoPE's angles: pair i of a head of size hs turns by `position * BASE^(-2i/hs)`.
+pub const ROPE_BASE: f64 = 10000.0;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -106,6 +134,29 @@ pub struct ModelConfig {
     /// `lm_head`.
     pub layer_norm: bool,
     pub init: Init,
+    /// Learned position embedding, or rotary (RoPE). Checkpoints from before these settings have
+    /// none of the fields below and load as the lecture's model: learned positions, LayerNorm, no
+    /// QK-norm, an untied `lm_head`, biases.
+    #[serde(default)]
+    pub position: Position,
+    /// LayerNorm or RMSNorm for the pre-norms (with `layer_norm` on).
+    #[serde(default)]
+    pub norm: NormKind,
+    /// RMSNorm of every head's queries and keys (each with a learned gain of head_size) before
+    /// the scores (and before RoPE).
+    #[serde(default)]
+    pub qk_norm: bool,
+    /// `lm_head` reuses `token_embedding.weight` (one tensor, both uses' gradients summed).
+    #[serde(default)]
+    pub tie_embeddings: bool,
+    /// Biases in the linear layers (attention projection, feed-forward, `lm_head`) and in the
+    /// LayerNorms; `false` removes them all.
+    #[serde(default = "default_true")]
+    pub bias: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -114,6 +165,21 @@ pub enum LrSchedule {
     Constant,
     /// Linear warm-up over `warmup_steps`, then cosine decay to `min_lr` at the last step.
     Cosine,
+    /// Warm-up, stable, decay: linear warm-up, constant at `learning_rate`, then a linear decay
+    /// to `min_lr` over the last `decay_fraction` of the steps.
+    Wsd,
+}
+
+/// Which optimizer updates the parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OptimizerKind {
+    /// AdamW on every tensor.
+    #[default]
+    Adamw,
+    /// Muon (momentum orthogonalised by Newton-Schulz) on the blocks' 2-D weight matrices, at
+    /// `muon_lr`; AdamW on the embeddings, `lm_head`, gains and biases.
+    Muon,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -180,6 +246,35 @@ pub struct TrainConfig {
     /// load as fp32).
     #[serde(default)]
     pub precision: Precision,
+    /// With `lr_schedule = wsd`: the fraction of the steps, at the end, over which the learning
+    /// rate decays linearly to `min_lr`.
+    #[serde(default = "default_decay_fraction")]
+    pub decay_fraction: f32,
+    /// `adamw`, or `muon` for the blocks' weight matrices (checkpoints from before this setting
+    /// load as AdamW).
+    #[serde(default)]
+    pub optimizer: OptimizerKind,
+    /// Muon's peak learning rate (it follows `lr_schedule` as AdamW's does).
+    #[serde(default = "default_muon_lr")]
+    pub muon_lr: f32,
+    /// Muon's momentum (Nesterov).
+    #[serde(default = "default_muon_momentum")]
+    pub muon_momentum: f32,
+    /// Decoupled weight decay on the matrices Muon updates: `W *= 1 - muon_lr * wd` per step.
+    #[serde(default)]
+    pub muon_weight_decay: f32,
+}
+
+fn default_decay_fraction() -> f32 {
+    0.2
+}
+
+fn default_muon_lr() -> f32 {
+    0.02
+}
+
+fn default_muon_momentum() -> f32 {
+    0.95
 }
 
 impl TrainConfig {
@@ -202,6 +297,11 @@ impl TrainConfig {
             eval_iters: 200,
             seed: 1337,
             precision: Precision::Fp32,
+            decay_fraction: default_decay_fraction(),
+            optimizer: OptimizerKind::Adamw,
+            muon_lr: default_muon_lr(),
+            muon_momentum: default_muon_momentum(),
+            muon_weight_decay: 0.0,
         }
     }
 
@@ -243,6 +343,18 @@ impl TrainConfig {
         if self.eval_iters == 0 {
             return bad("eval_iters must be at least 1");
         }
+        if !(self.decay_fraction > 0.0 && self.decay_fraction <= 1.0) {
+            return bad("decay_fraction must lie in (0, 1]: the share of the steps the wsd schedule decays over (0.2 is usual)");
+        }
+        if !(self.muon_lr.is_finite() && self.muon_lr > 0.0) {
+            return bad("muon_lr must be a positive number (0.02 is usual)");
+        }
+        if !(0.0..1.0).contains(&self.muon_momentum) {
+            return bad("muon_momentum must lie in [0, 1) (0.95 is usual)");
+        }
+        if !(self.muon_weight_decay.is_finite() && self.muon_weight_decay >= 0.0) {
+            return bad("muon_weight_decay must be zero or positive");
+        }
         self.precision.check_supported()
     }
 }
@@ -250,6 +362,11 @@ impl TrainConfig {
 impl ModelConfig {
     pub fn head_size(&self) -> usize {
         self.n_embd / self.n_head
+    }
+
+    /// Whether the pre-norms have a bias (a shift): LayerNorm with `bias` on; RMSNorm never.
+    pub fn norm_has_bias(&self) -> bool {
+        self.bias && self.norm == NormKind::Layer
     }
 
     /// The factor on `q . k` before the softmax.
@@ -292,6 +409,14 @@ impl ModelConfig {
                 self.n_embd, self.n_head
             ));
         }
+        if self.position == Position::Rope && !self.head_size().is_multiple_of(2) {
+            return bad(format!(
+                "position=rope turns pairs of channels, so the head size n_embd / n_head must be even, got {} / {} = {}",
+                self.n_embd,
+                self.n_head,
+                self.head_size()
+            ));
+        }
         Ok(())
     }
 }
@@ -331,6 +456,11 @@ fn gpt(
         residual: true,
         layer_norm: true,
         init: Init::Lecture,
+        position: Position::Learned,
+        norm: NormKind::Layer,
+        qk_norm: false,
+        tie_embeddings: false,
+        bias: true,
     }
 }
 
@@ -756,6 +886,95 @@ mod tests {
         apply_override(&mut cfg, "precision", "bf16").unwrap();
         assert_eq!(cfg.precision, Precision::Bf16);
         assert!(apply_override(&mut cfg, "precision", "fp16").is_err());
+    }
+
+    /// Configs written before the modern settings existed (checkpoints, fixtures) have none of
+    /// their fields and load as today's behaviour: learned positions, LayerNorm, no QK-norm, an
+    /// untied head, biases, AdamW; every setting takes its value through `--set`.
+    #[test]
+    fn configs_without_the_modern_fields_load_as_the_lecture_model() {
+        let p = preset("nanogpt-cpu").unwrap();
+        let mut model = serde_json::to_value(&p.model).unwrap();
+        for key in ["position", "norm", "qk_norm", "tie_embeddings", "bias"] {
+            assert!(
+                model.as_object_mut().unwrap().remove(key).is_some(),
+                "{key}"
+            );
+        }
+        let model: ModelConfig = serde_json::from_value(model).unwrap();
+        assert_eq!(model, p.model);
+        let mut train = serde_json::to_value(&p.train).unwrap();
+        for key in [
+            "decay_fraction",
+            "optimizer",
+            "muon_lr",
+            "muon_momentum",
+            "muon_weight_decay",
+        ] {
+            assert!(
+                train.as_object_mut().unwrap().remove(key).is_some(),
+                "{key}"
+            );
+        }
+        let train: TrainConfig = serde_json::from_value(train).unwrap();
+        assert_eq!(train, p.train);
+        assert_eq!(train.optimizer, OptimizerKind::Adamw);
+
+        let (mut m, mut t) = (p.model, p.train);
+        for (k, v) in [
+            ("position", "rope"),
+            ("norm", "rms"),
+            ("activation", "relu2"),
+            ("qk_norm", "true"),
+            ("tie_embeddings", "true"),
+            ("bias", "false"),
+            ("lr_schedule", "wsd"),
+            ("decay_fraction", "0.3"),
+            ("optimizer", "muon"),
+            ("muon_lr", "0.03"),
+        ] {
+            apply_to_configs(&mut m, &mut t, k, v).unwrap();
+        }
+        assert_eq!(
+            (m.position, m.norm, m.activation),
+            (Position::Rope, NormKind::Rms, Activation::Relu2)
+        );
+        assert!(m.qk_norm && m.tie_embeddings && !m.bias);
+        assert_eq!(
+            (t.lr_schedule, t.optimizer),
+            (LrSchedule::Wsd, OptimizerKind::Muon)
+        );
+        assert_eq!((t.decay_fraction, t.muon_lr), (0.3, 0.03));
+        let err = apply_to_configs(&mut m, &mut t, "optimizer", "sgd").unwrap_err();
+        assert!(err.to_string().contains("`adamw` or `muon`"), "{err}");
+    }
+
+    #[test]
+    fn modern_settings_are_validated_in_one_line() {
+        let mut m = preset("layernorm").unwrap().model;
+        m.vocab_size = 65;
+        m.position = Position::Rope;
+        m.n_embd = 36;
+        m.n_head = 4;
+        let err = m.validate().unwrap_err().to_string();
+        assert!(err.contains("must be even") && !err.contains('\n'), "{err}");
+        m.n_embd = 32;
+        m.validate().unwrap();
+        let mut t = TrainConfig::lecture(4, 10, 1e-3);
+        for (key, value) in [
+            ("decay_fraction", 0.0),
+            ("decay_fraction", 1.5),
+            ("muon_lr", 0.0),
+            ("muon_momentum", 1.0),
+            ("muon_weight_decay", -1.0),
+        ] {
+            let mut bad = t.clone();
+            apply_override(&mut bad, key, &value.to_string()).unwrap();
+            let err = bad.validate().unwrap_err().to_string();
+            assert!(err.contains(key), "{key}={value}: {err}");
+        }
+        t.decay_fraction = 1.0;
+        t.validate().unwrap();
     }
 
     #[test]

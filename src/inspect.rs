@@ -23,8 +23,9 @@
 //! web page) call these and never the model's buffers directly.
 
 use crate::checkpoint::{write_atomic, CheckpointError};
-use crate::config::{Architecture, ModelConfig};
+use crate::config::{Architecture, ModelConfig, NormKind, Position};
 use crate::data::{fill_windows, window_count};
+use crate::kernels::{layernorm, rmsnorm};
 use crate::model::{Activations, Model, ParamLayout};
 use crate::sampling::{distribution, SampleSettings};
 use crate::tokenizer::{TokenId, Tokenizer};
@@ -384,12 +385,19 @@ pub struct HeadTrace {
     pub scale: f32,
     /// The block's input at t, (C).
     pub input: Vec<f32>,
-    /// `ln1(input)`, what the head's q, k and v are computed from (the input itself without
-    /// LayerNorm), (C).
+    /// Whether q and k are RMS-normalised per head (`qk_norm`) and rotated by their position
+    /// (`position = rope`) between the linear map and the scores.
+    pub qk_norm: bool,
+    pub rope: bool,
+    /// `ln1(input)` (LayerNorm or RMSNorm, as the model has it), what the head's q, k and v are
+    /// computed from (the input itself without a norm), (C).
     pub normed: Vec<f32>,
-    /// `q_t = normed Wq^T` for this head, (hs).
+    /// `normed Wq^T` for this head, (hs): the query before QK-norm and rotation (the query
+    /// itself when the model has neither).
+    pub q_linear: Vec<f32>,
+    /// `q_t` as the scores read it, (hs).
     pub q: Vec<f32>,
-    /// `k_u` and `v_u` of every position u <= t, (t + 1, hs) each.
+    /// `k_u` (as the scores read them) and `v_u` of every position u <= t, (t + 1, hs) each.
     pub k: Vec<Vec<f32>>,
     pub v: Vec<Vec<f32>>,
     /// `q_t . k_u` for u <= t.
@@ -444,25 +452,39 @@ pub fn head_trace(
     let t = position;
     let x = acts.block_input(layer).expect("layer checked");
     let input = x[t * c..(t + 1) * c].to_vec();
-    let normed = match &model.layout.blocks[layer].ln1 {
+    let block = &model.layout.blocks[layer];
+    let normed = match &block.ln1 {
         Some(norm) => {
-            let (w, b) = (
-                &model.params[norm.weight.clone()],
-                &model.params[norm.bias.clone()],
-            );
-            let mean = input.iter().map(|&a| a as f64).sum::<f64>() / c as f64;
-            let var = input
-                .iter()
-                .map(|&a| (a as f64 - mean).powi(2))
-                .sum::<f64>()
-                / c as f64;
-            let rstd = 1.0 / (var + 1e-5).sqrt();
-            (0..c)
-                .map(|i| ((input[i] as f64 - mean) * rstd) as f32 * w[i] + b[i])
-                .collect()
+            let weight = &model.params[norm.weight.clone()];
+            let mut out = vec![0.0f32; c];
+            let mut stats = [0.0f32; 2];
+            let (mean, rstd) = stats.split_at_mut(1);
+            match cfg.norm {
+                NormKind::Layer => {
+                    let bias = norm.bias.as_ref().map(|b| &model.params[b.clone()]);
+                    layernorm::forward(&mut out, mean, rstd, &input, weight, bias, c)
+                }
+                NormKind::Rms => rmsnorm::forward(&mut out, rstd, &input, weight, c),
+            }
+            out
         }
         None => input.clone(),
     };
+    // The linear maps themselves, from the weights: row `h * hs + i` of the q (k, v) third of
+    // qkv.weight dotted with the normed input.
+    let w = &model.params[block.qkv.weight.clone()];
+    let linear = |part: usize, x: &[f32]| -> Vec<f32> {
+        (0..hs)
+            .map(|i| {
+                let row = &w[(part * c + head * hs + i) * c..][..c];
+                row.iter().zip(x).map(|(a, b)| a * b).sum()
+            })
+            .collect()
+    };
+    let q_linear = linear(0, &normed);
+    // k and v of earlier positions come from the forward pass's own rows (their normed inputs
+    // are not kept); q, k as the scores read them, after QK-norm and rotation where the model
+    // has them.
     let qkv = acts.qkv(layer).expect("layer checked");
     let row = |u: usize, part: usize| {
         let at = u * 3 * c + part * c + head * hs;
@@ -491,8 +513,11 @@ pub fn head_trace(
         position,
         head_size: hs,
         scale,
+        qk_norm: block.qk_norm.is_some(),
+        rope: cfg.position == Position::Rope,
         input,
         normed,
+        q_linear,
         q,
         k,
         v,
@@ -1104,13 +1129,10 @@ mod tests {
                     &row[..]
                 );
                 assert_eq!(trace.visible.iter().filter(|&&v| v).count(), position + 1);
-                // q = ln1(x) Wq: row `head * hs + i` of qkv.weight dotted with the normed input.
-                let c = m.config.n_embd;
-                let w = &m.params[m.layout.blocks[layer].qkv.weight.clone()];
-                let q0: f32 = (0..c)
-                    .map(|j| w[(head * trace.head_size) * c + j] * trace.normed[j])
-                    .sum();
-                assert!((q0 - trace.q[0]).abs() < 1e-5, "{q0} vs {}", trace.q[0]);
+                // q = ln1(x) Wq, computed from the weights, is the forward pass's q.
+                for (a, b) in trace.q_linear.iter().zip(&trace.q) {
+                    assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+                }
             }
         }
         let m = model("nanogpt-cpu", 5);

@@ -8,6 +8,12 @@
 //! that added LayerNorm the lecture still used PyTorch's init and n_embd scaling, so the rung
 //! applies both on top of the preset. The last rung, `lecture`, is the 10.8M-parameter model;
 //! it takes hours on a CPU and is trained only when asked for.
+//!
+//! The modern ladder ([`MODERN_RUNGS`]) continues past the lecture: from nanoGPT's CPU shape,
+//! each rung adds one idea of the years since (rotary positions, RMSNorm, ReLU squared,
+//! QK-norm, tied embeddings, no biases, the wsd schedule, Muon) to all the rungs before, at the
+//! same budget of steps, trained with several seeds so that a gain can be told from noise
+//! ([`Spread`], [`paired_difference`]).
 
 use crate::config::{self, apply_to_configs, ConfigError, ModelConfig, TrainConfig};
 
@@ -103,6 +109,8 @@ pub enum LadderError {
     NeedsIncludeBig(String),
     #[error("--rungs names no rung; give a comma-separated list such as bigram,single-head")]
     Empty,
+    #[error("unknown modern rung {0:?}; the modern rungs are {names}", names = modern_rung_names())]
+    UnknownModernRung(String),
 }
 
 /// The rungs' names, comma-separated.
@@ -169,6 +177,167 @@ pub fn with_steps(train: &TrainConfig, steps: usize) -> TrainConfig {
         eval_interval: interval.clamp(1, steps.max(1)),
         ..train.clone()
     }
+}
+
+/// The preset the modern ladder climbs from: nanoGPT's CPU shape (4 layers, 4 heads, 128 wide,
+/// block 64, batch 12, GELU, AdamW at 1e-3 with warm-up and cosine decay, 2000 steps), the
+/// lecture's architecture at a size a CPU trains in about a minute.
+pub const MODERN_BASE: &str = "nanogpt-cpu";
+
+/// Seeds per rung of the modern ladder unless `--seeds` says otherwise: enough for a mean and
+/// a spread.
+pub const MODERN_SEEDS: usize = 3;
+
+/// One rung of the modern ladder: one idea from after the lecture, added to every rung before.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModernRung {
+    /// The rung's name (`--rungs` takes these with `--modern`).
+    pub name: &'static str,
+    /// What the rung adds, in words.
+    pub idea: &'static str,
+    /// The settings it adds (`KEY`, `VALUE`), on top of the base and the rungs before.
+    pub adds: &'static [(&'static str, &'static str)],
+}
+
+/// The modern rungs in the order they are climbed. The first is the base itself.
+pub const MODERN_RUNGS: &[ModernRung] = &[
+    ModernRung {
+        name: "base",
+        idea: "nanoGPT's CPU run as the lecture builds it: learned positions, LayerNorm, GELU, biases, AdamW, cosine schedule",
+        adds: &[],
+    },
+    ModernRung {
+        name: "rope",
+        idea: "rotary position embedding on queries and keys instead of a learned position table",
+        adds: &[("position", "rope")],
+    },
+    ModernRung {
+        name: "rmsnorm",
+        idea: "RMSNorm instead of LayerNorm: no mean subtraction, no shift",
+        adds: &[("norm", "rms")],
+    },
+    ModernRung {
+        name: "relu2",
+        idea: "ReLU squared in the feed-forward layer instead of GELU",
+        adds: &[("activation", "relu2")],
+    },
+    ModernRung {
+        name: "qk-norm",
+        idea: "RMSNorm of every head's queries and keys before the scores",
+        adds: &[("qk_norm", "true")],
+    },
+    ModernRung {
+        name: "tied",
+        idea: "lm_head shares the token embedding's weight",
+        adds: &[("tie_embeddings", "true")],
+    },
+    ModernRung {
+        name: "no-bias",
+        idea: "no biases in the linear layers and norms",
+        adds: &[("bias", "false")],
+    },
+    ModernRung {
+        name: "wsd",
+        idea: "warm-up, stable, then linear decay over the last 20% (instead of cosine)",
+        adds: &[("lr_schedule", "wsd")],
+    },
+    ModernRung {
+        name: "muon",
+        idea: "Muon (orthogonalised momentum) on the blocks' matrices, AdamW on the rest",
+        adds: &[("optimizer", "muon")],
+    },
+];
+
+/// The modern rungs' names, comma-separated.
+pub fn modern_rung_names() -> String {
+    MODERN_RUNGS
+        .iter()
+        .map(|r| r.name)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The indices of the modern rungs to train: those of `list` (in the ladder's order whatever
+/// order they are given in), or all. A rung always includes every rung before it in
+/// [`MODERN_RUNGS`], trained or not.
+pub fn select_modern(list: Option<&str>) -> Result<Vec<usize>, LadderError> {
+    let Some(list) = list else {
+        return Ok((0..MODERN_RUNGS.len()).collect());
+    };
+    let mut chosen = Vec::new();
+    for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        let i = MODERN_RUNGS
+            .iter()
+            .position(|r| r.name == name)
+            .ok_or_else(|| LadderError::UnknownModernRung(name.to_string()))?;
+        if chosen.contains(&i) {
+            return Err(LadderError::Repeated(name.to_string()));
+        }
+        chosen.push(i);
+    }
+    if chosen.is_empty() {
+        return Err(LadderError::Empty);
+    }
+    chosen.sort_unstable();
+    Ok(chosen)
+}
+
+/// The model and training settings of modern rung `index`: [`MODERN_BASE`] with the settings
+/// of rungs `0..=index`.
+pub fn modern_configs(index: usize) -> Result<(ModelConfig, TrainConfig), ConfigError> {
+    let preset = config::preset(MODERN_BASE)?;
+    let (mut model, mut train) = (preset.model, preset.train);
+    for rung in &MODERN_RUNGS[..=index] {
+        for (key, value) in rung.adds {
+            apply_to_configs(&mut model, &mut train, key, value)?;
+        }
+    }
+    Ok((model, train))
+}
+
+/// Mean, sample standard deviation (0 for one value), minimum and maximum.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Spread {
+    pub mean: f64,
+    pub sd: f64,
+    pub min: f64,
+    pub max: f64,
+    pub n: usize,
+}
+
+impl Spread {
+    pub fn of(values: &[f64]) -> Spread {
+        let n = values.len();
+        let mean = values.iter().sum::<f64>() / n.max(1) as f64;
+        let var = if n > 1 {
+            values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64
+        } else {
+            0.0
+        };
+        Spread {
+            mean,
+            sd: var.sqrt(),
+            min: values.iter().copied().fold(f64::INFINITY, f64::min),
+            max: values.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+            n,
+        }
+    }
+
+    /// The standard error of the mean, `sd / sqrt(n)`.
+    pub fn standard_error(&self) -> f64 {
+        self.sd / (self.n.max(1) as f64).sqrt()
+    }
+}
+
+/// What a rung buys against the rung before it, seed by seed (the same seeds draw the same
+/// batches, so the paired differences cancel much of the noise of the data order): the
+/// spread of `after[i] - before[i]`, and whether its mean is more than twice its standard
+/// error away from 0 (a gain, or a loss, that the seeds agree on).
+pub fn paired_difference(before: &[f64], after: &[f64]) -> (Spread, bool) {
+    let diffs: Vec<f64> = after.iter().zip(before).map(|(a, b)| a - b).collect();
+    let spread = Spread::of(&diffs);
+    let clear = spread.n > 1 && spread.mean.abs() > 2.0 * spread.standard_error();
+    (spread, clear)
 }
 
 #[cfg(test)]
@@ -272,6 +441,53 @@ mod tests {
             err.contains("trigram") && err.contains("layernorm"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn modern_rungs_add_one_idea_each_on_the_nanogpt_shape() {
+        let (base_model, base_train) = modern_configs(0).unwrap();
+        let preset = config::preset(MODERN_BASE).unwrap();
+        assert_eq!((&base_model, &base_train), (&preset.model, &preset.train));
+        for (i, rung) in MODERN_RUNGS.iter().enumerate().skip(1) {
+            let (before, before_train) = modern_configs(i - 1).unwrap();
+            let (after, after_train) = modern_configs(i).unwrap();
+            let model_changes = usize::from(before != after);
+            let train_changes = usize::from(before_train != after_train);
+            assert_eq!(
+                model_changes + train_changes,
+                1,
+                "{} changes one thing",
+                rung.name
+            );
+            let mut m = after.clone();
+            m.vocab_size = 65;
+            m.validate().unwrap();
+            after_train.validate().unwrap();
+            // The budget stays the base's.
+            assert_eq!(
+                (after_train.steps, after_train.batch_size, after.block_size),
+                (2000, 12, 64)
+            );
+        }
+        let (top, top_train) = modern_configs(MODERN_RUNGS.len() - 1).unwrap();
+        assert!(top.qk_norm && top.tie_embeddings && !top.bias);
+        assert_eq!(top_train.optimizer, crate::config::OptimizerKind::Muon);
+        assert_eq!(select_modern(Some("muon, rope")).unwrap(), [1, 8]);
+        assert_eq!(select_modern(None).unwrap().len(), MODERN_RUNGS.len());
+        let err = select_modern(Some("swiglu")).unwrap_err().to_string();
+        assert!(err.contains("swiglu") && err.contains("qk-norm"), "{err}");
+    }
+
+    #[test]
+    fn spreads_and_paired_differences() {
+        let s = Spread::of(&[1.0, 2.0, 3.0]);
+        assert_eq!((s.mean, s.sd, s.min, s.max, s.n), (2.0, 1.0, 1.0, 3.0, 3));
+        // The same shift on every seed is clear, however noisy the seeds are.
+        let (d, clear) = paired_difference(&[1.50, 1.60, 1.55], &[1.49, 1.59, 1.54]);
+        assert!((d.mean + 0.01).abs() < 1e-9 && clear);
+        let (_, clear) = paired_difference(&[1.50, 1.60, 1.55], &[1.52, 1.57, 1.55]);
+        assert!(!clear);
+        assert_eq!(Spread::of(&[2.0]).sd, 0.0);
     }
 
     #[test]

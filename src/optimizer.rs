@@ -9,10 +9,28 @@
 //! ```
 //! The moments share the parameters' flat layout, so the whole update is one fused loop over the
 //! buffer; the only per-tensor choice is whether weight decay applies (all tensors, or matrices).
+//!
+//! Muon (`optimizer = muon`; Keller Jordan's, from the modded-nanogpt speedrun) replaces AdamW on
+//! the blocks' 2-D weights W (rows x cols). Per step, with momentum mu and the gradient g:
+//! ```text
+//! m  <- mu m + g                                  momentum (kept in AdamW's `m` slot)
+//! u  <- g + mu m                                  Nesterov
+//! X  <- u / (||u||_F + 1e-7), transposed if rows > cols (so X is a x b with a <= b)
+//! 5 times: A = X X^T;  X <- 3.4445 X + (-4.7750 A + 2.0315 A A) X
+//! W  <- W (1 - lr_mu wd_mu) - lr_mu max(1, rows/cols)^0.5 X (transposed back)
+//! ```
+//! The Newton-Schulz iteration drives every singular value of X towards 1 (to about 0.7-1.2 in
+//! 5 steps) while keeping its singular vectors: the update is the gradient's "direction" with
+//! every direction given the same step, so the small singular directions that AdamW would barely
+//! move learn as fast as the large ones. `lr_mu` follows the schedule: `muon_lr * lr / learning_rate`.
+//! Embeddings, `lm_head`, gains and biases stay on AdamW. The products go through `gemm`, one
+//! matrix per thread, in per-thread scratch that grows in the first step (no allocation after).
 
-use crate::config::{DecayOn, LrSchedule, TrainConfig};
+use crate::config::{DecayOn, LrSchedule, OptimizerKind, TrainConfig};
+use crate::kernels::SharedMut;
 use crate::model::ParamLayout;
 use rayon::prelude::*;
+use std::cell::RefCell;
 
 /// The optimizer's state: both moments and the number of steps taken.
 #[derive(Debug, Clone, PartialEq)]
@@ -60,12 +78,16 @@ impl AdamW {
         };
         let decay_factor = 1.0 - lr * cfg.weight_decay;
         let specs = &layout.specs;
+        let muon = cfg.optimizer == OptimizerKind::Muon;
         // One pass over the flat buffer in fixed chunks; each chunk walks the tensors it overlaps
         // to know whether weight decay applies to them.
         let update_chunk = |(i, ((p, g), (m, v))): ChunkRefs| {
             let (c0, c1) = (i * CHUNK, i * CHUNK + p.len());
             let first = specs.partition_point(|s| s.offset + s.len() <= c0);
             for spec in specs[first..].iter().take_while(|s| s.offset < c1) {
+                if muon && spec.is_hidden_matrix() {
+                    continue;
+                }
                 let lo = spec.offset.max(c0) - c0;
                 let hi = (spec.offset + spec.len()).min(c1) - c0;
                 let decay = match cfg.decay_on {
@@ -99,6 +121,199 @@ impl AdamW {
                 .enumerate()
                 .for_each(update_chunk);
         }
+        if muon {
+            let muon_lr = cfg.muon_lr * lr / cfg.learning_rate;
+            let step = MuonStep {
+                lr: muon_lr,
+                momentum: cfg.muon_momentum,
+                keep: 1.0 - muon_lr * cfg.muon_weight_decay,
+                grad_scale,
+            };
+            muon_update(params, grads, &mut self.m, layout, step);
+        }
+    }
+}
+
+/// The per-step constants of a Muon update.
+#[derive(Debug, Clone, Copy)]
+pub struct MuonStep {
+    /// This step's Muon learning rate.
+    pub lr: f32,
+    pub momentum: f32,
+    /// `1 - lr * muon_weight_decay`.
+    pub keep: f32,
+    /// The clipping factor on the gradient.
+    pub grad_scale: f32,
+}
+
+/// Newton-Schulz's coefficients (the speedrun's quintic, tuned to converge fast from small
+/// singular values rather than exactly).
+pub const NS_COEFFICIENTS: (f32, f32, f32) = (3.4445, -4.7750, 2.0315);
+/// Newton-Schulz iterations per update.
+pub const NS_STEPS: usize = 5;
+
+thread_local! {
+    /// Per-thread scratch of the Newton-Schulz iteration: X and the next X (a x b each), A and
+    /// B (a x a each). Grows to the largest matrix the thread has seen.
+    static NEWTON_SCHULZ: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Muon on every hidden matrix of `layout` (see the module documentation), the momentum in
+/// `momentum` (the parameters' layout). One matrix per task.
+pub fn muon_update(
+    params: &mut [f32],
+    grads: &[f32],
+    momentum: &mut [f32],
+    layout: &ParamLayout,
+    step: MuonStep,
+) {
+    assert!(
+        params.len() == layout.len && momentum.len() == layout.len && grads.len() == layout.len
+    );
+    let hidden = layout.specs.iter().filter(|s| s.is_hidden_matrix());
+    let tasks = hidden.clone().count();
+    let (p_all, m_all) = (
+        SharedMut(params.as_mut_ptr()),
+        SharedMut(momentum.as_mut_ptr()),
+    );
+    let run = |i: usize| {
+        let spec = hidden.clone().nth(i).expect("counted above");
+        // SAFETY: the tensors of a layout are disjoint ranges inside the buffers (length checked
+        // above), and each task takes one tensor.
+        let (p, m) = unsafe {
+            (
+                std::slice::from_raw_parts_mut(p_all.get().add(spec.offset), spec.len()),
+                std::slice::from_raw_parts_mut(m_all.get().add(spec.offset), spec.len()),
+            )
+        };
+        muon_matrix(
+            p,
+            m,
+            &grads[spec.range()],
+            spec.shape[0],
+            spec.shape[1],
+            step,
+        );
+    };
+    if rayon::current_num_threads() == 1 || crate::kernels::is_sequential() {
+        (0..tasks).for_each(run);
+    } else {
+        (0..tasks).into_par_iter().with_max_len(1).for_each(run);
+    }
+}
+
+/// One matrix `p` (rows x cols) with its momentum `m` and gradient `g`.
+fn muon_matrix(p: &mut [f32], m: &mut [f32], g: &[f32], rows: usize, cols: usize, s: MuonStep) {
+    let _timer = crate::profile::scope(crate::profile::Kernel::Optimizer, false);
+    let (a, b) = (rows.min(cols), rows.max(cols));
+    let transposed = rows > cols;
+    NEWTON_SCHULZ.with(|scratch| {
+        let mut scratch = scratch.borrow_mut();
+        let need = 2 * a * b + 2 * a * a;
+        if scratch.len() < need {
+            scratch.resize(need, 0.0);
+        }
+        let (x, rest) = scratch.split_at_mut(a * b);
+        let (y, rest) = rest.split_at_mut(a * b);
+        let (gram, rest) = rest.split_at_mut(a * a);
+        let poly = &mut rest[..a * a];
+        // Momentum and the Nesterov update into X (transposed to a x b where rows > cols).
+        let mu = s.momentum;
+        for i in 0..rows {
+            for j in 0..cols {
+                let k = i * cols + j;
+                let grad = g[k] * s.grad_scale;
+                m[k] = mu * m[k] + grad;
+                let u = grad + mu * m[k];
+                let at = if transposed { j * b + i } else { k };
+                x[at] = u;
+            }
+        }
+        newton_schulz(x, y, gram, poly, a, b);
+        let scale = s.lr * (rows as f32 / cols as f32).max(1.0).sqrt();
+        for i in 0..rows {
+            for j in 0..cols {
+                let k = i * cols + j;
+                let at = if transposed { j * b + i } else { k };
+                p[k] = p[k] * s.keep - scale * x[at];
+            }
+        }
+    });
+}
+
+/// Orthogonalises `x` (a x b, a <= b) in place: `X / (||X||_F + 1e-7)`, then [`NS_STEPS`] of
+/// `A = X X^T, X = c0 X + (c1 A + c2 A A) X`. `y` (a x b), `gram` and `poly` (a x a) are scratch.
+fn newton_schulz(
+    x: &mut [f32],
+    y: &mut [f32],
+    gram: &mut [f32],
+    poly: &mut [f32],
+    a: usize,
+    b: usize,
+) {
+    use crate::kernels::matmul::gemm_strided;
+    let norm = sum_squares(x).sqrt() as f32;
+    let inv = 1.0 / (norm + 1e-7);
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
+    let (c0, c1, c2) = NS_COEFFICIENTS;
+    for _ in 0..NS_STEPS {
+        // SAFETY: every operand's extent follows from the slice lengths a*b and a*a.
+        unsafe {
+            // A = X X^T
+            gemm_strided(
+                a,
+                a,
+                b,
+                gram,
+                (a, 1),
+                false,
+                x,
+                (b, 1),
+                x,
+                (1, b),
+                1.0,
+                false,
+            );
+            // B = c1 A + c2 A A
+            for (q, &g) in poly.iter_mut().zip(gram.iter()) {
+                *q = c1 * g;
+            }
+            gemm_strided(
+                a,
+                a,
+                a,
+                poly,
+                (a, 1),
+                true,
+                gram,
+                (a, 1),
+                gram,
+                (a, 1),
+                c2,
+                false,
+            );
+            // Y = c0 X + B X
+            for (yv, &xv) in y.iter_mut().zip(x.iter()) {
+                *yv = c0 * xv;
+            }
+            gemm_strided(
+                a,
+                b,
+                a,
+                y,
+                (b, 1),
+                true,
+                poly,
+                (a, 1),
+                x,
+                (b, 1),
+                1.0,
+                false,
+            );
+        }
+        x.copy_from_slice(y);
     }
 }
 
@@ -172,10 +387,26 @@ pub fn clip_scale(norm: f32, max_norm: f32) -> f32 {
 
 /// The learning rate at step `step` (0-based): constant, or nanoGPT's linear warm-up
 /// `lr * (step + 1) / (warmup + 1)` followed by cosine decay from `lr` to `min_lr` at the last
-/// step.
+/// step, or (wsd) by `lr` held constant and then a linear decay to `min_lr` over the last
+/// `decay_fraction` of the steps ([`wsd_decay`]).
 pub fn learning_rate(cfg: &TrainConfig, step: usize) -> f32 {
     match cfg.lr_schedule {
         LrSchedule::Constant => cfg.learning_rate,
+        LrSchedule::Wsd => {
+            let (warmup, total) = (cfg.warmup_steps, cfg.steps);
+            if step < warmup {
+                return cfg.learning_rate * (step + 1) as f32 / (warmup + 1) as f32;
+            }
+            let (start, decay) = wsd_decay(cfg);
+            if step < start {
+                return cfg.learning_rate;
+            }
+            if step >= total {
+                return cfg.min_lr;
+            }
+            let ratio = (step - start) as f64 / decay as f64;
+            (cfg.learning_rate as f64 + ratio * (cfg.min_lr - cfg.learning_rate) as f64) as f32
+        }
         LrSchedule::Cosine => {
             let (warmup, total) = (cfg.warmup_steps, cfg.steps);
             if step < warmup {
@@ -191,10 +422,19 @@ pub fn learning_rate(cfg: &TrainConfig, step: usize) -> f32 {
     }
 }
 
+/// The wsd schedule's decay: (first step of the decay, its length), the last
+/// `decay_fraction` of the steps after the warm-up (at least one step).
+pub fn wsd_decay(cfg: &TrainConfig) -> (usize, usize) {
+    let (warmup, total) = (cfg.warmup_steps, cfg.steps);
+    let decay = ((cfg.decay_fraction as f64 * total as f64).round() as usize)
+        .clamp(1, total.saturating_sub(warmup).max(1));
+    (total.saturating_sub(decay), decay)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{preset, ModelConfig};
+    use crate::config::{preset, ModelConfig, OptimizerKind};
 
     fn tiny_layout() -> (ModelConfig, ParamLayout) {
         let mut cfg = preset("layernorm").unwrap().model;
@@ -260,6 +500,99 @@ mod tests {
         assert!((learning_rate(&cfg, 1000) - 1e-4).abs() < 1e-9);
         cfg.lr_schedule = LrSchedule::Constant;
         assert_eq!(learning_rate(&cfg, 5), 1e-3);
+    }
+
+    #[test]
+    fn wsd_warms_up_holds_then_decays_linearly_over_its_fraction() {
+        let mut cfg = TrainConfig::lecture(1, 1000, 1e-3);
+        cfg.lr_schedule = LrSchedule::Wsd;
+        cfg.warmup_steps = 100;
+        cfg.min_lr = 1e-4;
+        cfg.decay_fraction = 0.2;
+        assert_eq!(wsd_decay(&cfg), (800, 200));
+        assert!((learning_rate(&cfg, 0) - 1e-3 / 101.0).abs() < 1e-9);
+        assert_eq!(learning_rate(&cfg, 100), 1e-3);
+        assert_eq!(learning_rate(&cfg, 799), 1e-3);
+        assert_eq!(learning_rate(&cfg, 800), 1e-3);
+        assert!((learning_rate(&cfg, 900) - 5.5e-4).abs() < 1e-7);
+        assert!((learning_rate(&cfg, 999) - (1e-4 + 0.9e-3 / 200.0)).abs() < 1e-7);
+        assert_eq!(learning_rate(&cfg, 1000), 1e-4);
+        // A fraction longer than what the warm-up leaves decays right after it.
+        cfg.decay_fraction = 1.0;
+        assert_eq!(wsd_decay(&cfg), (100, 900));
+        cfg.steps = 3;
+        cfg.warmup_steps = 0;
+        cfg.decay_fraction = 0.01;
+        assert_eq!(wsd_decay(&cfg), (2, 1), "at least one step of decay");
+    }
+
+    /// Muon moves the hidden matrices as the plain-loop twin does (two steps: the momentum is
+    /// used), and AdamW everything else exactly as `optimizer = adamw` would.
+    #[test]
+    fn muon_matches_its_reference_and_leaves_the_rest_to_adamw() {
+        let mut mcfg = preset("layernorm").unwrap().model;
+        mcfg.vocab_size = 7;
+        mcfg.n_embd = 12;
+        mcfg.n_head = 3;
+        mcfg.n_layer = 2;
+        let layout = ParamLayout::new(&mcfg);
+        let n = layout.len;
+        let mut rng = crate::rng::Rng::new(4);
+        let start: Vec<f32> = (0..n).map(|_| 0.1 * rng.normal()).collect();
+        let grads: Vec<Vec<f32>> = (0..2)
+            .map(|_| (0..n).map(|_| rng.normal()).collect())
+            .collect();
+        let mut cfg = TrainConfig::lecture(1, 10, 1e-3);
+        cfg.optimizer = OptimizerKind::Muon;
+        cfg.muon_lr = 0.05;
+        cfg.muon_weight_decay = 0.1;
+        let (lr, scale) = (5e-4, 0.7);
+        let mut params = start.clone();
+        let mut opt = AdamW::new(n);
+        let mut adam_params = start.clone();
+        let mut adam = AdamW::new(n);
+        let adam_cfg = TrainConfig {
+            optimizer: OptimizerKind::Adamw,
+            ..cfg.clone()
+        };
+        let mut want = start.clone();
+        let mut momentum = vec![0.0; n];
+        let pool = crate::runtime::thread_pool(Some(2)).unwrap();
+        for g in &grads {
+            pool.install(|| opt.update(&mut params, g, &layout, &cfg, lr, scale));
+            adam.update(&mut adam_params, g, &layout, &adam_cfg, lr, scale);
+            for spec in layout.specs.iter().filter(|s| s.is_hidden_matrix()) {
+                let r = spec.range();
+                crate::reference::optimizer::muon_matrix(
+                    &mut want[r.clone()],
+                    &mut momentum[r.clone()],
+                    &g[r],
+                    spec.shape[0],
+                    spec.shape[1],
+                    0.05 * lr / 1e-3,
+                    cfg.muon_momentum,
+                    0.1,
+                    scale,
+                );
+            }
+        }
+        let hidden: Vec<_> = layout
+            .specs
+            .iter()
+            .filter(|s| s.is_hidden_matrix())
+            .collect();
+        assert_eq!(hidden.len(), 2 * 4, "qkv, proj, fc, fc2 per block");
+        for spec in &layout.specs {
+            let r = spec.range();
+            let (got, want) = match spec.is_hidden_matrix() {
+                true => (&params[r.clone()], &want[r]),
+                false => (&params[r.clone()], &adam_params[r]),
+            };
+            for (a, b) in got.iter().zip(want) {
+                assert!((a - b).abs() < 1e-5, "{}: {a} vs {b}", spec.name);
+            }
+            assert!(got != &start[spec.range()], "{} moved", spec.name);
+        }
     }
 
     #[test]

@@ -14,9 +14,21 @@
 //! resumes; the model then sees between 3/4 and all of a block of context instead of exactly one
 //! block. `shift = 1` reproduces the lecture exactly, at the lecture's cost.
 //!
+//! With rotary positions (`position = rope`) nothing needs rebuilding: scores depend only on how
+//! far apart a query and a key are, so a cached key stays valid as the context slides. The cache
+//! is a ring of the last `block_size` keys and values ([`Model::forward_ring`]): every character
+//! after the prompt costs one row, and the model always sees exactly the last `block_size`
+//! characters directly. (Not quite the crop: with several layers, a cached key was computed
+//! when its own position attended over the block before it, so the last character depends on up
+//! to `n_layer * (block_size - 1)` earlier ones, as in sliding-window attention; a one-layer
+//! model gives exactly the crop's logits.)
+//!
 //! On the reference engine ([`Generator::on`]) there is no cache: every character recomputes the
-//! whole context, as the lecture does, over the same windows, so it draws the same text.
+//! whole context, as the lecture does, over the same windows, so it draws the same text (with
+//! RoPE, the whole reach of the ring with each query limited to the last `block_size` keys,
+//! [`crate::reference::forward_sliding`]).
 
+use crate::config::Position;
 use crate::engine::Engine;
 use crate::model::{Activations, Model};
 use crate::rng::Rng;
@@ -123,6 +135,11 @@ pub struct Generator<'a> {
     computed: usize,
     /// Ids dropped from the front when the context is full.
     shift: usize,
+    /// RoPE: the absolute position of the next row the ring computes (the ids seen so far).
+    position: usize,
+    /// RoPE on the reference engine: the last `n_layer * (block_size - 1) + 1` ids, all that can
+    /// reach the next character's logits through the ring.
+    history: Vec<TokenId>,
     scratch: Vec<f32>,
 }
 
@@ -147,12 +164,15 @@ impl<'a> Generator<'a> {
             window: window_buf,
             computed: 0,
             shift: (block / 4).max(1),
+            position: 0,
+            history: window.clone(),
             scratch: Vec::with_capacity(model.config.vocab_size),
         }
     }
 
     /// Sets how many ids are dropped when the context is full (1 = exactly the lecture's
-    /// cropping, recomputing the whole context for every character).
+    /// cropping, recomputing the whole context for every character). Rotary models keep a ring
+    /// instead and ignore it.
     pub fn with_shift(mut self, shift: usize) -> Self {
         self.shift = shift.clamp(1, self.model.config.block_size);
         self
@@ -170,8 +190,32 @@ impl<'a> Generator<'a> {
         let t = self.window.len();
         if self.engine == Engine::Reference {
             // The whole window again, and the logits of its last position.
-            let pass = crate::reference::forward(self.model, &self.window, None, 1, t, None);
-            let last = &pass.logits[(t - 1) * v..t * v];
+            let pass = match self.model.config.position {
+                Position::Learned => {
+                    crate::reference::forward(self.model, &self.window, None, 1, t, None)
+                }
+                Position::Rope => crate::reference::forward_sliding(self.model, &self.history),
+            };
+            let rows = pass.logits.len() / v;
+            let last = &pass.logits[(rows - 1) * v..rows * v];
+            let next = sample_from_logits(last, self.settings, rng, &mut self.scratch);
+            self.append(next);
+            return next;
+        }
+        if self.rope_ring() {
+            let last = if self.computed == 0 {
+                // The prompt, at positions 0..t, in one pass.
+                self.model.forward_from(&mut self.acts, &self.window, 0);
+                self.computed = t;
+                self.position = t;
+                &self.acts.logits()[(t - 1) * v..t * v]
+            } else {
+                // The last id drawn, one row at the next position, into the ring.
+                let id = self.window[t - 1];
+                let (model, acts, position) = (self.model, &mut self.acts, self.position);
+                self.position += 1;
+                crate::kernels::sequentially(|| model.forward_ring(acts, id, position))
+            };
             let next = sample_from_logits(last, self.settings, rng, &mut self.scratch);
             self.append(next);
             return next;
@@ -193,9 +237,25 @@ impl<'a> Generator<'a> {
         next
     }
 
-    /// Appends `next` to the context, first dropping `shift` ids if it is full.
+    /// Whether the fast engine's ring of rotary keys computes the rows.
+    fn rope_ring(&self) -> bool {
+        self.engine == Engine::Fast && self.model.config.position == Position::Rope
+    }
+
+    /// Appends `next` to the context, first dropping `shift` ids if it is full (one, keeping the
+    /// ring, for rotary positions).
     fn append(&mut self, next: TokenId) {
-        if self.window.len() == self.model.config.block_size {
+        let cfg = &self.model.config;
+        if cfg.position == Position::Rope && self.engine == Engine::Reference {
+            let reach = cfg.n_layer.max(1) * (cfg.block_size - 1) + 1;
+            if self.history.len() == reach {
+                self.history.remove(0);
+            }
+            self.history.push(next);
+        }
+        if self.window.len() == self.model.config.block_size && self.rope_ring() {
+            self.window.remove(0);
+        } else if self.window.len() == self.model.config.block_size {
             // Positions are absolute: dropping ids shifts every position, so the cache restarts.
             let drop = self.shift.min(self.window.len());
             self.window.drain(..drop);
@@ -300,6 +360,59 @@ mod tests {
         let cached = gen.acts.logits()[(t - 1) * 11..t * 11].to_vec();
         for (a, b) in cached.iter().zip(&lecture_logits(&model, &window)) {
             assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
+    }
+
+    /// With RoPE the ring cache runs past block_size without a rebuild: every character's logits
+    /// equal the reference's sliding-window attention over the whole text (with QK-norm, two
+    /// layers), and with one layer a full recomputation of the last block_size characters (only
+    /// relative positions matter); both engines write the same text.
+    #[test]
+    fn rope_ring_matches_sliding_attention_and_the_crop() {
+        for n_layer in [1, 2] {
+            let mut cfg = tiny_model().config;
+            cfg.position = Position::Rope;
+            cfg.qk_norm = true;
+            cfg.n_layer = n_layer;
+            let model = Model::new(cfg, 8);
+            let v = model.config.vocab_size;
+            let mut gen = Generator::new(&model, &[3, 1], SampleSettings::default());
+            let mut rng = Rng::new(2);
+            let mut context = vec![3, 1];
+            for step in 0..30 {
+                let id = gen.next_token(&mut rng);
+                // The ring's logits of the step just taken, against the whole text.
+                let slot = (context.len() - 1) % 6;
+                let got = gen.acts.logits()[slot * v..(slot + 1) * v].to_vec();
+                let sliding = crate::reference::forward_sliding(&model, &context).logits;
+                let want = &sliding[sliding.len() - v..];
+                for (a, b) in got.iter().zip(want) {
+                    assert!(
+                        (a - b).abs() < 1e-4,
+                        "{n_layer} layers, step {step}: {a} vs {b}"
+                    );
+                }
+                if n_layer == 1 {
+                    for (a, b) in got.iter().zip(&lecture_logits(&model, &context)) {
+                        assert!((a - b).abs() < 1e-4, "crop, step {step}: {a} vs {b}");
+                    }
+                }
+                context.push(id);
+                assert_eq!(gen.window, context[context.len().saturating_sub(6)..]);
+            }
+            assert!(gen.position > 20, "the ring went round several times");
+            let greedy = SampleSettings {
+                temperature: 1.0,
+                top_k: Some(1),
+            };
+            let text = |engine: Engine| {
+                let mut gen = Generator::new(&model, &[3, 1], greedy).on(engine);
+                let mut rng = Rng::new(4);
+                (0..20)
+                    .map(|_| gen.next_token(&mut rng))
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(text(Engine::Fast), text(Engine::Reference));
         }
     }
 

@@ -731,6 +731,16 @@ impl Run {
                 Dataset::new(&kept, &tokenizer)?
             }
             UnknownChars::Extend => {
+                // A new character starts at a chosen constant logit: that needs lm_head rows of
+                // its own (zero) and a bias to hold the constant.
+                let cfg = &model.config;
+                if cfg.tie_embeddings || !cfg.bias {
+                    return Err(ConfigError::Invalid(format!(
+                        "--unknown-chars extend needs an lm_head with its own weights and a bias, and this model has {}; use --unknown-chars drop",
+                        if cfg.tie_embeddings { "tie_embeddings=true" } else { "bias=false" }
+                    ))
+                    .into());
+                }
                 change.added = char_counts(text, &missing);
                 tokenizer = tokenizer.extended(&missing).map_err(DataError::from)?;
                 let dataset = Dataset::new(text, &tokenizer)?;

@@ -2,7 +2,7 @@
 //! state comes back exactly, and the tensor names and shapes are those the README documents.
 
 use chargpt::checkpoint::{self, CheckpointConfig, OptimizerState, RunCounters};
-use chargpt::config::{preset, Activation};
+use chargpt::config::{preset, Activation, NormKind, Position};
 use chargpt::data::TINY_SHAKESPEARE;
 use chargpt::model::{Activations, Model};
 use chargpt::optimizer::AdamW;
@@ -88,6 +88,57 @@ fn tensor_names_and_shapes_are_the_documented_ones() {
     assert_eq!(shape("lm_head.bias"), [v]);
     assert_eq!(file.tensors.len(), 2 + 4 * 11 + 4);
     assert_eq!(file.metadata["format"], "chargpt-1");
+}
+
+/// A modern model's checkpoint: no position embedding (RoPE), no `lm_head.weight` (tied: the
+/// head reads `token_embedding.weight`, stored once), no biases, RMSNorm gains only, QK-norm
+/// gains of head_size; it loads back to the same logits.
+#[test]
+fn a_tied_rope_model_without_biases_keeps_the_documented_tensors() {
+    let p = preset("nanogpt-cpu").unwrap();
+    let mut cfg = p.model;
+    cfg.vocab_size = 65;
+    cfg.n_layer = 2;
+    cfg.position = Position::Rope;
+    cfg.norm = NormKind::Rms;
+    cfg.qk_norm = true;
+    cfg.tie_embeddings = true;
+    cfg.bias = false;
+    let dir = tempfile::tempdir().unwrap();
+    let model = Model::new(cfg.clone(), 1);
+    let tokenizer = Tokenizer::from_text(TINY_SHAKESPEARE).unwrap();
+    let config = CheckpointConfig::new(&cfg, &tokenizer, &p.train);
+    checkpoint::save_model(dir.path(), &model, &config).unwrap();
+    let file = checkpoint::read_tensor_file(&dir.path().join("model.safetensors")).unwrap();
+    let mut names: Vec<&str> = file.tensors.keys().map(|k| k.as_str()).collect();
+    names.sort_unstable();
+    let (c, v, hs) = (128, 65, 32);
+    assert_eq!(file.tensors["token_embedding.weight"].0, [v, c]);
+    assert_eq!(file.tensors["blocks.1.attn.q_norm.weight"].0, [hs]);
+    assert_eq!(file.tensors["blocks.1.attn.k_norm.weight"].0, [hs]);
+    let mut want = vec!["ln_f.weight", "token_embedding.weight"];
+    let per_block = [
+        "attn.k_norm.weight",
+        "attn.proj.weight",
+        "attn.q_norm.weight",
+        "attn.qkv.weight",
+        "ffn.fc.weight",
+        "ffn.proj.weight",
+        "ln1.weight",
+        "ln2.weight",
+    ];
+    let blocks: Vec<String> = (0..2)
+        .flat_map(|i| per_block.iter().map(move |t| format!("blocks.{i}.{t}")))
+        .collect();
+    want.extend(blocks.iter().map(String::as_str));
+    want.sort_unstable();
+    assert_eq!(names, want);
+    let loaded = checkpoint::load(dir.path()).unwrap();
+    let tokens = tokenizer.encode(&TINY_SHAKESPEARE[..128]).unwrap();
+    assert_eq!(
+        logits(&loaded.model, &tokens, 2, 64),
+        logits(&model, &tokens, 2, 64)
+    );
 }
 
 #[test]

@@ -309,7 +309,7 @@ fn bad_settings() {
     fails(
         d,
         &with(&["--set", "activation=tanh"]),
-        "expected `relu` or `gelu`",
+        "expected one of `relu`, `gelu`, `relu2`",
     );
     // Settings whose buffers could never be allocated are refused before anything is allocated.
     fails(
@@ -789,6 +789,32 @@ fn fine_tuning_extends_or_drops_unknown_characters() {
     );
     assert_eq!(config["vocab"], base["vocab"]);
     assert_eq!(config["init_from"]["dropped_chars"], 240);
+
+    // A tied model has no lm_head rows of its own to start new characters from.
+    let args = train_args(&[
+        "--data",
+        "small.txt",
+        "--out",
+        "tied",
+        "--set",
+        "tie_embeddings=true",
+    ]);
+    chargpt(d).args(&args).assert().success();
+    fails(
+        d,
+        &[
+            "train",
+            "--init-from",
+            "tied",
+            "--data",
+            "foreign.txt",
+            "--out",
+            "tied-ext",
+            "--unknown-chars",
+            "extend",
+        ],
+        "has tie_embeddings=true; use --unknown-chars drop",
+    );
 }
 
 #[test]

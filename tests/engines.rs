@@ -5,7 +5,8 @@
 //! shards on the fast one. Run with `--nocapture` to see how close they are.
 
 use chargpt::config::{
-    preset, presets, Activation, Architecture, AttentionScale, FeedForward, ModelConfig,
+    preset, presets, Activation, Architecture, AttentionScale, FeedForward, LrSchedule,
+    ModelConfig, NormKind, OptimizerKind, Position,
 };
 use chargpt::engine::Engine;
 use chargpt::model::{Activations, Model};
@@ -217,6 +218,73 @@ fn fast_engine_matches_the_reference_on_every_option() {
             },
         ),
         (
+            "activation relu2",
+            ModelConfig {
+                activation: Activation::Relu2,
+                ..base.clone()
+            },
+        ),
+        (
+            "position rope",
+            ModelConfig {
+                position: Position::Rope,
+                ..base.clone()
+            },
+        ),
+        (
+            "norm rms",
+            ModelConfig {
+                norm: NormKind::Rms,
+                ..base.clone()
+            },
+        ),
+        (
+            "qk_norm",
+            ModelConfig {
+                qk_norm: true,
+                ..base.clone()
+            },
+        ),
+        (
+            "tie_embeddings",
+            ModelConfig {
+                tie_embeddings: true,
+                ..base.clone()
+            },
+        ),
+        (
+            "bias off",
+            ModelConfig {
+                bias: false,
+                ..base.clone()
+            },
+        ),
+        (
+            "every modern option, dropout 0.3",
+            ModelConfig {
+                position: Position::Rope,
+                norm: NormKind::Rms,
+                activation: Activation::Relu2,
+                qk_norm: true,
+                tie_embeddings: true,
+                bias: false,
+                dropout: 0.3,
+                ..base.clone()
+            },
+        ),
+        (
+            "rope + qk_norm, heads on the tiled path (T 64, hs 32)",
+            ModelConfig {
+                position: Position::Rope,
+                qk_norm: true,
+                block_size: 64,
+                n_embd: 64,
+                n_head: 2,
+                n_layer: 1,
+                ..base.clone()
+            },
+        ),
+        (
             "no projection/residual/LayerNorm, gelu",
             ModelConfig {
                 attention_projection: false,
@@ -240,13 +308,31 @@ fn fast_engine_matches_the_reference_on_every_option() {
 }
 
 /// A few training steps on the same batches give the same losses and parameters on both engines,
-/// with dropout on and the fast engine's batch in two shards (the masks do not depend on it).
+/// with dropout on and the fast engine's batch in two shards (the masks do not depend on it):
+/// the lecture's model with AdamW, and every modern option with Muon and the wsd schedule.
 #[test]
 fn a_short_run_trains_the_same_on_both_engines() {
+    short_run_on_both_engines(false);
+    short_run_on_both_engines(true);
+}
+
+fn short_run_on_both_engines(modern: bool) {
     let mut p = preset("layernorm").unwrap();
     p.model.vocab_size = 20;
     p.model.dropout = 0.2;
     p.train.batch_size = 6;
+    if modern {
+        p.model.position = Position::Rope;
+        p.model.norm = NormKind::Rms;
+        p.model.activation = Activation::Relu2;
+        p.model.qk_norm = true;
+        p.model.tie_embeddings = true;
+        p.model.bias = false;
+        p.train.optimizer = OptimizerKind::Muon;
+        p.train.lr_schedule = LrSchedule::Wsd;
+        p.train.steps = 6;
+        p.train.min_lr = 0.0;
+    }
     let mut rng = Rng::new(17);
     let data: Vec<TokenId> = (0..4000).map(|_| rng.below(20) as TokenId).collect();
     let model = Model::new(p.model.clone(), 2);
@@ -270,7 +356,7 @@ fn a_short_run_trains_the_same_on_both_engines() {
                 b.grad_norm
             );
         }
-        eprintln!("5 steps with dropout: losses within {worst:.1e} (relative)");
+        eprintln!("5 steps with dropout (modern: {modern}): losses within {worst:.1e} (relative)");
         (fast, reference)
     });
     let e = rel_err(&fast.model.params, &reference.model.params);

@@ -112,6 +112,26 @@ fn training_steps_do_not_allocate() {
                 "nanogpt-cpu",
                 &[("dropout", "0.1"), ("n_layer", "2"), ("precision", "bf16")][..],
             ),
+            // Every modern setting and Muon: Newton-Schulz scratch is made in the first step.
+            (
+                "nanogpt-cpu",
+                &[
+                    ("dropout", "0.1"),
+                    ("n_layer", "2"),
+                    ("position", "rope"),
+                    ("norm", "rms"),
+                    ("activation", "relu2"),
+                    ("qk_norm", "true"),
+                    ("tie_embeddings", "true"),
+                    ("bias", "false"),
+                    ("optimizer", "muon"),
+                    ("lr_schedule", "wsd"),
+                ][..],
+            ),
+            (
+                "layernorm",
+                &[("optimizer", "muon"), ("qk_norm", "true")][..],
+            ),
         ] {
             let n = allocations_per_step(name, threads, overrides);
             assert_eq!(

@@ -211,3 +211,18 @@ fn prenorm_blocks_with_gelu_and_nanogpt_optimizer_match_pytorch() {
 fn wide_heads_use_the_matrix_product_attention_and_match_pytorch() {
     check_case("blocks_wide_heads");
 }
+
+#[test]
+fn every_modern_option_with_muon_and_wsd_matches_pytorch() {
+    check_case("modern_all");
+}
+
+#[test]
+fn rope_and_qk_norm_on_wide_heads_with_muon_match_pytorch() {
+    check_case("modern_wide_heads");
+}
+
+#[test]
+fn layernorm_without_biases_and_tied_embeddings_match_pytorch() {
+    check_case("layernorm_no_bias_tied");
+}

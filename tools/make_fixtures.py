@@ -1,6 +1,7 @@
 """Writes the PyTorch reference fixtures that chargpt's parity tests compare against.
 
     python3 tools/make_fixtures.py            # writes tests/fixtures/*.safetensors
+    python3 tools/make_fixtures.py modern_all # only the cases named
 
 For each case: a model config, fixed random weights, one fixed batch; the logits, the loss and the
 gradient of every parameter; then the losses of 10 optimizer steps on that same batch (as llm.c's
@@ -14,7 +15,7 @@ import torch
 from safetensors.torch import save_file
 
 sys.path.insert(0, os.path.dirname(__file__))
-from chargpt_torch import CharGPT, lr_at, make_optimizer  # noqa: E402
+from chargpt_torch import CharGPT, make_optimizers, step_all  # noqa: E402
 
 torch.set_num_threads(1)
 OUT = os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures")
@@ -42,6 +43,9 @@ def train_cfg(**kw):
 
 NANOGPT_OPT = dict(lr_schedule="cosine", warmup_steps=3, min_lr=1e-4, beta2=0.99,
                    weight_decay=0.1, decay_on="matrices", grad_clip=1.0)
+MODERN_OPT = dict(lr_schedule="wsd", warmup_steps=2, decay_fraction=0.4, min_lr=0.0, beta2=0.99,
+                  weight_decay=0.1, decay_on="matrices", optimizer="muon", muon_lr=0.02,
+                  muon_momentum=0.95, muon_weight_decay=0.0)
 
 CASES = {
     # The lecture's bigram: a 65x65 table of logits.
@@ -67,6 +71,22 @@ CASES = {
     # Heads large enough (T 64, head size 32) for the engine's matrix-product attention path.
     "blocks_wide_heads": (model_cfg(block_size=64, n_embd=64, n_head=2, activation="gelu"),
                           train_cfg(batch_size=2, **NANOGPT_OPT)),
+    # Beyond the lecture: every modern setting of the model (RoPE, RMSNorm, ReLU squared,
+    # QK-norm, tied embeddings, no biases), trained with Muon and the wsd schedule.
+    "modern_all": (model_cfg(position="rope", norm="rms", activation="relu2", qk_norm=True,
+                             tie_embeddings=True, bias=False),
+                   train_cfg(**MODERN_OPT)),
+    # RoPE and QK-norm on heads large enough (T 64, head size 32) for the tiled attention, with
+    # LayerNorm and biases, untied, GELU; Muon with weight decay and clipping.
+    "modern_wide_heads": (model_cfg(block_size=64, n_embd=64, n_head=2, activation="gelu",
+                                    position="rope", qk_norm=True),
+                          train_cfg(batch_size=2, **dict(MODERN_OPT, grad_clip=1.0,
+                                                         muon_weight_decay=0.1))),
+    # LayerNorm without its shift and no linear biases, tied embeddings, learned positions;
+    # AdamW with the wsd schedule (nanoGPT's decay on matrices).
+    "layernorm_no_bias_tied": (model_cfg(activation="gelu", bias=False, tie_embeddings=True),
+                               train_cfg(**dict(NANOGPT_OPT, lr_schedule="wsd",
+                                                decay_fraction=0.3))),
 }
 
 
@@ -74,7 +94,8 @@ def randomize(model, gen):
     """Weights with some spread in every tensor, so that every gradient is exercised."""
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if name.endswith("ln1.weight") or name.endswith("ln2.weight") or name == "ln_f.weight":
+            if (name.endswith("ln1.weight") or name.endswith("ln2.weight") or name == "ln_f.weight"
+                    or name.endswith("norm.weight")):
                 p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=gen))
             elif p.dim() == 1:
                 p.copy_(0.1 * torch.randn(p.shape, generator=gen))
@@ -103,17 +124,16 @@ def make_case(name, mcfg, tcfg, seed):
         tensors["grad." + pname] = p.grad.detach().clone()
 
     model.zero_grad()
-    opt = make_optimizer(model, tcfg)
+    optimizers = make_optimizers(model, tcfg)
     losses = []
     for step in range(tcfg["steps"]):
-        for group in opt.param_groups:
-            group["lr"] = lr_at(tcfg, step)
-        opt.zero_grad()
+        for opt in optimizers:
+            opt.zero_grad()
         _, loss = model(idx, tgt)
         loss.backward()
         if tcfg["grad_clip"] > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg["grad_clip"])
-        opt.step()
+        step_all(optimizers, tcfg, step)
         losses.append(loss.item())
     tensors["step_losses"] = torch.tensor(losses, dtype=torch.float32)
     meta = {"model": json.dumps(mcfg), "train": json.dumps(tcfg), "torch": torch.__version__}
@@ -125,5 +145,10 @@ def make_case(name, mcfg, tcfg, seed):
 
 if __name__ == "__main__":
     os.makedirs(OUT, exist_ok=True)
+    wanted = sys.argv[1:]
+    unknown = [w for w in wanted if w not in CASES]
+    if unknown:
+        sys.exit(f"unknown case(s) {unknown}; the cases are {list(CASES)}")
     for i, (name, (m, t)) in enumerate(CASES.items()):
-        make_case(name, m, t, seed=1000 + i)
+        if not wanted or name in wanted:
+            make_case(name, m, t, seed=1000 + i)

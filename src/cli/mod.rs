@@ -24,6 +24,7 @@ mod attention;
 mod bench;
 mod eval;
 mod ladder;
+mod ladder_modern;
 mod plot;
 mod presets;
 mod sample;

@@ -2,6 +2,9 @@
 //!
 //! ReLU: `y = max(0, x)`, `dy/dx = [x > 0]`.
 //!
+//! ReLU squared (Primer, So et al. 2021; the modded-nanogpt speedrun): `y = max(0, x)^2`,
+//! `dy/dx = 2 max(0, x)`.
+//!
 //! GELU, tanh approximation (GPT-2, llm.c; PyTorch's `gelu(x, approximate="tanh")`):
 //! `y = x/2 * (1 + tanh(u))` with `u = sqrt(2/pi) * (x + 0.044715 x^3)`.
 //! Since `(1 + tanh u) / 2 = sigmoid(2u) = s`, this is `y = x s`, computed with one exponential, and
@@ -42,6 +45,12 @@ simd_fn! {
                     *o = x.max(0.0);
                 }
             }
+            Activation::Relu2 => {
+                for (o, &x) in out.iter_mut().zip(inp) {
+                    let r = x.max(0.0);
+                    *o = r * r;
+                }
+            }
             Activation::Gelu => {
                 let done = vector::gelu_forward(out, inp, None);
                 for (o, &x) in out[done..].iter_mut().zip(&inp[done..]) {
@@ -58,6 +67,11 @@ simd_fn! {
             Activation::Relu => {
                 for ((d, &g), &x) in dinp.iter_mut().zip(dout).zip(inp) {
                     *d += if x > 0.0 { g } else { 0.0 };
+                }
+            }
+            Activation::Relu2 => {
+                for ((d, &g), &x) in dinp.iter_mut().zip(dout).zip(inp) {
+                    *d += 2.0 * x.max(0.0) * g;
                 }
             }
             Activation::Gelu => {
@@ -78,6 +92,11 @@ simd_fn! {
                     *d = if x > 0.0 { *d } else { 0.0 };
                 }
             }
+            Activation::Relu2 => {
+                for (d, &x) in d.iter_mut().zip(inp) {
+                    *d *= 2.0 * x.max(0.0);
+                }
+            }
             Activation::Gelu => {
                 let done = vector::gelu_backward(d, None, inp);
                 for (d, &x) in d[done..].iter_mut().zip(&inp[done..]) {
@@ -95,6 +114,13 @@ simd_fn! {
                 for ((o, g), &x) in out.iter_mut().zip(grad.iter_mut()).zip(inp) {
                     *o = x.max(0.0);
                     *g = if x > 0.0 { 1.0 } else { 0.0 };
+                }
+            }
+            Activation::Relu2 => {
+                for ((o, g), &x) in out.iter_mut().zip(grad.iter_mut()).zip(inp) {
+                    let r = x.max(0.0);
+                    *o = r * r;
+                    *g = 2.0 * r;
                 }
             }
             Activation::Gelu => {
@@ -319,7 +345,7 @@ mod tests {
     #[test]
     fn gradient_matches_finite_differences() {
         let mut rng = Rng::new(2);
-        for kind in [Activation::Relu, Activation::Gelu] {
+        for kind in [Activation::Relu, Activation::Gelu, Activation::Relu2] {
             let n = 64;
             // Keep ReLU inputs away from the kink at 0, where the derivative is undefined.
             let x: Vec<f32> = random_vec(n, &mut rng, 2.0)
@@ -367,6 +393,8 @@ mod tests {
         assert!((y[2] + 0.158_808).abs() < 1e-5, "{}", y[2]);
         forward(Activation::Relu, &mut y, &[-2.0, 0.5, 0.0]);
         assert_eq!(y, [0.0, 0.5, 0.0]);
+        forward(Activation::Relu2, &mut y, &[-2.0, 0.5, 3.0]);
+        assert_eq!(y, [0.0, 0.25, 9.0]);
     }
 
     #[test]
@@ -376,7 +404,7 @@ mod tests {
         let n = 8 * 33 + 5;
         let x = random_vec(n, &mut rng, 3.0);
         let dy = random_vec(n, &mut rng, 1.0);
-        for kind in [Activation::Relu, Activation::Gelu] {
+        for kind in [Activation::Relu, Activation::Gelu, Activation::Relu2] {
             let (mut y, mut want) = (vec![0.0; n], vec![0.0; n]);
             forward(kind, &mut y, &x);
             crate::reference::layers::activation_forward(kind, &mut want, &x);

@@ -2,8 +2,8 @@
 //! `mu = mean(x)`, `sigma^2 = mean((x - mu)^2)`, `rstd = 1 / sqrt(sigma^2 + eps)`,
 //! `xhat = (x - mu) * rstd`, `y = xhat * weight + bias`.
 //!
-//! Shapes: `inp`, `out` (N, C) with N = B*T rows; `weight`, `bias` (C); `mean`, `rstd` (N), cached
-//! for the backward pass.
+//! Shapes: `inp`, `out` (N, C) with N = B*T rows; `weight` (C); `bias` (C), or absent (`bias =
+//! false`: no shift); `mean`, `rstd` (N), cached for the backward pass.
 //!
 //! Backward, with `g = dy * weight`:
 //! `dbias += sum_rows dy`, `dweight += sum_rows dy * xhat`,
@@ -20,7 +20,7 @@ const COLUMN_BLOCK: usize = 64;
 
 simd_fn! {
     /// One row: normalise, scale, shift; returns (mean, rstd).
-    fn forward_row(y: &mut [f32], x: &[f32], weight: &[f32], bias: &[f32]) -> (f32, f32) {
+    fn forward_row(y: &mut [f32], x: &[f32], weight: &[f32], bias: Option<&[f32]>) -> (f32, f32) {
         let c = x.len() as f32;
         let mu = super::sum(x) / c;
         let mut acc = [0.0f32; 8];
@@ -38,6 +38,9 @@ simd_fn! {
     }
 }
 
+/// The parameter gradients a row adds to: `dweight`, and `dbias` where the norm has a bias.
+type ParamGrads<'a> = (&'a mut [f32], Option<&'a mut [f32]>);
+
 /// One row of the input gradient, `dx += rstd * (g - mean(g) - xhat * mean(g * xhat))`, and with
 /// `params` the row's share of the parameter gradients (`dweight += dy * xhat`, `dbias += dy`),
 /// in the same pass over the row.
@@ -49,7 +52,7 @@ fn backward_row(
     weight: &[f32],
     mu: f32,
     rs: f32,
-    params: Option<(&mut [f32], &mut [f32])>,
+    params: Option<ParamGrads>,
 ) {
     #[cfg(target_arch = "x86_64")]
     if super::has_avx2_fma() {
@@ -61,7 +64,7 @@ fn backward_row(
 
 simd_fn! {
     /// [`backward_row`] for any CPU.
-    fn backward_row_portable(dx: &mut [f32], dy: &[f32], x: &[f32], weight: &[f32], mu: f32, rs: f32, params: Option<(&mut [f32], &mut [f32])>) {
+    fn backward_row_portable(dx: &mut [f32], dy: &[f32], x: &[f32], weight: &[f32], mu: f32, rs: f32, params: Option<ParamGrads>) {
         let c = x.len() as f32;
         let (mut acc_g, mut acc_gx) = ([0.0f32; 8], [0.0f32; 8]);
         let n8 = x.len() / 8 * 8;
@@ -85,9 +88,13 @@ simd_fn! {
             *dx += rs * (dy * w - mean_g - xhat * mean_gx);
         }
         if let Some((dweight, dbias)) = params {
-            for (((dw, db), &dy), &x) in dweight.iter_mut().zip(dbias.iter_mut()).zip(dy).zip(x) {
+            for ((dw, &dy), &x) in dweight.iter_mut().zip(dy).zip(x) {
                 *dw += dy * (x - mu) * rs;
-                *db += dy;
+            }
+            if let Some(dbias) = dbias {
+                for (db, &dy) in dbias.iter_mut().zip(dy) {
+                    *db += dy;
+                }
             }
         }
     }
@@ -98,7 +105,7 @@ simd_fn! {
 fn backward_fused(
     dinp: &mut [f32],
     dweight: &mut [f32],
-    dbias: &mut [f32],
+    mut dbias: Option<&mut [f32]>,
     dout: &[f32],
     inp: &[f32],
     weight: &[f32],
@@ -119,13 +126,14 @@ fn backward_fused(
             weight,
             mu,
             rs,
-            Some((&mut *dweight, &mut *dbias)),
+            Some((&mut *dweight, dbias.as_deref_mut())),
         );
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
+    use super::ParamGrads;
     use crate::kernels::x86::horizontal_sum;
     use std::arch::x86_64::*;
 
@@ -143,12 +151,12 @@ mod x86 {
         weight: &[f32],
         mu: f32,
         rs: f32,
-        mut params: Option<(&mut [f32], &mut [f32])>,
+        mut params: Option<ParamGrads>,
     ) {
         let c = x.len();
         assert!(dx.len() == c && dy.len() == c && weight.len() == c);
         if let Some((dw, db)) = params.as_ref() {
-            assert!(dw.len() == c && db.len() == c);
+            assert!(dw.len() == c && db.as_ref().is_none_or(|db| db.len() == c));
         }
         let c8 = c / 8 * 8;
         let (px, pdy, pw, pdx) = (x.as_ptr(), dy.as_ptr(), weight.as_ptr(), dx.as_mut_ptr());
@@ -162,9 +170,12 @@ mod x86 {
             acc_g = _mm256_add_ps(acc_g, g);
             acc_gx = _mm256_fmadd_ps(g, xhat, acc_gx);
             if let Some((dw, db)) = params.as_mut() {
-                let (pdw, pdb) = (dw.as_mut_ptr().add(i), db.as_mut_ptr().add(i));
+                let pdw = dw.as_mut_ptr().add(i);
                 _mm256_storeu_ps(pdw, _mm256_fmadd_ps(d, xhat, _mm256_loadu_ps(pdw)));
-                _mm256_storeu_ps(pdb, _mm256_add_ps(d, _mm256_loadu_ps(pdb)));
+                if let Some(db) = db {
+                    let pdb = db.as_mut_ptr().add(i);
+                    _mm256_storeu_ps(pdb, _mm256_add_ps(d, _mm256_loadu_ps(pdb)));
+                }
             }
             i += 8;
         }
@@ -176,7 +187,9 @@ mod x86 {
             sum_gx += g * xhat;
             if let Some((dw, db)) = params.as_mut() {
                 dw[i] += dy[i] * xhat;
-                db[i] += dy[i];
+                if let Some(db) = db {
+                    db[i] += dy[i];
+                }
             }
         }
         let (mean_g, mean_gx) = (sum_g / c as f32, sum_gx / c as f32);
@@ -202,15 +215,20 @@ mod x86 {
 
 simd_fn! {
     /// Parameter gradients of a block of columns, summed over all rows.
-    fn param_grad_columns(dw: &mut [f32], db: &mut [f32], dout: &[f32], inp: &[f32], mean: &[f32], rstd: &[f32], c: usize, c0: usize) {
+    fn param_grad_columns(dw: &mut [f32], db: Option<&mut [f32]>, dout: &[f32], inp: &[f32], mean: &[f32], rstd: &[f32], c: usize, c0: usize) {
+        let mut db = db;
         let width = dw.len();
         for row in 0..mean.len() {
             let (mu, rs) = (mean[row], rstd[row]);
             let dy = &dout[row * c + c0..row * c + c0 + width];
             let x = &inp[row * c + c0..row * c + c0 + width];
-            for (((dw, db), &dy), &x) in dw.iter_mut().zip(db.iter_mut()).zip(dy).zip(x) {
+            for ((dw, &dy), &x) in dw.iter_mut().zip(dy).zip(x) {
                 *dw += dy * (x - mu) * rs;
-                *db += dy;
+            }
+            if let Some(db) = db.as_deref_mut() {
+                for (db, &dy) in db.iter_mut().zip(dy) {
+                    *db += dy;
+                }
             }
         }
     }
@@ -222,7 +240,7 @@ pub fn forward(
     rstd: &mut [f32],
     inp: &[f32],
     weight: &[f32],
-    bias: &[f32],
+    bias: Option<&[f32]>,
     channels: usize,
 ) {
     let _timer = crate::profile::scope(crate::profile::Kernel::LayerNorm, false);
@@ -242,7 +260,7 @@ pub fn normalize(
     out: &mut [f32],
     inp: &[f32],
     weight: &[f32],
-    bias: &[f32],
+    bias: Option<&[f32]>,
     mean: &[f32],
     rstd: &[f32],
     channels: usize,
@@ -257,9 +275,18 @@ pub fn normalize(
 }
 
 simd_fn! {
-    fn normalize_row(y: &mut [f32], x: &[f32], weight: &[f32], bias: &[f32], mu: f32, rs: f32) {
-        for (((y, &x), &w), &b) in y.iter_mut().zip(x).zip(weight).zip(bias) {
-            *y = (x - mu) * rs * w + b;
+    fn normalize_row(y: &mut [f32], x: &[f32], weight: &[f32], bias: Option<&[f32]>, mu: f32, rs: f32) {
+        match bias {
+            Some(bias) => {
+                for (((y, &x), &w), &b) in y.iter_mut().zip(x).zip(weight).zip(bias) {
+                    *y = (x - mu) * rs * w + b;
+                }
+            }
+            None => {
+                for ((y, &x), &w) in y.iter_mut().zip(x).zip(weight) {
+                    *y = (x - mu) * rs * w;
+                }
+            }
         }
     }
 }
@@ -268,7 +295,7 @@ simd_fn! {
 pub fn backward(
     dinp: &mut [f32],
     dweight: &mut [f32],
-    dbias: &mut [f32],
+    dbias: Option<&mut [f32]>,
     dout: &[f32],
     inp: &[f32],
     weight: &[f32],
@@ -289,14 +316,19 @@ pub fn backward(
         .with_min_len(super::min_items(10 * c))
         .for_each(|((dx, (dy, x)), (&mu, &rs))| backward_row(dx, dy, x, weight, mu, rs, None));
     // Parameter gradients sum over rows; each task owns a block of columns.
-    dweight
-        .par_chunks_mut(COLUMN_BLOCK)
-        .zip(dbias.par_chunks_mut(COLUMN_BLOCK))
-        .enumerate()
-        .with_min_len(super::min_items(4 * rows * COLUMN_BLOCK))
-        .for_each(|(blk, (dw, db))| {
-            param_grad_columns(dw, db, dout, inp, mean, rstd, c, blk * COLUMN_BLOCK)
-        });
+    let min_len = super::min_items(4 * rows * COLUMN_BLOCK);
+    let columns = dweight.par_chunks_mut(COLUMN_BLOCK).enumerate();
+    match dbias {
+        Some(dbias) => columns
+            .zip(dbias.par_chunks_mut(COLUMN_BLOCK))
+            .with_min_len(min_len)
+            .for_each(|((blk, dw), db)| {
+                param_grad_columns(dw, Some(db), dout, inp, mean, rstd, c, blk * COLUMN_BLOCK)
+            }),
+        None => columns.with_min_len(min_len).for_each(|(blk, dw)| {
+            param_grad_columns(dw, None, dout, inp, mean, rstd, c, blk * COLUMN_BLOCK)
+        }),
+    }
 }
 
 #[cfg(test)]
@@ -322,20 +354,20 @@ mod tests {
         let w = random_vec(n * c, &mut rng, 1.0);
         let f = |x: &[f32], wt: &[f32], bs: &[f32]| {
             let (mut y, mut m, mut r) = (vec![0.0; n * c], vec![0.0; n], vec![0.0; n]);
-            forward(&mut y, &mut m, &mut r, x, wt, bs, c);
+            forward(&mut y, &mut m, &mut r, x, wt, Some(bs), c);
             weighted_sum(&y, &w)
         };
         let (mut y, mut m, mut r) = (vec![0.0; n * c], vec![0.0; n], vec![0.0; n]);
-        forward(&mut y, &mut m, &mut r, &x, &wt, &bs, c);
+        forward(&mut y, &mut m, &mut r, &x, &wt, Some(&bs), c);
         let (mut dx, mut dw, mut db) = (vec![0.0; n * c], vec![0.0; c], vec![0.0; c]);
-        backward(&mut dx, &mut dw, &mut db, &w, &x, &wt, &m, &r, c);
+        backward(&mut dx, &mut dw, Some(&mut db), &w, &x, &wt, &m, &r, c);
         check("dx", &x, &dx, |v| f(v, &wt, &bs), 2e-3);
         check("dweight", &wt, &dw, |v| f(&x, v, &bs), 2e-3);
         check("dbias", &bs, &db, |v| f(&x, &wt, v), 2e-3);
         // The single-pass version used inside data-parallel shards gives the same gradients.
         let (mut dx1, mut dw1, mut db1) = (vec![0.0; n * c], vec![0.0; c], vec![0.0; c]);
         crate::kernels::sequentially(|| {
-            backward(&mut dx1, &mut dw1, &mut db1, &w, &x, &wt, &m, &r, c)
+            backward(&mut dx1, &mut dw1, Some(&mut db1), &w, &x, &wt, &m, &r, c)
         });
         for (a, b) in dx1
             .iter()
@@ -344,6 +376,37 @@ mod tests {
             .zip(dx.iter().chain(&dw).chain(&db))
         {
             assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{a} vs {b}");
+        }
+    }
+
+    /// Without a bias (`bias = false`): the shift is absent, the gradients of the input and the
+    /// gain still match finite differences, on one thread and on several.
+    #[test]
+    fn gradient_without_bias_matches_finite_differences() {
+        let mut rng = Rng::new(25);
+        let (n, c) = (5, 72);
+        let x = random_vec(n * c, &mut rng, 1.0);
+        let wt: Vec<f32> = random_vec(c, &mut rng, 0.5)
+            .iter()
+            .map(|v| v + 1.0)
+            .collect();
+        let w = random_vec(n * c, &mut rng, 1.0);
+        let f = |x: &[f32], wt: &[f32]| {
+            let (mut y, mut m, mut r) = (vec![0.0; n * c], vec![0.0; n], vec![0.0; n]);
+            forward(&mut y, &mut m, &mut r, x, wt, None, c);
+            weighted_sum(&y, &w)
+        };
+        let (mut y, mut m, mut r) = (vec![0.0; n * c], vec![0.0; n], vec![0.0; n]);
+        forward(&mut y, &mut m, &mut r, &x, &wt, None, c);
+        for fused in [false, true] {
+            let (mut dx, mut dw) = (vec![0.0; n * c], vec![0.0; c]);
+            let mut run = || backward(&mut dx, &mut dw, None, &w, &x, &wt, &m, &r, c);
+            match fused {
+                true => crate::kernels::sequentially(run),
+                false => run(),
+            }
+            check("dx", &x, &dx, |v| f(v, &wt), 2e-3);
+            check("dweight", &wt, &dw, |v| f(&x, v), 2e-3);
         }
     }
 
@@ -359,7 +422,7 @@ mod tests {
             let (mu, rs) = (0.1, 1.3);
             let run = |portable: bool| {
                 let (mut dx, mut dw, mut db) = (vec![0.5; c], vec![0.25; c], vec![-0.5; c]);
-                let params = Some((&mut dw[..], &mut db[..]));
+                let params = Some((&mut dw[..], Some(&mut db[..])));
                 match portable {
                     true => backward_row_portable(&mut dx, &dy, &x, &w, mu, rs, params),
                     false => backward_row(&mut dx, &dy, &x, &w, mu, rs, params),
@@ -383,9 +446,9 @@ mod tests {
         let w = random_vec(c, &mut rng, 1.0);
         let b = random_vec(c, &mut rng, 1.0);
         let (mut y, mut m, mut r) = (vec![0.0; n * c], vec![0.0; n], vec![0.0; n]);
-        forward(&mut y, &mut m, &mut r, &x, &w, &b, c);
+        forward(&mut y, &mut m, &mut r, &x, &w, Some(&b), c);
         let mut again = vec![0.0; n * c];
-        normalize(&mut again, &x, &w, &b, &m, &r, c);
+        normalize(&mut again, &x, &w, Some(&b), &m, &r, c);
         assert_eq!(y, again);
     }
 
@@ -393,7 +456,7 @@ mod tests {
     fn output_rows_are_normalised() {
         let x: Vec<f32> = (0..16).map(|i| i as f32 * 3.0 - 7.0).collect();
         let (mut y, mut m, mut r) = (vec![0.0; 16], vec![0.0; 2], vec![0.0; 2]);
-        forward(&mut y, &mut m, &mut r, &x, &[1.0; 8], &[0.0; 8], 8);
+        forward(&mut y, &mut m, &mut r, &x, &[1.0; 8], None, 8);
         for row in y.chunks(8) {
             let mean: f32 = row.iter().sum::<f32>() / 8.0;
             let var: f32 = row.iter().map(|v| v * v).sum::<f32>() / 8.0;
@@ -414,7 +477,7 @@ mod tests {
         let dy = random_vec(b * t * c, &mut rng, 1.0);
         let n = b * t;
         let (mut y, mut m, mut r) = (vec![0.0; n * c], vec![0.0; n], vec![0.0; n]);
-        forward(&mut y, &mut m, &mut r, &x, &w, &bias, c);
+        forward(&mut y, &mut m, &mut r, &x, &w, Some(&bias), c);
         let (mut want_y, mut want_m, mut want_r) = (vec![0.0; n * c], vec![0.0; n], vec![0.0; n]);
         reference::layernorm_forward(
             &mut want_y,
@@ -422,7 +485,7 @@ mod tests {
             &mut want_r,
             &x,
             &w,
-            &bias,
+            Some(&bias),
             b,
             t,
             c,
@@ -433,9 +496,19 @@ mod tests {
         let grads = |fast: bool| {
             let (mut dx, mut dw, mut db) = (vec![0.5; n * c], vec![0.25; c], vec![-0.5; c]);
             match fast {
-                true => backward(&mut dx, &mut dw, &mut db, &dy, &x, &w, &m, &r, c),
+                true => backward(&mut dx, &mut dw, Some(&mut db), &dy, &x, &w, &m, &r, c),
                 false => reference::layernorm_backward(
-                    &mut dx, &mut dw, &mut db, &dy, &x, &w, &m, &r, b, t, c,
+                    &mut dx,
+                    &mut dw,
+                    Some(&mut db),
+                    &dy,
+                    &x,
+                    &w,
+                    &m,
+                    &r,
+                    b,
+                    t,
+                    c,
                 ),
             }
             (dx, dw, db)

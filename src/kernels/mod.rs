@@ -23,6 +23,8 @@ pub mod layernorm;
 pub mod matmul;
 pub mod matmul_bf16;
 pub mod residual;
+pub mod rmsnorm;
+pub mod rope;
 
 /// Rough number of floating-point operations below which a piece of parallel work is not split
 /// further. Handing work to a sleeping thread costs tens of microseconds on a virtual machine

@@ -16,10 +16,15 @@ use crate::tokenizer::TokenId;
 /// config has no such part.
 #[derive(Debug, Default)]
 pub(super) struct BlockActivations {
+    /// LayerNorm's means (empty for RMSNorm) and the norm's `1/rms` or `1/std`, (B, T).
     pub ln1_mean: Vec<f32>,
     pub ln1_rstd: Vec<f32>,
-    /// (B, T, 3C).
+    /// (B, T, 3C): as attention reads them, after QK-norm and RoPE.
     pub qkv: Vec<f32>,
+    /// QK-norm: the queries and keys before it, (B, T, 2C) (training only), and its `1/rms` of
+    /// every head's query and key, (B, T, 2H).
+    pub qk_raw: Vec<f32>,
+    pub qk_rstd: Vec<f32>,
     /// (B, H, T, T) softmax weights, before dropout.
     pub att: Vec<f32>,
     pub att_mask: Vec<u8>,
@@ -144,6 +149,9 @@ impl Activations {
         let dropout = training && cfg.dropout > 0.0;
         let transformer = cfg.architecture == Architecture::Transformer;
         let (ln, res, proj) = (cfg.layer_norm, cfg.residual, cfg.attention_projection);
+        // LayerNorm keeps means; RMSNorm has none.
+        let ln_mean = ln && cfg.norm == crate::config::NormKind::Layer;
+        let qk = cfg.qk_norm;
         let ffn = cfg.feed_forward != FeedForward::None;
         let mlp = cfg.feed_forward == FeedForward::Mlp;
         let act_is_stream = cfg.feed_forward == FeedForward::Linear && !res;
@@ -151,16 +159,18 @@ impl Activations {
         let kv_cache = !training && batch == 1;
         let blocks = (0..if transformer { cfg.n_layer } else { 0 })
             .map(|_| BlockActivations {
-                ln1_mean: buf(ln, n),
+                ln1_mean: buf(ln_mean, n),
                 ln1_rstd: buf(ln, n),
                 qkv: buf(true, n * 3 * c),
+                qk_raw: buf(qk && training, n * 2 * c),
+                qk_rstd: buf(qk, n * 2 * h),
                 att: buf(true, n * h * seq_len),
                 att_mask: mask(dropout, n * h * seq_len),
                 attn_y: buf(true, n * c),
                 proj: buf(proj && !res, n * c),
                 proj_mask: mask(dropout && proj, n * c),
                 r1: buf(res, n * c),
-                ln2_mean: buf(ln && ffn, n),
+                ln2_mean: buf(ln_mean && ffn, n),
                 ln2_rstd: buf(ln && ffn, n),
                 fc: buf(ffn, n * f),
                 act: buf(act_is_stream, n * f),
@@ -204,7 +214,7 @@ impl Activations {
             blocks,
             transient,
             ln_f: buf(transformer && ln, n * c),
-            ln_f_mean: buf(transformer && ln, n),
+            ln_f_mean: buf(transformer && ln_mean, n),
             ln_f_rstd: buf(transformer && ln, n),
             logits: buf(true, n * v),
             probs: buf(true, n * v),
@@ -279,6 +289,8 @@ impl Activations {
                 f(&b.ln1_mean)
                     + f(&b.ln1_rstd)
                     + f(&b.qkv)
+                    + f(&b.qk_raw)
+                    + f(&b.qk_rstd)
                     + f(&b.att)
                     + b.att_mask.len()
                     + f(&b.attn_y)

@@ -2,12 +2,13 @@
 //! at a time. Parameter gradients go into a buffer with the parameters' layout.
 
 use super::activations::{Activations, BlockActivations, GradScratch, Transient};
-use super::layout::{linear_grads, two_mut, view, BlockLayout};
+use super::layout::{linear_grads, norm_grads, two_mut, view, BlockLayout, Norm};
 use super::Model;
-use crate::config::Architecture;
+use crate::config::{Architecture, NormKind};
 use crate::kernels::matmul::Grad;
 use crate::kernels::{
-    activation, attention, cross_entropy, dropout, embedding, layernorm, matmul, residual,
+    activation, attention, cross_entropy, dropout, embedding, layernorm, matmul, residual, rmsnorm,
+    rope,
 };
 
 impl Model {
@@ -27,9 +28,10 @@ impl Model {
         );
         assert_eq!(grads.len(), self.layout.len);
         // The linear layers' weight gradients are each one product, written whole; everything
-        // else (embeddings, LayerNorms, biases) is summed over rows, so starts from zero. Not
+        // else (embeddings, norms, biases) is summed over rows, so starts from zero. Not
         // zeroing the weights saves a pass over nearly all of the buffer, and the products a
-        // read of it.
+        // read of it. (A tied token embedding is lm_head's weight: the product writes it first,
+        // then the embedding's backward adds its own use.)
         for spec in &self.layout.specs {
             if !self.layout.is_linear_weight(spec.range()) {
                 grads[spec.range()].fill(0.0);
@@ -40,7 +42,6 @@ impl Model {
         let (batch, seq_len) = (acts.batch, acts.seq_len);
         let n = batch * seq_len;
         let lay = &self.layout;
-        let p = &self.params;
         let has_dropout = acts.dropout_seed.is_some();
         let g = &mut acts.grad;
         assert!(
@@ -92,20 +93,15 @@ impl Model {
         );
         g.d_out[..n * c].fill(0.0);
         match &lay.ln_f {
-            Some(norm) => {
-                let (dw, db) = two_mut(grads, &norm.weight, &norm.bias);
-                layernorm::backward(
-                    &mut g.d_out[..n * c],
-                    dw,
-                    db,
-                    &g.d_norm[..n * c],
-                    x_last,
-                    view(p, &norm.weight),
-                    &acts.ln_f_mean[..n],
-                    &acts.ln_f_rstd[..n],
-                    c,
-                );
-            }
+            Some(norm) => self.norm_backward(
+                norm,
+                &mut g.d_out[..n * c],
+                grads,
+                &g.d_norm[..n * c],
+                x_last,
+                head_stats(&acts.ln_f_mean, n),
+                &acts.ln_f_rstd[..n],
+            ),
             None => residual::backward(&mut g.d_out[..n * c], &g.d_norm[..n * c]),
         }
 
@@ -130,19 +126,50 @@ impl Model {
             std::mem::swap(&mut g.d_out, &mut g.d_in);
         }
 
-        let pos = lay
-            .position_embedding
-            .as_ref()
-            .expect("transformer has positions");
-        let (dwte, dwpe) = two_mut(grads, &lay.token_embedding, pos);
-        embedding::backward(
-            dwte,
-            Some(dwpe),
-            &g.d_out[..n * c],
-            &acts.tokens[..n],
-            seq_len,
-            c,
-        );
+        let (dwte, dwpe) = match &lay.position_embedding {
+            Some(pos) => {
+                let (dwte, dwpe) = two_mut(grads, &lay.token_embedding, pos);
+                (dwte, Some(dwpe))
+            }
+            // RoPE: positions have no parameters.
+            None => (&mut grads[lay.token_embedding.clone()], None),
+        };
+        embedding::backward(dwte, dwpe, &g.d_out[..n * c], &acts.tokens[..n], seq_len, c);
+    }
+
+    /// A pre-norm's output again, into `out`, from the statistics its forward pass kept.
+    fn norm_normalize(&self, norm: &Norm, out: &mut [f32], x: &[f32], mean: &[f32], rstd: &[f32]) {
+        let (p, c) = (&self.params, self.config.n_embd);
+        let weight = view(p, &norm.weight);
+        match self.config.norm {
+            NormKind::Layer => {
+                let bias = norm.bias.as_ref().map(|b| view(p, b));
+                layernorm::normalize(out, x, weight, bias, mean, rstd, c)
+            }
+            NormKind::Rms => rmsnorm::normalize(out, x, weight, rstd, c),
+        }
+    }
+
+    /// A pre-norm's backward: `d_in += ...` from the gradient of its output, and its gain's (and
+    /// shift's) gradient added into `grads`.
+    #[allow(clippy::too_many_arguments)]
+    fn norm_backward(
+        &self,
+        norm: &Norm,
+        d_in: &mut [f32],
+        grads: &mut [f32],
+        d_out: &[f32],
+        x: &[f32],
+        mean: &[f32],
+        rstd: &[f32],
+    ) {
+        let (p, c) = (&self.params, self.config.n_embd);
+        let weight = view(p, &norm.weight);
+        let (dw, db) = norm_grads(grads, norm);
+        match self.config.norm {
+            NormKind::Layer => layernorm::backward(d_in, dw, db, d_out, x, weight, mean, rstd, c),
+            NormKind::Rms => rmsnorm::backward(d_in, dw, d_out, x, weight, rstd, c),
+        }
     }
 
     /// Backward through one block: reads `g.d_out` (gradient of the block output), writes
@@ -183,14 +210,12 @@ impl Model {
             let mid = &a.mid()[rc.clone()];
             let ffn_in = match &bl.ln2 {
                 Some(norm) => {
-                    layernorm::normalize(
+                    self.norm_normalize(
+                        norm,
                         &mut tr.norm_out[rc.clone()],
                         mid,
-                        view(p, &norm.weight),
-                        view(p, &norm.bias),
-                        &a.ln2_mean[..n],
+                        head_stats(&a.ln2_mean, n),
                         &a.ln2_rstd[..n],
-                        c,
                     );
                     &tr.norm_out[rc.clone()]
                 }
@@ -259,20 +284,15 @@ impl Model {
                 f,
             );
             match &bl.ln2 {
-                Some(norm) => {
-                    let (dw, db) = two_mut(grads, &norm.weight, &norm.bias);
-                    layernorm::backward(
-                        d_mid,
-                        dw,
-                        db,
-                        &g.d_norm[rc.clone()],
-                        mid,
-                        view(p, &norm.weight),
-                        &a.ln2_mean[..n],
-                        &a.ln2_rstd[..n],
-                        c,
-                    );
-                }
+                Some(norm) => self.norm_backward(
+                    norm,
+                    d_mid,
+                    grads,
+                    &g.d_norm[rc.clone()],
+                    mid,
+                    head_stats(&a.ln2_mean, n),
+                    &a.ln2_rstd[..n],
+                ),
                 None => residual::backward(d_mid, &g.d_norm[rc.clone()]),
             }
         } else {
@@ -324,16 +344,41 @@ impl Model {
             shape,
             cfg.attention_scale_factor(),
         );
+        // Back through RoPE (turning the gradient back) and QK-norm, in place: d_qkv becomes
+        // the gradient of the product's output.
+        if let Some(table) = &self.rope {
+            rope::apply(
+                &mut g.d_qkv[..n * 3 * c],
+                table,
+                0,
+                shape.seq_len,
+                c,
+                cfg.n_head,
+                true,
+            );
+        }
+        if let Some(qk) = &bl.qk_norm {
+            let (dq, dk) = two_mut(grads, &qk.q, &qk.k);
+            rmsnorm::qk_backward(
+                &mut g.d_qkv[..n * 3 * c],
+                dq,
+                dk,
+                &a.qk_raw[..n * 2 * c],
+                &a.qk_rstd[..n * 2 * cfg.n_head],
+                view(p, &qk.q),
+                view(p, &qk.k),
+                c,
+                cfg.n_head,
+            );
+        }
         let attn_in = match &bl.ln1 {
             Some(norm) => {
-                layernorm::normalize(
+                self.norm_normalize(
+                    norm,
                     &mut tr.norm_out[rc.clone()],
                     x,
-                    view(p, &norm.weight),
-                    view(p, &norm.bias),
-                    &a.ln1_mean[..n],
+                    head_stats(&a.ln1_mean, n),
                     &a.ln1_rstd[..n],
-                    c,
                 );
                 &tr.norm_out[rc.clone()]
             }
@@ -350,23 +395,23 @@ impl Model {
             3 * c,
         );
         match &bl.ln1 {
-            Some(norm) => {
-                let (dw, db) = two_mut(grads, &norm.weight, &norm.bias);
-                layernorm::backward(
-                    d_in,
-                    dw,
-                    db,
-                    &g.d_norm[rc.clone()],
-                    x,
-                    view(p, &norm.weight),
-                    &a.ln1_mean[..n],
-                    &a.ln1_rstd[..n],
-                    c,
-                );
-            }
+            Some(norm) => self.norm_backward(
+                norm,
+                d_in,
+                grads,
+                &g.d_norm[rc.clone()],
+                x,
+                head_stats(&a.ln1_mean, n),
+                &a.ln1_rstd[..n],
+            ),
             None => residual::backward(d_in, &g.d_norm[rc]),
         }
     }
+}
+
+/// The first `n` of a LayerNorm's kept means (RMSNorm keeps none: empty).
+fn head_stats(mean: &[f32], n: usize) -> &[f32] {
+    &mean[..n.min(mean.len())]
 }
 
 /// One block's parameters, input and kept activations.

@@ -1,11 +1,12 @@
-//! The forward pass: embedding, blocks, final LayerNorm, `lm_head`, cross-entropy.
+//! The forward pass: embedding, blocks, final norm, `lm_head`, cross-entropy.
 
 use super::activations::{Activations, BlockActivations, Transient};
-use super::layout::{view, BlockLayout};
+use super::layout::{view, BlockLayout, Norm};
 use super::Model;
-use crate::config::Architecture;
+use crate::config::{Architecture, NormKind, Position};
 use crate::kernels::{
-    activation, attention, cross_entropy, dropout, embedding, layernorm, matmul, residual,
+    activation, attention, cross_entropy, dropout, embedding, layernorm, matmul, residual, rmsnorm,
+    rope,
 };
 use crate::rng::{DropoutSeed, DropoutSite};
 use crate::tokenizer::TokenId;
@@ -44,7 +45,7 @@ impl Model {
             0.0
         };
         acts.dropout_seed = dropout.filter(|_| dropout_p > 0.0);
-        self.forward_rows(acts, 0, dropout_p);
+        self.forward_rows(acts, Rows::WHOLE, dropout_p);
         targets.map(|targets| {
             cross_entropy::forward(
                 &mut acts.probs[..n * v],
@@ -67,7 +68,62 @@ impl Model {
         self.set_inputs(acts, inputs, 1, inputs.len());
         acts.has_targets = false;
         acts.dropout_seed = None;
-        self.forward_rows(acts, start, 0.0);
+        let rows = match start {
+            0 => Rows::WHOLE,
+            _ => Rows {
+                first: start,
+                position: start,
+                extend: Some(Extend::Causal),
+            },
+        };
+        self.forward_rows(acts, rows, 0.0);
+    }
+
+    /// Generation with rotary positions (`position = rope`): computes the row of `token` at
+    /// absolute `position` of one sequence whose earlier tokens went through this method (or
+    /// [`Model::forward_from`], for positions below `block_size`), and returns its logits (V).
+    ///
+    /// The KV cache is a ring of the last `block_size` positions: the new key and value go into
+    /// slot `position % block_size`, over the oldest ones once the ring is full, and the query
+    /// attends over every cached slot, `min(position + 1, block_size)` of them. Scores under RoPE
+    /// depend only on how far apart a query and a key are, so keys turned at their own absolute
+    /// positions stay valid as the context slides past `block_size`: the model sees exactly the
+    /// last `block_size` characters (as the lecture's crop would give it), at the cost of one row
+    /// per character. `acts` holds (1, block_size) evaluation activations.
+    pub fn forward_ring<'a>(
+        &self,
+        acts: &'a mut Activations,
+        token: crate::tokenizer::TokenId,
+        position: usize,
+    ) -> &'a [f32] {
+        let cfg = &self.config;
+        assert_eq!(
+            cfg.position,
+            Position::Rope,
+            "the ring needs rotary positions"
+        );
+        let block = cfg.block_size;
+        assert!(acts.capacity_batch == 1 && acts.capacity_seq == block);
+        assert!(
+            (token as usize) < cfg.vocab_size,
+            "token id outside the vocabulary"
+        );
+        let slot = position % block;
+        acts.batch = 1;
+        acts.seq_len = slot + 1;
+        acts.tokens[slot] = token;
+        acts.has_targets = false;
+        acts.dropout_seed = None;
+        let rows = Rows {
+            first: slot,
+            position,
+            extend: Some(Extend::Ring {
+                keys: (position + 1).min(block),
+            }),
+        };
+        self.forward_rows(acts, rows, 0.0);
+        let v = cfg.vocab_size;
+        &acts.logits[slot * v..(slot + 1) * v]
     }
 
     fn set_inputs(&self, acts: &mut Activations, inputs: &[TokenId], batch: usize, seq_len: usize) {
@@ -85,9 +141,10 @@ impl Model {
         acts.tokens[..n].copy_from_slice(inputs);
     }
 
-    /// The forward pass for rows `first..B*T` of the (B, T) input set in `acts` (`first > 0` only
-    /// with B = 1, the earlier rows already computed).
-    fn forward_rows(&self, acts: &mut Activations, first: usize, dropout_p: f32) {
+    /// The forward pass for rows `rows.first..B*T` of the (B, T) input set in `acts`
+    /// (`first > 0` only with B = 1, the earlier rows already computed).
+    fn forward_rows(&self, acts: &mut Activations, rows: Rows, dropout_p: f32) {
+        let first = rows.first;
         let cfg = &self.config;
         let (c, v, h) = (cfg.n_embd, cfg.vocab_size, cfg.n_head);
         let (batch, seq_len) = (acts.batch, acts.seq_len);
@@ -131,7 +188,7 @@ impl Model {
             };
             let step = BlockStep {
                 shape,
-                first,
+                rows,
                 layer: l,
                 seed: acts.dropout_seed,
                 dropout_p,
@@ -144,14 +201,16 @@ impl Model {
         };
         let head_in = match &lay.ln_f {
             Some(norm) => {
-                layernorm::forward(
+                let mean = match acts.ln_f_mean.is_empty() {
+                    true => &mut [][..],
+                    false => &mut acts.ln_f_mean[first..n],
+                };
+                self.norm_forward(
+                    norm,
                     &mut acts.ln_f[first * c..n * c],
-                    &mut acts.ln_f_mean[first..n],
+                    mean,
                     &mut acts.ln_f_rstd[first..n],
                     x,
-                    view(p, &norm.weight),
-                    view(p, &norm.bias),
-                    c,
                 );
                 &acts.ln_f[first * c..n * c]
             }
@@ -168,6 +227,27 @@ impl Model {
         );
     }
 
+    /// A pre-norm of rows `x` (·, C) into `out`: LayerNorm (keeping `mean` and `rstd`) or RMSNorm
+    /// (keeping `rstd`; `mean` is empty).
+    pub(super) fn norm_forward(
+        &self,
+        norm: &Norm,
+        out: &mut [f32],
+        mean: &mut [f32],
+        rstd: &mut [f32],
+        x: &[f32],
+    ) {
+        let (p, c) = (&self.params, self.config.n_embd);
+        let weight = view(p, &norm.weight);
+        match self.config.norm {
+            NormKind::Layer => {
+                let bias = norm.bias.as_ref().map(|b| view(p, b));
+                layernorm::forward(out, mean, rstd, x, weight, bias, c)
+            }
+            NormKind::Rms => rmsnorm::forward(out, rstd, x, weight, c),
+        }
+    }
+
     /// One block's forward pass for rows `first..B*T`; `x` is the whole (B, T, C) block input.
     fn block_forward(
         &self,
@@ -182,11 +262,12 @@ impl Model {
         let (c, f) = (cfg.n_embd, cfg.ffn_hidden());
         let BlockStep {
             shape,
-            first,
+            rows,
             layer,
             seed,
             dropout_p,
         } = step;
+        let first = rows.first;
         let n = shape.batch * shape.seq_len;
         let att_len = n * cfg.n_head * shape.seq_len;
         // Each dropout site has its own masks; dropout only runs on whole batches (first = 0).
@@ -199,14 +280,16 @@ impl Model {
         // Attention half.
         let attn_in = match &bl.ln1 {
             Some(norm) => {
-                layernorm::forward(
+                let mean = match a.ln1_mean.is_empty() {
+                    true => &mut [][..],
+                    false => &mut a.ln1_mean[first..n],
+                };
+                self.norm_forward(
+                    norm,
                     &mut tr.norm_out[rc.clone()],
-                    &mut a.ln1_mean[first..n],
+                    mean,
                     &mut a.ln1_rstd[first..n],
                     &x[rc.clone()],
-                    view(p, &norm.weight),
-                    view(p, &norm.bias),
-                    c,
                 );
                 &tr.norm_out[rc.clone()]
             }
@@ -220,6 +303,41 @@ impl Model {
             c,
             3 * c,
         );
+        // Queries and keys as the scores read them: normalised per head, then turned.
+        let rows_qkv = first * 3 * c..n * 3 * c;
+        if let Some(qk) = &bl.qk_norm {
+            let h = cfg.n_head;
+            let raw = match a.qk_raw.is_empty() {
+                true => None,
+                false => Some(&mut a.qk_raw[first * 2 * c..n * 2 * c]),
+            };
+            rmsnorm::qk_forward(
+                &mut a.qkv[rows_qkv.clone()],
+                raw,
+                &mut a.qk_rstd[first * 2 * h..n * 2 * h],
+                view(p, &qk.q),
+                view(p, &qk.k),
+                c,
+                h,
+            );
+        }
+        if let Some(table) = &self.rope {
+            // A batch's rows are at positions t = row % T; rows that extend one sequence follow
+            // its last position.
+            let period = match rows.extend {
+                None => shape.seq_len,
+                Some(_) => usize::MAX,
+            };
+            rope::apply(
+                &mut a.qkv[rows_qkv],
+                table,
+                rows.position,
+                period,
+                c,
+                cfg.n_head,
+                false,
+            );
+        }
         if !a.kv_keys.is_empty() {
             attention::cache_keys_values(
                 &mut a.kv_keys,
@@ -230,7 +348,7 @@ impl Model {
                 cfg.n_head,
             );
         }
-        if first == 0 {
+        if rows.extend.is_none() {
             let att_dropout =
                 drop(DropoutSite::AttentionWeights).map(|masks| attention::DropoutBuffers {
                     mask: &mut a.att_mask[..att_len],
@@ -255,13 +373,17 @@ impl Model {
                 "extending a sequence needs a KV cache"
             );
             for t in first..n {
+                let keys = match rows.extend {
+                    Some(Extend::Ring { keys }) => keys,
+                    _ => t + 1,
+                };
                 attention::forward_row(
                     &mut a.attn_y[t * c..(t + 1) * c],
-                    &mut a.att[..n],
+                    &mut a.att[..keys],
                     &a.qkv[t * 3 * c..t * 3 * c + c],
                     &a.kv_keys,
                     &a.kv_values,
-                    t,
+                    keys,
                     cfg.n_head,
                     cfg.attention_scale_factor(),
                 );
@@ -307,14 +429,16 @@ impl Model {
         };
         let ffn_in = match &bl.ln2 {
             Some(norm) => {
-                layernorm::forward(
+                let mean = match a.ln2_mean.is_empty() {
+                    true => &mut [][..],
+                    false => &mut a.ln2_mean[first..n],
+                };
+                self.norm_forward(
+                    norm,
                     &mut tr.norm_out[rc.clone()],
-                    &mut a.ln2_mean[first..n],
+                    mean,
                     &mut a.ln2_rstd[first..n],
                     mid,
-                    view(p, &norm.weight),
-                    view(p, &norm.bias),
-                    c,
                 );
                 &tr.norm_out[rc.clone()]
             }
@@ -375,12 +499,40 @@ impl Model {
     }
 }
 
+/// Which rows a forward pass computes.
+#[derive(Debug, Clone, Copy)]
+struct Rows {
+    /// First row computed (B = 1 when > 0).
+    first: usize,
+    /// The sequence position of row `first` (0 for a whole batch, where row r is at r % T).
+    position: usize,
+    /// Rows that extend one sequence, reading the KV cache; `None`: whole sequences.
+    extend: Option<Extend>,
+}
+
+impl Rows {
+    /// Every row of the batch.
+    const WHOLE: Rows = Rows {
+        first: 0,
+        position: 0,
+        extend: None,
+    };
+}
+
+/// How rows that extend a sequence attend over the KV cache.
+#[derive(Debug, Clone, Copy)]
+enum Extend {
+    /// Row t attends over cache slots `0..=t` (positions `0..=t`).
+    Causal,
+    /// The one row attends over the first `keys` slots of the ring (RoPE generation).
+    Ring { keys: usize },
+}
+
 /// What varies between calls of `block_forward`.
 #[derive(Clone, Copy)]
 struct BlockStep {
     shape: attention::Shape,
-    /// First row computed (B = 1 when > 0).
-    first: usize,
+    rows: Rows,
     /// The block's index.
     layer: usize,
     /// The step's dropout masks (None: no dropout).

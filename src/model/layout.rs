@@ -1,7 +1,7 @@
 //! Where every parameter lives in the flat buffer: names, shapes, offsets, and the views the
 //! forward and backward passes use. Gradients and the optimizer's moments share this layout.
 
-use crate::config::{Architecture, FeedForward, ModelConfig};
+use crate::config::{Architecture, FeedForward, ModelConfig, Position};
 use std::ops::Range;
 
 /// One named tensor inside the flat parameter buffer.
@@ -11,6 +11,8 @@ pub struct ParamSpec {
     pub shape: Vec<usize>,
     pub offset: usize,
     pub(crate) role: Role,
+    /// A block's 2-D weight (q/k/v, projection, feed-forward): what Muon updates.
+    pub(crate) hidden: bool,
 }
 
 impl ParamSpec {
@@ -30,6 +32,12 @@ impl ParamSpec {
     pub fn is_matrix(&self) -> bool {
         self.shape.len() >= 2
     }
+
+    /// A block's weight matrix (q/k/v, projection, feed-forward), not an embedding nor
+    /// `lm_head`: the tensors `optimizer = muon` updates with Muon.
+    pub fn is_hidden_matrix(&self) -> bool {
+        self.hidden
+    }
 }
 
 /// How a tensor is initialised.
@@ -48,16 +56,25 @@ pub struct Linear {
     pub bias: Option<Range<usize>>,
 }
 
+/// A LayerNorm or RMSNorm: its gain, and its shift (LayerNorm with biases only).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Norm {
     pub weight: Range<usize>,
-    pub bias: Range<usize>,
+    pub bias: Option<Range<usize>>,
+}
+
+/// QK-norm's gains, (hs) each, shared by the heads of a block.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QkNorm {
+    pub q: Range<usize>,
+    pub k: Range<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct BlockLayout {
     pub ln1: Option<Norm>,
     pub qkv: Linear,
+    pub qk_norm: Option<QkNorm>,
     pub proj: Option<Linear>,
     pub ln2: Option<Norm>,
     pub fc: Option<Linear>,
@@ -114,11 +131,13 @@ struct LayoutBuilder {
 
 impl LayoutBuilder {
     fn push(&mut self, name: String, shape: Vec<usize>, role: Role) -> Range<usize> {
+        let hidden = matches!(role, Role::LinearWeight { .. }) && name.starts_with("blocks.");
         let spec = ParamSpec {
             name,
             shape,
             offset: self.len,
             role,
+            hidden,
         };
         let range = spec.range();
         self.len = range.end;
@@ -142,10 +161,10 @@ impl LayoutBuilder {
         Linear { weight, bias }
     }
 
-    fn norm(&mut self, prefix: &str, c: usize) -> Norm {
+    fn norm(&mut self, prefix: &str, c: usize, bias: bool) -> Norm {
         Norm {
             weight: self.push(format!("{prefix}.weight"), vec![c], Role::NormWeight),
-            bias: self.push(format!("{prefix}.bias"), vec![c], Role::NormBias),
+            bias: bias.then(|| self.push(format!("{prefix}.bias"), vec![c], Role::NormBias)),
         }
     }
 }
@@ -171,28 +190,48 @@ impl ParamLayout {
             };
         }
         let token_embedding = b.push("token_embedding.weight".into(), vec![v, c], Role::Embedding);
-        let position_embedding = Some(b.push(
-            "position_embedding.weight".into(),
-            vec![cfg.block_size, c],
-            Role::Embedding,
-        ));
+        let position_embedding = (cfg.position == Position::Learned).then(|| {
+            b.push(
+                "position_embedding.weight".into(),
+                vec![cfg.block_size, c],
+                Role::Embedding,
+            )
+        });
         let f = cfg.ffn_hidden();
+        let (bias, norm_bias) = (cfg.bias, cfg.norm_has_bias());
+        let hs = cfg.head_size();
         let blocks = (0..cfg.n_layer)
             .map(|i| {
                 let p = format!("blocks.{i}");
-                let ln1 = cfg.layer_norm.then(|| b.norm(&format!("{p}.ln1"), c));
+                let ln1 = cfg
+                    .layer_norm
+                    .then(|| b.norm(&format!("{p}.ln1"), c, norm_bias));
                 let qkv = b.linear(&format!("{p}.attn.qkv"), 3 * c, c, false);
+                let qk_norm = cfg.qk_norm.then(|| QkNorm {
+                    q: b.push(
+                        format!("{p}.attn.q_norm.weight"),
+                        vec![hs],
+                        Role::NormWeight,
+                    ),
+                    k: b.push(
+                        format!("{p}.attn.k_norm.weight"),
+                        vec![hs],
+                        Role::NormWeight,
+                    ),
+                });
                 let proj = cfg
                     .attention_projection
-                    .then(|| b.linear(&format!("{p}.attn.proj"), c, c, true));
+                    .then(|| b.linear(&format!("{p}.attn.proj"), c, c, bias));
                 let has_ffn = cfg.feed_forward != FeedForward::None;
-                let ln2 = (cfg.layer_norm && has_ffn).then(|| b.norm(&format!("{p}.ln2"), c));
-                let fc = has_ffn.then(|| b.linear(&format!("{p}.ffn.fc"), f, c, true));
+                let ln2 =
+                    (cfg.layer_norm && has_ffn).then(|| b.norm(&format!("{p}.ln2"), c, norm_bias));
+                let fc = has_ffn.then(|| b.linear(&format!("{p}.ffn.fc"), f, c, bias));
                 let fc2 = (cfg.feed_forward == FeedForward::Mlp)
-                    .then(|| b.linear(&format!("{p}.ffn.proj"), c, f, true));
+                    .then(|| b.linear(&format!("{p}.ffn.proj"), c, f, bias));
                 BlockLayout {
                     ln1,
                     qkv,
+                    qk_norm,
                     proj,
                     ln2,
                     fc,
@@ -200,8 +239,22 @@ impl ParamLayout {
                 }
             })
             .collect();
-        let ln_f = cfg.layer_norm.then(|| b.norm("ln_f", c));
-        let lm_head = Some(b.linear("lm_head", v, c, true));
+        let ln_f = cfg.layer_norm.then(|| b.norm("ln_f", c, norm_bias));
+        // Tied: lm_head reads token_embedding.weight (V, C), already the (out, in) layout of a
+        // linear weight; only its bias (if any) is a tensor of its own.
+        let lm_head = Some(match cfg.tie_embeddings {
+            true => Linear {
+                weight: token_embedding.clone(),
+                bias: bias.then(|| {
+                    b.push(
+                        "lm_head.bias".into(),
+                        vec![v],
+                        Role::LinearBias { fan_in: c },
+                    )
+                }),
+            },
+            false => b.linear("lm_head", v, c, bias),
+        });
         ParamLayout {
             specs: b.specs,
             len: b.len,
@@ -237,6 +290,20 @@ pub(crate) fn two_mut<'a>(
     } else {
         let (lo, hi) = buf.split_at_mut(a.start);
         (&mut hi[..a.len()], &mut lo[b.clone()])
+    }
+}
+
+/// Gradient views of a norm's gain and optional shift.
+pub(crate) fn norm_grads<'a>(
+    grads: &'a mut [f32],
+    n: &Norm,
+) -> (&'a mut [f32], Option<&'a mut [f32]>) {
+    match &n.bias {
+        Some(bias) => {
+            let (w, b) = two_mut(grads, &n.weight, bias);
+            (w, Some(b))
+        }
+        None => (&mut grads[n.weight.clone()], None),
     }
 }
 

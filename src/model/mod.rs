@@ -5,8 +5,10 @@
 //! tokens (B, T)
 //!   -> x = wte[tokens] + wpe[t]                       (B, T, C)   token + position embedding
 //!   -> for each block:
-//!        a  = ln1(x)               if layer_norm      (B, T, C)
+//!        a  = ln1(x)               if layer_norm      (B, T, C)   LayerNorm or RMSNorm
 //!        qkv = a Wqkv^T                               (B, T, 3C)  no bias, as in the lecture
+//!        q, k = rmsnorm(q), rmsnorm(k) per head  if qk_norm
+//!        q, k = rope(q), rope(k)   if position = rope
 //!        y  = attention(qkv)                          (B, T, C)   H causal heads, concatenated
 //!        y  = dropout(y Wproj^T + bproj)  if projection
 //!        x  = x + y  (residual) or x = y
@@ -34,6 +36,13 @@
 //! | `blocks.{i}.ffn.proj.weight`, `.bias` | (C, F), (C) (Mlp only) |
 //! | `ln_f.weight`, `.bias` | (C) |
 //! | `lm_head.weight`, `.bias` | (V, C), (V) |
+//! | `blocks.{i}.attn.q_norm.weight`, `k_norm.weight` | (hs) each, with `qk_norm` |
+//!
+//! The settings beyond the lecture remove tensors: `position = rope` the position embedding,
+//! `norm = rms` the norms' biases, `bias = false` every bias, and `tie_embeddings = true`
+//! `lm_head.weight`: the head then reads `token_embedding.weight` (V, C), stored once, and its
+//! gradient is the sum of both uses (the head's product writes it, the embedding's backward adds
+//! to it).
 //!
 //! Weights use PyTorch's `nn.Linear` layout (out, in), so a chargpt tensor loads directly into
 //! the equivalent PyTorch module. The lecture's per-head `key`, `query`, `value` maps of head h
@@ -45,11 +54,12 @@ mod forward;
 mod layout;
 
 pub use activations::Activations;
-pub use layout::{BlockLayout, Linear, Norm, ParamLayout, ParamSpec};
+pub use layout::{BlockLayout, Linear, Norm, ParamLayout, ParamSpec, QkNorm};
 
-use crate::config::{Init, ModelConfig, Precision};
+use crate::config::{Init, ModelConfig, Position, Precision};
 use crate::kernels::matmul::Weight;
 use crate::kernels::matmul_bf16::PackedWeight;
+use crate::kernels::rope::RopeTable;
 use crate::rng::Rng;
 use layout::Role;
 use rayon::prelude::*;
@@ -65,6 +75,14 @@ pub struct Model {
     /// range in `params` and the copy); `None` in fp32. [`Model::refresh_bf16`] renews it after
     /// the parameters change.
     bf16: Option<Vec<(Range<usize>, PackedWeight)>>,
+    /// With `position = rope`, the cosines and sines of positions `0..block_size`.
+    rope: Option<RopeTable>,
+}
+
+/// RoPE's table for `config`, where it turns queries and keys.
+fn rope_table(config: &ModelConfig) -> Option<RopeTable> {
+    (config.position == Position::Rope && config.n_head > 0)
+        .then(|| RopeTable::new(config.block_size, config.head_size()))
 }
 
 impl Model {
@@ -91,6 +109,7 @@ impl Model {
             }
         }
         Model {
+            rope: rope_table(&config),
             config,
             layout,
             params,
@@ -101,7 +120,8 @@ impl Model {
     /// Wraps existing parameters (e.g. from a checkpoint); the length must match the layout.
     pub fn from_params(config: ModelConfig, params: Vec<f32>) -> Option<Self> {
         let layout = ParamLayout::new(&config);
-        (params.len() == layout.len).then_some(Model {
+        (params.len() == layout.len).then(|| Model {
+            rope: rope_table(&config),
             config,
             layout,
             params,
@@ -297,7 +317,7 @@ mod tests {
             assert!((rows[6 * cols] - mean0).abs() < 1e-6);
         }
     }
-    use crate::config::{preset, Activation, AttentionScale, FeedForward};
+    use crate::config::{preset, Activation, AttentionScale, FeedForward, NormKind};
     use crate::kernels::gradcheck::check;
     use crate::rng::DropoutSeed;
     use crate::tokenizer::TokenId;
@@ -350,6 +370,34 @@ mod tests {
                 "no feed-forward",
                 ModelConfig {
                     feed_forward: FeedForward::None,
+                    ..base.clone()
+                },
+            ),
+            (
+                "rope, RMSNorm, relu2, QK-norm",
+                ModelConfig {
+                    position: Position::Rope,
+                    norm: NormKind::Rms,
+                    activation: Activation::Relu2,
+                    qk_norm: true,
+                    ..base.clone()
+                },
+            ),
+            (
+                "tied embeddings, no biases",
+                ModelConfig {
+                    tie_embeddings: true,
+                    bias: false,
+                    ..base.clone()
+                },
+            ),
+            (
+                "rope and QK-norm with LayerNorm, tied, GELU",
+                ModelConfig {
+                    position: Position::Rope,
+                    qk_norm: true,
+                    tie_embeddings: true,
+                    activation: Activation::Gelu,
                     ..base.clone()
                 },
             ),

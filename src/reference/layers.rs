@@ -80,8 +80,8 @@ pub const LAYERNORM_EPS: f32 = 1e-5;
 /// `mu = mean(x)`, `var = mean((x - mu)^2)`, `rstd = 1 / sqrt(var + eps)`,
 /// `xhat = (x - mu) * rstd` (mean 0, variance 1), `out = xhat * weight + bias`.
 ///
-/// Shapes: `inp`, `out` (B, T, C); `weight`, `bias` (C); `mean`, `rstd` (B, T), kept for the
-/// backward pass.
+/// Shapes: `inp`, `out` (B, T, C); `weight` (C); `bias` (C) or none (`bias = false`: no shift);
+/// `mean`, `rstd` (B, T), kept for the backward pass.
 #[allow(clippy::too_many_arguments)]
 pub fn layernorm_forward(
     out: &mut [f32],
@@ -89,7 +89,7 @@ pub fn layernorm_forward(
     rstd: &mut [f32],
     inp: &[f32],
     weight: &[f32],
-    bias: &[f32],
+    bias: Option<&[f32]>,
     b_n: usize,
     t_n: usize,
     c_n: usize,
@@ -111,7 +111,7 @@ pub fn layernorm_forward(
             let rs = 1.0 / (var + LAYERNORM_EPS).sqrt();
             for c in 0..c_n {
                 let xhat = (x[c] - mu) * rs;
-                out[row + c] = xhat * weight[c] + bias[c];
+                out[row + c] = xhat * weight[c] + bias.map_or(0.0, |bias| bias[c]);
             }
             mean[b * t_n + t] = mu;
             rstd[b * t_n + t] = rs;
@@ -127,7 +127,7 @@ pub fn layernorm_forward(
 pub fn layernorm_backward(
     dinp: &mut [f32],
     dweight: &mut [f32],
-    dbias: &mut [f32],
+    mut dbias: Option<&mut [f32]>,
     dout: &[f32],
     inp: &[f32],
     weight: &[f32],
@@ -154,11 +154,103 @@ pub fn layernorm_backward(
             for c in 0..c_n {
                 let xhat = (inp[row + c] - mu) * rs;
                 let g = dout[row + c] * weight[c];
-                dbias[c] += dout[row + c];
+                if let Some(dbias) = dbias.as_deref_mut() {
+                    dbias[c] += dout[row + c];
+                }
                 dweight[c] += dout[row + c] * xhat;
                 dinp[row + c] += rs * (g - mean_g - xhat * mean_g_xhat);
             }
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// RMSNorm
+
+/// For each position's vector x (C numbers): `rstd = 1 / sqrt(mean(x^2) + eps)`,
+/// `out = x * rstd * weight`. LayerNorm without the mean and without the shift.
+///
+/// Shapes: `inp`, `out` (B, T, C); `weight` (C); `rstd` (B, T), kept for the backward pass.
+#[allow(clippy::too_many_arguments)]
+pub fn rmsnorm_forward(
+    out: &mut [f32],
+    rstd: &mut [f32],
+    inp: &[f32],
+    weight: &[f32],
+    b_n: usize,
+    t_n: usize,
+    c_n: usize,
+) {
+    for b in 0..b_n {
+        for t in 0..t_n {
+            let row = (b * t_n + t) * c_n;
+            rstd[b * t_n + t] = rms_row(&mut out[row..row + c_n], &inp[row..row + c_n], weight);
+        }
+    }
+}
+
+/// One vector: `out = x * rstd * weight`; returns rstd.
+fn rms_row(out: &mut [f32], x: &[f32], weight: &[f32]) -> f32 {
+    let mut squares = 0.0f32;
+    for c in 0..x.len() {
+        squares += x[c] * x[c];
+    }
+    let rs = 1.0 / (squares / x.len() as f32 + LAYERNORM_EPS).sqrt();
+    for c in 0..x.len() {
+        out[c] = x[c] * rs * weight[c];
+    }
+    rs
+}
+
+/// With `g = dout * weight` and `xhat = x * rstd`: `dweight += dout * xhat` (summed over
+/// positions) and `dinp += rstd * (g - xhat * mean(g * xhat))`: the mean takes out of g the part
+/// that only rescales x, which the normalisation cancels.
+#[allow(clippy::too_many_arguments)]
+pub fn rmsnorm_backward(
+    dinp: &mut [f32],
+    dweight: &mut [f32],
+    dout: &[f32],
+    inp: &[f32],
+    weight: &[f32],
+    rstd: &[f32],
+    b_n: usize,
+    t_n: usize,
+    c_n: usize,
+) {
+    for b in 0..b_n {
+        for t in 0..t_n {
+            let row = (b * t_n + t) * c_n;
+            rms_row_backward(
+                &mut dinp[row..row + c_n],
+                dweight,
+                &dout[row..row + c_n],
+                &inp[row..row + c_n],
+                weight,
+                rstd[b * t_n + t],
+            );
+        }
+    }
+}
+
+/// [`rmsnorm_backward`] of one vector.
+fn rms_row_backward(
+    dx: &mut [f32],
+    dweight: &mut [f32],
+    dy: &[f32],
+    x: &[f32],
+    weight: &[f32],
+    rs: f32,
+) {
+    let n = x.len();
+    let mut mean_g_xhat = 0.0f32;
+    for c in 0..n {
+        mean_g_xhat += dy[c] * weight[c] * x[c] * rs;
+    }
+    mean_g_xhat /= n as f32;
+    for c in 0..n {
+        let xhat = x[c] * rs;
+        dweight[c] += dy[c] * xhat;
+        dx[c] += rs * (dy[c] * weight[c] - xhat * mean_g_xhat);
     }
 }
 
@@ -435,6 +527,140 @@ pub fn attention_weighted_sum_backward(
     }
 }
 
+/// QK-norm: RMSNorm of each head's query (with gain `q_weight`, hs numbers shared by the heads)
+/// and of each head's key (`k_weight`), before the scores; the values are copied unchanged.
+/// Writes `out` (B, T, 3C); returns the `rstd` of every (b, t, part, head), (B, T, 2H).
+pub fn qk_norm_forward(
+    out: &mut [f32],
+    qkv: &[f32],
+    q_weight: &[f32],
+    k_weight: &[f32],
+    s: AttentionShape,
+) -> Vec<f32> {
+    let hs = s.head_size();
+    let mut rstd = vec![0.0; s.b_n * s.t_n * 2 * s.h_n];
+    out.copy_from_slice(qkv);
+    for b in 0..s.b_n {
+        for t in 0..s.t_n {
+            for part in [QUERY, KEY] {
+                let weight = if part == QUERY { q_weight } else { k_weight };
+                for h in 0..s.h_n {
+                    let start = s.qkv_index(b, t, part, h, 0);
+                    let x = &qkv[start..start + hs];
+                    let rs = rms_row(&mut out[start..start + hs], x, weight);
+                    rstd[(b * s.t_n + t) * 2 * s.h_n + part * s.h_n + h] = rs;
+                }
+            }
+        }
+    }
+    rstd
+}
+
+/// The backward pass of [`qk_norm_forward`]: adds into `dqkv` the gradient of its input (the
+/// values' gradient passes through) and into the two gains'.
+#[allow(clippy::too_many_arguments)]
+pub fn qk_norm_backward(
+    dqkv: &mut [f32],
+    dq_weight: &mut [f32],
+    dk_weight: &mut [f32],
+    dout: &[f32],
+    qkv: &[f32],
+    q_weight: &[f32],
+    k_weight: &[f32],
+    rstd: &[f32],
+    s: AttentionShape,
+) {
+    let hs = s.head_size();
+    for b in 0..s.b_n {
+        for t in 0..s.t_n {
+            for part in [QUERY, KEY] {
+                let (weight, dweight) = match part {
+                    QUERY => (q_weight, &mut *dq_weight),
+                    _ => (k_weight, &mut *dk_weight),
+                };
+                for h in 0..s.h_n {
+                    let start = s.qkv_index(b, t, part, h, 0);
+                    let rs = rstd[(b * s.t_n + t) * 2 * s.h_n + part * s.h_n + h];
+                    rms_row_backward(
+                        &mut dqkv[start..start + hs],
+                        dweight,
+                        &dout[start..start + hs],
+                        &qkv[start..start + hs],
+                        weight,
+                        rs,
+                    );
+                }
+            }
+            for h in 0..s.h_n {
+                for i in 0..hs {
+                    let v = s.qkv_index(b, t, VALUE, h, i);
+                    dqkv[v] += dout[v];
+                }
+            }
+        }
+    }
+}
+
+/// RoPE's angle for pair i (channels 2i, 2i+1) of a head of size hs at `position`:
+/// `position * 10000^(-2i/hs)`, as (cos, sin), computed in f64 and rounded once.
+pub fn rope_angle(position: usize, i: usize, hs: usize) -> (f32, f32) {
+    let theta = crate::config::ROPE_BASE.powf(-((2 * i) as f64) / hs as f64);
+    let angle = position as f64 * theta;
+    (angle.cos() as f32, angle.sin() as f32)
+}
+
+/// Rotary position embedding: every head's query and key at position t (`first_position + t`)
+/// have each pair (x0, x1) = (x[2i], x[2i+1]) turned by its angle a:
+/// `(x0 cos a - x1 sin a, x0 sin a + x1 cos a)`. The values are copied unchanged. A query turned
+/// by p and a key turned by u have the dot product of the unturned pair turned by p - u: scores
+/// depend on relative position only.
+///
+/// Shapes: `qkv`, `out` (B, T, 3C).
+pub fn rope_forward(out: &mut [f32], qkv: &[f32], first_position: usize, s: AttentionShape) {
+    rope_turn(out, qkv, first_position, s, 1.0);
+}
+
+/// A rotation's transpose is the rotation back: `dqkv += turn(dout, -a)` on the queries and
+/// keys; the values' gradient passes.
+pub fn rope_backward(dqkv: &mut [f32], dout: &[f32], first_position: usize, s: AttentionShape) {
+    let mut back = vec![0.0; dout.len()];
+    rope_turn(&mut back, dout, first_position, s, -1.0);
+    for i in 0..dqkv.len() {
+        dqkv[i] += back[i];
+    }
+}
+
+/// `out = inp` with queries and keys turned by `direction` (1 or -1) times their angles.
+fn rope_turn(
+    out: &mut [f32],
+    inp: &[f32],
+    first_position: usize,
+    s: AttentionShape,
+    direction: f32,
+) {
+    let hs = s.head_size();
+    out.copy_from_slice(inp);
+    for b in 0..s.b_n {
+        for t in 0..s.t_n {
+            for part in [QUERY, KEY] {
+                for h in 0..s.h_n {
+                    for i in 0..hs / 2 {
+                        let (cos, sin) = rope_angle(first_position + t, i, hs);
+                        let sin = direction * sin;
+                        let (j0, j1) = (
+                            s.qkv_index(b, t, part, h, 2 * i),
+                            s.qkv_index(b, t, part, h, 2 * i + 1),
+                        );
+                        let (x0, x1) = (inp[j0], inp[j1]);
+                        out[j0] = x0 * cos - x1 * sin;
+                        out[j1] = x0 * sin + x1 * cos;
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// What the attention forward pass keeps for its backward pass.
 #[derive(Debug, Clone)]
 pub struct AttentionCache {
@@ -456,11 +682,52 @@ pub fn attention_forward(
     dropout: Option<(f32, SiteMasks)>,
     s: AttentionShape,
 ) -> AttentionCache {
+    attention_forward_masked(out, qkv, scale_factor, dropout, None, s)
+}
+
+/// Step 3b, for generation past `block_size` with rotary positions: query t may also not look
+/// further back than `window` positions, `scores[b, h, t, u] = -inf` for u <= t - window. This is
+/// what a cache of the last `window` keys computes (the fast engine's ring).
+pub fn window_mask(scores: &mut [f32], s: AttentionShape, window: usize) {
+    for b in 0..s.b_n {
+        for h in 0..s.h_n {
+            for t in window..s.t_n {
+                for u in 0..=t - window {
+                    scores[s.score_index(b, h, t, u)] = f32::NEG_INFINITY;
+                }
+            }
+        }
+    }
+}
+
+/// [`attention_forward`] in evaluation mode with each query limited to the last `window`
+/// positions ([`window_mask`]).
+pub fn attention_forward_sliding(
+    out: &mut [f32],
+    qkv: &[f32],
+    scale_factor: f32,
+    window: usize,
+    s: AttentionShape,
+) -> AttentionCache {
+    attention_forward_masked(out, qkv, scale_factor, None, Some(window), s)
+}
+
+fn attention_forward_masked(
+    out: &mut [f32],
+    qkv: &[f32],
+    scale_factor: f32,
+    dropout: Option<(f32, SiteMasks)>,
+    window: Option<usize>,
+    s: AttentionShape,
+) -> AttentionCache {
     let squares = s.b_n * s.h_n * s.t_n * s.t_n;
     let mut scores = vec![0.0; squares];
     attention_scores(&mut scores, qkv, s);
     scale(&mut scores, scale_factor);
     causal_mask(&mut scores, s);
+    if let Some(window) = window {
+        window_mask(&mut scores, s, window);
+    }
     let mut att = vec![0.0; squares];
     softmax_forward(&mut att, &scores, s.b_n * s.h_n * s.t_n, s.t_n);
     let (dropped, mask) = match dropout {
@@ -519,13 +786,14 @@ pub fn attention_backward(
 const SQRT_2_OVER_PI: f32 = 0.797_884_6;
 const GELU_CUBIC: f32 = 0.044_715;
 
-/// ReLU, `out = max(0, x)`, or the tanh approximation of GELU (GPT-2's, PyTorch's
-/// `gelu(x, approximate="tanh")`): `out = x/2 * (1 + tanh(u))`, `u = sqrt(2/pi) (x + 0.044715 x^3)`.
-/// Elementwise, any shape.
+/// ReLU, `out = max(0, x)`; ReLU squared, `out = max(0, x)^2`; or the tanh approximation of
+/// GELU (GPT-2's, PyTorch's `gelu(x, approximate="tanh")`): `out = x/2 * (1 + tanh(u))`,
+/// `u = sqrt(2/pi) (x + 0.044715 x^3)`. Elementwise, any shape.
 pub fn activation_forward(kind: Activation, out: &mut [f32], inp: &[f32]) {
     for (o, &x) in out.iter_mut().zip(inp) {
         *o = match kind {
             Activation::Relu => x.max(0.0),
+            Activation::Relu2 => x.max(0.0) * x.max(0.0),
             Activation::Gelu => {
                 let u = SQRT_2_OVER_PI * (x + GELU_CUBIC * x * x * x);
                 0.5 * x * (1.0 + u.tanh())
@@ -534,7 +802,7 @@ pub fn activation_forward(kind: Activation, out: &mut [f32], inp: &[f32]) {
     }
 }
 
-/// `dinp += f'(x) * dout`, with ReLU's `f'(x) = [x > 0]` and GELU's
+/// `dinp += f'(x) * dout`, with ReLU's `f'(x) = [x > 0]`, ReLU squared's `2 max(0, x)` and GELU's
 /// `f'(x) = (1 + tanh u)/2 + x/2 * (1 - tanh(u)^2) * du/dx`, `du/dx = sqrt(2/pi) (1 + 3 * 0.044715 x^2)`.
 pub fn activation_backward(kind: Activation, dinp: &mut [f32], dout: &[f32], inp: &[f32]) {
     for ((d, &g), &x) in dinp.iter_mut().zip(dout).zip(inp) {
@@ -546,6 +814,7 @@ pub fn activation_backward(kind: Activation, dinp: &mut [f32], dout: &[f32], inp
                     0.0
                 }
             }
+            Activation::Relu2 => 2.0 * x.max(0.0),
             Activation::Gelu => {
                 let u = SQRT_2_OVER_PI * (x + GELU_CUBIC * x * x * x);
                 let th = u.tanh();
@@ -717,16 +986,103 @@ mod tests {
         let w = random_vec(b * t * c, &mut rng, 1.0);
         let run = |x: &[f32], wt: &[f32], bs: &[f32]| {
             let (mut y, mut m, mut r) = (vec![0.0; b * t * c], vec![0.0; b * t], vec![0.0; b * t]);
-            layernorm_forward(&mut y, &mut m, &mut r, x, wt, bs, b, t, c);
+            layernorm_forward(&mut y, &mut m, &mut r, x, wt, Some(bs), b, t, c);
             (y, m, r)
         };
         let (_, m, r) = run(&x, &wt, &bs);
         let (mut dx, mut dw, mut db) = (vec![0.0; b * t * c], vec![0.0; c], vec![0.0; c]);
-        layernorm_backward(&mut dx, &mut dw, &mut db, &w, &x, &wt, &m, &r, b, t, c);
+        layernorm_backward(
+            &mut dx,
+            &mut dw,
+            Some(&mut db),
+            &w,
+            &x,
+            &wt,
+            &m,
+            &r,
+            b,
+            t,
+            c,
+        );
         let f = |x: &[f32], wt: &[f32], bs: &[f32]| weighted_sum(&run(x, wt, bs).0, &w);
         check("dinp", &x, &dx, |v| f(v, &wt, &bs), 2e-3);
         check("dweight", &wt, &dw, |v| f(&x, v, &bs), 2e-3);
         check("dbias", &bs, &db, |v| f(&x, &wt, v), 2e-3);
+    }
+
+    #[test]
+    fn rmsnorm_qk_norm_and_rope_gradients_match_finite_differences() {
+        let mut rng = Rng::new(12);
+        let (b, t, c) = (2, 3, 10);
+        let x = random_vec(b * t * c, &mut rng, 1.0);
+        let wt: Vec<f32> = random_vec(c, &mut rng, 0.5)
+            .iter()
+            .map(|v| v + 1.0)
+            .collect();
+        let w = random_vec(b * t * c, &mut rng, 1.0);
+        let run = |x: &[f32], wt: &[f32]| {
+            let (mut y, mut r) = (vec![0.0; b * t * c], vec![0.0; b * t]);
+            rmsnorm_forward(&mut y, &mut r, x, wt, b, t, c);
+            (y, r)
+        };
+        let (_, r) = run(&x, &wt);
+        let (mut dx, mut dw) = (vec![0.0; b * t * c], vec![0.0; c]);
+        rmsnorm_backward(&mut dx, &mut dw, &w, &x, &wt, &r, b, t, c);
+        check(
+            "rms dinp",
+            &x,
+            &dx,
+            |v| weighted_sum(&run(v, &wt).0, &w),
+            2e-3,
+        );
+        check(
+            "rms dweight",
+            &wt,
+            &dw,
+            |v| weighted_sum(&run(&x, v).0, &w),
+            2e-3,
+        );
+
+        let s = AttentionShape {
+            b_n: 2,
+            t_n: 4,
+            c_n: 12,
+            h_n: 3,
+        };
+        let hs = s.head_size();
+        let qkv = random_vec(s.b_n * s.t_n * 3 * s.c_n, &mut rng, 1.0);
+        let w = random_vec(qkv.len(), &mut rng, 1.0);
+        let qw: Vec<f32> = random_vec(hs, &mut rng, 0.5)
+            .iter()
+            .map(|v| v + 1.0)
+            .collect();
+        let kw: Vec<f32> = random_vec(hs, &mut rng, 0.5)
+            .iter()
+            .map(|v| v + 1.0)
+            .collect();
+        let qk = |qkv: &[f32], qw: &[f32], kw: &[f32]| {
+            let mut out = vec![0.0; qkv.len()];
+            let rstd = qk_norm_forward(&mut out, qkv, qw, kw, s);
+            (out, rstd)
+        };
+        let (_, rstd) = qk(&qkv, &qw, &kw);
+        let (mut d, mut dqw, mut dkw) = (vec![0.0; qkv.len()], vec![0.0; hs], vec![0.0; hs]);
+        qk_norm_backward(&mut d, &mut dqw, &mut dkw, &w, &qkv, &qw, &kw, &rstd, s);
+        let f = |q: &[f32], a: &[f32], b: &[f32]| weighted_sum(&qk(q, a, b).0, &w);
+        check("qk dqkv", &qkv, &d, |v| f(v, &qw, &kw), 2e-3);
+        check("qk dq_weight", &qw, &dqw, |v| f(&qkv, v, &kw), 2e-3);
+        check("qk dk_weight", &kw, &dkw, |v| f(&qkv, &qw, v), 2e-3);
+
+        for first in [0, 9] {
+            let turn = |qkv: &[f32]| {
+                let mut out = vec![0.0; qkv.len()];
+                rope_forward(&mut out, qkv, first, s);
+                out
+            };
+            let mut d = vec![0.0; qkv.len()];
+            rope_backward(&mut d, &w, first, s);
+            check("rope dqkv", &qkv, &d, |v| weighted_sum(&turn(v), &w), 1e-3);
+        }
     }
 
     #[test]
@@ -791,7 +1147,7 @@ mod tests {
             .map(|v| if v.abs() < 0.1 { v + 0.3 } else { v })
             .collect();
         let w = random_vec(n, &mut rng, 1.0);
-        for kind in [Activation::Relu, Activation::Gelu] {
+        for kind in [Activation::Relu, Activation::Gelu, Activation::Relu2] {
             let mut dx = vec![0.0; n];
             activation_backward(kind, &mut dx, &w, &x);
             let f = |x: &[f32]| {

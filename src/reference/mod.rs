@@ -32,5 +32,6 @@
 
 pub mod layers;
 mod model;
+pub mod optimizer;
 
-pub use model::{backward, forward, Pass};
+pub use model::{backward, forward, forward_sliding, Pass};

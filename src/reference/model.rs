@@ -2,10 +2,12 @@
 //!
 //! ```text
 //! tokens (B, T)
-//!   -> x = wte[tokens] + wpe[t]                         (B, T, C)
+//!   -> x = wte[tokens] + wpe[t]                         (B, T, C)   (+ wpe: learned positions)
 //!   -> for each block:
-//!        a   = ln1(x)                 if layer_norm     (B, T, C)
+//!        a   = ln1(x)                 if layer_norm     (B, T, C)   LayerNorm or RMSNorm
 //!        qkv = a Wqkv^T                                 (B, T, 3C)
+//!        qkv = qk_norm(qkv)           if qk_norm        per-head RMSNorm of q and k
+//!        qkv = rope(qkv)              if rope           q and k turned by their positions
 //!        y   = attention(qkv)                           (B, T, C)
 //!        y   = dropout(y Wproj^T + bproj)   if attention_projection
 //!        m   = x + y (residual) or y
@@ -15,13 +17,13 @@
 //!        f   = dropout(f)
 //!        x   = m + f (residual) or f  (no feed-forward: x = m)
 //!   -> ln_f(x)                        if layer_norm
-//!   -> logits = x Wlm^T + blm                           (B, T, V)
+//!   -> logits = x Wlm^T + blm                           (B, T, V)   Wlm = wte if tied
 //!   -> loss = mean cross-entropy(logits, targets)
 //! ```
 //! The bigram model is `logits = wte[tokens]`, with `wte` (V, V).
 
 use super::layers::{self, AttentionCache, AttentionShape};
-use crate::config::Architecture;
+use crate::config::{Architecture, NormKind, Position};
 use crate::model::{BlockLayout, Linear, Model, Norm};
 use crate::profile::{self, Kernel};
 use crate::rng::{DropoutSeed, DropoutSite, SiteMasks};
@@ -57,11 +59,20 @@ impl Pass {
     }
 }
 
-/// A LayerNorm's output and the statistics its backward pass needs.
+/// A norm's output and the statistics its backward pass needs (RMSNorm: no mean).
 #[derive(Debug, Clone)]
 struct NormPass {
     out: Vec<f32>,
     mean: Vec<f32>,
+    rstd: Vec<f32>,
+}
+
+/// QK-norm's input and statistics.
+#[derive(Debug, Clone)]
+struct QkNormPass {
+    /// The product's output, before QK-norm, (B, T, 3C).
+    raw: Vec<f32>,
+    /// (B, T, 2H).
     rstd: Vec<f32>,
 }
 
@@ -76,8 +87,9 @@ struct DropoutPass {
 #[derive(Debug, Clone)]
 struct BlockPass {
     ln1: Option<NormPass>,
-    /// (B, T, 3C).
+    /// (B, T, 3C), as attention reads it (after QK-norm and RoPE).
     qkv: Vec<f32>,
+    qk_norm: Option<QkNormPass>,
     attention: AttentionCache,
     /// The heads concatenated, (B, T, C).
     heads: Vec<f32>,
@@ -112,6 +124,9 @@ struct Dims {
     /// The feed-forward width F.
     f: usize,
     v: usize,
+    /// Attention limited to the last `window` positions (generation past `block_size` with
+    /// RoPE, [`forward_sliding`]); `None`: the whole causal past.
+    window: Option<usize>,
 }
 
 /// Runs `f` with its time counted as `kernel`'s (`chargpt bench --breakdown`).
@@ -136,17 +151,42 @@ pub fn forward(
     dropout: Option<DropoutSeed>,
 ) -> Pass {
     let cfg = &model.config;
+    assert!(seq_len <= cfg.block_size || cfg.architecture == Architecture::Bigram);
+    forward_pass(model, tokens, targets, batch, seq_len, dropout, None)
+}
+
+/// The logits of one sequence of any length, for a model with rotary positions, each query
+/// attending over the last `block_size` positions only (itself included): what generation with
+/// a ring of the last `block_size` cached keys and values computes. (Each layer looks
+/// `block_size` back, so the last position depends on up to `n_layer * (block_size - 1)` earlier
+/// characters.) Evaluation mode.
+pub fn forward_sliding(model: &Model, tokens: &[TokenId]) -> Pass {
+    assert_eq!(model.config.position, Position::Rope);
+    let window = model.config.block_size;
+    forward_pass(model, tokens, None, 1, tokens.len(), None, Some(window))
+}
+
+fn forward_pass(
+    model: &Model,
+    tokens: &[TokenId],
+    targets: Option<&[TokenId]>,
+    batch: usize,
+    seq_len: usize,
+    dropout: Option<DropoutSeed>,
+    window: Option<usize>,
+) -> Pass {
+    let cfg = &model.config;
     let lay = &model.layout;
     let n = batch * seq_len;
     assert_eq!(tokens.len(), n);
     assert!(tokens.iter().all(|&t| (t as usize) < cfg.vocab_size));
-    assert!(seq_len <= cfg.block_size || cfg.architecture == Architecture::Bigram);
     let dims = Dims {
         b: batch,
         t: seq_len,
         c: cfg.n_embd,
         f: cfg.ffn_hidden(),
         v: cfg.vocab_size,
+        window,
     };
     let dropout = dropout.filter(|_| cfg.dropout > 0.0);
     let mut pass = Pass {
@@ -224,21 +264,28 @@ fn norm_forward(model: &Model, norm: &Norm, x: &[f32], d: Dims) -> NormPass {
     let rows = d.b * d.t;
     let mut ln = NormPass {
         out: vec![0.0; rows * d.c],
-        mean: vec![0.0; rows],
+        mean: Vec::new(),
         rstd: vec![0.0; rows],
     };
-    timed(Kernel::LayerNorm, false, || {
-        layers::layernorm_forward(
-            &mut ln.out,
-            &mut ln.mean,
-            &mut ln.rstd,
-            x,
-            param(model, &norm.weight),
-            param(model, &norm.bias),
-            d.b,
-            d.t,
-            d.c,
-        )
+    let weight = param(model, &norm.weight);
+    timed(Kernel::LayerNorm, false, || match model.config.norm {
+        NormKind::Layer => {
+            ln.mean = vec![0.0; rows];
+            layers::layernorm_forward(
+                &mut ln.out,
+                &mut ln.mean,
+                &mut ln.rstd,
+                x,
+                weight,
+                norm.bias.as_ref().map(|b| param(model, b)),
+                d.b,
+                d.t,
+                d.c,
+            )
+        }
+        NormKind::Rms => {
+            layers::rmsnorm_forward(&mut ln.out, &mut ln.rstd, x, weight, d.b, d.t, d.c)
+        }
     });
     ln
 }
@@ -311,7 +358,7 @@ fn block_forward(
     // Attention half: m = x + proj(attention(ln1(x))).
     let ln1 = bl.ln1.as_ref().map(|norm| norm_forward(model, norm, x, d));
     let attn_in = ln1.as_ref().map_or(x, |ln| &ln.out);
-    let qkv = linear_forward(model, &bl.qkv, attn_in, d, d.c, 3 * d.c);
+    let mut qkv = linear_forward(model, &bl.qkv, attn_in, d, d.c, 3 * d.c);
     let mut heads = vec![0.0; d.b * d.t * d.c];
     let shape = AttentionShape {
         b_n: d.b,
@@ -319,14 +366,43 @@ fn block_forward(
         c_n: d.c,
         h_n: cfg.n_head,
     };
-    let attention = timed(Kernel::Attention, false, || {
-        layers::attention_forward(
+    // Queries and keys as the scores read them: normalised per head, then turned.
+    let qk_norm = bl.qk_norm.as_ref().map(|qk| {
+        let mut normed = vec![0.0; qkv.len()];
+        let rstd = timed(Kernel::LayerNorm, false, || {
+            layers::qk_norm_forward(
+                &mut normed,
+                &qkv,
+                param(model, &qk.q),
+                param(model, &qk.k),
+                shape,
+            )
+        });
+        let raw = std::mem::replace(&mut qkv, normed);
+        QkNormPass { raw, rstd }
+    });
+    if cfg.position == Position::Rope {
+        let mut turned = vec![0.0; qkv.len()];
+        timed(Kernel::Attention, false, || {
+            layers::rope_forward(&mut turned, &qkv, 0, shape)
+        });
+        qkv = turned;
+    }
+    let attention = timed(Kernel::Attention, false, || match d.window {
+        None => layers::attention_forward(
             &mut heads,
             &qkv,
             cfg.attention_scale_factor(),
             site(DropoutSite::AttentionWeights),
             shape,
-        )
+        ),
+        Some(window) => layers::attention_forward_sliding(
+            &mut heads,
+            &qkv,
+            cfg.attention_scale_factor(),
+            window,
+            shape,
+        ),
     });
     let proj = bl.proj.as_ref().map(|proj| {
         let y = linear_forward(model, proj, &heads, d, d.c, d.c);
@@ -369,6 +445,7 @@ fn block_forward(
     BlockPass {
         ln1,
         qkv,
+        qk_norm,
         attention,
         heads,
         proj,
@@ -398,6 +475,7 @@ pub fn backward(model: &Model, pass: &Pass, grads: &mut [f32], loss_scale: f32) 
         c: cfg.n_embd,
         f: cfg.ffn_hidden(),
         v: cfg.vocab_size,
+        window: None,
     };
 
     let mut d_logits = vec![0.0; n * d.v];
@@ -449,13 +527,16 @@ pub fn backward(model: &Model, pass: &Pass, grads: &mut [f32], loss_scale: f32) 
         );
     }
 
-    let pos = lay
-        .position_embedding
-        .as_ref()
-        .expect("a transformer has positions");
-    let (dwte, dwpe) = two_grads(grads, &lay.token_embedding, pos);
+    // With tied embeddings lm_head's gradient is already in dwte: this adds the lookup's.
+    let (dwte, dwpe) = match &lay.position_embedding {
+        Some(pos) => {
+            let (dwte, dwpe) = two_grads(grads, &lay.token_embedding, pos);
+            (dwte, Some(dwpe))
+        }
+        None => (&mut grads[lay.token_embedding.clone()], None),
+    };
     timed(Kernel::Embedding, true, || {
-        layers::embedding_backward(dwte, Some(dwpe), &d_x, &pass.tokens, b, t, d.c)
+        layers::embedding_backward(dwte, dwpe, &d_x, &pass.tokens, b, t, d.c)
     });
 }
 
@@ -518,21 +599,21 @@ fn norm_backward(
     d: Dims,
 ) -> Vec<f32> {
     let mut d_x = vec![0.0; x.len()];
-    let (dweight, dbias) = two_grads(grads, &norm.weight, &norm.bias);
-    timed(Kernel::LayerNorm, true, || {
-        layers::layernorm_backward(
-            &mut d_x,
-            dweight,
-            dbias,
-            d_out,
-            x,
-            param(model, &norm.weight),
-            &ln.mean,
-            &ln.rstd,
-            d.b,
-            d.t,
-            d.c,
-        )
+    let (dweight, dbias) = match &norm.bias {
+        Some(bias) => {
+            let (w, b) = two_grads(grads, &norm.weight, bias);
+            (w, Some(b))
+        }
+        None => (&mut grads[norm.weight.clone()], None),
+    };
+    let weight = param(model, &norm.weight);
+    timed(Kernel::LayerNorm, true, || match model.config.norm {
+        NormKind::Layer => layers::layernorm_backward(
+            &mut d_x, dweight, dbias, d_out, x, weight, &ln.mean, &ln.rstd, d.b, d.t, d.c,
+        ),
+        NormKind::Rms => {
+            layers::rmsnorm_backward(&mut d_x, dweight, d_out, x, weight, &ln.rstd, d.b, d.t, d.c)
+        }
     });
     d_x
 }
@@ -650,6 +731,31 @@ fn block_backward(
             shape,
         )
     });
+    if cfg.position == Position::Rope {
+        let mut d_turned = vec![0.0; d_qkv.len()];
+        timed(Kernel::Attention, true, || {
+            layers::rope_backward(&mut d_turned, &d_qkv, 0, shape)
+        });
+        d_qkv = d_turned;
+    }
+    if let (Some(qk), Some(qk_pass)) = (&bl.qk_norm, &blk.qk_norm) {
+        let mut d_raw = vec![0.0; d_qkv.len()];
+        let (dq, dk) = two_grads(grads, &qk.q, &qk.k);
+        timed(Kernel::LayerNorm, true, || {
+            layers::qk_norm_backward(
+                &mut d_raw,
+                dq,
+                dk,
+                &d_qkv,
+                &qk_pass.raw,
+                param(model, &qk.q),
+                param(model, &qk.k),
+                &qk_pass.rstd,
+                shape,
+            )
+        });
+        d_qkv = d_raw;
+    }
     let attn_in = blk.ln1.as_ref().map_or(x, |ln| &ln.out);
     let d_attn_in = linear_backward(model, &bl.qkv, grads, &d_qkv, attn_in, d, d.c, 3 * d.c);
     let d_via_branch = match (&bl.ln1, &blk.ln1) {
@@ -664,6 +770,7 @@ fn block_backward(
 mod tests {
     use super::*;
     use crate::config::{preset, Activation, AttentionScale, FeedForward, Init, ModelConfig};
+    use crate::config::{NormKind, Position};
     use crate::kernels::gradcheck::check;
     use crate::rng::Rng;
 
@@ -708,6 +815,34 @@ mod tests {
                 "no feed-forward",
                 ModelConfig {
                     feed_forward: FeedForward::None,
+                    ..base.clone()
+                },
+            ),
+            (
+                "rope, RMSNorm, relu2, QK-norm",
+                ModelConfig {
+                    position: Position::Rope,
+                    norm: NormKind::Rms,
+                    activation: Activation::Relu2,
+                    qk_norm: true,
+                    ..base.clone()
+                },
+            ),
+            (
+                "tied embeddings, no biases",
+                ModelConfig {
+                    tie_embeddings: true,
+                    bias: false,
+                    ..base.clone()
+                },
+            ),
+            (
+                "rope and QK-norm with LayerNorm, tied, GELU",
+                ModelConfig {
+                    position: Position::Rope,
+                    qk_norm: true,
+                    tie_embeddings: true,
+                    activation: Activation::Gelu,
                     ..base.clone()
                 },
             ),

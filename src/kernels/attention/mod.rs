@@ -546,12 +546,14 @@ pub fn forward(
     }
 }
 
-/// Attention for the single query `q` (C) at position `t` of one sequence, over the cached keys
-/// and values of positions `0..=t`: how generation extends a sequence by one token without
-/// recomputing the others. `keys` and `values` are laid out (H, T_cap, hs), so that one head's
+/// Attention for the single query `q` (C) of one sequence, over the first `count` cached keys
+/// and values (those of positions `0..=t` for the query at position t; with RoPE, once the
+/// context is full, the whole ring of the last `block_size` positions, in any order: the softmax
+/// does not care): how generation extends a sequence by one token without recomputing the
+/// others. `keys` and `values` are laid out (H, T_cap, hs), so that one head's
 /// keys are contiguous and stream through the cache (in the (T, 3C) q/k/v layout consecutive keys
 /// lie 3C floats apart and every one is a cache miss). Writes `out_row` (C); `scores` (at least
-/// t + 1 floats) is scratch. No dropout: generation is evaluation.
+/// `count` floats) is scratch. No dropout: generation is evaluation.
 #[allow(clippy::too_many_arguments)]
 pub fn forward_row(
     out_row: &mut [f32],
@@ -559,7 +561,7 @@ pub fn forward_row(
     q: &[f32],
     keys: &[f32],
     values: &[f32],
-    t: usize,
+    count: usize,
     n_head: usize,
     scale: f32,
 ) {
@@ -567,12 +569,13 @@ pub fn forward_row(
     let c = q.len();
     let hs = c / n_head;
     let cap = keys.len() / c;
-    assert!(t < cap && values.len() == keys.len() && out_row.len() >= c && scores.len() > t);
+    assert!(count >= 1 && count <= cap && values.len() == keys.len());
+    assert!(out_row.len() >= c && scores.len() >= count);
     for h in 0..n_head {
-        let head = h * cap * hs..(h * cap + t + 1) * hs;
+        let head = h * cap * hs..(h * cap + count) * hs;
         head_row(
             &mut out_row[h * hs..(h + 1) * hs],
-            &mut scores[..=t],
+            &mut scores[..count],
             &q[h * hs..(h + 1) * hs],
             &keys[head.clone()],
             &values[head],
@@ -1152,7 +1155,7 @@ mod tests {
         for t in 0..7 {
             cache_keys_values(&mut keys, &mut values, &qkv, t..t + 1, 12, 3);
             let q = &qkv[t * 36..t * 36 + 12];
-            forward_row(&mut row, &mut scores, q, &keys, &values, t, 3, 0.4);
+            forward_row(&mut row, &mut scores, q, &keys, &values, t + 1, 3, 0.4);
             for (a, b) in row.iter().zip(&out[t * 12..(t + 1) * 12]) {
                 assert!((a - b).abs() < 1e-6, "row {t}: {a} vs {b}");
             }
