@@ -23,7 +23,7 @@
 //! web page) call these and never the model's buffers directly.
 
 use crate::checkpoint::{write_atomic, CheckpointError};
-use crate::config::{Architecture, ModelConfig, NormKind, Position};
+use crate::config::{Activation, Architecture, ModelConfig, NormKind, Position};
 use crate::data::{fill_windows, window_count};
 use crate::kernels::{layernorm, rmsnorm};
 use crate::model::{Activations, Model, ParamLayout};
@@ -667,7 +667,11 @@ pub fn model_parts(cfg: &ModelConfig) -> ModelParts {
         "embedding",
         vec![t, c],
         "T × C",
-        format!("each character's row of a {v} × {c} table"),
+        if cfg.tie_embeddings {
+            format!("each character's row of a {v} × {c} table (lm_head's too: tied)")
+        } else {
+            format!("each character's row of a {v} × {c} table")
+        },
         "token_embedding.",
     )];
     if layout.position_embedding.is_some() {
@@ -680,6 +684,21 @@ pub fn model_parts(cfg: &ModelConfig) -> ModelParts {
             "position_embedding.",
         ));
     }
+    // The pre-norms as the config has them: LayerNorm (with or without its shift) or RMSNorm.
+    let (norm_name, norm_detail) = match (cfg.norm, cfg.norm_has_bias()) {
+        (NormKind::Rms, _) => (
+            "RMSNorm",
+            "each position's vector divided by its root mean square, then × weight (no mean, no bias)",
+        ),
+        (NormKind::Layer, true) => (
+            "LayerNorm",
+            "each position's vector to mean 0, variance 1, then × weight + bias",
+        ),
+        (NormKind::Layer, false) => (
+            "LayerNorm",
+            "each position's vector to mean 0, variance 1, then × weight (no bias)",
+        ),
+    };
     let mut block = Vec::new();
     if let Some(b) = layout.blocks.first() {
         let (h, hs) = (cfg.n_head, cfg.head_size());
@@ -691,11 +710,11 @@ pub fn model_parts(cfg: &ModelConfig) -> ModelParts {
         let residual = cfg.residual;
         if b.ln1.is_some() {
             block.push(part(
-                "LayerNorm",
+                norm_name,
                 "norm",
                 vec![t, c],
                 "T × C",
-                "each position's vector to mean 0, variance 1, then × weight + bias".into(),
+                norm_detail.into(),
                 "blocks.0.ln1.",
             ));
         }
@@ -703,6 +722,13 @@ pub fn model_parts(cfg: &ModelConfig) -> ModelParts {
             ", concatenated, projected C → C"
         } else {
             ", concatenated"
+        };
+        // What happens to q and k between the linear map and the scores.
+        let qk = match (b.qk_norm.is_some(), cfg.position == Position::Rope) {
+            (true, true) => "q, k RMS-normed per head and rotated by position (RoPE); ",
+            (true, false) => "q, k RMS-normed per head; ",
+            (false, true) => "q, k rotated by position (RoPE); ",
+            (false, false) => "",
         };
         block.push(part(
             if h == 1 {
@@ -714,7 +740,7 @@ pub fn model_parts(cfg: &ModelConfig) -> ModelParts {
             vec![t, c],
             "T × C",
             format!(
-                "{h} head{} of {hs}: softmax(q·k × {scale}, causal) · v{projection}",
+                "{h} head{} of {hs}: {qk}softmax(q·k × {scale}, causal) · v{projection}",
                 if h == 1 { "" } else { "s" }
             ),
             "blocks.0.attn.",
@@ -732,20 +758,30 @@ pub fn model_parts(cfg: &ModelConfig) -> ModelParts {
         if b.fc.is_some() {
             if b.ln2.is_some() {
                 block.push(part(
-                    "LayerNorm",
+                    norm_name,
                     "norm",
                     vec![t, c],
                     "T × C",
-                    "each position's vector to mean 0, variance 1, then × weight + bias".into(),
+                    norm_detail.into(),
                     "blocks.0.ln2.",
                 ));
             }
             let f = cfg.ffn_hidden();
-            let act = format!("{:?}", cfg.activation).to_uppercase();
-            let detail = if b.fc2.is_some() {
-                format!("each position alone: {act}(x W1 + b1) W2 + b2, {c} → {f} → {c}")
+            let act = match cfg.activation {
+                Activation::Relu => "ReLU",
+                Activation::Gelu => "GELU",
+                Activation::Relu2 => "ReLU²",
+            };
+            let (b1, b2) = if cfg.bias {
+                (" + b1", " + b2")
             } else {
-                format!("each position alone: {act}(x W + b), {c} → {f}")
+                ("", "")
+            };
+            let detail = if b.fc2.is_some() {
+                format!("each position alone: {act}(x W1{b1}) W2{b2}, {c} → {f} → {c}")
+            } else {
+                let b = if cfg.bias { " + b" } else { "" };
+                format!("each position alone: {act}(x W{b}), {c} → {f}")
             };
             block.push(part(
                 "feed-forward",
@@ -771,7 +807,11 @@ pub fn model_parts(cfg: &ModelConfig) -> ModelParts {
     let mut after = Vec::new();
     if layout.ln_f.is_some() {
         after.push(part(
-            "final LayerNorm",
+            if cfg.norm == NormKind::Rms {
+                "final RMSNorm"
+            } else {
+                "final LayerNorm"
+            },
             "norm",
             vec![t, c],
             "T × C",
@@ -779,12 +819,19 @@ pub fn model_parts(cfg: &ModelConfig) -> ModelParts {
             "ln_f.",
         ));
     }
+    // Tied: lm_head multiplies by the token embedding's own table (counted there, once).
+    let b = if cfg.bias { " + b" } else { "" };
+    let detail = if cfg.tie_embeddings {
+        format!("a score (logit) for each of the {v} characters: x Wteᵀ{b}, {c} → {v}, with the token embedding's table (tied)")
+    } else {
+        format!("a score (logit) for each of the {v} characters: x W{b}, {c} → {v}")
+    };
     after.push(part(
         "lm_head",
         "linear",
         vec![t, v],
         "T × V",
-        format!("a score (logit) for each of the {v} characters: x W + b, {c} → {v}"),
+        detail,
         "lm_head.",
     ));
     after.push(softmax);
@@ -1330,19 +1377,104 @@ mod tests {
         );
     }
 
+    /// RoPE, RMSNorm, QK-norm, tied embeddings and no biases: the trace is still the head's
+    /// slice of the forward pass, its query is the linear map's normed per head and rotated by
+    /// its position (the reference functions, applied here by hand), there are no position
+    /// embeddings to draw, and the diagram holds every parameter once.
+    #[test]
+    fn a_modern_model_is_traced_and_drawn_as_it_computes() {
+        use crate::reference::layers::{qk_norm_forward, rope_forward, AttentionShape};
+        let mut cfg = model("nanogpt-cpu", 1).config;
+        cfg.position = Position::Rope;
+        cfg.norm = NormKind::Rms;
+        cfg.qk_norm = true;
+        cfg.tie_embeddings = true;
+        cfg.bias = false;
+        cfg.activation = Activation::Relu2;
+        let m = Model::new(cfg.clone(), 4);
+        let text = ids(12, 3);
+        let hs = cfg.head_size();
+        for (layer, head, position) in [(0, 1, 0), (1, 3, 11), (1, 0, 6)] {
+            let trace = head_trace(&m, &text, position, layer, head).unwrap();
+            assert!(trace.qk_norm && trace.rope);
+            let (row, out) = forward_head_slices(&m, &text, position, layer, head).unwrap();
+            for (a, b) in trace.weights.iter().zip(&row) {
+                assert!((a - b).abs() < 1e-6, "weights {a} vs {b}");
+            }
+            for (a, b) in trace.output.iter().zip(&out) {
+                assert!((a - b).abs() < 1e-5, "output {a} vs {b}");
+            }
+            // q = rope(qk_norm(ln1(x) Wq)) at the query's position.
+            let qk = m.layout.blocks[layer].qk_norm.as_ref().unwrap();
+            let shape = AttentionShape {
+                b_n: 1,
+                t_n: 1,
+                c_n: hs,
+                h_n: 1,
+            };
+            let mut qkv = trace.q_linear.clone();
+            qkv.resize(3 * hs, 0.0);
+            let mut normed = vec![0.0; 3 * hs];
+            let (wq, wk) = (&m.params[qk.q.clone()], &m.params[qk.k.clone()]);
+            qk_norm_forward(&mut normed, &qkv, wq, wk, shape);
+            let mut turned = vec![0.0; 3 * hs];
+            rope_forward(&mut turned, &normed, position, shape);
+            for (a, b) in turned[..hs].iter().zip(&trace.q) {
+                assert!((a - b).abs() < 1e-5, "q {a} vs {b}");
+            }
+        }
+        let map = embeddings(&m);
+        assert_eq!(map.position_cosine, None, "RoPE has no position table");
+        assert_eq!(map.tokens.len(), 11);
+        let tokenizer = Tokenizer::from_chars("abcdefghijk".chars().collect()).unwrap();
+        let record = probe_record(&m, &tokenizer, &text, 0, 2.0);
+        assert!(record.position_cosine.is_none() && record.attention.is_some());
+        let parts = model_parts(&cfg);
+        let sum = |ps: &[Part]| ps.iter().map(|p| p.params).sum::<usize>();
+        assert_eq!(
+            sum(&parts.before) + parts.n_layer * sum(&parts.block) + sum(&parts.after),
+            m.num_params()
+        );
+        let names: Vec<&str> = parts.block.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "RMSNorm",
+                "multi-head attention",
+                "residual add",
+                "RMSNorm",
+                "feed-forward",
+                "residual add"
+            ]
+        );
+        assert!(parts.block[1].detail.contains("RoPE"));
+        assert!(parts.block[4].detail.contains("ReLU²(x W1) W2"));
+        let lm_head = &parts.after[1];
+        assert_eq!((lm_head.name.as_str(), lm_head.params), ("lm_head", 0));
+        assert!(lm_head.detail.contains("tied"));
+        assert_eq!(parts.before.len(), 1, "no position embedding");
+    }
+
     #[test]
     fn the_parts_of_every_preset_hold_every_parameter() {
-        for p in crate::config::presets() {
-            let mut cfg = p.model.clone();
+        // The presets, and the rungs of `ladder --modern` (each adds a setting beyond them).
+        let rungs = crate::ladder::MODERN_RUNGS
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.name, crate::ladder::modern_configs(i).unwrap().0));
+        let all = crate::config::presets();
+        let presets = all.iter().map(|p| (p.name, p.model.clone()));
+        for (name, model) in presets.chain(rungs) {
+            let mut cfg = model;
             cfg.vocab_size = 65;
             let parts = model_parts(&cfg);
             let sum = |ps: &[Part]| ps.iter().map(|p| p.params).sum::<usize>();
-            assert_eq!(parts.total_params, ParamLayout::new(&cfg).len, "{}", p.name);
+            assert_eq!(parts.total_params, ParamLayout::new(&cfg).len, "{}", name);
             assert_eq!(
                 sum(&parts.before) + parts.n_layer * sum(&parts.block) + sum(&parts.after),
                 parts.total_params,
                 "{}",
-                p.name
+                name
             );
             assert_eq!(parts.block_params, sum(&parts.block));
             for part in parts.before.iter().chain(&parts.block).chain(&parts.after) {
@@ -1351,7 +1483,7 @@ mod tests {
                         .iter()
                         .all(|t| !t.name.starts_with("blocks.") || t.name.starts_with("blocks.0.")),
                     "{}: the block's parts are block 0's",
-                    p.name
+                    name
                 );
             }
         }

@@ -18,35 +18,41 @@ use std::path::Path;
 /// Trains a 2-layer, 4-head model with block 16 on `small.txt` into `runs/NAME` (its probe
 /// records too, at steps 0, 10, 20 and 30).
 fn train(dir: &Path, name: &str, preset: &str) {
+    train_with(dir, name, preset, &[]);
+}
+
+/// [`train`] with more `--set KEY=VALUE` settings.
+fn train_with(dir: &Path, name: &str, preset: &str, settings: &[&str]) {
     let out = format!("runs/{name}");
-    succeeds(
-        dir,
-        &[
-            "train",
-            "--preset",
-            preset,
-            "--data",
-            "small.txt",
-            "--out",
-            &out,
-            "--set",
-            "n_layer=2",
-            "--set",
-            "n_head=4",
-            "--set",
-            "n_embd=16",
-            "--set",
-            "block_size=16",
-            "--set",
-            "steps=30",
-            "--set",
-            "eval_interval=10",
-            "--set",
-            "eval_iters=2",
-            "--threads",
-            "1",
-        ],
-    );
+    let mut args = vec![
+        "train",
+        "--preset",
+        preset,
+        "--data",
+        "small.txt",
+        "--out",
+        out.as_str(),
+        "--set",
+        "n_layer=2",
+        "--set",
+        "n_head=4",
+        "--set",
+        "n_embd=16",
+        "--set",
+        "block_size=16",
+        "--set",
+        "steps=30",
+        "--set",
+        "eval_interval=10",
+        "--set",
+        "eval_iters=2",
+        "--threads",
+        "1",
+    ];
+    for setting in settings {
+        args.extend(["--set", *setting]);
+    }
+    succeeds(dir, &args);
 }
 
 const PROMPT: &str = "the quick fox";
@@ -483,4 +489,105 @@ fn bad_inspections_are_refused_with_a_clear_message() {
     ));
     assert_eq!(r["dropped"].as_u64(), Some(long.len() as u64 - 16));
     assert_eq!(r["len"], 16);
+}
+
+/// A model with every setting beyond the lecture (RoPE, RMSNorm, QK-norm, tied embeddings, no
+/// biases): the head's steps show the query before and after QK-norm and rotation and still
+/// equal the forward pass, the attention is `chargpt attention --json`'s, the embeddings say
+/// there is no position table, and the diagram counts the shared table once.
+#[test]
+fn a_modern_model_is_looked_inside_as_it_computes() {
+    let dir = workspace();
+    let d = dir.path();
+    let modern = [
+        "position=rope",
+        "norm=rms",
+        "qk_norm=true",
+        "tie_embeddings=true",
+        "bias=false",
+        "activation=relu2",
+    ];
+    train_with(d, "modern", "layernorm", &modern);
+    let server = Server::start(d, &[]);
+    let ckpt = checkpoint::load(&d.join("runs/modern")).unwrap();
+    let ids = ckpt.tokenizer.encode(PROMPT).unwrap();
+
+    let (layer, head, position) = (1, 3, 9);
+    let trace = ok(server.post(
+        "/api/runs/modern/inspect/head",
+        json!({ "prompt": PROMPT, "layer": layer, "head": head, "position": position }),
+    ));
+    let steps = trace["steps"].as_array().unwrap();
+    let ids_of: Vec<&str> = steps.iter().map(|s| s["id"].as_str().unwrap()).collect();
+    assert_eq!(
+        ids_of,
+        [
+            "input", "rmsnorm", "q_linear", "q", "k", "v", "dots", "scale", "mask", "softmax",
+            "output"
+        ]
+    );
+    assert_eq!(
+        (&trace["qk_norm"], &trace["rope"], &trace["norm_bias"]),
+        (&json!(true), &json!(true), &json!(false))
+    );
+    let library = inspect::head_trace(&ckpt.model, &ids, position, layer, head).unwrap();
+    assert_eq!(floats(&steps[2]["values"]), library.q_linear);
+    assert_eq!(floats(&steps[3]["values"]), library.q);
+    assert_ne!(library.q_linear, library.q, "normed and turned");
+    let (weights, output) =
+        inspect::forward_head_slices(&ckpt.model, &ids, position, layer, head).unwrap();
+    for (a, b) in floats(&steps[9]["values"]).iter().zip(&weights) {
+        assert!((a - b).abs() < 1e-6, "weights {a} vs {b}");
+    }
+    for (a, b) in floats(&steps[10]["values"]).iter().zip(&output) {
+        assert!((a - b).abs() < 1e-5, "output {a} vs {b}");
+    }
+
+    let att = ok(server.post(
+        "/api/runs/modern/inspect/attention",
+        json!({ "prompt": PROMPT }),
+    ));
+    let cli: Value = serde_json::from_str(&succeeds(
+        d,
+        &[
+            "attention",
+            "--model",
+            "runs/modern",
+            "--prompt",
+            PROMPT,
+            "--json",
+        ],
+    ))
+    .unwrap();
+    for t in 0..PROMPT.len() {
+        let wire = floats(&att["weights"][1][2][t]);
+        assert_eq!(&wire[..], &floats(&cli["layers"][1][2][t])[..=t]);
+    }
+
+    let emb = ok(server.get("/api/runs/modern/inspect/embeddings"));
+    assert_eq!(emb["positions"], "rope");
+    assert_eq!(emb["tied"], true);
+    assert!(emb["position_cosine"].is_null());
+    assert_eq!(
+        emb["points"].as_array().unwrap().len(),
+        ckpt.tokenizer.vocab_size()
+    );
+
+    let diagram = ok(server.get("/api/runs/modern/inspect/model"));
+    let parts = &diagram["parts"];
+    assert_eq!(check_parts(parts) as usize, ckpt.model.num_params());
+    assert_eq!(parts["block"][0]["name"], "RMSNorm");
+    assert_eq!(
+        parts["before"].as_array().unwrap().len(),
+        1,
+        "no position table"
+    );
+
+    let next = ok(server.post("/api/runs/modern/inspect/next", json!({ "prompt": PROMPT })));
+    let sum: f64 = floats(&next["probs"]).iter().map(|&p| p as f64).sum();
+    assert!((sum - 1.0).abs() < 1e-5);
+    let probes = ok(server.get("/api/runs/modern/probes"));
+    let records = probes["records"].as_array().unwrap();
+    assert_eq!(records.len(), 4);
+    assert!(records.iter().all(|r| r["position_cosine"].is_null()));
 }

@@ -126,6 +126,11 @@ const SOURCES: &[(&str, &str)] = &[
         include_str!("../kernels/matmul.rs"),
     ),
     ("src/kernels/mod.rs", include_str!("../kernels/mod.rs")),
+    (
+        "src/kernels/rmsnorm.rs",
+        include_str!("../kernels/rmsnorm.rs"),
+    ),
+    ("src/kernels/rope.rs", include_str!("../kernels/rope.rs")),
     ("src/model/forward.rs", include_str!("../model/forward.rs")),
     (
         "src/reference/layers.rs",
@@ -181,4 +186,36 @@ pub async fn serve(method: Method, uri: Uri) -> Response {
         body,
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every `link('FILE', 'FIND', ...)` of the head view names a file the server embeds, and
+    /// text that file contains (read.html opens the file there), so that no link goes dead when
+    /// a function is renamed.
+    #[test]
+    fn every_link_of_the_head_view_finds_its_text() {
+        let head = include_str!("../../assets/web/views/head.js");
+        let mut links = 0;
+        for call in head.split("link('").skip(1) {
+            let mut parts = call.splitn(3, "', '");
+            let (Some(file), Some(find)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            if file.contains('$') || file.contains('(') {
+                continue; // the definition of link() itself
+            }
+            let text = SOURCES
+                .iter()
+                .find(|(f, _)| *f == file)
+                .unwrap_or_else(|| panic!("{file} is not among the files served under /source/"))
+                .1;
+            let find = find.replace("\\'", "'");
+            assert!(text.contains(&find), "{file} lacks {find:?}");
+            links += 1;
+        }
+        assert!(links >= 30, "{links} links found");
+    }
 }

@@ -23,7 +23,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chargpt::checkpoint::{self, Checkpoint, DataInfo};
-use chargpt::config::{self, Architecture, AttentionScale, ModelConfig};
+use chargpt::config::{self, Architecture, AttentionScale, ModelConfig, NormKind, Position};
 use chargpt::inspect::{self, InspectError};
 use chargpt::model::Model;
 use chargpt::sampling::{self, SampleSettings};
@@ -601,8 +601,13 @@ pub async fn embeddings(State(state): Shared, RunName(name): RunName) -> ApiResu
             points: Vec<[f32; 2]>,
             explained: [f32; 2],
             block_size: usize,
-            /// (T, T) row-major, to 4 decimals; null for a bigram.
+            /// (T, T) row-major, to 4 decimals; null without learned position embeddings.
             position_cosine: Option<Vec<f32>>,
+            /// How the model knows positions: "learned" (position_embedding.weight), "rope"
+            /// (rotated queries and keys, no table) or "none" (a bigram).
+            positions: &'static str,
+            /// Whether lm_head reuses the token embeddings (`tie_embeddings`).
+            tied: bool,
         }
         to_json(&Embeddings {
             about: subject.about(&run),
@@ -610,6 +615,12 @@ pub async fn embeddings(State(state): Shared, RunName(name): RunName) -> ApiResu
             points: map.tokens,
             explained: map.explained,
             block_size: model.config.block_size,
+            positions: match (model.config.architecture, model.config.position) {
+                (Architecture::Bigram, _) => "none",
+                (_, Position::Learned) => "learned",
+                (_, Position::Rope) => "rope",
+            },
+            tied: model.config.tie_embeddings,
             position_cosine: map.position_cosine.map(|cos| {
                 cos.iter()
                     .map(|&c| (c * 10_000.0).round() / 10_000.0)
@@ -687,7 +698,15 @@ pub async fn head(
         let has_norm = model.layout.blocks[request.layer].ln1.is_some();
         let mut steps = vec![step("input", vec![c], trace.input.iter().copied())];
         if has_norm {
-            steps.push(step("layernorm", vec![c], trace.normed.iter().copied()));
+            let id = match cfg.norm {
+                NormKind::Layer => "layernorm",
+                NormKind::Rms => "rmsnorm",
+            };
+            steps.push(step(id, vec![c], trace.normed.iter().copied()));
+        }
+        // With QK-norm or RoPE the query is first the linear map's, then normed and rotated.
+        if trace.qk_norm || trace.rope {
+            steps.push(step("q_linear", vec![hs], trace.q_linear.iter().copied()));
         }
         steps.push(step("q", vec![hs], trace.q.iter().copied()));
         steps.push(step("k", vec![t + 1, hs], trace.k.concat()));
@@ -727,6 +746,12 @@ pub async fn head(
             scale: f32,
             /// "head_size" (`1/sqrt(hs)`) or "n_embd" (`1/sqrt(C)`).
             scale_by: &'static str,
+            /// Whether q and k are RMS-normed per head, and rotated by position, before the
+            /// scores; whether the model has learned position embeddings; whether the norm
+            /// has a bias.
+            qk_norm: bool,
+            rope: bool,
+            norm_bias: bool,
             steps: Vec<Step>,
             /// The same numbers as the fast forward pass computed them.
             forward: Forward,
@@ -747,6 +772,9 @@ pub async fn head(
                 AttentionScale::HeadSize => "head_size",
                 AttentionScale::NEmbd => "n_embd",
             },
+            qk_norm: trace.qk_norm,
+            rope: trace.rope,
+            norm_bias: cfg.norm_has_bias(),
             forward: Forward {
                 weights_diff: max_diff(&weights, &trace.weights),
                 output_diff: max_diff(&output, &trace.output),

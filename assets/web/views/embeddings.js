@@ -12,6 +12,7 @@ let header;
 let follow;
 let scatter;
 let cosine;
+let tokensNote;
 let error;
 let asked = 0;
 
@@ -28,10 +29,16 @@ async function fetchNow() {
     header.about(got);
     drawScatter(scatter, got.vocab, got.points, got.explained);
     scatter.dataset.step = String(got.step);
+    tokensNote.textContent = got.tied
+      ? 'Each character\'s row of token_embedding.weight, centred and projected on the two directions of greatest variance. Characters the model treats alike end up close. Tied embeddings: lm_head scores each character with this same row, so it also says which characters the model predicts alike.'
+      : 'Each character\'s row of token_embedding.weight, centred and projected on the two directions of greatest variance. Characters the model treats alike end up close.';
+    cosine.dataset.positions = got.positions;
     if (got.position_cosine) {
       drawCosine(cosine, got.position_cosine, got.block_size);
+    } else if (got.positions === 'rope') {
+      cosine.replaceChildren(el('p', { className: 'muted' }, 'This model has no position embeddings to compare: with RoPE (position = rope) no vector is added for a position; instead every head turns its queries and keys by an angle proportional to their position, so that a score depends only on how far apart the two characters are. The One head view shows the query before and after the turn.'));
     } else {
-      cosine.textContent = 'This model has no position embeddings (a bigram sees only the current character).';
+      cosine.replaceChildren(el('p', { className: 'muted' }, 'This model has no position embeddings: a bigram sees only the current character.'));
     }
   } catch (e) {
     if (mine !== asked) return;
@@ -47,6 +54,7 @@ const view = {
     header = runHeader(app, 'emb');
     scatter = el('div', { id: 'emb-scatter' });
     cosine = el('div', { id: 'emb-cosine' });
+    tokensNote = el('p', { className: 'muted small', id: 'emb-tokens-note' });
     error = el('div', { id: 'emb-error', className: 'error' });
     element.append(
       el('h2', {}, 'The characters as the model sees them'),
@@ -54,7 +62,7 @@ const view = {
       el('div', { className: 'two-columns' },
         el('div', {},
           el('h3', {}, 'token embeddings on their first two principal components'),
-          el('p', { className: 'muted small' }, 'Each character\'s row of token_embedding.weight, centred and projected on the two directions of greatest variance. Characters the model treats alike end up close.'),
+          tokensNote,
           scatter),
         el('div', {},
           el('h3', {}, 'position embeddings: cosine similarity'),

@@ -25,7 +25,8 @@ let error;
 let asked = 0;
 
 // A link that opens a file of the project at a line: the README paragraph or the function that
-// computes a step. `find` is text the file contains (tests/serve.rs checks every one).
+// computes a step. `find` is text the file contains (src/serve/assets.rs's tests check every
+// one against the files the server embeds).
 function link(file, find, label) {
   const href = `/read.html?file=${encodeURIComponent(file)}&find=${encodeURIComponent(find)}`;
   return el('a', { href, target: '_blank', className: 'source-link', dataset: { file, find } }, label);
@@ -39,27 +40,58 @@ function describe(id, trace) {
   const hs = trace.head_size;
   const scaleBy = trace.scale_by === 'n_embd'
     ? `<msqrt><mi>C</mi></msqrt>` : `<msqrt><mi>hs</mi></msqrt>`;
-  const scaleText = trace.scale_by === 'n_embd' ? `√C = √${trace.n_embd}` : `√hs = √${hs}`;
+  const scaleText = trace.scale_by === 'n_embd' ? `1/√C = 1/√${trace.n_embd}` : `1/√hs = 1/√${hs}`;
   const known = {
     input: {
       title: 'the block\'s input at position t',
       formula: M(`${sub('x', 't')}<mo>∈</mo><msup><mi>ℝ</mi><mi>C</mi></msup>`),
-      text: trace.layer === 0
-        ? 'Row t of the token embedding plus the position embedding: what enters the first block.'
-        : `Row t of the residual stream after block ${trace.layer - 1}.`,
+      text: trace.layer > 0
+        ? `Row t of the residual stream after block ${trace.layer - 1}.`
+        : trace.rope
+          ? 'Row t of the token embedding: what enters the first block. With RoPE there is no position embedding; the position enters below, when q and k are rotated.'
+          : 'Row t of the token embedding plus the position embedding: what enters the first block.',
       links: [link('README.md', '**Embedding.**', 'README: Embedding'),
         link('src/reference/model.rs', 'fn block_forward(', 'reference: block_forward'),
         link('src/model/forward.rs', 'fn block_forward(', 'fast: Model::block_forward')],
     },
     layernorm: {
       title: 'LayerNorm',
-      formula: M(`${sub('x̂', 't')}<mo>=</mo><mfrac><mrow>${sub('x', 't')}<mo>−</mo><mi>μ</mi></mrow><msqrt><msup><mi>σ</mi><mn>2</mn></msup><mo>+</mo><mi>ε</mi></msqrt></mfrac><mo>⊙</mo><mi>w</mi><mo>+</mo><mi>b</mi>`),
-      text: 'The row brought to mean 0 and variance 1, then scaled and shifted by the learned weight and bias (ln1 of this block).',
+      formula: M(`${sub('x̂', 't')}<mo>=</mo><mfrac><mrow>${sub('x', 't')}<mo>−</mo><mi>μ</mi></mrow><msqrt><msup><mi>σ</mi><mn>2</mn></msup><mo>+</mo><mi>ε</mi></msqrt></mfrac><mo>⊙</mo><mi>w</mi>${trace.norm_bias === false ? '' : '<mo>+</mo><mi>b</mi>'}`),
+      text: trace.norm_bias === false
+        ? 'The row brought to mean 0 and variance 1, then scaled by the learned weight (ln1 of this block; bias=false: no shift).'
+        : 'The row brought to mean 0 and variance 1, then scaled and shifted by the learned weight and bias (ln1 of this block).',
       links: [link('README.md', '**LayerNorm.**', 'README: LayerNorm'),
         link('src/reference/layers.rs', 'pub fn layernorm_forward(', 'reference: layernorm_forward'),
         link('src/kernels/layernorm.rs', 'pub fn forward(', 'fast: layernorm::forward')],
     },
-    q: {
+    rmsnorm: {
+      title: 'RMSNorm',
+      formula: M(`${sub('x̂', 't')}<mo>=</mo><mfrac>${sub('x', 't')}<msqrt><mfrac><mn>1</mn><mi>C</mi></mfrac><msub><mo>∑</mo><mi>i</mi></msub><msubsup><mi>x</mi><mi>ti</mi><mn>2</mn></msubsup><mo>+</mo><mi>ε</mi></msqrt></mfrac><mo>⊙</mo><mi>w</mi>`),
+      text: 'The row divided by its root mean square (no mean subtracted, no shift), then scaled by the learned weight (ln1 of this block).',
+      links: [link('README.md', '**LayerNorm.**', 'README: LayerNorm'),
+        link('src/reference/layers.rs', 'pub fn rmsnorm_forward(', 'reference: rmsnorm_forward'),
+        link('src/kernels/rmsnorm.rs', 'pub fn forward(', 'fast: rmsnorm::forward')],
+    },
+    q_linear: {
+      title: 'the query, from the weights',
+      formula: M(`${sub('q′', 't')}<mo>=</mo>${sub('x̂', 't')}<msubsup><mi>W</mi><mi>q</mi><mi>T</mi></msubsup>`),
+      text: `This head's ${hs} rows of the query part of attn.qkv.weight times the normed row: the query before ${[trace.qk_norm ? 'QK-norm' : '', trace.rope ? 'the rotation' : ''].filter(Boolean).join(' and ')}.`,
+      links: [link('README.md', '**Queries, keys and values.**', 'README: Queries, keys and values'),
+        link('src/reference/layers.rs', 'pub fn linear_forward(', 'reference: linear_forward'),
+        link('src/kernels/matmul.rs', 'pub fn forward<', 'fast: matmul::forward')],
+    },
+    q: trace.qk_norm || trace.rope ? {
+      title: 'the query, as the scores read it',
+      formula: M(`${sub('q', 't')}<mo>=</mo>${trace.rope ? `<msub><mi>R</mi><mi>t</mi></msub>` : ''}${trace.qk_norm ? `<mo>(</mo><mfrac>${sub('q′', 't')}<mrow><mi>rms</mi><mo>(</mo>${sub('q′', 't')}<mo>)</mo></mrow></mfrac><mo>⊙</mo>${sub('w', 'q')}<mo>)</mo>` : sub('q′', 't')}`),
+      text: [trace.qk_norm ? `QK-norm: divided by its root mean square and scaled by attn.q_norm.weight (${hs} gains shared by the heads), so that no score can grow without bound.` : '',
+        trace.rope ? `RoPE: each pair of numbers (2i, 2i+1) turned by the angle t·10000^(−2i/${hs}); a key turned likewise by u makes q·k depend on t − u only.` : ''].filter(Boolean).join(' '),
+      links: [
+        trace.qk_norm ? link('src/reference/layers.rs', 'pub fn qk_norm_forward(', 'reference: qk_norm_forward') : null,
+        trace.rope ? link('src/reference/layers.rs', 'pub fn rope_forward(', 'reference: rope_forward') : null,
+        trace.qk_norm ? link('src/kernels/rmsnorm.rs', 'pub fn qk_forward(', 'fast: rmsnorm::qk_forward') : null,
+        trace.rope ? link('src/kernels/rope.rs', 'pub fn apply(', 'fast: rope::apply') : null,
+      ].filter(Boolean),
+    } : {
       title: 'the query',
       formula: M(`${sub('q', 't')}<mo>=</mo>${sub('x̂', 't')}<msubsup><mi>W</mi><mi>q</mi><mi>T</mi></msubsup>`),
       text: `What position t is looking for: ${hs} numbers, from this head's ${hs} rows of the query part of attn.qkv.weight.`,
@@ -70,7 +102,9 @@ function describe(id, trace) {
     k: {
       title: 'the keys of every visible position',
       formula: M(`${sub('k', 'u')}<mo>=</mo>${sub('x̂', 'u')}<msubsup><mi>W</mi><mi>k</mi><mi>T</mi></msubsup><mo>,</mo><mspace width="1em"/><mi>u</mi><mo>≤</mo><mi>t</mi>`),
-      text: 'What each position offers to be found by: one row per position u ≤ t.',
+      text: trace.qk_norm || trace.rope
+        ? `What each position offers to be found by: one row per position u ≤ t, ${[trace.qk_norm ? 'normed as the query is (with attn.k_norm.weight)' : '', trace.rope ? 'rotated by its own position u' : ''].filter(Boolean).join(' and ')}.`
+        : 'What each position offers to be found by: one row per position u ≤ t.',
       links: [link('README.md', '**Queries, keys and values.**', 'README: Queries, keys and values'),
         link('src/reference/layers.rs', 'pub fn linear_forward(', 'reference: linear_forward'),
         link('src/kernels/matmul.rs', 'pub fn forward<', 'fast: matmul::forward')],
@@ -92,7 +126,7 @@ function describe(id, trace) {
         link('src/kernels/attention/mod.rs', 'unsafe fn head_forward_rows(', 'fast: head_forward_rows')],
     },
     scale: {
-      title: `scaled by 1/${scaleText}`,
+      title: `scaled by ${scaleText}`,
       formula: M(`${sub('s', 'u')}<mo>=</mo><mfrac><mrow>${sub('q', 't')}<mo>·</mo>${sub('k', 'u')}</mrow>${scaleBy}</mfrac>`),
       text: `Times ${num(trace.scale, 4)}: keeps the scores near unit variance, so the softmax starts soft.`,
       links: [link('README.md', '**Scaling.**', 'README: Scaling'),
