@@ -172,6 +172,40 @@ impl Browser {
         );
     }
 
+    /// Moves the mouse over the middle of element `css`, as a user pointing at it.
+    pub fn hover(&self, css: &str) {
+        let id = self.find(css);
+        self.command(
+            "POST",
+            "/actions",
+            json!({ "actions": [{
+                "type": "pointer", "id": "mouse", "parameters": { "pointerType": "mouse" },
+                "actions": [{ "type": "pointerMove", "duration": 0, "x": 0, "y": 0,
+                              "origin": { ELEMENT: id } }],
+            }]}),
+        );
+    }
+
+    /// Sends keys to element `css` (WebDriver key codes: "\u{E012}" is the left arrow,
+    /// "\u{E011}" Home, "\u{E010}" End).
+    pub fn keys(&self, css: &str, keys: &str) {
+        let id = self.find(css);
+        self.command(
+            "POST",
+            &format!("/element/{id}/value"),
+            json!({ "text": keys }),
+        );
+    }
+
+    /// Resizes the window (for a screenshot of a long view).
+    pub fn resize(&self, width: u32, height: u32) {
+        self.command(
+            "POST",
+            "/window/rect",
+            json!({ "width": width, "height": height }),
+        );
+    }
+
     pub fn screenshot(&self, path: &Path) {
         let encoded = self.command("GET", "/screenshot", json!({}));
         let bytes = base64_decode(encoded.as_str().unwrap());

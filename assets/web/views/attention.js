@@ -50,8 +50,8 @@ function colourStrip() {
       return;
     }
     const w = weight(l, h, query, u);
-    span.style.background = u <= query ? heat(w) : '';
-    span.style.color = w > 0.55 ? '#000' : u <= query ? '#fff' : '';
+    span.style.background = u <= query ? `rgba(245, 125, 21, ${Math.min(1, 0.04 + w)})` : '';
+    span.style.color = u <= query ? '' : '#98a2b3';
     if (w > bestWeight) {
       bestWeight = w;
       best = u;

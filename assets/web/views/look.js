@@ -46,6 +46,19 @@ export function reshape(logits, temperature, topK) {
   return e.map((v) => v / sum);
 }
 
+// Calls fn at most once every `ms`, always after the last call (a stream of calls faster than
+// `ms` still gets one call per `ms`, which a debounce would put off for ever).
+export function throttle(fn, ms) {
+  let timer = null;
+  return () => {
+    if (timer) return;
+    timer = setTimeout(() => {
+      timer = null;
+      fn();
+    }, ms);
+  };
+}
+
 export function debounce(fn, ms) {
   let timer = null;
   return (...args) => {
@@ -156,7 +169,7 @@ export function runHeader(app, id) {
 // when an evaluation arrives refreshes when it is shown.
 export function followRun(app, view, fetcher) {
   let stale = true;
-  const refresh = debounce(() => {
+  const refresh = throttle(() => {
     if (view.element.hidden) {
       stale = true;
       return;

@@ -8,7 +8,7 @@
 import { el, clear } from './util.js';
 import {
   runHeader, fromBase64, reshape, drawBars, mapGrid, surpriseText, drawScatter, drawCosine,
-  shown, percent, debounce,
+  shown, percent, throttle,
 } from './look.js';
 
 let app;
@@ -97,7 +97,7 @@ function show(index) {
     const values = Array.from(bytes, (b) => (b > 127 ? b - 256 : b) / 127);
     drawCosine(cosine, values, probe.length, { size: 260 });
   } else {
-    cosine.textContent = 'no position embeddings';
+    cosine.textContent = 'no position embeddings (a bigram, or RoPE: positions turn the queries and keys instead)';
   }
 }
 
@@ -177,7 +177,7 @@ const view = {
       el('p', { className: 'muted' }, 'At every evaluation the run records what its model does on a probe text. Move the slider to see the model as it was at each one; while a run trains, new evaluations appear by themselves (and the other views follow its live parameters).'),
       el('div', { className: 'row' }, slider, el('button', { id: 'replay-play', onclick: play }, 'Play'), label),
       error, panels);
-    app.on('live:eval', debounce(() => { if (loadedFor === app.run) load(false); }, 200));
+    app.on('live:eval', throttle(() => { if (loadedFor === app.run) load(false); }, 200));
     app.on('run-selected', () => {
       records = [];
       loadedFor = null;
