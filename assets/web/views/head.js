@@ -182,21 +182,33 @@ function vectorCells(values, { labels = null, scale = null, kind = 'diverging' }
     el('div', { className: 'numbers' }, `[${text}${values.length > shownCount ? '  …' : ''}]  (${values.length} numbers)`));
 }
 
+// A (rows, cols) matrix as one canvas of coloured cells (blue negative, red positive), each row
+// labelled with its character, the number under the pointer in the tooltip. A canvas, not a
+// cell element per number: a 128-character prompt gives 2 x 128 x hs numbers, and that many
+// elements took the page a few hundred milliseconds to lay out at every request.
 function matrixRows(values, shape, labels) {
   const [rows, cols] = shape;
+  const [w, h, gap] = [7, 9, 1];
   const max = Math.max(1e-9, ...values.map((v) => Math.abs(v ?? 0)));
-  const box = el('div', { className: 'matrix' });
+  const canvas = el('canvas', { className: 'matrix-canvas', width: cols * (w + gap), height: rows * (h + gap) });
+  const ctx = canvas.getContext('2d');
   for (let r = 0; r < rows; r++) {
-    const row = el('div', { className: 'matrix-row' }, el('code', { className: 'row-label' }, shown(labels[r])));
     for (let c = 0; c < cols; c++) {
-      const v = values[r * cols + c];
-      const cell = el('span', { className: 'cell small', title: `${JSON.stringify(labels[r])} [${c}] ${num(v, 4)}` });
-      cell.style.background = diverging(v / max);
-      row.append(cell);
+      ctx.fillStyle = diverging(values[r * cols + c] / max);
+      ctx.fillRect(c * (w + gap), r * (h + gap), w, h);
     }
-    box.append(row);
   }
-  return box;
+  canvas.addEventListener('mousemove', (e) => {
+    const box = canvas.getBoundingClientRect();
+    const c = Math.floor((e.clientX - box.left) / (w + gap));
+    const r = Math.floor((e.clientY - box.top) / (h + gap));
+    if (r >= 0 && r < rows && c >= 0 && c < cols) {
+      canvas.title = `${JSON.stringify(labels[r])} [${c}] ${num(values[r * cols + c], 4)}`;
+    }
+  });
+  const names = el('div', { className: 'matrix-labels' },
+    ...labels.slice(0, rows).map((l) => el('code', { className: 'row-label' }, shown(l))));
+  return el('div', { className: 'matrix' }, names, canvas);
 }
 
 function render(trace) {
