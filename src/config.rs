@@ -562,7 +562,7 @@ pub fn presets() -> Vec<Preset> {
         },
         Preset {
             name: DEFAULT_PRESET,
-            description: "the best model for about 5 minutes of a 2-core CPU",
+            description: "the best model for 5 to 11 minutes of a 2-core CPU (AVX-512 to AVX2)",
             // Chosen by 5-minute runs on a 2-core machine (exact val loss): 4 layers x 128 wide,
             // B32, 1950 steps: 1.641; 4 x 192, B16, 1900 steps: 1.638; the same at learning rate
             // 2e-3: 1.594 (this one); at 3e-3: 1.601; 4 x 160, B24: 1.634; 6 x 192, B16, 1300

@@ -60,12 +60,15 @@ export function align(seriesPoints) {
   return { x, ys };
 }
 
-// An exponential moving average with its start-up bias removed (as TensorBoard smooths):
-// m_t = b m_{t-1} + (1 - b) v_t, shown as m_t / (1 - b^t).
-export function smooth(values, b = 0.95) {
-  let m = 0;
-  return values.map((v, i) => {
-    m = b * m + (1 - b) * v;
-    return m / (1 - b ** (i + 1));
+// A centred moving average: each point is the mean of the values within `half` steps either
+// side of it (fewer at the ends), so the curve follows a falling loss without lagging behind it,
+// as loss.png draws it. Prefix sums make it one pass.
+export function smooth(values, half) {
+  const prefix = [0];
+  for (const v of values) prefix.push(prefix[prefix.length - 1] + v);
+  return values.map((_, i) => {
+    const lo = Math.max(0, i - half);
+    const hi = Math.min(values.length, i + half + 1);
+    return (prefix[hi] - prefix[lo]) / (hi - lo);
   });
 }

@@ -46,9 +46,9 @@ function draw() {
   drawPending = false;
   lastDraw = performance.now();
   const raw = steps.map(([s, loss]) => [s, loss]);
-  // Averaged over about a hundredth of the run (at least 2 steps, at most 50).
-  const window = Math.min(50, Math.max(2, (total ?? lastStep()) / 100));
-  const averaged = smooth(steps.map(([, loss]) => loss), 1 - 1 / window);
+  // Averaged over about a hundredth of the run on each side, as loss.png (at least 1 step).
+  const half = Math.max(1, Math.floor((total ?? lastStep()) / 100));
+  const averaged = smooth(steps.map(([, loss]) => loss), half);
   const { x, ys } = align([
     raw,
     steps.map(([s], i) => [s, averaged[i]]),
