@@ -502,8 +502,9 @@ fn copy_run(from: &std::path::Path, to: &std::path::Path) {
 /// longest gap between its 50 ms ticks (a frozen main thread shows as a long gap) and every
 /// inspection request's time, while a prompt of 128 characters is typed into the Attention, Next
 /// character and One head views over and over for `CHARGPT_MEASURE_SECONDS` (default 30) with a
-/// `default` training (one thread) running beside it. Prints the figures; a measurement, not a
-/// check: `CHARGPT_DOCS_MODEL=DIR cargo test --release --test browser
+/// `default` training (one thread) running beside it (`CHARGPT_MEASURE_TRAIN=0`: without it;
+/// `CHARGPT_MEASURE_TYPE=0`: only switching views; `CHARGPT_MEASURE_PROFILE=1`: also the page's
+/// CPU profile, function by function). Prints the figures; a measurement, not a check: `CHARGPT_DOCS_MODEL=DIR cargo test --release --test browser
 /// page_stays_responsive -- --ignored --nocapture`.
 #[test]
 #[ignore = "a measurement of a real model (CHARGPT_DOCS_MODEL) for the README"]
@@ -558,6 +559,12 @@ fn page_stays_responsive_while_a_run_trains() {
     assert_eq!(prompt.chars().count(), 128);
     // CHARGPT_MEASURE_TYPE=0: only switch views, to tell what the typing costs.
     let typing = std::env::var("CHARGPT_MEASURE_TYPE").as_deref() != Ok("0");
+    // CHARGPT_MEASURE_PROFILE=1: the page's JavaScript CPU profile, where its time goes.
+    let profile = std::env::var("CHARGPT_MEASURE_PROFILE").as_deref() == Ok("1");
+    if profile {
+        browser.cdp("Profiler.enable", serde_json::json!({}));
+        browser.cdp("Profiler.start", serde_json::json!({}));
+    }
     let until = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
     let mut rounds = 0;
     while std::time::Instant::now() < until {
@@ -575,6 +582,37 @@ fn page_stays_responsive_while_a_run_trains() {
         rounds += 1;
     }
     std::thread::sleep(std::time::Duration::from_secs(1));
+    if profile {
+        // Self time per function (the profile's samples, each `timeDeltas` apart).
+        let p = browser.cdp("Profiler.stop", serde_json::json!({}))["profile"].clone();
+        let mut names = std::collections::HashMap::new();
+        for node in p["nodes"].as_array().unwrap() {
+            let f = &node["callFrame"];
+            let url = f["url"].as_str().unwrap_or("");
+            let name = format!(
+                "{} {}:{}",
+                f["functionName"].as_str().unwrap_or(""),
+                url.rsplit('/').next().unwrap_or(""),
+                f["lineNumber"]
+            );
+            names.insert(node["id"].as_u64().unwrap(), name);
+        }
+        let mut time: std::collections::HashMap<String, f64> = Default::default();
+        let samples = p["samples"].as_array().unwrap();
+        let deltas = p["timeDeltas"].as_array().unwrap();
+        for (s, d) in samples
+            .iter()
+            .zip(deltas.iter().skip(1).chain([&serde_json::json!(0)]))
+        {
+            *time.entry(names[&s.as_u64().unwrap()].clone()).or_default() +=
+                d.as_f64().unwrap_or(0.0) / 1000.0;
+        }
+        let mut top: Vec<_> = time.into_iter().collect();
+        top.sort_by(|a, b| b.1.total_cmp(&a.1));
+        for (name, ms) in top.iter().take(15) {
+            eprintln!("{ms:9.0} ms  {name}");
+        }
+    }
     let got = browser.run(
         "const t = probe.times.slice().sort((a, b) => a - b);
          return { gap: probe.gap, long: probe.long, by_view: probe.byView, n: t.length,

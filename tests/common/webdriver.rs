@@ -127,6 +127,17 @@ impl Browser {
         self.command("POST", "/url", json!({ "url": url }));
     }
 
+    /// A Chrome DevTools Protocol command (ChromeDriver's `goog/cdp/execute`), e.g. the
+    /// profiler's; returns its result.
+    #[allow(dead_code)]
+    pub fn cdp(&self, cmd: &str, params: Value) -> Value {
+        self.command(
+            "POST",
+            "/goog/cdp/execute",
+            json!({ "cmd": cmd, "params": params }),
+        )
+    }
+
     /// Runs `script` (a function body) in the page and returns what it returns.
     pub fn run(&self, script: &str) -> Value {
         self.command(
