@@ -17,9 +17,9 @@ const FAMILY: &str = "sans-serif";
 const WIDTH: u32 = 900;
 const HEIGHT: u32 = 540;
 
-/// Colours for successive lines (the Tableau palette, which stays distinct in print and for most
+/// Colours for successive lines (the Tableau 10 palette, which stays distinct in print and for most
 /// colour-blind readers).
-const PALETTE: [RGBColor; 8] = [
+const PALETTE: [RGBColor; 10] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
     RGBColor(44, 160, 44),
@@ -28,6 +28,8 @@ const PALETTE: [RGBColor; 8] = [
     RGBColor(140, 86, 75),
     RGBColor(227, 119, 194),
     RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
 ];
 
 /// How a line is drawn.
