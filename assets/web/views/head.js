@@ -68,7 +68,7 @@ function describe(id, trace) {
       title: 'RMSNorm',
       formula: M(`${sub('x̂', 't')}<mo>=</mo><mfrac>${sub('x', 't')}<msqrt><mfrac><mn>1</mn><mi>C</mi></mfrac><msub><mo>∑</mo><mi>i</mi></msub><msubsup><mi>x</mi><mi>ti</mi><mn>2</mn></msubsup><mo>+</mo><mi>ε</mi></msqrt></mfrac><mo>⊙</mo><mi>w</mi>`),
       text: 'The row divided by its root mean square (no mean subtracted, no shift), then scaled by the learned weight (ln1 of this block).',
-      links: [link('README.md', '**LayerNorm.**', 'README: LayerNorm'),
+      links: [link('README.md', '**RMSNorm**', 'README: RMSNorm'),
         link('src/reference/layers.rs', 'pub fn rmsnorm_forward(', 'reference: rmsnorm_forward'),
         link('src/kernels/rmsnorm.rs', 'pub fn forward(', 'fast: rmsnorm::forward')],
     },
@@ -86,6 +86,8 @@ function describe(id, trace) {
       text: [trace.qk_norm ? `QK-norm: divided by its root mean square and scaled by attn.q_norm.weight (${hs} gains shared by the heads), so that no score can grow without bound.` : '',
         trace.rope ? `RoPE: each pair of numbers (2i, 2i+1) turned by the angle t·10000^(−2i/${hs}); a key turned likewise by u makes q·k depend on t − u only.` : ''].filter(Boolean).join(' '),
       links: [
+        trace.qk_norm ? link('README.md', '**QK-norm**', 'README: QK-norm') : null,
+        trace.rope ? link('README.md', '**Rotary position embedding**', 'README: RoPE') : null,
         trace.qk_norm ? link('src/reference/layers.rs', 'pub fn qk_norm_forward(', 'reference: qk_norm_forward') : null,
         trace.rope ? link('src/reference/layers.rs', 'pub fn rope_forward(', 'reference: rope_forward') : null,
         trace.qk_norm ? link('src/kernels/rmsnorm.rs', 'pub fn qk_forward(', 'fast: rmsnorm::qk_forward') : null,
