@@ -312,7 +312,7 @@ fn training_thread(state: Arc<AppState>, live: Arc<LiveRun>, plan: Plan, ready: 
             let Some(prepared) = prepare(&dir, plan, ready, &live) else {
                 return;
             };
-            train(&live, prepared);
+            train(&state, &live, prepared);
         })
     }));
     if let Err(panic) = outcome {
@@ -395,7 +395,7 @@ fn prepare(dir: &std::path::Path, plan: Plan, ready: Ready, live: &LiveRun) -> O
 }
 
 /// Trains the prepared run to its end (or a stop), publishing every event.
-fn train(live: &LiveRun, prepared: Prepared) {
+fn train(state: &AppState, live: &Arc<LiveRun>, prepared: Prepared) {
     let Prepared {
         mut run,
         out,
@@ -507,10 +507,12 @@ fn train(live: &LiveRun, prepared: Prepared) {
             error: one_line(&e),
         }],
     };
-    // The lock goes before the last event, so that a page that reloads the list on it sees the
-    // run as no longer training.
+    // The lock and the server's record of the training go before the last event, so that a page
+    // (or a client) acting on it sees the run as no longer training: a start or resume sent on
+    // `finished` was refused as "already training" when the thread had not yet forgotten it.
     drop(run);
     drop(run_lock);
+    forget(state, live);
     for event in last {
         live.push(event);
     }
