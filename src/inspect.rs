@@ -12,17 +12,25 @@
 //!   the block input row, after LayerNorm, `q = x Wq`, `k = x Wk` and `v = x Wv` of every visible
 //!   position, the scores `q . k`, scaled, masked, the softmax weights and the weighted sum.
 //!
+//! - [`model_parts`]: the model's layers in order, with their shapes and parameter counts, for a
+//!   diagram;
+//! - [`probe_record`]: what the model does on a fixed probe text, compactly, written at every
+//!   evaluation of a run (`probes.jsonl`) so that a page can replay how it learned.
+//!
 //! Texts longer than `block_size` keep their last `block_size` characters (the most the model
 //! sees at once), except in [`surprise`], which walks windows over the whole text. Everything
 //! runs the fast engine in evaluation mode on one sequence; front ends (`chargpt attention`, the
 //! web page) call these and never the model's buffers directly.
 
-use crate::config::{Architecture, NormKind, Position};
+use crate::checkpoint::{write_atomic, CheckpointError};
+use crate::config::{Activation, Architecture, ModelConfig, NormKind, Position};
 use crate::data::{fill_windows, window_count};
 use crate::kernels::{layernorm, rmsnorm};
-use crate::model::{Activations, Model};
+use crate::model::{Activations, Model, ParamLayout};
 use crate::sampling::{distribution, SampleSettings};
-use crate::tokenizer::TokenId;
+use crate::tokenizer::{TokenId, Tokenizer};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum InspectError {
@@ -92,6 +100,17 @@ pub fn next_char_probs(
         probs.extend_from_slice(&row);
     }
     Ok(probs)
+}
+
+/// The logits after every prefix of `ids` (its last `block_size`), (T, V): what
+/// [`next_char_probs`] turns into distributions, for front ends that reshape them themselves
+/// (temperature and top-k sliders) with [`crate::sampling::distribution`].
+pub fn next_char_logits(model: &Model, ids: &[TokenId]) -> Result<Vec<f32>, InspectError> {
+    if ids.is_empty() {
+        return Err(InspectError::EmptyText);
+    }
+    let ids = &ids[visible(model, ids)..];
+    Ok(run(model, ids).logits().to_vec())
 }
 
 /// The attention weights of every head over a text.
@@ -530,6 +549,512 @@ pub fn forward_head_slices(
     Some((row.to_vec(), out.to_vec()))
 }
 
+// ---- The model's parts, for a diagram ----
+
+/// One named tensor of the model.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TensorInfo {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub params: usize,
+}
+
+/// One stage of the forward pass over a sequence of `T` characters, in order.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Part {
+    /// What it is called in the README: "token embedding", "attention", "LayerNorm", ...
+    pub name: String,
+    /// What it does, for the drawing: `embedding`, `add`, `norm`, `attention`,
+    /// `feed-forward`, `residual`, `linear`, `softmax`.
+    pub kind: &'static str,
+    /// The shape of what comes out for one sequence, e.g. `[T, C]` = `[128, 192]`, and the same
+    /// in letters.
+    pub output: Vec<usize>,
+    pub dims: &'static str,
+    /// One line on how it computes (heads and sizes, hidden width, ...).
+    pub detail: String,
+    /// The parameters it holds (none for adds and the softmax).
+    pub tensors: Vec<TensorInfo>,
+    pub params: usize,
+}
+
+/// The model as a diagram: the parts before the blocks, one block (every block has the same
+/// parts and shapes), how many blocks, and the parts after them. Every parameter of the layout
+/// belongs to exactly one part: `before + n_layer * block + after` counts them all.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ModelParts {
+    pub before: Vec<Part>,
+    /// Block 0's parts (tensor names `blocks.0.*`).
+    pub block: Vec<Part>,
+    pub n_layer: usize,
+    pub block_params: usize,
+    pub after: Vec<Part>,
+    pub total_params: usize,
+    /// Every tensor, in the layout's order (the checkpoint's names).
+    pub tensors: Vec<TensorInfo>,
+}
+
+/// The parts of a model of configuration `cfg`, with the tensors of its [`ParamLayout`] grouped
+/// by name (`token_embedding.*`, `blocks.0.attn.*`, ...). Built from the layout, so that the
+/// diagram counts exactly the parameters the model has.
+pub fn model_parts(cfg: &ModelConfig) -> ModelParts {
+    let layout = ParamLayout::new(cfg);
+    let tensors: Vec<TensorInfo> = layout
+        .specs
+        .iter()
+        .map(|s| TensorInfo {
+            name: s.name.clone(),
+            shape: s.shape.clone(),
+            params: s.len(),
+        })
+        .collect();
+    let with_prefix = |prefix: &str| -> Vec<TensorInfo> {
+        tensors
+            .iter()
+            .filter(|t| t.name.starts_with(prefix))
+            .cloned()
+            .collect()
+    };
+    let part = |name: &str, kind, output: Vec<usize>, dims, detail: String, prefix: &str| {
+        let tensors = if prefix.is_empty() {
+            Vec::new()
+        } else {
+            with_prefix(prefix)
+        };
+        Part {
+            name: name.to_string(),
+            kind,
+            output,
+            dims,
+            detail,
+            params: tensors.iter().map(|t| t.params).sum(),
+            tensors,
+        }
+    };
+    let (t, c, v) = (cfg.block_size, cfg.n_embd, cfg.vocab_size);
+    let softmax = part(
+        "softmax",
+        "softmax",
+        vec![t, v],
+        "T × V",
+        "the probability of each character coming next, at every position".into(),
+        "",
+    );
+    if cfg.architecture == Architecture::Bigram {
+        let before = vec![
+            part(
+                "bigram table",
+                "embedding",
+                vec![t, v],
+                "T × V",
+                format!("row of the current character = the logits of the next one ({v} × {v})"),
+                "token_embedding.",
+            ),
+            softmax,
+        ];
+        return ModelParts {
+            total_params: layout.len,
+            before,
+            block: Vec::new(),
+            n_layer: 0,
+            block_params: 0,
+            after: Vec::new(),
+            tensors,
+        };
+    }
+    let mut before = vec![part(
+        "token embedding",
+        "embedding",
+        vec![t, c],
+        "T × C",
+        if cfg.tie_embeddings {
+            format!("each character's row of a {v} × {c} table (lm_head's too: tied)")
+        } else {
+            format!("each character's row of a {v} × {c} table")
+        },
+        "token_embedding.",
+    )];
+    if layout.position_embedding.is_some() {
+        before.push(part(
+            "position embedding",
+            "embedding",
+            vec![t, c],
+            "T × C",
+            format!("each position's row of a {t} × {c} table, added to the token's"),
+            "position_embedding.",
+        ));
+    }
+    // The pre-norms as the config has them: LayerNorm (with or without its shift) or RMSNorm.
+    let (norm_name, norm_detail) = match (cfg.norm, cfg.norm_has_bias()) {
+        (NormKind::Rms, _) => (
+            "RMSNorm",
+            "each position's vector divided by its root mean square, then × weight (no mean, no bias)",
+        ),
+        (NormKind::Layer, true) => (
+            "LayerNorm",
+            "each position's vector to mean 0, variance 1, then × weight + bias",
+        ),
+        (NormKind::Layer, false) => (
+            "LayerNorm",
+            "each position's vector to mean 0, variance 1, then × weight (no bias)",
+        ),
+    };
+    let mut block = Vec::new();
+    if let Some(b) = layout.blocks.first() {
+        let (h, hs) = (cfg.n_head, cfg.head_size());
+        let scale = if (cfg.attention_scale_factor() - 1.0 / (hs as f32).sqrt()).abs() < 1e-7 {
+            format!("1/√{hs}")
+        } else {
+            format!("1/√{c}")
+        };
+        let residual = cfg.residual;
+        if b.ln1.is_some() {
+            block.push(part(
+                norm_name,
+                "norm",
+                vec![t, c],
+                "T × C",
+                norm_detail.into(),
+                "blocks.0.ln1.",
+            ));
+        }
+        let projection = if b.proj.is_some() {
+            ", concatenated, projected C → C"
+        } else {
+            ", concatenated"
+        };
+        // What happens to q and k between the linear map and the scores.
+        let qk = match (b.qk_norm.is_some(), cfg.position == Position::Rope) {
+            (true, true) => "q, k RMS-normed per head and rotated by position (RoPE); ",
+            (true, false) => "q, k RMS-normed per head; ",
+            (false, true) => "q, k rotated by position (RoPE); ",
+            (false, false) => "",
+        };
+        block.push(part(
+            if h == 1 {
+                "self-attention"
+            } else {
+                "multi-head attention"
+            },
+            "attention",
+            vec![t, c],
+            "T × C",
+            format!(
+                "{h} head{} of {hs}: {qk}softmax(q·k × {scale}, causal) · v{projection}",
+                if h == 1 { "" } else { "s" }
+            ),
+            "blocks.0.attn.",
+        ));
+        if residual {
+            block.push(part(
+                "residual add",
+                "residual",
+                vec![t, c],
+                "T × C",
+                "x = x + attention(x)".into(),
+                "",
+            ));
+        }
+        if b.fc.is_some() {
+            if b.ln2.is_some() {
+                block.push(part(
+                    norm_name,
+                    "norm",
+                    vec![t, c],
+                    "T × C",
+                    norm_detail.into(),
+                    "blocks.0.ln2.",
+                ));
+            }
+            let f = cfg.ffn_hidden();
+            let act = match cfg.activation {
+                Activation::Relu => "ReLU",
+                Activation::Gelu => "GELU",
+                Activation::Relu2 => "ReLU²",
+            };
+            let (b1, b2) = if cfg.bias {
+                (" + b1", " + b2")
+            } else {
+                ("", "")
+            };
+            let detail = if b.fc2.is_some() {
+                format!("each position alone: {act}(x W1{b1}) W2{b2}, {c} → {f} → {c}")
+            } else {
+                let b = if cfg.bias { " + b" } else { "" };
+                format!("each position alone: {act}(x W{b}), {c} → {f}")
+            };
+            block.push(part(
+                "feed-forward",
+                "feed-forward",
+                vec![t, c],
+                "T × C",
+                detail,
+                "blocks.0.ffn.",
+            ));
+            if residual {
+                block.push(part(
+                    "residual add",
+                    "residual",
+                    vec![t, c],
+                    "T × C",
+                    "x = x + feed-forward(x)".into(),
+                    "",
+                ));
+            }
+        }
+    }
+    let block_params: usize = block.iter().map(|p| p.params).sum();
+    let mut after = Vec::new();
+    if layout.ln_f.is_some() {
+        after.push(part(
+            if cfg.norm == NormKind::Rms {
+                "final RMSNorm"
+            } else {
+                "final LayerNorm"
+            },
+            "norm",
+            vec![t, c],
+            "T × C",
+            "once more before the output layer".into(),
+            "ln_f.",
+        ));
+    }
+    // Tied: lm_head multiplies by the token embedding's own table (counted there, once).
+    let b = if cfg.bias { " + b" } else { "" };
+    let detail = if cfg.tie_embeddings {
+        format!("a score (logit) for each of the {v} characters: x Wteᵀ{b}, {c} → {v}, with the token embedding's table (tied)")
+    } else {
+        format!("a score (logit) for each of the {v} characters: x W{b}, {c} → {v}")
+    };
+    after.push(part(
+        "lm_head",
+        "linear",
+        vec![t, v],
+        "T × V",
+        detail,
+        "lm_head.",
+    ));
+    after.push(softmax);
+    ModelParts {
+        total_params: layout.len,
+        before,
+        block,
+        n_layer: cfg.n_layer,
+        block_params,
+        after,
+        tensors,
+    }
+}
+
+// ---- Replay: what each evaluation's model does on one probe text ----
+
+/// The file of a run directory holding one [`ProbeRecord`] per evaluation, one JSON per line.
+pub const PROBES_FILE: &str = "probes.jsonl";
+/// The probe of a model that knows its characters (Tiny Shakespeare's do): the line the README's
+/// attention maps look at.
+pub const PROBE_TEXT: &str = "ROMEO:\nIt is the east, and Juliet is the sun.";
+/// The most characters of a probe: its attention maps grow with the square of it.
+pub const PROBE_MAX: usize = 48;
+
+/// The probe text of a run: [`PROBE_TEXT`] if the vocabulary has all its characters, else the
+/// first line start of the val split and what follows; at most `block_size` and [`PROBE_MAX`]
+/// characters.
+pub fn default_probe(tokenizer: &Tokenizer, val: &[TokenId], block_size: usize) -> Vec<TokenId> {
+    let n = block_size.min(PROBE_MAX);
+    if let Ok(ids) = tokenizer.encode(PROBE_TEXT) {
+        return ids[..n.min(ids.len())].to_vec();
+    }
+    let newline = tokenizer.id('\n');
+    let start = newline
+        .and_then(|nl| val.iter().take(1000).position(|&t| t == nl))
+        .map_or(0, |p| p + 1);
+    let start = if start + n > val.len() { 0 } else { start };
+    val[start..(start + n).min(val.len())].to_vec()
+}
+
+/// What the model of one evaluation does on the probe text, compactly (a few tens of KB for the
+/// `default` model): enough to redraw the next-character bars, the attention maps, the surprise
+/// of each character and the embeddings as they were at that step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProbeRecord {
+    pub step: usize,
+    pub val_loss: f32,
+    /// The probe text (every record holds it, so that each line stands alone).
+    pub probe: String,
+    /// The logits after the whole probe (V), to 3 decimals: temperature and top-k reshape them
+    /// as sampling does.
+    pub logits: Vec<f32>,
+    /// `-ln p` of each probe character after the first (P - 1), to 4 decimals...
+    pub surprise: Vec<f32>,
+    /// ...and the three likeliest characters there, `[id, p]`, most likely first.
+    pub top: Vec<[(TokenId, f32); 3]>,
+    pub n_layer: usize,
+    pub n_head: usize,
+    /// The attention weights, base64 of one byte per weight (`round(255 a)`): for each layer,
+    /// head and query t, the t + 1 weights of keys 0..=t. Absent for a bigram.
+    pub attention: Option<String>,
+    /// The token embeddings on their first two principal components (V, 2), to 4 decimals, and
+    /// the share of variance along each.
+    pub embedding: Vec<[f32; 2]>,
+    pub explained: [f32; 2],
+    /// The cosine similarity of the position embeddings of the probe's P positions, base64 of
+    /// one signed byte each (`round(127 cos)`), (P, P). Absent without position embeddings.
+    pub position_cosine: Option<String>,
+}
+
+fn rounded(x: f32, digits: i32) -> f32 {
+    let f = 10f32.powi(digits);
+    // + 0.0 turns -0 into 0.
+    (x * f).round() / f + 0.0
+}
+
+/// The standard base64 of `bytes` (with padding).
+pub fn base64(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &b)| n | (b as u32) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(DIGITS[(n >> (18 - 6 * i)) as usize & 63] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// What the model does on `probe` (at most `block_size` ids; at least one), as recorded at the
+/// evaluation of `step`.
+pub fn probe_record(
+    model: &Model,
+    tokenizer: &Tokenizer,
+    probe: &[TokenId],
+    step: usize,
+    val_loss: f32,
+) -> ProbeRecord {
+    let cfg = &model.config;
+    let probe = &probe[visible(model, probe)..];
+    let (p_n, v) = (probe.len(), cfg.vocab_size);
+    let acts = run(model, probe);
+    let logits = acts.logits();
+    let mut surprise = Vec::with_capacity(p_n.saturating_sub(1));
+    let mut top = Vec::with_capacity(p_n.saturating_sub(1));
+    for (row, &next) in logits.chunks_exact(v).zip(&probe[1.min(p_n)..]) {
+        let mut p = row.to_vec();
+        softmax(&mut p);
+        surprise.push(rounded(-p[next as usize].max(1e-30).ln(), 4));
+        let mut order: Vec<usize> = (0..v).collect();
+        order.sort_by(|&a, &b| p[b].total_cmp(&p[a]).then(a.cmp(&b)));
+        let mut best = [(0 as TokenId, 0.0f32); 3];
+        for (slot, &i) in best.iter_mut().zip(&order) {
+            *slot = (i as TokenId, rounded(p[i], 4));
+        }
+        top.push(best);
+    }
+    let attention = (cfg.architecture != Architecture::Bigram).then(|| {
+        let mut bytes = Vec::with_capacity(cfg.n_layer * cfg.n_head * p_n * (p_n + 1) / 2);
+        for l in 0..cfg.n_layer {
+            let att = acts.attention_weights(l).expect("a block per layer");
+            for map in att.chunks_exact(p_n * p_n) {
+                for t in 0..p_n {
+                    for &a in &map[t * p_n..t * p_n + t + 1] {
+                        bytes.push((a.clamp(0.0, 1.0) * 255.0).round() as u8);
+                    }
+                }
+            }
+        }
+        base64(&bytes)
+    });
+    let map = embeddings(model);
+    let position_cosine = map.position_cosine.as_ref().map(|cos| {
+        let t = cfg.block_size;
+        let bytes: Vec<u8> = (0..p_n)
+            .flat_map(|i| (0..p_n).map(move |j| (i, j)))
+            .map(|(i, j)| (cos[i * t + j].clamp(-1.0, 1.0) * 127.0).round() as i8 as u8)
+            .collect();
+        base64(&bytes)
+    });
+    ProbeRecord {
+        step,
+        val_loss,
+        probe: probe
+            .iter()
+            .filter_map(|&id| tokenizer.decode_one(id).ok())
+            .collect(),
+        logits: logits[(p_n - 1) * v..]
+            .iter()
+            .map(|&z| rounded(z, 3))
+            .collect(),
+        surprise,
+        top,
+        n_layer: if cfg.architecture == Architecture::Bigram {
+            0
+        } else {
+            cfg.n_layer
+        },
+        n_head: cfg.n_head,
+        attention,
+        embedding: map
+            .tokens
+            .iter()
+            .map(|p| [rounded(p[0], 4), rounded(p[1], 4)])
+            .collect(),
+        explained: [rounded(map.explained[0], 4), rounded(map.explained[1], 4)],
+        position_cosine,
+    }
+}
+
+/// Appends `record` to the probes file `path` as one line.
+pub fn append_probe(path: &Path, record: &ProbeRecord) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut line = serde_json::to_string(record).map_err(std::io::Error::other)?;
+    line.push('\n');
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    file.write_all(line.as_bytes())
+}
+
+/// The records of a probes file, in order (lines that do not parse, e.g. one cut short by a
+/// crash, are left out); none if there is no file.
+pub fn read_probes(path: &Path) -> Vec<ProbeRecord> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect()
+}
+
+/// Keeps only the records of steps up to `last` (none if `None`): a resumed run evaluates the
+/// steps after its checkpoint again, and a new run starts a new file.
+pub fn keep_probes_through(path: &Path, last: Option<usize>) -> Result<(), CheckpointError> {
+    #[derive(Deserialize)]
+    struct Step {
+        step: usize,
+    }
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
+    let kept: String = text
+        .lines()
+        .filter(|line| {
+            let step = serde_json::from_str::<Step>(line).map(|s| s.step);
+            matches!((step, last), (Ok(s), Some(l)) if s <= l)
+        })
+        .flat_map(|line| [line, "\n"])
+        .collect();
+    if kept.len() != text.len() {
+        write_atomic(path, kept.as_bytes())?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -726,5 +1251,241 @@ mod tests {
         let cos = map.position_cosine.unwrap();
         assert_eq!(cos.len(), 16 * 16);
         assert!((cos[0] - 1.0).abs() < 1e-5 && (cos[17] - 1.0).abs() < 1e-5);
+    }
+    #[test]
+    fn base64_of_known_bytes() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+        assert_eq!(base64(&[0, 255, 128]), "AP+A");
+    }
+
+    fn unbase64(text: &str) -> Vec<u8> {
+        let digit = |c: u8| match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            _ => 63,
+        };
+        let digits: Vec<u8> = text.bytes().filter(|&c| c != b'=').map(digit).collect();
+        let mut out = Vec::new();
+        for chunk in digits.chunks(4) {
+            let n = chunk
+                .iter()
+                .enumerate()
+                .fold(0u32, |n, (i, &d)| n | (d as u32) << (18 - 6 * i));
+            out.extend_from_slice(&[(n >> 16) as u8, (n >> 8) as u8, n as u8][..chunk.len() - 1]);
+        }
+        out
+    }
+
+    #[test]
+    fn a_probe_record_holds_what_the_model_does_on_the_probe() {
+        let m = model("nanogpt-cpu", 7);
+        let chars: Vec<char> = "abcdefghijk".chars().collect();
+        let tokenizer = Tokenizer::from_chars(chars).unwrap();
+        let probe = ids(10, 8);
+        let r = probe_record(&m, &tokenizer, &probe, 40, 2.5);
+        assert_eq!((r.step, r.val_loss), (40, 2.5));
+        assert_eq!(r.probe, tokenizer.decode(&probe).unwrap());
+        // The attention bytes are round(255 a) of every row's visible part, layer by layer and
+        // head by head.
+        let att = attention(&m, &probe).unwrap();
+        let bytes = unbase64(r.attention.as_ref().unwrap());
+        assert_eq!(bytes.len(), 2 * 4 * (10 * 11 / 2));
+        let mut at = 0;
+        for l in 0..2 {
+            for h in 0..4 {
+                let map = att.map(l, h);
+                for t in 0..10 {
+                    for u in 0..=t {
+                        assert_eq!(bytes[at], (map[t * 10 + u] * 255.0).round() as u8);
+                        at += 1;
+                    }
+                }
+            }
+        }
+        // The surprise is each character's -ln p, the logits the last row's.
+        let probs = next_char_probs(&m, &probe, SampleSettings::default()).unwrap();
+        for (t, &loss) in r.surprise.iter().enumerate() {
+            let p = probs[t * 11 + probe[t + 1] as usize];
+            assert!((loss + p.ln()).abs() < 1e-3, "{loss} vs {}", -p.ln());
+            assert!(r.top[t][0].1 >= r.top[t][1].1);
+        }
+        assert_eq!(r.surprise.len(), 9);
+        let logits = next_char_logits(&m, &probe).unwrap();
+        for (a, b) in r.logits.iter().zip(&logits[9 * 11..]) {
+            assert!((a - b).abs() <= 5e-4);
+        }
+        // The cosines of the probe's positions, as signed bytes.
+        let cos = unbase64(r.position_cosine.as_ref().unwrap());
+        assert_eq!(cos.len(), 100);
+        assert_eq!(cos[0] as i8, 127, "a position is like itself");
+        assert_eq!(r.embedding.len(), 11);
+        // A bigram has no attention and no positions; a probe longer than block_size keeps its
+        // last block_size.
+        let bigram = probe_record(&model("bigram", 1), &tokenizer, &probe, 0, 4.0);
+        assert_eq!(
+            (bigram.attention, bigram.position_cosine, bigram.n_layer),
+            (None, None, 0)
+        );
+        let long = probe_record(&m, &tokenizer, &ids(20, 3), 0, 4.0);
+        assert_eq!(long.probe.chars().count(), 16);
+    }
+
+    #[test]
+    fn probes_files_keep_the_records_of_the_evaluations_kept() {
+        let dir = std::env::temp_dir().join(format!("chargpt-probes-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(PROBES_FILE);
+        let _ = std::fs::remove_file(&path);
+        let m = model("nanogpt-cpu", 7);
+        let tokenizer = Tokenizer::from_chars("abcdefghijk".chars().collect()).unwrap();
+        for step in [0, 10, 20] {
+            let r = probe_record(&m, &tokenizer, &ids(6, 1), step, 3.0);
+            append_probe(&path, &r).unwrap();
+        }
+        std::fs::write(
+            &path,
+            std::fs::read_to_string(&path).unwrap() + "{\"step\": 30, cut",
+        )
+        .unwrap();
+        let steps = |p: &Path| read_probes(p).iter().map(|r| r.step).collect::<Vec<_>>();
+        assert_eq!(steps(&path), [0, 10, 20], "a line cut short is left out");
+        keep_probes_through(&path, Some(10)).unwrap();
+        assert_eq!(steps(&path), [0, 10]);
+        keep_probes_through(&path, None).unwrap();
+        assert_eq!(steps(&path), Vec::<usize>::new());
+        keep_probes_through(&dir.join("absent.jsonl"), None).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_default_probe_is_the_readmes_line_or_the_val_splits_first() {
+        let shakespeare = Tokenizer::from_text(crate::data::TINY_SHAKESPEARE).unwrap();
+        let probe = default_probe(&shakespeare, &[], 128);
+        assert_eq!(shakespeare.decode(&probe).unwrap(), PROBE_TEXT);
+        assert_eq!(default_probe(&shakespeare, &[], 8).len(), 8);
+        let small = Tokenizer::from_text("ab\ncab\n").unwrap();
+        let val = small.encode("ab\ncab\nca").unwrap();
+        assert_eq!(
+            small.decode(&default_probe(&small, &val, 4)).unwrap(),
+            "cab\n"
+        );
+    }
+
+    /// RoPE, RMSNorm, QK-norm, tied embeddings and no biases: the trace is still the head's
+    /// slice of the forward pass, its query is the linear map's normed per head and rotated by
+    /// its position (the reference functions, applied here by hand), there are no position
+    /// embeddings to draw, and the diagram holds every parameter once.
+    #[test]
+    fn a_modern_model_is_traced_and_drawn_as_it_computes() {
+        use crate::reference::layers::{qk_norm_forward, rope_forward, AttentionShape};
+        let mut cfg = model("nanogpt-cpu", 1).config;
+        cfg.position = Position::Rope;
+        cfg.norm = NormKind::Rms;
+        cfg.qk_norm = true;
+        cfg.tie_embeddings = true;
+        cfg.bias = false;
+        cfg.activation = Activation::Relu2;
+        let m = Model::new(cfg.clone(), 4);
+        let text = ids(12, 3);
+        let hs = cfg.head_size();
+        for (layer, head, position) in [(0, 1, 0), (1, 3, 11), (1, 0, 6)] {
+            let trace = head_trace(&m, &text, position, layer, head).unwrap();
+            assert!(trace.qk_norm && trace.rope);
+            let (row, out) = forward_head_slices(&m, &text, position, layer, head).unwrap();
+            for (a, b) in trace.weights.iter().zip(&row) {
+                assert!((a - b).abs() < 1e-6, "weights {a} vs {b}");
+            }
+            for (a, b) in trace.output.iter().zip(&out) {
+                assert!((a - b).abs() < 1e-5, "output {a} vs {b}");
+            }
+            // q = rope(qk_norm(ln1(x) Wq)) at the query's position.
+            let qk = m.layout.blocks[layer].qk_norm.as_ref().unwrap();
+            let shape = AttentionShape {
+                b_n: 1,
+                t_n: 1,
+                c_n: hs,
+                h_n: 1,
+            };
+            let mut qkv = trace.q_linear.clone();
+            qkv.resize(3 * hs, 0.0);
+            let mut normed = vec![0.0; 3 * hs];
+            let (wq, wk) = (&m.params[qk.q.clone()], &m.params[qk.k.clone()]);
+            qk_norm_forward(&mut normed, &qkv, wq, wk, shape);
+            let mut turned = vec![0.0; 3 * hs];
+            rope_forward(&mut turned, &normed, position, shape);
+            for (a, b) in turned[..hs].iter().zip(&trace.q) {
+                assert!((a - b).abs() < 1e-5, "q {a} vs {b}");
+            }
+        }
+        let map = embeddings(&m);
+        assert_eq!(map.position_cosine, None, "RoPE has no position table");
+        assert_eq!(map.tokens.len(), 11);
+        let tokenizer = Tokenizer::from_chars("abcdefghijk".chars().collect()).unwrap();
+        let record = probe_record(&m, &tokenizer, &text, 0, 2.0);
+        assert!(record.position_cosine.is_none() && record.attention.is_some());
+        let parts = model_parts(&cfg);
+        let sum = |ps: &[Part]| ps.iter().map(|p| p.params).sum::<usize>();
+        assert_eq!(
+            sum(&parts.before) + parts.n_layer * sum(&parts.block) + sum(&parts.after),
+            m.num_params()
+        );
+        let names: Vec<&str> = parts.block.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "RMSNorm",
+                "multi-head attention",
+                "residual add",
+                "RMSNorm",
+                "feed-forward",
+                "residual add"
+            ]
+        );
+        assert!(parts.block[1].detail.contains("RoPE"));
+        assert!(parts.block[4].detail.contains("ReLU²(x W1) W2"));
+        let lm_head = &parts.after[1];
+        assert_eq!((lm_head.name.as_str(), lm_head.params), ("lm_head", 0));
+        assert!(lm_head.detail.contains("tied"));
+        assert_eq!(parts.before.len(), 1, "no position embedding");
+    }
+
+    #[test]
+    fn the_parts_of_every_preset_hold_every_parameter() {
+        // The presets, and the rungs of `ladder --modern` (each adds a setting beyond them).
+        let rungs = crate::ladder::MODERN_RUNGS
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.name, crate::ladder::modern_configs(i).unwrap().0));
+        let all = crate::config::presets();
+        let presets = all.iter().map(|p| (p.name, p.model.clone()));
+        for (name, model) in presets.chain(rungs) {
+            let mut cfg = model;
+            cfg.vocab_size = 65;
+            let parts = model_parts(&cfg);
+            let sum = |ps: &[Part]| ps.iter().map(|p| p.params).sum::<usize>();
+            assert_eq!(parts.total_params, ParamLayout::new(&cfg).len, "{}", name);
+            assert_eq!(
+                sum(&parts.before) + parts.n_layer * sum(&parts.block) + sum(&parts.after),
+                parts.total_params,
+                "{}",
+                name
+            );
+            assert_eq!(parts.block_params, sum(&parts.block));
+            for part in parts.before.iter().chain(&parts.block).chain(&parts.after) {
+                assert!(
+                    part.tensors
+                        .iter()
+                        .all(|t| !t.name.starts_with("blocks.") || t.name.starts_with("blocks.0.")),
+                    "{}: the block's parts are block 0's",
+                    name
+                );
+            }
+        }
     }
 }

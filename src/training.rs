@@ -1035,6 +1035,10 @@ pub struct RunOptions {
     pub stop_at: Option<usize>,
     /// Score the final model on the whole val split (`evaluate_exact`).
     pub exact_eval: bool,
+    /// A probe text (at most `block_size` ids, e.g. [`crate::inspect::default_probe`]): at every
+    /// evaluation, what the model does on it goes into `probes.jsonl` in `out`
+    /// ([`crate::inspect::probe_record`]), so that the page can replay the run.
+    pub probe: Option<Vec<TokenId>>,
 }
 
 /// What [`run_training`] reports as it goes.
@@ -1125,6 +1129,13 @@ pub fn run_training(
         }
         write_atomic(&steps_path, text.as_bytes())?;
         steps_file = Some(StepsWriter::open(&steps_path)?);
+        // Likewise the probe records: those of the evaluations `metrics` still holds.
+        if options.probe.is_some() {
+            crate::inspect::keep_probes_through(
+                &dir.join(crate::inspect::PROBES_FILE),
+                run.metrics.last().map(|m| m.step),
+            )?;
+        }
     }
     // The whole run's rows fit without growing the vector inside the loop.
     run.step_rows
@@ -1400,6 +1411,22 @@ fn evaluate(
     run.metrics.push(row);
     if let Some(path) = metrics_path {
         append_line(path, &row.to_csv())?;
+    }
+    if let (Some(dir), Some(probe)) = (&options.out, &options.probe) {
+        if !probe.is_empty() {
+            let record = crate::inspect::probe_record(
+                &run.trainer.model,
+                &run.tokenizer,
+                probe,
+                step,
+                val_loss,
+            );
+            let path = dir.join(crate::inspect::PROBES_FILE);
+            crate::inspect::append_probe(&path, &record).map_err(|source| RunError::Write {
+                path: path.display().to_string(),
+                source,
+            })?;
+        }
     }
     let improved = run.best.is_none_or(|(best, _)| val_loss < best);
     if improved {

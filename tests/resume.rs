@@ -38,6 +38,11 @@ fn train(run: &mut Run, out: &Path, stop_at: Option<usize>) -> (Vec<f32>, Vec<(u
         out: Some(out.to_path_buf()),
         stop_at,
         exact_eval: false,
+        probe: Some(chargpt::inspect::default_probe(
+            &run.tokenizer,
+            &run.dataset.val,
+            run.trainer.model.config.block_size,
+        )),
         ..RunOptions::default()
     };
     let (mut losses, mut evals) = (Vec::new(), Vec::new());
@@ -82,6 +87,11 @@ fn stop_and_resume(precision: Precision) {
         .unwrap();
     std::io::Write::write_all(&mut steps_file, b"31,9.5,0.001,1,99.0\n").unwrap();
     drop(steps_file);
+    // Likewise a probe record of an evaluation after the checkpoint.
+    let probes = split_dir.join(chargpt::inspect::PROBES_FILE);
+    let mut stray = chargpt::inspect::read_probes(&probes)[0].clone();
+    stray.step = 40;
+    chargpt::inspect::append_probe(&probes, &stray).unwrap();
     let saved = checkpoint::load_config(&split_dir).unwrap();
     assert_eq!(saved.step, 30);
     assert_eq!(saved.train.precision, precision);
@@ -118,6 +128,10 @@ fn stop_and_resume(precision: Precision) {
             .collect()
     };
     assert_eq!(steps(&straight_dir), steps(&split_dir));
+    // And the replay's probe records: one per evaluation, the same numbers.
+    let probes = |d: &Path| chargpt::inspect::read_probes(&d.join(chargpt::inspect::PROBES_FILE));
+    assert_eq!(probes(&split_dir).len(), 4);
+    assert_eq!(probes(&straight_dir), probes(&split_dir));
     assert_eq!(
         steps(&split_dir).iter().map(|r| r.0).collect::<Vec<_>>(),
         (1..=60).collect::<Vec<_>>()

@@ -95,3 +95,16 @@ export function follow(name, after, on) {
   }
   return () => source.close();
 }
+
+// Looking inside a run's model (the README's API table): POST with a prompt or text, GET for the
+// rest. Every answer says which parameters it looked at: {run, step, live}.
+const runPath = (name) => `/api/runs/${encodeURIComponent(name)}`;
+export const inspectNext = (name, request) => post(`${runPath(name)}/inspect/next`, request);
+export const inspectAttention = (name, request) => post(`${runPath(name)}/inspect/attention`, request);
+export const inspectSurprise = (name, request) => post(`${runPath(name)}/inspect/surprise`, request);
+export const inspectEmbeddings = (name) => get(`${runPath(name)}/inspect/embeddings`);
+export const inspectHead = (name, request) => post(`${runPath(name)}/inspect/head`, request);
+export const runModel = (name) => get(`${runPath(name)}/inspect/model`);
+export const presetModel = (name) => get(`/api/presets/${encodeURIComponent(name)}/model`);
+export const probes = (name, after) =>
+  get(`${runPath(name)}/probes${after == null ? '' : `?after=${after}`}`);

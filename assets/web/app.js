@@ -19,8 +19,16 @@ import runs from './views/runs.js';
 import training from './views/training.js';
 import compare from './views/compare.js';
 import sample from './views/sample.js';
+import next from './views/next.js';
+import attention from './views/attention.js';
+import surprise from './views/surprise.js';
+import embeddings from './views/embeddings.js';
+import head from './views/head.js';
+import model from './views/model.js';
+import replay from './views/replay.js';
 
-const VIEWS = [runs, training, compare, sample];
+const VIEWS = [runs, training, compare, sample, next, attention, surprise, embeddings, head,
+  model, replay];
 
 const app = {
   api,

@@ -166,6 +166,7 @@ pub(super) fn train_quietly(
         stop: Some(stop.clone()),
         stop_at: None,
         exact_eval: true,
+        probe: None,
     };
     let mut last_val = None;
     let result = run_training(run, &options, &mut |event| match event {

@@ -497,6 +497,11 @@ pub fn run(args: TrainArgs, group: Group) -> Result<ExitCode> {
         stop: Some(stop),
         stop_at: None,
         exact_eval: true,
+        probe: Some(chargpt::inspect::default_probe(
+            &run.tokenizer,
+            &run.dataset.val,
+            run.trainer.model.config.block_size,
+        )),
     };
     let result = run_training(&mut run, &options, &mut |event| match event {
         RunEvent::Step {

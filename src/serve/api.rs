@@ -7,7 +7,7 @@
 
 use super::error::{json_response, one_line, ApiError, ApiResult};
 use super::live::{self, Plan};
-use super::{assets, security, AppState};
+use super::{assets, inspect, security, AppState};
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
@@ -52,6 +52,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/runs/{name}/resume", post(resume))
         .route("/api/runs/{name}/delete", post(delete))
         .route("/api/runs/{name}/sample", post(sample))
+        .route("/api/runs/{name}/inspect/next", post(inspect::next))
+        .route("/api/runs/{name}/inspect/attention", post(inspect::attention))
+        .route("/api/runs/{name}/inspect/surprise", post(inspect::surprise))
+        .route("/api/runs/{name}/inspect/embeddings", get(inspect::embeddings))
+        .route("/api/runs/{name}/inspect/head", post(inspect::head))
+        .route("/api/runs/{name}/inspect/model", get(inspect::run_model))
+        .route("/api/runs/{name}/probes", get(inspect::probes))
+        .route("/api/presets/{name}/model", get(inspect::preset_model))
         .route(
             "/api/uploads",
             post(upload).layer(DefaultBodyLimit::max(UPLOAD_LIMIT)),
@@ -107,7 +115,9 @@ fn check_name(name: &str) -> ApiResult<()> {
 }
 
 /// A request body parsed as JSON, with the size limit's and serde's refusals in plain words.
-fn parse_json<T: serde::de::DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> ApiResult<T> {
+pub(super) fn parse_json<T: serde::de::DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<T> {
     let bytes = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
@@ -133,7 +143,9 @@ fn parse_json<T: serde::de::DeserializeOwned>(body: Result<Bytes, BytesRejection
     })
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> ApiResult<T> {
+pub(super) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> ApiResult<T> {
     tokio::task::spawn_blocking(f).await.map_err(|_| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -142,7 +154,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
     })
 }
 
-fn run_dir(state: &AppState, name: &str) -> PathBuf {
+pub(super) fn run_dir(state: &AppState, name: &str) -> PathBuf {
     state.runs_dir.join(name)
 }
 
@@ -161,7 +173,7 @@ fn summary(state: &AppState, name: &str) -> Option<runs::RunSummary> {
     Some(s)
 }
 
-fn no_such_run(name: &str) -> ApiError {
+pub(super) fn no_such_run(name: &str) -> ApiError {
     ApiError::not_found(format!(
         "no run {name}: the runs directory has no such run; start it, or pick one from GET /api/runs"
     ))
@@ -502,6 +514,23 @@ fn default_tokens() -> usize {
     500
 }
 
+/// Temperature and top-k as sampling takes them: a positive temperature, k at least 1.
+pub(super) fn check_sample_settings(temperature: f32, top_k: Option<usize>) -> ApiResult<()> {
+    if !(temperature.is_finite() && temperature > 0.0) {
+        return Err(ApiError::bad_request(format!(
+            "temperature must be a positive number, got {temperature}; 1.0 samples the model as it is, 0.8 is a little safer"
+        ))
+        .with_field("temperature"));
+    }
+    if top_k == Some(0) {
+        return Err(ApiError::bad_request(
+            "top_k must be at least 1 (1 always picks the most likely character); leave it empty to use all",
+        )
+        .with_field("top_k"));
+    }
+    Ok(())
+}
+
 /// Streams the characters drawn after the prompt as plain text, as they are drawn, from the
 /// run's latest checkpoint (a training run's too).
 async fn sample(
@@ -510,19 +539,7 @@ async fn sample(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
     let request: SampleRequest = parse_json(body)?;
-    if !(request.temperature.is_finite() && request.temperature > 0.0) {
-        return Err(ApiError::bad_request(format!(
-            "temperature must be a positive number, got {}; 1.0 samples the model as it is, 0.8 is a little safer",
-            request.temperature
-        ))
-        .with_field("temperature"));
-    }
-    if request.top_k == Some(0) {
-        return Err(ApiError::bad_request(
-            "top_k must be at least 1 (1 always picks the most likely character); leave it empty to use all",
-        )
-        .with_field("top_k"));
-    }
+    check_sample_settings(request.temperature, request.top_k)?;
     if request.tokens > MAX_SAMPLE {
         return Err(ApiError::bad_request(format!(
             "tokens must be at most {MAX_SAMPLE}; draw several samples for more"

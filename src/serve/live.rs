@@ -133,10 +133,24 @@ impl LiveEvent {
     }
 }
 
+/// The parameters of a training at its last evaluation, for the inspection views: a copy, so
+/// that looking never waits for (or slows) a step.
+pub struct Snapshot {
+    pub model: chargpt::model::Model,
+    pub tokenizer: chargpt::tokenizer::Tokenizer,
+    pub step: usize,
+    /// The text it trains on (its val split gives the surprise view its excerpts).
+    pub data: chargpt::checkpoint::DataInfo,
+    /// The embeddings view's answer for these parameters, once asked.
+    pub embeddings: std::sync::OnceLock<Vec<u8>>,
+}
+
 /// A training of this server: its stop switch and the log of everything it reported.
 pub struct LiveRun {
     pub name: String,
     pub stop: Arc<AtomicBool>,
+    /// Its model at the last evaluation (none before the first).
+    snapshot: Mutex<Option<Arc<Snapshot>>>,
     log: Mutex<Vec<LiveEvent>>,
     /// How many events the log holds; readers wait for it to change.
     count: watch::Sender<usize>,
@@ -148,6 +162,7 @@ impl LiveRun {
         LiveRun {
             name: name.to_string(),
             stop: Arc::new(AtomicBool::new(false)),
+            snapshot: Mutex::new(None),
             log: Mutex::new(Vec::new()),
             count: watch::Sender::new(0),
             thread: Mutex::new(None),
@@ -181,6 +196,11 @@ impl LiveRun {
             LiveEvent::Step(p) => Some(*p),
             _ => None,
         })
+    }
+
+    /// The model as it was at the last evaluation.
+    pub fn snapshot(&self) -> Option<Arc<Snapshot>> {
+        lock(&self.snapshot).clone()
     }
 
     pub fn request_stop(&self) {
@@ -292,7 +312,7 @@ fn training_thread(state: Arc<AppState>, live: Arc<LiveRun>, plan: Plan, ready: 
             let Some(prepared) = prepare(&dir, plan, ready, &live) else {
                 return;
             };
-            train(&live, prepared);
+            train(&state, &live, prepared);
         })
     }));
     if let Err(panic) = outcome {
@@ -375,7 +395,7 @@ fn prepare(dir: &std::path::Path, plan: Plan, ready: Ready, live: &LiveRun) -> O
 }
 
 /// Trains the prepared run to its end (or a stop), publishing every event.
-fn train(live: &LiveRun, prepared: Prepared) {
+fn train(state: &AppState, live: &Arc<LiveRun>, prepared: Prepared) {
     let Prepared {
         mut run,
         out,
@@ -388,9 +408,15 @@ fn train(live: &LiveRun, prepared: Prepared) {
         stop: Some(live.stop.clone()),
         stop_at: None,
         exact_eval: true,
+        probe: Some(chargpt::inspect::default_probe(
+            &run.tokenizer,
+            &run.dataset.val,
+            run.trainer.model.config.block_size,
+        )),
     };
     let seed = run.trainer.config.seed;
     let samples_path = out.join(SAMPLES_FILE);
+    let data = run.data.clone();
     let result = run_training(&mut run, &options, &mut |event| match event {
         RunEvent::Step {
             stats,
@@ -415,6 +441,14 @@ fn train(live: &LiveRun, prepared: Prepared) {
             tokenizer,
             ..
         } => {
+            // Before the event goes out, so that a page refreshing on it sees these parameters.
+            *lock(&live.snapshot) = Some(Arc::new(Snapshot {
+                model: model.clone(),
+                tokenizer: tokenizer.clone(),
+                step: row.step,
+                data: data.clone(),
+                embeddings: std::sync::OnceLock::new(),
+            }));
             let sample = runs::eval_sample(model, tokenizer, seed, row.step, EVAL_SAMPLE);
             let _ = runs::append(
                 &samples_path,
@@ -473,10 +507,12 @@ fn train(live: &LiveRun, prepared: Prepared) {
             error: one_line(&e),
         }],
     };
-    // The lock goes before the last event, so that a page that reloads the list on it sees the
-    // run as no longer training.
+    // The lock and the server's record of the training go before the last event, so that a page
+    // (or a client) acting on it sees the run as no longer training: a start or resume sent on
+    // `finished` was refused as "already training" when the thread had not yet forgotten it.
     drop(run);
     drop(run_lock);
+    forget(state, live);
     for event in last {
         live.push(event);
     }

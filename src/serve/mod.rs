@@ -9,13 +9,14 @@
 //! History comes from the run's files (`metrics.csv`, `steps.csv`, `samples.txt`).
 //!
 //! The modules: [`security`] (token, Host and Origin checks), [`api`] (the JSON endpoints),
-//! [`live`] (trainings and their event streams), [`assets`] (the page, embedded in the binary).
+//! [`inspect`] (looking inside a run's model), [`live`] (trainings and their event streams), [`assets`] (the page, embedded in the binary).
 //! The library does the work (preparing, training, listing, sampling); this module never calls
 //! the command line's.
 
 mod api;
 mod assets;
 mod error;
+mod inspect;
 mod live;
 mod security;
 
@@ -63,6 +64,8 @@ pub struct AppState {
     pub threads: Option<usize>,
     /// The trainings this server runs, by run name.
     pub live: Mutex<HashMap<String, Arc<live::LiveRun>>>,
+    /// The inspections' queue and the checkpoints they last loaded.
+    pub inspector: inspect::Inspector,
 }
 
 impl AppState {
@@ -146,6 +149,7 @@ pub fn run(args: ServeArgs, threads: Option<usize>) -> Result<ExitCode> {
             port,
             threads,
             live: Mutex::new(HashMap::new()),
+            inspector: inspect::Inspector::default(),
         });
         tokio::spawn(live::save_all_on_signal(state.clone()));
         let app = api::router(state);

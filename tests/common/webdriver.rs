@@ -97,6 +97,13 @@ impl Browser {
 
     /// One WebDriver command; returns its `value`.
     fn send(&self, method: &str, path: &str, body: Value) -> Value {
+        let (status, value) = self.try_send(method, path, body);
+        assert_eq!(status, 200, "{method} {path}: {value}");
+        value
+    }
+
+    /// One WebDriver command: its status and `value`.
+    fn try_send(&self, method: &str, path: &str, body: Value) -> (u16, Value) {
         let body = if method == "GET" {
             Vec::new()
         } else {
@@ -109,9 +116,7 @@ impl Browser {
             &[("Content-Type", "application/json")],
             &body,
         );
-        let value = response.json()["value"].clone();
-        assert_eq!(response.status, 200, "{method} {path}: {value}");
-        value
+        (response.status, response.json()["value"].clone())
     }
 
     fn command(&self, method: &str, path: &str, body: Value) -> Value {
@@ -120,6 +125,17 @@ impl Browser {
 
     pub fn open(&self, url: &str) {
         self.command("POST", "/url", json!({ "url": url }));
+    }
+
+    /// A Chrome DevTools Protocol command (ChromeDriver's `goog/cdp/execute`), e.g. the
+    /// profiler's; returns its result.
+    #[allow(dead_code)]
+    pub fn cdp(&self, cmd: &str, params: Value) -> Value {
+        self.command(
+            "POST",
+            "/goog/cdp/execute",
+            json!({ "cmd": cmd, "params": params }),
+        )
     }
 
     /// Runs `script` (a function body) in the page and returns what it returns.
@@ -156,9 +172,23 @@ impl Browser {
         found[ELEMENT].as_str().unwrap().to_string()
     }
 
+    /// Clicks element `css`. A view may redraw it between finding and clicking it (a run list
+    /// refreshed, new bars): the element found is then stale, and it is found again.
     pub fn click(&self, css: &str) {
-        let id = self.find(css);
-        self.command("POST", &format!("/element/{id}/click"), json!({}));
+        for _ in 0..20 {
+            let id = self.find(css);
+            let path = format!("/session/{}/element/{id}/click", self.session);
+            let (status, value) = self.try_send("POST", &path, json!({}));
+            if status == 200 {
+                return;
+            }
+            assert_eq!(
+                value["error"], "stale element reference",
+                "POST {path}: {value}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("{css} went stale 20 times in a row");
     }
 
     /// Replaces the text of input `css` by `text`, as typing would.
@@ -169,6 +199,40 @@ impl Browser {
             "POST",
             &format!("/element/{id}/value"),
             json!({ "text": text }),
+        );
+    }
+
+    /// Moves the mouse over the middle of element `css`, as a user pointing at it.
+    pub fn hover(&self, css: &str) {
+        let id = self.find(css);
+        self.command(
+            "POST",
+            "/actions",
+            json!({ "actions": [{
+                "type": "pointer", "id": "mouse", "parameters": { "pointerType": "mouse" },
+                "actions": [{ "type": "pointerMove", "duration": 0, "x": 0, "y": 0,
+                              "origin": { ELEMENT: id } }],
+            }]}),
+        );
+    }
+
+    /// Sends keys to element `css` (WebDriver key codes: "\u{E012}" is the left arrow,
+    /// "\u{E011}" Home, "\u{E010}" End).
+    pub fn keys(&self, css: &str, keys: &str) {
+        let id = self.find(css);
+        self.command(
+            "POST",
+            &format!("/element/{id}/value"),
+            json!({ "text": keys }),
+        );
+    }
+
+    /// Resizes the window (for a screenshot of a long view).
+    pub fn resize(&self, width: u32, height: u32) {
+        self.command(
+            "POST",
+            "/window/rect",
+            json!({ "width": width, "height": height }),
         );
     }
 

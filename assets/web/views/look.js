@@ -1,0 +1,387 @@
+// What the views that look inside a model share: which run they look at, how characters and
+// numbers are shown, colour scales, and the drawings that several views (and the replay) make:
+// next-character bars, attention maps, text coloured by surprise, the embedding scatter and the
+// position-similarity matrix.
+
+import { el, clear } from './util.js';
+
+// ---- characters and numbers ----
+
+// A character as the maps and bars show it: whitespace made visible.
+export function shown(c) {
+  if (c === ' ') return '␣';
+  if (c === '\n') return '⏎';
+  if (c === '\t') return '⇥';
+  return c;
+}
+
+export function percent(p) {
+  const x = 100 * p;
+  if (x >= 10) return `${x.toFixed(1)}%`;
+  if (x >= 0.01) return `${x.toPrecision(2)}%`;
+  return `${x.toExponential(1)}%`;
+}
+
+export function num(x, digits = 3) {
+  if (x === null || x === undefined) return '−∞';
+  return Number(x).toFixed(digits).replace('-', '−');
+}
+
+// What `chargpt sample` draws from (src/sampling.rs, `weights` and `distribution`):
+// softmax(logits / temperature) over the top_k largest (every value tied with the k-th kept),
+// 0 elsewhere. top_k null or >= V: all.
+export function reshape(logits, temperature, topK) {
+  const z = logits.map((x) => x / temperature);
+  if (topK && topK < z.length) {
+    const cut = [...z].sort((a, b) => b - a)[Math.max(topK, 1) - 1];
+    for (let i = 0; i < z.length; i++) if (z[i] < cut) z[i] = -Infinity;
+  }
+  const max = Math.max(...z);
+  let sum = 0;
+  const e = z.map((x) => {
+    const v = Math.exp(x - max);
+    sum += v;
+    return v;
+  });
+  return e.map((v) => v / sum);
+}
+
+// Calls fn at most once every `ms`, always after the last call (a stream of calls faster than
+// `ms` still gets one call per `ms`, which a debounce would put off for ever).
+export function throttle(fn, ms) {
+  let timer = null;
+  return () => {
+    if (timer) return;
+    timer = setTimeout(() => {
+      timer = null;
+      fn();
+    }, ms);
+  };
+}
+
+export function debounce(fn, ms) {
+  let timer = null;
+  return (...args) => {
+    clearTimeout(timer);
+    timer = setTimeout(() => fn(...args), ms);
+  };
+}
+
+export function fromBase64(text) {
+  const raw = atob(text);
+  const bytes = new Uint8Array(raw.length);
+  for (let i = 0; i < raw.length; i++) bytes[i] = raw.charCodeAt(i);
+  return bytes;
+}
+
+// The kind of a character, for the embedding scatter's colours.
+export function charClass(c) {
+  if (/[aeiou]/.test(c)) return 'vowel';
+  if (/[AEIOU]/.test(c)) return 'capital vowel';
+  if (/[a-z]/.test(c)) return 'consonant';
+  if (/[A-Z]/.test(c)) return 'capital consonant';
+  if (/[0-9]/.test(c)) return 'digit';
+  if (/\s/.test(c)) return 'space or newline';
+  return 'punctuation';
+}
+
+export const CLASS_COLORS = {
+  vowel: '#d62728',
+  'capital vowel': '#ff9896',
+  consonant: '#1f77b4',
+  'capital consonant': '#9ecae1',
+  digit: '#2ca02c',
+  'space or newline': '#7f7f7f',
+  punctuation: '#9467bd',
+};
+
+// ---- colour scales ----
+
+// 0..1 from dark to bright (a magma-like ramp), as [r, g, b].
+const RAMP = [[0, 0, 4], [40, 11, 84], [101, 21, 110], [159, 42, 99], [212, 72, 66],
+  [245, 125, 21], [250, 193, 39], [252, 255, 164]];
+export function heatRGB(v) {
+  const x = Math.min(1, Math.max(0, v)) * (RAMP.length - 1);
+  const i = Math.min(RAMP.length - 2, Math.floor(x));
+  const f = x - i;
+  return RAMP[i].map((a, k) => Math.round(a + f * (RAMP[i + 1][k] - a)));
+}
+export function heat(v) {
+  const [r, g, b] = heatRGB(v);
+  return `rgb(${r},${g},${b})`;
+}
+
+// -1..1 from blue through white to red.
+export function divergingRGB(v) {
+  const x = Math.min(1, Math.max(-1, v));
+  if (x >= 0) return [255, Math.round(255 * (1 - 0.8 * x)), Math.round(255 * (1 - 0.85 * x))];
+  return [Math.round(255 * (1 + 0.85 * x)), Math.round(255 * (1 + 0.6 * x)), 255];
+}
+export function diverging(v) {
+  const [r, g, b] = divergingRGB(v);
+  return `rgb(${r},${g},${b})`;
+}
+
+// A loss in nats, from pale (expected) to deep red (surprising); 5 nats and more is the deepest.
+export function lossColor(loss) {
+  const x = Math.min(1, Math.max(0, loss / 5));
+  return `rgb(255,${Math.round(250 - 190 * x)},${Math.round(235 - 215 * x)})`;
+}
+
+// ---- which run ----
+
+// A line at the top of a view: a picker of the runs (choosing one selects it everywhere) and
+// what the last answer looked at. Returns {element, refresh(), about(answer)}.
+export function runHeader(app, id) {
+  const select = el('select', { id: `${id}-run`, className: 'run-pick' });
+  const about = el('span', { id: `${id}-about`, className: 'muted' });
+  select.addEventListener('change', () => app.select(select.value || null));
+  const element = el('div', { className: 'row look-header' },
+    el('label', {}, 'run ', select), about);
+  return {
+    element,
+    async refresh() {
+      try {
+        const { runs } = await app.api.runs();
+        clear(select);
+        select.append(el('option', { value: '' }, '(pick a run)'));
+        for (const r of runs) select.append(el('option', { value: r.name }, r.name));
+        select.value = app.run && runs.some((r) => r.name === app.run) ? app.run : '';
+      } catch {
+        // The list stays as it was; the view's own request will say what is wrong.
+      }
+    },
+    about(answer) {
+      if (!answer) {
+        about.textContent = app.run ? '' : 'pick a run (a trained one, or one training now)';
+        return;
+      }
+      about.textContent = answer.live
+        ? `step ${answer.step}: the training's parameters at its last evaluation (live)`
+        : `step ${answer.step}: its checkpoint`;
+      about.dataset.step = String(answer.step);
+    },
+  };
+}
+
+// Runs `fetcher` when the view is visible, again at every evaluation of a training run
+// (`live:eval`, bursts merged), and when the selected run changes; a view that is hidden
+// when an evaluation arrives refreshes when it is shown.
+export function followRun(app, view, fetcher) {
+  let stale = true;
+  const refresh = throttle(() => {
+    if (view.element.hidden) {
+      stale = true;
+      return;
+    }
+    stale = false;
+    fetcher();
+  }, 150);
+  app.on('live:eval', refresh);
+  app.on('run-selected', () => {
+    stale = true;
+    refresh();
+  });
+  return {
+    shown() {
+      if (stale) refresh();
+    },
+    now: refresh,
+  };
+}
+
+// ---- drawings ----
+
+// Bars of the most likely next characters: probs (V) over vocab, at most `count`, zeros left
+// out. `onPick(char)` when a bar is clicked.
+export function drawBars(element, vocab, probs, { count = 20, onPick = null } = {}) {
+  clear(element);
+  const order = probs.map((p, i) => [p, i]).filter(([p]) => p > 0)
+    .sort((a, b) => b[0] - a[0]).slice(0, count);
+  const top = order.length ? order[0][0] : 1;
+  for (const [p, i] of order) {
+    const bar = el('div', {
+      className: `bar${onPick ? ' pickable' : ''}`,
+      dataset: { char: vocab[i], p: String(p) },
+      title: onPick ? `append ${JSON.stringify(vocab[i])}` : '',
+    },
+    el('span', { className: 'bar-char' }, shown(vocab[i])),
+    el('span', { className: 'bar-track' },
+      el('span', { className: 'bar-fill', style: `width:${(100 * p) / top}%` })),
+    el('span', { className: 'bar-value' }, percent(p)));
+    if (onPick) bar.addEventListener('click', () => onPick(vocab[i]));
+    element.append(bar);
+  }
+}
+
+// An attention map as a canvas of T x T pixels (scaled by CSS, pixelated): rows[t] holds the
+// t + 1 weights of query t (keys 0..=t); the masked triangle is grey.
+export function mapCanvas(rows, { className = 'map' } = {}) {
+  const n = rows.length;
+  const canvas = el('canvas', { className, width: n, height: n });
+  const ctx = canvas.getContext('2d');
+  const image = ctx.createImageData(n, n);
+  for (let t = 0; t < n; t++) {
+    for (let u = 0; u < n; u++) {
+      const at = 4 * (t * n + u);
+      const [r, g, b] = u <= t ? heatRGB(rows[t][u] ?? 0) : [215, 218, 224];
+      image.data[at] = r;
+      image.data[at + 1] = g;
+      image.data[at + 2] = b;
+      image.data[at + 3] = 255;
+    }
+  }
+  ctx.putImageData(image, 0, 0);
+  // For the tests: a number that changes when the map does.
+  let sum = 0;
+  rows.forEach((row, t) => row.forEach((w, u) => { sum += w * (1 + ((t * 31 + u * 7) % 13)); }));
+  canvas.dataset.checksum = sum.toFixed(6);
+  return canvas;
+}
+
+// A grid of maps, one per layer (rows) and head (columns), each with a title and a band that
+// marks the query row under the pointer. maps[l][h] = rows. Returns {element, mark(t), select}.
+export function mapGrid(maps, { summaries = null, onPick = null, selected = null } = {}) {
+  const nLayer = maps.length;
+  const nHead = nLayer ? maps[0].length : 0;
+  const n = nLayer ? maps[0][0].length : 0;
+  const grid = el('div', { className: 'map-grid', style: `grid-template-columns:repeat(${nHead}, minmax(0, 190px))` });
+  const bands = [];
+  const cells = [];
+  for (let l = 0; l < nLayer; l++) {
+    for (let h = 0; h < nHead; h++) {
+      const band = el('div', { className: 'map-band', hidden: true });
+      bands.push(band);
+      const s = summaries && summaries[l][h];
+      const cell = el('figure', { className: 'head-cell', dataset: { layer: l, head: h } },
+        el('figcaption', {}, `layer ${l}, head ${h}`),
+        el('div', { className: 'map-box' }, mapCanvas(maps[l][h]), band),
+        s ? el('div', { className: 'muted small' },
+          `looks back ${s.look_back.toFixed(1)} · prev ${Math.round(100 * s.previous)}% · self ${Math.round(100 * s.itself)}%`) : null);
+      if (onPick) cell.addEventListener('click', () => onPick(l, h));
+      cells.push(cell);
+      grid.append(cell);
+    }
+  }
+  const api = {
+    element: grid,
+    mark(t) {
+      for (const band of bands) {
+        band.hidden = t === null || t === undefined;
+        band.style.top = `${(100 * t) / n}%`;
+        band.style.height = `${Math.max(100 / n, 1.5)}%`;
+      }
+      grid.dataset.query = t === null || t === undefined ? '' : String(t);
+    },
+    select(l, h) {
+      for (const cell of cells) {
+        cell.classList.toggle('selected', Number(cell.dataset.layer) === l && Number(cell.dataset.head) === h);
+      }
+    },
+  };
+  if (selected) api.select(...selected);
+  return api;
+}
+
+// Text coloured by each character's loss. `text` is an array of characters; losses[i] belongs
+// to character i + offset (the first `offset` are not scored, shown grey). `describe(i)` gives
+// the hover text of scored character i (index into losses).
+export function surpriseText(element, text, losses, { offset = 1, describe = null, tip = null } = {}) {
+  clear(element);
+  text.forEach((c, i) => {
+    const k = i - offset;
+    const scored = k >= 0 && k < losses.length;
+    const span = el('span', {
+      className: scored ? 'ch' : 'ch unscored',
+      dataset: scored ? { i: String(k), loss: String(losses[k]) } : {},
+    }, c === '\n' ? '⏎' : c);
+    if (scored) span.style.background = lossColor(losses[k]);
+    if (scored && describe && tip) {
+      span.addEventListener('mouseenter', () => {
+        tip.hidden = false;
+        clear(tip);
+        tip.append(...describe(k));
+        const box = span.getBoundingClientRect();
+        tip.style.left = `${Math.min(window.innerWidth - 320, box.left + window.scrollX)}px`;
+        tip.style.top = `${box.bottom + window.scrollY + 4}px`;
+        element.dataset.hovered = String(k);
+      });
+      span.addEventListener('mouseleave', () => { tip.hidden = true; });
+    }
+    element.append(span);
+    if (c === '\n') element.append('\n');
+  });
+}
+
+// The scatter of the characters on two principal components, labelled and coloured by kind.
+const SVG = 'http://www.w3.org/2000/svg';
+function svg(tag, attrs = {}, text = null) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+  if (text !== null) node.textContent = text;
+  return node;
+}
+export { svg };
+
+export function drawScatter(element, vocab, points, explained, { width = 620, height = 460 } = {}) {
+  clear(element);
+  const pad = 36;
+  const xs = points.map((p) => p[0]);
+  const ys = points.map((p) => p[1]);
+  const span = (v) => {
+    const lo = Math.min(...v);
+    const hi = Math.max(...v);
+    const extra = (hi - lo) * 0.05 || 1;
+    return [lo - extra, hi + extra];
+  };
+  const [x0, x1] = span(xs);
+  const [y0, y1] = span(ys);
+  const X = (x) => pad + ((x - x0) / (x1 - x0)) * (width - 2 * pad);
+  const Y = (y) => height - pad - ((y - y0) / (y1 - y0)) * (height - 2 * pad);
+  const root = svg('svg', { width, height, viewBox: `0 0 ${width} ${height}`, class: 'scatter' });
+  root.append(svg('rect', { x: pad, y: pad / 2, width: width - 2 * pad, height: height - 1.5 * pad, fill: '#fff', stroke: '#d9dee7' }));
+  if (x0 < 0 && x1 > 0) root.append(svg('line', { x1: X(0), x2: X(0), y1: pad / 2, y2: height - pad, stroke: '#eef0f4' }));
+  if (y0 < 0 && y1 > 0) root.append(svg('line', { x1: pad, x2: width - pad, y1: Y(0), y2: Y(0), stroke: '#eef0f4' }));
+  root.append(svg('text', { x: width / 2, y: height - 8, 'text-anchor': 'middle', class: 'axis' },
+    `first principal component (${(100 * explained[0]).toFixed(1)}% of the variance)`));
+  root.append(svg('text', { x: 12, y: height / 2, transform: `rotate(-90 12 ${height / 2})`, 'text-anchor': 'middle', class: 'axis' },
+    `second (${(100 * explained[1]).toFixed(1)}%)`));
+  vocab.forEach((c, i) => {
+    const kind = charClass(c);
+    const label = c === ' ' ? '␣' : c === '\n' ? '⏎' : c;
+    const text = svg('text', { x: X(points[i][0]), y: Y(points[i][1]), 'text-anchor': 'middle', 'dominant-baseline': 'central', fill: CLASS_COLORS[kind], class: 'point', 'data-char': c },
+      label);
+    text.append(svg('title', {}, `${JSON.stringify(c)} (${kind}): ${num(points[i][0])}, ${num(points[i][1])}`));
+    root.append(text);
+  });
+  element.append(root);
+  const legend = el('div', { className: 'legend' });
+  for (const [kind, color] of Object.entries(CLASS_COLORS)) {
+    if (vocab.some((c) => charClass(c) === kind)) {
+      legend.append(el('span', {}, el('span', { className: 'swatch', style: `background:${color}` }), kind));
+    }
+  }
+  element.append(legend);
+}
+
+// A square matrix of values in -1..1 (row-major, n x n) as a canvas, blue-white-red, with a
+// few position ticks.
+export function drawCosine(element, values, n, { size = 360 } = {}) {
+  clear(element);
+  const canvas = el('canvas', { className: 'cosine', width: n, height: n });
+  const ctx = canvas.getContext('2d');
+  const image = ctx.createImageData(n, n);
+  for (let i = 0; i < n * n; i++) {
+    const [r, g, b] = divergingRGB(values[i]);
+    image.data.set([r, g, b, 255], 4 * i);
+  }
+  ctx.putImageData(image, 0, 0);
+  canvas.style.width = `${size}px`;
+  canvas.style.height = `${size}px`;
+  const ticks = el('div', { className: 'muted small' },
+    `positions 0 to ${n - 1} on both axes (row i, column j: cos(wpe[i], wpe[j])); `,
+    el('span', { className: 'swatch', style: `background:${diverging(-1)}` }), '−1 ',
+    el('span', { className: 'swatch', style: `background:${diverging(0)};border:1px solid #ccc` }), '0 ',
+    el('span', { className: 'swatch', style: `background:${diverging(1)}` }), '1');
+  element.append(canvas, ticks);
+}

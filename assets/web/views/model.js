@@ -1,0 +1,180 @@
+// The model: a diagram of its layers in order, each with what it computes, the shape of what
+// comes out for one sequence of T characters, and its parameter count, drawn from the parts the
+// server lists (chargpt::inspect::model_parts, built from the parameter layout: every parameter
+// is in exactly one part). Any run's model, or any preset's (at a vocabulary of 65).
+
+import { el, clear } from './util.js';
+import { svg } from './look.js';
+
+let app;
+let source;
+let diagram;
+let summary;
+let table;
+let error;
+let presetsLoaded = false;
+
+const FILL = {
+  embedding: '#e0ecff',
+  norm: '#f1f3f6',
+  attention: '#ffe8cc',
+  'feed-forward': '#dcfae6',
+  residual: '#ffffff',
+  linear: '#e0ecff',
+  softmax: '#f4ebff',
+};
+
+const count = (n) => n.toLocaleString('en-US');
+
+function draw(answer) {
+  const { parts, config } = answer;
+  clear(diagram);
+  const width = 800;
+  const boxX = 40;
+  const boxW = 660;
+  const boxH = 50;
+  const gap = 22;
+  const items = [];
+  let y = 14;
+  const input = { y, h: 26 };
+  y += input.h + gap;
+  const place = (part, inBlock) => {
+    const h = part.kind === 'residual' ? 30 : boxH;
+    items.push({ part, y, h, inBlock });
+    y += h + gap;
+  };
+  parts.before.forEach((p) => {
+    if (p.kind !== 'softmax') place(p, false);
+  });
+  let blockTop = null;
+  let blockBottom = null;
+  if (parts.block.length) {
+    y += 18;
+    blockTop = y - 12;
+    parts.block.forEach((p) => place(p, true));
+    blockBottom = y - gap + 10;
+    y += 12;
+  }
+  parts.after.forEach((p) => place(p, false));
+  parts.before.filter((p) => p.kind === 'softmax').forEach((p) => place(p, false));
+  const height = y + 10;
+  const root = svg('svg', { width, height, viewBox: `0 0 ${width} ${height}`, class: 'model-diagram', id: 'model-svg' });
+  const defs = svg('defs');
+  const marker = svg('marker', { id: 'arrow', viewBox: '0 0 10 10', refX: 9, refY: 5, markerWidth: 7, markerHeight: 7, orient: 'auto-start-reverse' });
+  marker.append(svg('path', { d: 'M 0 0 L 10 5 L 0 10 z', fill: '#667085' }));
+  defs.append(marker);
+  root.append(defs);
+  // The input.
+  root.append(svg('text', { x: boxX + boxW / 2, y: input.y + 17, 'text-anchor': 'middle', class: 'diagram-input' },
+    `T = ${config.block_size} characters (ids 0 to ${config.vocab_size - 1})`));
+  if (blockTop !== null) {
+    root.append(svg('rect', { x: boxX - 24, y: blockTop, width: boxW + 80, height: blockBottom - blockTop, rx: 10, fill: 'none', stroke: '#1f5fbf', 'stroke-dasharray': '6 4', class: 'block-frame' }));
+    root.append(svg('text', { x: boxX - 14, y: blockTop - 6, class: 'block-label' },
+      `block × ${parts.n_layer} (blocks.0 to blocks.${parts.n_layer - 1}), ${count(parts.block_params)} parameters each`));
+  }
+  let previousBottom = input.y + input.h;
+  let segmentStart = null;
+  for (const item of items) {
+    const { part } = item;
+    const cx = boxX + boxW / 2;
+    root.append(svg('line', { x1: cx, y1: previousBottom + 2, x2: cx, y2: item.y - 2, stroke: '#667085', 'marker-end': 'url(#arrow)' }));
+    if (item.inBlock && segmentStart === null) segmentStart = previousBottom + 6;
+    const group = svg('g', { class: 'part', 'data-kind': part.kind, 'data-name': part.name, 'data-params': String(part.params) });
+    if (part.kind === 'residual') {
+      group.append(svg('rect', { x: cx - 110, y: item.y, width: 220, height: item.h, rx: 15, fill: FILL.residual, stroke: '#667085' }));
+      group.append(svg('text', { x: cx, y: item.y + 19, 'text-anchor': 'middle', class: 'part-name' }, `⊕ ${part.detail}`));
+      // The skip connection: from the block's input (or the previous add) around the sublayer.
+      const right = boxX + boxW + 36;
+      root.append(svg('path', { d: `M ${cx} ${segmentStart} H ${right} V ${item.y + item.h / 2} H ${cx + 112}`, fill: 'none', stroke: '#1f5fbf', 'marker-end': 'url(#arrow)', class: 'skip' }));
+      segmentStart = item.y + item.h + 6;
+    } else {
+      group.append(svg('rect', { x: boxX, y: item.y, width: boxW, height: item.h, rx: 6, fill: FILL[part.kind] || '#fff', stroke: '#98a2b3' }));
+      group.append(svg('text', { x: boxX + 10, y: item.y + 19, class: 'part-name' }, part.name));
+      group.append(svg('text', { x: boxX + boxW - 10, y: item.y + 19, 'text-anchor': 'end', class: 'part-params' },
+        `→ ${part.dims} (${part.output.join(' × ')}) · ${part.params ? `${count(part.params)} params` : 'no parameters'}`));
+      group.append(svg('text', { x: boxX + 10, y: item.y + 38, class: 'part-detail' }, part.detail));
+      group.append(svg('title', {}, part.tensors.map((t) => `${t.name} (${t.shape.join(' × ')})`).join('\n') || part.name));
+    }
+    root.append(group);
+    previousBottom = item.y + item.h;
+  }
+  diagram.append(root);
+  const sum = parts.before.concat(parts.after).reduce((s, p) => s + p.params, 0) + parts.n_layer * parts.block_params;
+  summary.textContent = `${answer.preset ? `preset ${answer.preset}` : answer.name}: ${count(parts.total_params)} parameters`
+    + ` (V = ${config.vocab_size} characters, T = ${config.block_size}${config.architecture === 'bigram' ? '' : `, C = ${config.n_embd}, ${config.n_layer} block${config.n_layer === 1 ? '' : 's'} of ${config.n_head} head${config.n_head === 1 ? '' : 's'}`})`
+    + `${sum === parts.total_params ? '' : ` — the parts add up to ${count(sum)}!`}`;
+  summary.dataset.total = String(parts.total_params);
+  summary.dataset.sum = String(sum);
+  clear(table);
+  table.append(el('tr', {}, el('th', {}, 'tensor'), el('th', {}, 'shape'), el('th', {}, 'parameters')));
+  for (const t of parts.tensors) {
+    table.append(el('tr', {}, el('td', {}, el('code', {}, t.name)), el('td', {}, t.shape.join(' × ')),
+      el('td', { className: 'num' }, count(t.params))));
+  }
+}
+
+async function load() {
+  error.textContent = '';
+  const value = source.value;
+  if (!value) return;
+  try {
+    const answer = value.startsWith('run:')
+      ? await app.api.runModel(value.slice(4))
+      : await app.api.presetModel(value.slice(7));
+    if (source.value !== value) return;
+    diagram.dataset.source = value;
+    draw(answer);
+  } catch (e) {
+    error.textContent = e.message;
+  }
+}
+
+async function fillSources() {
+  const keep = source.value;
+  if (!presetsLoaded) {
+    const { presets } = await app.api.presets();
+    const group = el('optgroup', { label: 'presets' });
+    for (const p of presets) group.append(el('option', { value: `preset:${p.name}` }, p.name));
+    source.append(group);
+    presetsLoaded = true;
+  }
+  const run = source.querySelector('option.run');
+  if (run) run.remove();
+  if (app.run) {
+    source.prepend(el('option', { className: 'run', value: `run:${app.run}` }, `run ${app.run}`));
+  }
+  source.value = keep && [...source.options].some((o) => o.value === keep) ? keep
+    : app.run ? `run:${app.run}` : 'preset:default';
+}
+
+export default {
+  id: 'model',
+  title: 'The model',
+  mount(element, shared) {
+    app = shared;
+    source = el('select', { id: 'model-source' });
+    source.addEventListener('change', load);
+    diagram = el('div', { id: 'model-diagram' });
+    summary = el('p', { id: 'model-summary' });
+    table = el('table', { id: 'model-tensors', className: 'tensors' });
+    error = el('div', { id: 'model-error', className: 'error' });
+    element.append(
+      el('h2', {}, 'The model, layer by layer'),
+      el('div', { className: 'row' }, el('label', {}, 'model of ', source)),
+      el('p', { className: 'muted' }, 'Top to bottom, what one sequence of T characters goes through; on the right, the shape of what comes out of each part (T positions × C channels, or × V characters). Hover a box for its tensors.'),
+      error, summary, diagram,
+      el('details', {}, el('summary', {}, 'every tensor, as the checkpoint names it'), table));
+    app.on('run-selected', () => {
+      source.value = '';
+      if (!element.hidden) fillSources().then(load);
+    });
+  },
+  async show() {
+    try {
+      await fillSources();
+      await load();
+    } catch (e) {
+      error.textContent = e.message;
+    }
+  },
+};
