@@ -363,6 +363,8 @@ fn follow(args: &TrainArgs, group: Group) -> Result<ExitCode> {
         stop: Some(stop),
         stop_at: None,
         exact_eval: true,
+        // Rank 0 writes the probe records, from its own copy of the same parameters.
+        probe: None,
     };
     let result = run_training(&mut run, &options, &mut |_| {});
     if result.is_ok() {
