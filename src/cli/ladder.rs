@@ -432,17 +432,8 @@ fn plan(args: &LadderArgs) -> Result<Vec<Planned>> {
     rungs
         .into_iter()
         .map(|rung| {
-            let (model, mut train) = rung.configs()?;
-            if let Some(steps) = args.steps {
-                train = ladder::with_steps(&train, steps);
-            }
-            if let Some(seed) = args.seed {
-                train.seed = seed;
-            }
-            // Tiny Shakespeare has 65 characters.
-            let mut sized = model.clone();
-            sized.vocab_size = 65;
-            let params = chargpt::model::ParamLayout::new(&sized).len;
+            let (model, train) = rung.configs()?;
+            let (train, params) = with_overrides(&model, train, args.steps, args.seed);
             Ok(Planned {
                 rung,
                 model,
@@ -645,6 +636,25 @@ fn rung_results(planned: &[Planned], trained: &[Option<Trained>]) -> Vec<RungRes
             })
         })
         .collect()
+}
+
+/// A rung's training settings with `--steps` and `--seed` applied, and its parameter count on
+/// Tiny Shakespeare's 65 characters (what `--list` shows before any text is read).
+pub(super) fn with_overrides(
+    model: &ModelConfig,
+    mut train: TrainConfig,
+    steps: Option<usize>,
+    seed: Option<u64>,
+) -> (TrainConfig, usize) {
+    if let Some(steps) = steps {
+        train = ladder::with_steps(&train, steps);
+    }
+    if let Some(seed) = seed {
+        train.seed = seed;
+    }
+    let mut sized = model.clone();
+    sized.vocab_size = 65;
+    (train, chargpt::model::ParamLayout::new(&sized).len)
 }
 
 pub fn run(args: LadderArgs, group: Group) -> Result<ExitCode> {

@@ -83,16 +83,9 @@ fn plan(args: &ModernArgs) -> Result<Vec<Planned>> {
     chosen
         .into_iter()
         .map(|index| {
-            let (model, mut train) = modern_configs(index)?;
-            if let Some(steps) = args.steps {
-                train = ladder::with_steps(&train, steps);
-            }
-            if let Some(seed) = args.seed {
-                train.seed = seed;
-            }
-            let mut sized = model.clone();
-            sized.vocab_size = 65;
-            let params = chargpt::model::ParamLayout::new(&sized).len;
+            let (model, train) = modern_configs(index)?;
+            let (train, params) =
+                super::ladder::with_overrides(&model, train, args.steps, args.seed);
             Ok(Planned {
                 index,
                 model,
