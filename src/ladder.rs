@@ -168,13 +168,18 @@ impl Rung {
 
 /// `train` shortened (or lengthened) to `steps`, with the evaluation interval scaled by the same
 /// factor, so that the run keeps about as many evaluations (at least one before the end: the run
-/// also evaluates at step 0 and at its last step).
+/// also evaluates at step 0 and at its last step). An automatic interval (0) stays automatic:
+/// it already follows the steps.
 pub fn with_steps(train: &TrainConfig, steps: usize) -> TrainConfig {
     let factor = steps as f64 / train.steps.max(1) as f64;
     let interval = (train.eval_interval as f64 * factor).round() as usize;
     TrainConfig {
         steps,
-        eval_interval: interval.clamp(1, steps.max(1)),
+        eval_interval: if train.eval_interval == 0 {
+            0
+        } else {
+            interval.clamp(1, steps.max(1))
+        },
         ..train.clone()
     }
 }
@@ -499,5 +504,9 @@ mod tests {
         let long = with_steps(&train, 10_000);
         assert_eq!((long.steps, long.eval_interval), (10_000, 1000));
         assert_eq!(long.learning_rate, train.learning_rate);
+        // The default preset's automatic interval must not become "every step".
+        let auto = config::preset(config::DEFAULT_PRESET).unwrap().train;
+        assert_eq!(auto.eval_interval, 0);
+        assert_eq!(with_steps(&auto, 1200).eval_interval, 0);
     }
 }
