@@ -464,6 +464,20 @@ fn gpt(
     }
 }
 
+/// Every model idea of the modern ladder (`chargpt ladder --modern`) on a model: rotary
+/// positions, RMSNorm, ReLU², QK-norm, tied embeddings and no biases.
+fn modern(model: ModelConfig) -> ModelConfig {
+    ModelConfig {
+        position: Position::Rope,
+        norm: NormKind::Rms,
+        activation: Activation::Relu2,
+        qk_norm: true,
+        tie_embeddings: true,
+        bias: false,
+        ..model
+    }
+}
+
 /// The ladder's early rungs: n_embd 32, block 8, PyTorch init, scores scaled by n_embd, nothing but
 /// attention (and optionally a feed-forward) between the embedding and `lm_head`.
 fn ladder_rung(n_head: usize, feed_forward: FeedForward) -> ModelConfig {
@@ -492,6 +506,24 @@ pub fn presets() -> Vec<Preset> {
         eval_interval: 250,
         eval_iters: 20,
         ..TrainConfig::lecture(12, 2000, 1e-3)
+    };
+    // `default`, chosen by 5-minute runs on a 2-core machine (exact val loss): 4 layers x 128 wide,
+    // B32, 1950 steps: 1.641; 4 x 192, B16, 1900 steps: 1.638; the same at learning rate
+    // 2e-3: 1.594 (this one); at 3e-3: 1.601; 4 x 160, B24: 1.634; 6 x 192, B16, 1300
+    // steps: 1.760. In a fixed time, a small model that sees more characters wins.
+    let default_model = ModelConfig {
+        activation: Activation::Gelu,
+        ..gpt(192, 6, 4, 128, 0.0)
+    };
+    let default_train = TrainConfig {
+        batch_size: 16,
+        steps: 1900,
+        learning_rate: 2e-3,
+        min_lr: 2e-4,
+        // About 20 evaluations of 10 batches each: 7% of the run's time.
+        eval_interval: 0,
+        eval_iters: 10,
+        ..nanogpt_train
     };
     vec![
         Preset {
@@ -563,23 +595,49 @@ pub fn presets() -> Vec<Preset> {
         Preset {
             name: DEFAULT_PRESET,
             description: "the best model for 5 to 11 minutes of a 2-core CPU (AVX-512 to AVX2)",
-            // Chosen by 5-minute runs on a 2-core machine (exact val loss): 4 layers x 128 wide,
-            // B32, 1950 steps: 1.641; 4 x 192, B16, 1900 steps: 1.638; the same at learning rate
-            // 2e-3: 1.594 (this one); at 3e-3: 1.601; 4 x 160, B24: 1.634; 6 x 192, B16, 1300
-            // steps: 1.760. In a fixed time, a small model that sees more characters wins.
-            model: ModelConfig {
-                activation: Activation::Gelu,
-                ..gpt(192, 6, 4, 128, 0.0)
-            },
+            model: default_model.clone(),
+            train: default_train.clone(),
+        },
+        Preset {
+            name: "fast",
+            description:
+                "default's shape with every modern idea (`ladder --modern`): for 20 minutes",
+            // Found by `chargpt sweep` at 1200 steps of this shape with every modern idea (about
+            // 8.5 minutes each; exact val): muon_lr 0.02: 1.5208; 0.04: 1.5123 (this one); 0.06:
+            // 1.5225; dropout 0.1: 1.5760 (it slows learning more than it curbs over-fitting);
+            // block 256 at batch 8 (the same characters per step): 1.5260. Then as many steps as
+            // fit in 20 minutes of 2 Zen 3 cores (0.364 s a step, 12 evaluations), less 7% for
+            // the machine's run-to-run pace.
+            model: modern(default_model),
             train: TrainConfig {
-                batch_size: 16,
-                steps: 1900,
-                learning_rate: 2e-3,
-                min_lr: 2e-4,
-                // About 20 evaluations of 10 batches each: 7% of the run's time.
-                eval_interval: 0,
-                eval_iters: 10,
-                ..nanogpt_train
+                steps: 2950,
+                warmup_steps: 155,
+                lr_schedule: LrSchedule::Wsd,
+                optimizer: OptimizerKind::Muon,
+                muon_lr: 0.04,
+                eval_interval: 250,
+                ..default_train.clone()
+            },
+        },
+        Preset {
+            name: "best-1h",
+            description:
+                "4 layers, 8 heads, 256 wide, block 128, every modern idea: for 60 minutes",
+            // At the sweep's 8.5 minutes of compute, this shape lost to `fast`'s (690 steps: 1.5621
+            // against 1.5123; at block 256: 1.5776), as a larger model does at a small budget; in
+            // 60 minutes `fast`'s model would see its 1M characters of text 18 times, and over-fits
+            // long before (its val estimate stops falling halfway through a 20-minute run), so
+            // the hour goes to a model with 1.8 times the parameters (0.663 s a step, 4800 steps,
+            // 20 evaluations, 8% to spare).
+            model: modern(gpt(256, 8, 4, 128, 0.0)),
+            train: TrainConfig {
+                steps: 4800,
+                warmup_steps: 250,
+                lr_schedule: LrSchedule::Wsd,
+                optimizer: OptimizerKind::Muon,
+                muon_lr: 0.04,
+                eval_interval: 250,
+                ..default_train
             },
         },
         Preset {
