@@ -627,12 +627,13 @@ pub fn presets() -> Vec<Preset> {
             // against 1.5123; at block 256: 1.5776), as a larger model does at a small budget; in
             // 60 minutes `fast`'s model would see its 1M characters of text 18 times, and over-fits
             // long before (its val estimate stops falling halfway through a 20-minute run), so
-            // the hour goes to a model with 1.8 times the parameters (0.663 s a step, 4800 steps,
-            // 20 evaluations, 8% to spare).
+            // the hour goes to a model with 1.8 times the parameters. 4000 steps: 46 minutes at
+            // its quiet pace of 0.663 s a step, and under 60 at the 30% slower pace the same 2
+            // cores showed at other times (16 evaluations).
             model: modern(gpt(256, 8, 4, 128, 0.0)),
             train: TrainConfig {
-                steps: 4800,
-                warmup_steps: 250,
+                steps: 4000,
+                warmup_steps: 210,
                 lr_schedule: LrSchedule::Wsd,
                 optimizer: OptimizerKind::Muon,
                 muon_lr: 0.04,
