@@ -614,7 +614,7 @@ pub fn presets() -> Vec<Preset> {
                 warmup_steps: 155,
                 lr_schedule: LrSchedule::Wsd,
                 optimizer: OptimizerKind::Muon,
-                muon_lr: 0.04,
+                muon_lr: 0.02,
                 eval_interval: 250,
                 ..default_train.clone()
             },
@@ -636,7 +636,7 @@ pub fn presets() -> Vec<Preset> {
                 warmup_steps: 210,
                 lr_schedule: LrSchedule::Wsd,
                 optimizer: OptimizerKind::Muon,
-                muon_lr: 0.04,
+                muon_lr: 0.02,
                 eval_interval: 250,
                 ..default_train
             },
