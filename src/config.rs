@@ -603,11 +603,12 @@ pub fn presets() -> Vec<Preset> {
             description:
                 "default's shape with every modern idea (`ladder --modern`): for 20 minutes",
             // Found by `chargpt sweep` at 1200 steps of this shape with every modern idea (about
-            // 8.5 minutes each; exact val): muon_lr 0.02: 1.5208; 0.04: 1.5123 (this one); 0.06:
-            // 1.5225; dropout 0.1: 1.5760 (it slows learning more than it curbs over-fitting);
-            // block 256 at batch 8 (the same characters per step): 1.5260. Then as many steps as
-            // fit in 20 minutes of 2 Zen 3 cores (0.364 s a step, 12 evaluations), less 7% for
-            // the machine's run-to-run pace.
+            // 8.5 minutes each; exact val): muon_lr 0.02: 1.5208; 0.04: 1.5123; 0.06: 1.5225;
+            // dropout 0.1: 1.5760 (it slows learning more than it curbs over-fitting); block 256 at
+            // batch 8 (the same characters per step): 1.5260. The short runs' best muon_lr lost at
+            // this length: 2950 steps at 0.04 reached 1.4935, 3200 at 0.02 1.4798, on the same
+            // batches; so 0.02. Then as many steps as fit in 20 minutes of 2 Zen 3 cores (0.364 s a
+            // step, 12 evaluations), less 7% for the machine's run-to-run pace.
             model: modern(default_model),
             train: TrainConfig {
                 steps: 2950,
