@@ -617,28 +617,6 @@ pub fn presets() -> Vec<Preset> {
                 optimizer: OptimizerKind::Muon,
                 muon_lr: 0.02,
                 eval_interval: 250,
-                ..default_train.clone()
-            },
-        },
-        Preset {
-            name: "best-1h",
-            description:
-                "4 layers, 8 heads, 256 wide, block 128, every modern idea: for 60 minutes",
-            // At the sweep's 8.5 minutes of compute, this shape lost to `fast`'s (690 steps: 1.5621
-            // against 1.5123; 675 at muon_lr 0.02: 1.5776), as a larger model does at a small
-            // budget; but in 60 minutes `fast`'s model would see its 1M characters of text 18
-            // times, and it over-fits long before (its val estimate stops falling halfway through a
-            // 20-minute run), so the hour goes to a model with 1.8 times the parameters. 4000
-            // steps: 46 minutes at its quiet pace of 0.663 s a step, and under 60 at the 30% slower
-            // pace the same 2 cores showed at other times (16 evaluations).
-            model: modern(gpt(256, 8, 4, 128, 0.0)),
-            train: TrainConfig {
-                steps: 4000,
-                warmup_steps: 210,
-                lr_schedule: LrSchedule::Wsd,
-                optimizer: OptimizerKind::Muon,
-                muon_lr: 0.02,
-                eval_interval: 250,
                 ..default_train
             },
         },
