@@ -495,6 +495,30 @@ mod tests {
         assert_eq!(Spread::of(&[2.0]).sd, 0.0);
     }
 
+    /// `fast` says it is `default` with every modern idea: it must be exactly `default` with every
+    /// rung's settings applied (and its own step budget and learning rates), so that a rung added
+    /// to the ladder, or a preset edited, cannot leave the two apart.
+    #[test]
+    fn the_fast_preset_is_default_with_every_modern_rung() {
+        let base = config::preset(config::DEFAULT_PRESET).unwrap();
+        let fast = config::preset("fast").unwrap();
+        let (mut model, mut train) = (base.model, base.train);
+        for rung in MODERN_RUNGS {
+            for (key, value) in rung.adds {
+                apply_to_configs(&mut model, &mut train, key, value).unwrap();
+            }
+        }
+        assert_eq!(fast.model, model);
+        let own = TrainConfig {
+            steps: fast.train.steps,
+            warmup_steps: fast.train.warmup_steps,
+            muon_lr: fast.train.muon_lr,
+            eval_interval: fast.train.eval_interval,
+            ..train
+        };
+        assert_eq!(fast.train, own);
+    }
+
     #[test]
     fn shortened_runs_keep_their_evaluations() {
         let (_, train) = rung("single-head").unwrap().configs().unwrap();
