@@ -202,6 +202,10 @@ pub enum Precision {
     /// and sum in fp32; parameters, gradients, optimizer state and every other layer stay fp32.
     /// Needs a CPU with AVX512_BF16.
     Bf16,
+    /// bf16 where the CPU has AVX512_BF16 in hardware, fp32 elsewhere: what a preset meant for
+    /// any machine asks for, so that it takes the faster products where they exist and still
+    /// runs everywhere ([`Precision::resolve`]).
+    Auto,
 }
 
 impl Precision {
@@ -213,6 +217,16 @@ impl Precision {
                 "precision=bf16 needs a CPU with AVX512_BF16, and this one has none; use precision=fp32".into(),
             )),
             _ => Ok(()),
+        }
+    }
+
+    /// The precision the products take on this machine: `auto` becomes bf16 where the CPU has
+    /// AVX512_BF16 (never the emulation, which is slower than fp32) and fp32 elsewhere.
+    pub fn resolve(self) -> Precision {
+        match self {
+            Precision::Auto if crate::runtime::has_avx512_bf16() => Precision::Bf16,
+            Precision::Auto => Precision::Fp32,
+            other => other,
         }
     }
 }
@@ -242,8 +256,8 @@ pub struct TrainConfig {
     /// Random batches per split in the loss estimate (the lecture's `eval_iters`).
     pub eval_iters: usize,
     pub seed: u64,
-    /// `fp32`, or `bf16` for the linear layers' products (checkpoints from before this setting
-    /// load as fp32).
+    /// `fp32`, `bf16` for the linear layers' products, or `auto` (bf16 where the CPU has it);
+    /// checkpoints from before this setting load as fp32.
     #[serde(default)]
     pub precision: Precision,
     /// With `lr_schedule = wsd`: the fraction of the steps, at the end, over which the learning
@@ -525,6 +539,17 @@ pub fn presets() -> Vec<Preset> {
         eval_iters: 10,
         ..nanogpt_train
     };
+    // `fast`'s training: `default`'s AdamW settings for the embeddings and gains, Muon on the
+    // blocks' matrices, the wsd schedule, an evaluation every 250 steps, and bf16 products where
+    // the CPU has them.
+    let modern_train = TrainConfig {
+        lr_schedule: LrSchedule::Wsd,
+        optimizer: OptimizerKind::Muon,
+        muon_lr: 0.02,
+        eval_interval: 250,
+        precision: Precision::Auto,
+        ..default_train.clone()
+    };
     vec![
         Preset {
             name: "bigram",
@@ -600,24 +625,18 @@ pub fn presets() -> Vec<Preset> {
         },
         Preset {
             name: "fast",
-            description:
-                "default's shape with every modern idea (`ladder --modern`): for 20 minutes",
-            // Found by `chargpt sweep` at 1200 steps of this shape with every modern idea (about
-            // 8.5 minutes each; exact val): muon_lr 0.02: 1.5208; 0.04: 1.5123; 0.06: 1.5225;
-            // dropout 0.1: 1.5760 (it slows learning more than it curbs over-fitting); block 256 at
-            // batch 8 (the same characters per step): 1.5260. The short runs' best muon_lr lost at
-            // this length: 2950 steps at 0.04 reached 1.4935, 3200 at 0.02 1.4798, on the same
-            // batches; so 0.02. Then as many steps as fit in 20 minutes of 2 Zen 3 cores (0.364 s a
-            // step, 12 evaluations), less 7% for the machine's run-to-run pace.
-            model: modern(default_model),
+            description: "every modern idea (`ladder --modern`) at 6 x 256, dropout 0.1: 18 min on 2 Zen 5 cores",
+            // Every modern idea at 6 x 256 (block 128, B16), 4200 steps: as many as fit in 20
+            // minutes of 2 Zen 5 cores in bf16 with 9% to spare for the machine's pace (0.26 s a
+            // step with the evaluations). `chargpt sweep` at that length (exact val): dropout 0.1:
+            // 1.4573 in 18 min 12 s; 0.2: 1.4834. Earlier, at 4 x 192 on a Zen 3: muon_lr 0.02
+            // (3200 steps: 1.4798) beat 0.04 (2950: 1.4935); block 128 beat 256. The same recipe at
+            // 6 x 384 for 4500 steps (10.6M parameters, 53 minutes) reached only 1.4615.
+            model: modern(gpt(256, 8, 6, 128, 0.1)),
             train: TrainConfig {
-                steps: 2950,
-                warmup_steps: 155,
-                lr_schedule: LrSchedule::Wsd,
-                optimizer: OptimizerKind::Muon,
-                muon_lr: 0.02,
-                eval_interval: 250,
-                ..default_train
+                steps: 4200,
+                warmup_steps: 210,
+                ..modern_train
             },
         },
         Preset {
@@ -924,6 +943,18 @@ mod tests {
         apply_override(&mut cfg, "precision", "bf16").unwrap();
         assert_eq!(cfg.precision, Precision::Bf16);
         assert!(apply_override(&mut cfg, "precision", "fp16").is_err());
+        apply_override(&mut cfg, "precision", "auto").unwrap();
+        assert_eq!(cfg.precision, Precision::Auto);
+        cfg.validate().unwrap();
+        let resolved = Precision::Auto.resolve();
+        let expected = if crate::runtime::has_avx512_bf16() {
+            Precision::Bf16
+        } else {
+            Precision::Fp32
+        };
+        assert_eq!(resolved, expected);
+        assert_eq!(Precision::Fp32.resolve(), Precision::Fp32);
+        assert_eq!(Precision::Bf16.resolve(), Precision::Bf16);
     }
 
     /// Configs written before the modern settings existed (checkpoints, fixtures) have none of

@@ -109,7 +109,7 @@ fn bench(args: BenchArgs) -> Result<()> {
     };
     let train: TrainBench = bench::bench_training(&model_cfg, &train_cfg, options)?;
     note!("measuring this machine's arithmetic peaks...");
-    let precision = train_cfg.precision;
+    let precision = train_cfg.precision.resolve();
     let fp32_peak = bench::fp32_fma_peak();
     let bf16_peak = bench::bf16_dot_peak();
     // The run is compared with the peak of the arithmetic its products use.
@@ -170,7 +170,7 @@ fn bench(args: BenchArgs) -> Result<()> {
         train_cfg.batch_size,
         model_cfg.block_size,
         match precision {
-            config::Precision::Fp32 => "fp32",
+            config::Precision::Fp32 | config::Precision::Auto => "fp32",
             config::Precision::Bf16 => "bf16",
         },
         if threads == 1 { "" } else { "s" },

@@ -450,6 +450,15 @@ pub fn run(args: TrainArgs, group: Group) -> Result<ExitCode> {
     for line in &notes {
         note!("note: {line}");
     }
+    if train_cfg.precision == config::Precision::Auto {
+        note!(
+            "note: precision auto: {}",
+            match train_cfg.precision.resolve() {
+                config::Precision::Bf16 => "bf16 products (this CPU has AVX512_BF16)",
+                _ => "fp32 products (this CPU has no AVX512_BF16)",
+            }
+        );
+    }
     for line in config::setting_warnings(&train_cfg)
         .into_iter()
         .chain(val_warning(&run))

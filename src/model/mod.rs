@@ -209,10 +209,11 @@ impl Model {
         }
     }
 
-    /// Switches the linear layers' products to `precision`: bf16 makes (and fills) the bf16
-    /// copies of the linear weights, fp32 drops them. The caller has checked that the CPU runs
-    /// bf16 ([`Precision::check_supported`]).
+    /// Switches the linear layers' products to `precision` (`auto` as [`Precision::resolve`]
+    /// decides): bf16 makes (and fills) the bf16 copies of the linear weights, fp32 drops them.
+    /// The caller has checked that the CPU runs bf16 ([`Precision::check_supported`]).
     pub fn set_precision(&mut self, precision: Precision) {
+        let precision = precision.resolve();
         if precision == Precision::Bf16 {
             // Every thread's packing buffers at their largest now, not in some later step.
             let widest = self
@@ -224,7 +225,7 @@ impl Model {
             rayon::broadcast(|_| crate::kernels::matmul_bf16::reserve_buffers(widest));
         }
         self.bf16 = match precision {
-            Precision::Fp32 => None,
+            Precision::Fp32 | Precision::Auto => None,
             Precision::Bf16 => Some(
                 self.layout
                     .linear_weights()
