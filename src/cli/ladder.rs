@@ -7,7 +7,7 @@
 //! bar on stderr, nothing on stdout), Ctrl-C handling, and dividing the configurations over the
 //! ranks of an mpirun job ([`train_divided`]).
 
-use super::plot::{draw_line_plot, LinePlot, Series};
+use super::plot::{draw_line_plot, loss_plot, LinePlot, Series};
 use super::presets::thousands;
 use super::{agree, load_text, one_line, Quiet, UsageError};
 use anyhow::{anyhow, bail, Context, Result};
@@ -43,7 +43,7 @@ Every rung uses the same seed. The table gives the val loss two ways: the lectur
 loss over the whole val split; diff is estimate minus published, and a rung within 0.05 of its \
 figure counts as reproduced.
 
-Output: DIR/<rung>/ (a checkpoint, as `chargpt train` writes it), DIR/ladder.md and \
+Output: DIR/<rung>/ (a checkpoint and its loss.png, as `chargpt train` writes them), DIR/ladder.md and \
 DIR/ladder.png. A directory that already holds a ladder is never overwritten: choose another \
 --out or delete it. Ctrl-C stops after the current step and keeps the finished rungs' table.
 
@@ -192,6 +192,15 @@ pub(super) fn train_quietly(
     let outcome = result?;
     if outcome.interrupted {
         return Ok(None);
+    }
+    // Each run's curves, as `chargpt train` draws them: a sweep or a ladder is read run by run.
+    let name = out
+        .file_name()
+        .map_or("run".into(), |n| n.to_string_lossy());
+    let title = format!("{name}: loss");
+    let plot = out.join(super::train::PLOT_FILE);
+    if let Err(e) = loss_plot(&plot, &title, &run.metrics, &run.step_rows, steps) {
+        note!("{label} warning: {}", one_line(&e));
     }
     let val_estimate = run
         .metrics

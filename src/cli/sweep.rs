@@ -35,7 +35,8 @@ single value fixes that setting for every run. Every run starts from --preset, t
 swept settings differ. A combination that is not a valid model (n_embd not divisible \
 by n_head, ...) is an error before anything is trained.
 
-Output: DIR/<KEY=VALUE,...>/ (a checkpoint per combination, as `chargpt train` writes it), \
+Output: DIR/<KEY=VALUE,...>/ (a checkpoint and its loss.png per combination, as `chargpt train` \
+writes them), \
 DIR/sweep.md (the table) and DIR/sweep.png (the exact val loss against the first setting's \
 values, one line per combination of the others; a logarithmic axis for learning rates, and for \
 any positive values spanning a factor of 100). A directory that already holds a sweep is never \
