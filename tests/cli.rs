@@ -86,6 +86,8 @@ fn presets_lists_every_preset_with_its_parameter_count() {
     }
     assert!(table.contains("10,788,929"), "{table}");
     assert!(table.contains("4,225"), "{table}");
+    // fast: 6 x 256 with tied embeddings and no biases.
+    assert!(table.contains("4,738,944"), "{table}");
 }
 
 #[test]
