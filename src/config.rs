@@ -625,13 +625,15 @@ pub fn presets() -> Vec<Preset> {
         },
         Preset {
             name: "fast",
-            description: "every modern idea (`ladder --modern`) at 6 x 256, dropout 0.1: 18 min on 2 Zen 5 cores",
+            description: "every modern idea (`ladder --modern`) at 6 x 256, dropout 0.1: 18-22 min on 2 Zen 5 cores",
             // Every modern idea at 6 x 256 (block 128, B16), 4200 steps: as many as fit in 20
             // minutes of 2 Zen 5 cores in bf16 with 9% to spare for the machine's pace (0.26 s a
             // step with the evaluations). `chargpt sweep` at that length (exact val): dropout 0.1:
             // 1.4573 in 18 min 12 s; 0.2: 1.4834. Earlier, at 4 x 192 on a Zen 3: muon_lr 0.02
             // (3200 steps: 1.4798) beat 0.04 (2950: 1.4935); block 128 beat 256. The same recipe at
-            // 6 x 384 for 4500 steps (10.6M parameters, 53 minutes) reached only 1.4615.
+            // 6 x 384 for 4500 steps (10.6M parameters, 53 minutes) reached only 1.4615. In a
+            // slower hour of the machine (0.34 s a step) 4200 steps take 22 minutes; 3300 steps
+            // then fitted in 17 min 18 s but reached 1.4730.
             model: modern(gpt(256, 8, 6, 128, 0.1)),
             train: TrainConfig {
                 steps: 4200,
