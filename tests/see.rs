@@ -385,6 +385,9 @@ fn a_sweep_trains_every_combination_and_plots_them() {
         "{table}"
     );
     assert!(sw.join("n_head=2,n_embd=16/model.safetensors").exists());
+    // Each run's curves, as `chargpt train` draws them.
+    assert!(is_png(&sw.join("n_head=1,n_embd=8/loss.png")));
+    assert!(is_png(&sw.join("n_head=2,n_embd=16/loss.png")));
     // A sweep is never overwritten.
     fails(d, &args, "already holds a sweep");
 }
