@@ -139,6 +139,15 @@ fn training_steps_do_not_allocate() {
                 "layernorm",
                 &[("optimizer", "muon"), ("qk_norm", "true")][..],
             ),
+            // Muon's Newton-Schulz products in bf16 share the linear layers' packing buffers.
+            (
+                "nanogpt-cpu",
+                &[
+                    ("n_layer", "2"),
+                    ("optimizer", "muon"),
+                    ("precision", "bf16"),
+                ][..],
+            ),
         ] {
             let n = allocations_per_step(name, threads, overrides);
             assert_eq!(

@@ -287,6 +287,8 @@ enum BSource<'a> {
     Packed(&'a [u32]),
     /// `B[k][j] = x[k * ld + j]`: k down the columns, packed per block.
     KDownColumns { x: &'a [f32], ld: usize },
+    /// `B[k][j] = x[j * ld + k]`: k along a row (a transposed operand), packed per block.
+    KAlongRows { x: &'a [f32], ld: usize },
 }
 
 /// One product `C (m, n) (+)= A (m, k) @ B (k, n)`, C row-major with row stride `ldc`.
@@ -375,6 +377,24 @@ fn run_rows(prod: Product, engine: Engine, rows: std::ops::Range<usize>) {
                             let dst = &mut bbuf[(j * kpb + p) * NR..][..NR];
                             interleave_rows(engine, &mut dst[..width], r0, r1);
                             dst[width..].fill(0);
+                        }
+                    }
+                    (&bbuf[..], kpb * NR, 0)
+                }
+                BSource::KAlongRows { x, ld } => {
+                    grow(bbuf, panels * kpb * NR);
+                    let (k0, k1) = (2 * pc, (2 * (pc + kpb)).min(k));
+                    for j in 0..panels {
+                        let panel = &mut bbuf[j * kpb * NR..][..kpb * NR];
+                        let width = NR.min(n - j * NR);
+                        for c in 0..width {
+                            let col = &x[(j * NR + c) * ld + k0..][..k1 - k0];
+                            pairs_of_row(engine, &mut panel[c..], NR, col);
+                        }
+                        if width < NR {
+                            for p in 0..kpb {
+                                panel[p * NR + width..(p + 1) * NR].fill(0);
+                            }
                         }
                     }
                     (&bbuf[..], kpb * NR, 0)
@@ -598,6 +618,79 @@ fn weight_grad_shaped(
     run(prod, engine, true);
 }
 
+/// `gram (cols, cols) = x^T x` for `x (rows, cols)` row-major, in bf16 on the calling thread: the
+/// Gram matrix of x's columns, as Muon's Newton-Schulz iteration takes it (one matrix per thread).
+pub fn gram_of_columns(gram: &mut [f32], x: &[f32], cols: usize) {
+    gram_of_columns_with(gram, x, cols, Engine::best())
+}
+
+/// `gram (rows, rows) = x x^T` for `x (rows, cols)` row-major, in bf16 on the calling thread: the
+/// Gram matrix of x's rows.
+pub fn gram_of_rows(gram: &mut [f32], x: &[f32], cols: usize) {
+    gram_of_rows_with(gram, x, cols, Engine::best())
+}
+
+fn gram_of_rows_with(gram: &mut [f32], x: &[f32], cols: usize, engine: Engine) {
+    let rows = x.len() / cols.max(1);
+    assert!(x.len() == rows * cols && gram.len() == rows * rows);
+    let prod = Product {
+        m: rows,
+        n: rows,
+        k: cols,
+        a: ASource::KAlongRows { x, ld: cols },
+        b: BSource::KAlongRows { x, ld: cols },
+        c: SharedMut(gram.as_mut_ptr()),
+        ldc: rows,
+        accumulate: false,
+    };
+    run(prod, engine, false);
+}
+
+fn gram_of_columns_with(gram: &mut [f32], x: &[f32], cols: usize, engine: Engine) {
+    let rows = x.len() / cols.max(1);
+    assert!(x.len() == rows * cols && gram.len() == cols * cols);
+    let prod = Product {
+        m: cols,
+        n: cols,
+        k: rows,
+        a: ASource::KDownColumns { x, ld: cols },
+        b: BSource::KDownColumns { x, ld: cols },
+        c: SharedMut(gram.as_mut_ptr()),
+        ldc: cols,
+        accumulate: false,
+    };
+    run(prod, engine, false);
+}
+
+/// `c (m, n) (+)= a (m, k) @ b (k, n)`, all row-major, in bf16 on the calling thread.
+pub fn matmul_row_major(c: &mut [f32], accumulate: bool, a: &[f32], b: &[f32], k: usize) {
+    matmul_row_major_with(c, accumulate, a, b, k, Engine::best())
+}
+
+fn matmul_row_major_with(
+    c: &mut [f32],
+    accumulate: bool,
+    a: &[f32],
+    b: &[f32],
+    k: usize,
+    engine: Engine,
+) {
+    let m = a.len() / k.max(1);
+    let n = b.len() / k.max(1);
+    assert!(a.len() == m * k && b.len() == k * n && c.len() == m * n);
+    let prod = Product {
+        m,
+        n,
+        k,
+        a: ASource::KAlongRows { x: a, ld: k },
+        b: BSource::KDownColumns { x: b, ld: n },
+        c: SharedMut(c.as_mut_ptr()),
+        ldc: n,
+        accumulate,
+    };
+    run(prod, engine, false);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -729,6 +822,68 @@ mod tests {
                 weight_grad_shaped(&mut dw, true, &dout, &inp, n, engine);
                 for (d, c) in dw.iter().zip(&copy) {
                     assert_eq!(*d, 2.0 * c, "accumulated dweight {what}");
+                }
+            }
+        }
+    }
+
+    /// Newton-Schulz's products (Muon): the Gram matrix of the columns, and of the rows, and a
+    /// plain row-major product, written and then accumulated.
+    #[test]
+    fn the_gram_and_row_major_products_match_an_fp32_reference() {
+        let mut rng = Rng::new(8);
+        for engine in engines() {
+            for (m, n, k) in SHAPES {
+                let what = format!("{engine:?} m={m} n={n} k={k}");
+                // gram (n, n) = x^T x, x (k, n).
+                let x = random_vec(k * n, &mut rng, 1.0);
+                let rx = rounded(&x);
+                let mut gram = vec![f32::NAN; n * n];
+                gram_of_columns_with(&mut gram, &x, n, engine);
+                let (mut want, mut scale) = (vec![0.0; n * n], vec![0.0; n * n]);
+                for r in 0..k {
+                    for i in 0..n {
+                        for j in 0..n {
+                            let t = rx[r * n + i] * rx[r * n + j];
+                            want[i * n + j] += t;
+                            scale[i * n + j] += t.abs();
+                        }
+                    }
+                }
+                assert_close(&format!("gram {what}"), &gram, &want, &scale, k);
+                // The same x read as x^T (n, k): the Gram matrix of its rows.
+                let xt: Vec<f32> = (0..n * k).map(|i| x[(i % k) * n + i / k]).collect();
+                let mut rows_gram = vec![f32::NAN; n * n];
+                gram_of_rows_with(&mut rows_gram, &xt, k, engine);
+                assert_close(
+                    &format!("gram of rows {what}"),
+                    &rows_gram,
+                    &want,
+                    &scale,
+                    k,
+                );
+
+                // c (m, n) = a (m, k) @ b (k, n), then once more onto itself.
+                let a = random_vec(m * k, &mut rng, 1.0);
+                let b = random_vec(k * n, &mut rng, 1.0);
+                let (ra, rb) = (rounded(&a), rounded(&b));
+                let mut c = vec![f32::NAN; m * n];
+                matmul_row_major_with(&mut c, false, &a, &b, k, engine);
+                let (mut want, mut scale) = (vec![0.0; m * n], vec![0.0; m * n]);
+                for i in 0..m {
+                    for j in 0..n {
+                        for p in 0..k {
+                            let t = ra[i * k + p] * rb[p * n + j];
+                            want[i * n + j] += t;
+                            scale[i * n + j] += t.abs();
+                        }
+                    }
+                }
+                assert_close(&format!("matmul {what}"), &c, &want, &scale, k);
+                let copy = c.clone();
+                matmul_row_major_with(&mut c, true, &a, &b, k, engine);
+                for (d, c) in c.iter().zip(&copy) {
+                    assert_eq!(*d, 2.0 * c, "accumulated matmul {what}");
                 }
             }
         }
