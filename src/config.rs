@@ -625,15 +625,15 @@ pub fn presets() -> Vec<Preset> {
         },
         Preset {
             name: "fast",
-            description: "every modern idea (`ladder --modern`) at 6 x 256, dropout 0.1: 18-22 min on 2 Zen 5 cores",
-            // Every modern idea at 6 x 256 (block 128, B16), 4200 steps: as many as fit in 20
-            // minutes of 2 Zen 5 cores in bf16 with 9% to spare for the machine's pace (0.26 s a
-            // step with the evaluations). `chargpt sweep` at that length (exact val): dropout 0.1:
-            // 1.4573 in 18 min 12 s; 0.2: 1.4834. Earlier, at 4 x 192 on a Zen 3: muon_lr 0.02
-            // (3200 steps: 1.4798) beat 0.04 (2950: 1.4935); block 128 beat 256. The same recipe at
-            // 6 x 384 for 4500 steps (10.6M parameters, 53 minutes) reached only 1.4615. In a
-            // slower hour of the machine (0.34 s a step) 4200 steps take 22 minutes; 3300 steps
-            // then fitted in 17 min 18 s but reached 1.4730, and 3700 in 18 min 34 s 1.4716.
+            description: "every modern idea (`ladder --modern`) at 6 x 256, dropout 0.1: 17-19 min on 2 Zen 5 cores",
+            // Every modern idea at 6 x 256 (block 128, B16), 4200 steps: they fit in 20 minutes of
+            // 2 Zen 5 cores in bf16 at the machine's slower pace too (0.27 s a step with the
+            // evaluations; 0.24 at its faster one), since Newton-Schulz runs in bf16. From a fresh
+            // clone: 1.4679 in 16 min 52 s. `chargpt sweep` (exact val): at 4200 steps (fp32
+            // Newton-Schulz) dropout 0.1: 1.4573, 0.2: 1.4834; at 4600 steps, decay_fraction 0.2:
+            // 1.4579 in 18 min 41 s, 0.35: 1.4539 in 20 min 53 s (the slower pace), too close to
+            // 20 minutes. Earlier, at 4 x 192 on a Zen 3: muon_lr 0.02 (3200 steps: 1.4798) beat
+            // 0.04 (2950: 1.4935); block 128 beat 256.
             model: modern(gpt(256, 8, 6, 128, 0.1)),
             train: TrainConfig {
                 steps: 4200,

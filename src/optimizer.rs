@@ -28,7 +28,7 @@
 //! runs this iteration in bf16), one matrix per thread, in per-thread scratch that grows in the
 //! first step (no allocation after).
 
-use crate::config::{DecayOn, LrSchedule, OptimizerKind, Precision, TrainConfig};
+use crate::config::{DecayOn, LrSchedule, OptimizerKind, TrainConfig};
 use crate::kernels::SharedMut;
 use crate::model::ParamLayout;
 use rayon::prelude::*;
@@ -54,7 +54,8 @@ impl AdamW {
     }
 
     /// One update of `params` from `grads` (multiplied by `grad_scale`, the clipping factor) at
-    /// learning rate `lr`.
+    /// learning rate `lr`; Muon's products in bf16 where `bf16_products` (the model's are).
+    #[allow(clippy::too_many_arguments)]
     pub fn update(
         &mut self,
         params: &mut [f32],
@@ -63,6 +64,7 @@ impl AdamW {
         cfg: &TrainConfig,
         lr: f32,
         grad_scale: f32,
+        bf16_products: bool,
     ) {
         let _timer = crate::profile::scope(crate::profile::Kernel::Optimizer, false);
         assert!(params.len() == grads.len() && params.len() == self.m.len());
@@ -130,7 +132,7 @@ impl AdamW {
                 momentum: cfg.muon_momentum,
                 keep: 1.0 - muon_lr * cfg.muon_weight_decay,
                 grad_scale,
-                bf16: cfg.precision.resolve() == Precision::Bf16,
+                bf16: bf16_products,
             };
             muon_update(params, grads, &mut self.m, layout, step);
         }
@@ -481,7 +483,7 @@ mod tests {
             .map(|i| if i % 2 == 0 { 0.5 } else { -2.0 })
             .collect();
         let mut opt = AdamW::new(n);
-        opt.update(&mut params, &grads, &layout, &cfg, 0.1, 1.0);
+        opt.update(&mut params, &grads, &layout, &cfg, 0.1, 1.0, false);
         for (i, p) in params.iter().enumerate() {
             let want = if i % 2 == 0 { 0.9 } else { 1.1 };
             assert!((p - want).abs() < 1e-5, "{i}: {p}");
@@ -497,7 +499,7 @@ mod tests {
         cfg.decay_on = DecayOn::Matrices;
         let mut params = vec![1.0; n];
         let mut opt = AdamW::new(n);
-        opt.update(&mut params, &vec![0.0; n], &layout, &cfg, 0.1, 1.0);
+        opt.update(&mut params, &vec![0.0; n], &layout, &cfg, 0.1, 1.0, false);
         for spec in &layout.specs {
             let want = if spec.is_matrix() { 0.95 } else { 1.0 };
             assert!(
@@ -582,8 +584,8 @@ mod tests {
         let mut momentum = vec![0.0; n];
         let pool = crate::runtime::thread_pool(Some(2)).unwrap();
         for g in &grads {
-            pool.install(|| opt.update(&mut params, g, &layout, &cfg, lr, scale));
-            adam.update(&mut adam_params, g, &layout, &adam_cfg, lr, scale);
+            pool.install(|| opt.update(&mut params, g, &layout, &cfg, lr, scale, false));
+            adam.update(&mut adam_params, g, &layout, &adam_cfg, lr, scale, false);
             for spec in layout.specs.iter().filter(|s| s.is_hidden_matrix()) {
                 let r = spec.range();
                 crate::reference::optimizer::muon_matrix(

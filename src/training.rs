@@ -29,7 +29,7 @@ use crate::checkpoint::{
     save_checkpoint, write_atomic, Checkpoint, CheckpointConfig, CheckpointError, DataInfo,
     InitFrom, RunCounters,
 };
-use crate::config::{ConfigError, ModelConfig, TrainConfig};
+use crate::config::{ConfigError, ModelConfig, Precision, TrainConfig};
 use crate::data::{
     char_counts, fill_windows, fingerprint, sample_batch, window_count, DataError, Dataset, Split,
     FINE_TUNE_ADVICE,
@@ -441,6 +441,9 @@ impl Trainer {
         }
         let lr = learning_rate(&self.config, step);
         let scale = clip_scale(norm, self.config.grad_clip);
+        // Muon's Newton-Schulz products take the precision of the model's (the reference
+        // engine's are fp32 whatever the setting).
+        let bf16 = self.engine == Engine::Fast && self.model.precision() == Precision::Bf16;
         self.optimizer.update(
             &mut self.model.params,
             &self.grads,
@@ -448,6 +451,7 @@ impl Trainer {
             &self.config,
             lr,
             scale,
+            bf16,
         );
         // bf16: the products of the next step read the new weights' bf16 copies.
         self.model.refresh_bf16();
