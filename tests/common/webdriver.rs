@@ -202,18 +202,32 @@ impl Browser {
         );
     }
 
-    /// Moves the mouse over the middle of element `css`, as a user pointing at it.
+    /// Moves the mouse over the middle of element `css`, as a user pointing at it. As for
+    /// [`Browser::click`], an element redrawn in between (the attention view's text, when a
+    /// later answer for the same prompt arrives) is found again.
     pub fn hover(&self, css: &str) {
-        let id = self.find(css);
-        self.command(
-            "POST",
-            "/actions",
-            json!({ "actions": [{
-                "type": "pointer", "id": "mouse", "parameters": { "pointerType": "mouse" },
-                "actions": [{ "type": "pointerMove", "duration": 0, "x": 0, "y": 0,
-                              "origin": { ELEMENT: id } }],
-            }]}),
-        );
+        for _ in 0..20 {
+            let id = self.find(css);
+            let path = format!("/session/{}/actions", self.session);
+            let (status, value) = self.try_send(
+                "POST",
+                &path,
+                json!({ "actions": [{
+                    "type": "pointer", "id": "mouse", "parameters": { "pointerType": "mouse" },
+                    "actions": [{ "type": "pointerMove", "duration": 0, "x": 0, "y": 0,
+                                  "origin": { ELEMENT: id } }],
+                }]}),
+            );
+            if status == 200 {
+                return;
+            }
+            assert_eq!(
+                value["error"], "stale element reference",
+                "POST {path}: {value}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("{css} went stale 20 times in a row");
     }
 
     /// Sends keys to element `css` (WebDriver key codes: "\u{E012}" is the left arrow,
