@@ -172,13 +172,14 @@ impl Browser {
         found[ELEMENT].as_str().unwrap().to_string()
     }
 
-    /// Clicks element `css`. A view may redraw it between finding and clicking it (a run list
-    /// refreshed, new bars): the element found is then stale, and it is found again.
-    pub fn click(&self, css: &str) {
+    /// Runs `act` (which returns its path, and its status and value) on element `css`. A view
+    /// may redraw the element between finding and acting on it (a run list refreshed, new bars,
+    /// the attention view's text when a later answer for the same prompt arrives): the element
+    /// found is then stale, and it is found again.
+    fn on_element(&self, css: &str, act: impl Fn(&str) -> (String, (u16, Value))) {
         for _ in 0..20 {
             let id = self.find(css);
-            let path = format!("/session/{}/element/{id}/click", self.session);
-            let (status, value) = self.try_send("POST", &path, json!({}));
+            let (path, (status, value)) = act(&id);
             if status == 200 {
                 return;
             }
@@ -189,6 +190,15 @@ impl Browser {
             std::thread::sleep(Duration::from_millis(50));
         }
         panic!("{css} went stale 20 times in a row");
+    }
+
+    /// Clicks element `css` (found again if it goes stale).
+    pub fn click(&self, css: &str) {
+        self.on_element(css, |id| {
+            let path = format!("/session/{}/element/{id}/click", self.session);
+            let answer = self.try_send("POST", &path, json!({}));
+            (path, answer)
+        });
     }
 
     /// Replaces the text of input `css` by `text`, as typing would.
@@ -202,14 +212,12 @@ impl Browser {
         );
     }
 
-    /// Moves the mouse over the middle of element `css`, as a user pointing at it. As for
-    /// [`Browser::click`], an element redrawn in between (the attention view's text, when a
-    /// later answer for the same prompt arrives) is found again.
+    /// Moves the mouse over the middle of element `css`, as a user pointing at it (found again
+    /// if it goes stale).
     pub fn hover(&self, css: &str) {
-        for _ in 0..20 {
-            let id = self.find(css);
+        self.on_element(css, |id| {
             let path = format!("/session/{}/actions", self.session);
-            let (status, value) = self.try_send(
+            let answer = self.try_send(
                 "POST",
                 &path,
                 json!({ "actions": [{
@@ -218,16 +226,8 @@ impl Browser {
                                   "origin": { ELEMENT: id } }],
                 }]}),
             );
-            if status == 200 {
-                return;
-            }
-            assert_eq!(
-                value["error"], "stale element reference",
-                "POST {path}: {value}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("{css} went stale 20 times in a row");
+            (path, answer)
+        });
     }
 
     /// Sends keys to element `css` (WebDriver key codes: "\u{E012}" is the left arrow,
