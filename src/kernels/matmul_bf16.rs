@@ -710,6 +710,28 @@ mod tests {
         x.iter().map(|&v| round(v) as f64).collect()
     }
 
+    /// `C (m, n) = A (m, k) @ B (k, n)` in f64, summed in order of k, and beside it the sum of
+    /// the terms' magnitudes (the scale of [`assert_close`]'s tolerance).
+    fn reference(
+        m: usize,
+        n: usize,
+        k: usize,
+        a: impl Fn(usize, usize) -> f64,
+        b: impl Fn(usize, usize) -> f64,
+    ) -> (Vec<f64>, Vec<f64>) {
+        let (mut want, mut scale) = (vec![0.0; m * n], vec![0.0; m * n]);
+        for i in 0..m {
+            for j in 0..n {
+                for p in 0..k {
+                    let t = a(i, p) * b(p, j);
+                    want[i * n + j] += t;
+                    scale[i * n + j] += t.abs();
+                }
+            }
+        }
+        (want, scale)
+    }
+
     /// Only the summation order differs from the f64 sum of the same rounded products: fp32
     /// accumulation over k terms errs by about k * 2^-24 of the sum of |terms|.
     fn assert_close(what: &str, got: &[f32], want: &[f64], scale: &[f64], k: usize) {
@@ -772,31 +794,15 @@ mod tests {
                 // out = inp @ W^T.
                 let mut out = vec![f32::NAN; n * oc];
                 forward_with(&mut out, &inp, &packed, engine);
-                let (mut want, mut scale) = (vec![0.0; n * oc], vec![0.0; n * oc]);
-                for r in 0..n {
-                    for o in 0..oc {
-                        for i in 0..ic {
-                            let t = ri[r * ic + i] * rw[o * ic + i];
-                            want[r * oc + o] += t;
-                            scale[r * oc + o] += t.abs();
-                        }
-                    }
-                }
+                let (want, scale) =
+                    reference(n, oc, ic, |r, i| ri[r * ic + i], |i, o| rw[o * ic + i]);
                 assert_close(&format!("forward {what}"), &out, &want, &scale, ic);
 
                 // dinp = dout @ W, written and then accumulated onto itself (doubling it).
                 let mut dinp = vec![f32::NAN; n * ic];
                 input_grad_with(&mut dinp, false, &dout, &packed, engine);
-                let (mut want, mut scale) = (vec![0.0; n * ic], vec![0.0; n * ic]);
-                for r in 0..n {
-                    for i in 0..ic {
-                        for o in 0..oc {
-                            let t = rd[r * oc + o] * rw[o * ic + i];
-                            want[r * ic + i] += t;
-                            scale[r * ic + i] += t.abs();
-                        }
-                    }
-                }
+                let (want, scale) =
+                    reference(n, ic, oc, |r, o| rd[r * oc + o], |o, i| rw[o * ic + i]);
                 assert_close(&format!("dinp {what}"), &dinp, &want, &scale, oc);
                 let copy = dinp.clone();
                 input_grad_with(&mut dinp, true, &dout, &packed, engine);
@@ -807,16 +813,8 @@ mod tests {
                 // dW = dout^T @ inp.
                 let mut dw = vec![f32::NAN; oc * ic];
                 weight_grad_shaped(&mut dw, false, &dout, &inp, n, engine);
-                let (mut want, mut scale) = (vec![0.0; oc * ic], vec![0.0; oc * ic]);
-                for r in 0..n {
-                    for o in 0..oc {
-                        for i in 0..ic {
-                            let t = rd[r * oc + o] * ri[r * ic + i];
-                            want[o * ic + i] += t;
-                            scale[o * ic + i] += t.abs();
-                        }
-                    }
-                }
+                let (want, scale) =
+                    reference(oc, ic, n, |o, r| rd[r * oc + o], |r, i| ri[r * ic + i]);
                 assert_close(&format!("dweight {what}"), &dw, &want, &scale, n);
                 let copy = dw.clone();
                 weight_grad_shaped(&mut dw, true, &dout, &inp, n, engine);
@@ -840,16 +838,7 @@ mod tests {
                 let rx = rounded(&x);
                 let mut gram = vec![f32::NAN; n * n];
                 gram_of_columns_with(&mut gram, &x, n, engine);
-                let (mut want, mut scale) = (vec![0.0; n * n], vec![0.0; n * n]);
-                for r in 0..k {
-                    for i in 0..n {
-                        for j in 0..n {
-                            let t = rx[r * n + i] * rx[r * n + j];
-                            want[i * n + j] += t;
-                            scale[i * n + j] += t.abs();
-                        }
-                    }
-                }
+                let (want, scale) = reference(n, n, k, |i, r| rx[r * n + i], |r, j| rx[r * n + j]);
                 assert_close(&format!("gram {what}"), &gram, &want, &scale, k);
                 // The same x read as x^T (n, k): the Gram matrix of its rows.
                 let xt: Vec<f32> = (0..n * k).map(|i| x[(i % k) * n + i / k]).collect();
@@ -869,16 +858,7 @@ mod tests {
                 let (ra, rb) = (rounded(&a), rounded(&b));
                 let mut c = vec![f32::NAN; m * n];
                 matmul_row_major_with(&mut c, false, &a, &b, k, engine);
-                let (mut want, mut scale) = (vec![0.0; m * n], vec![0.0; m * n]);
-                for i in 0..m {
-                    for j in 0..n {
-                        for p in 0..k {
-                            let t = ra[i * k + p] * rb[p * n + j];
-                            want[i * n + j] += t;
-                            scale[i * n + j] += t.abs();
-                        }
-                    }
-                }
+                let (want, scale) = reference(m, n, k, |i, p| ra[i * k + p], |p, j| rb[p * n + j]);
                 assert_close(&format!("matmul {what}"), &c, &want, &scale, k);
                 let copy = c.clone();
                 matmul_row_major_with(&mut c, true, &a, &b, k, engine);
