@@ -495,21 +495,23 @@ mod tests {
         assert_eq!(Spread::of(&[2.0]).sd, 0.0);
     }
 
-    /// The README says `fast` uses every idea of `ladder --modern`: adding every modern rung's
-    /// settings to it must change nothing. `config::modern` restates the rungs' model settings
-    /// (config sits below the ladder), so a rung added to the ladder, or the preset edited,
-    /// cannot leave the two apart.
+    /// The README says `fast` and `best-1h` use every idea of `ladder --modern`: adding every
+    /// modern rung's settings to them must change nothing. `config::modern` restates the rungs'
+    /// model settings (config sits below the ladder), so a rung added to the ladder, or a preset
+    /// edited, cannot leave the two apart.
     #[test]
-    fn the_fast_preset_has_every_modern_rung() {
-        let fast = config::preset("fast").unwrap();
-        let (mut model, mut train) = (fast.model.clone(), fast.train.clone());
-        for rung in MODERN_RUNGS {
-            for (key, value) in rung.adds {
-                apply_to_configs(&mut model, &mut train, key, value).unwrap();
+    fn the_modern_presets_have_every_modern_rung() {
+        for name in ["fast", "best-1h"] {
+            let preset = config::preset(name).unwrap();
+            let (mut model, mut train) = (preset.model.clone(), preset.train.clone());
+            for rung in MODERN_RUNGS {
+                for (key, value) in rung.adds {
+                    apply_to_configs(&mut model, &mut train, key, value).unwrap();
+                }
             }
+            assert_eq!(preset.model, model, "{name}");
+            assert_eq!(preset.train, train, "{name}");
         }
-        assert_eq!(fast.model, model);
-        assert_eq!(fast.train, train);
     }
 
     #[test]

@@ -78,6 +78,7 @@ fn presets_lists_every_preset_with_its_parameter_count() {
         "nanogpt-cpu",
         "default",
         "fast",
+        "best-1h",
     ] {
         assert!(
             table.lines().any(|l| l.starts_with(name)),

@@ -112,9 +112,10 @@ fn check(name: &str, a: &Agreement) {
     );
 }
 
-/// Every preset at its own shape, batch 2 (the 6-layer one, `lecture`, with 1 block instead of
-/// 6, to keep the test fast: a block is the same computation whatever the depth), with the
-/// preset's own dropout, and with dropout forced on where the preset has none.
+/// Every preset at its own shape, batch 2 (the 6-layer ones, `fast`, `best-1h` and `lecture`,
+/// with 1 block instead of 6, to keep the test fast: a block is the same computation whatever
+/// the depth), with the preset's own dropout, and with dropout forced on where the preset has
+/// none.
 #[test]
 fn fast_engine_matches_the_reference_on_every_preset() {
     for p in presets() {
