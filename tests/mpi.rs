@@ -335,7 +335,11 @@ fn long_run(dir: &Path, out: &str) -> (std::process::Child, PathBuf) {
             "--out",
             out,
         ])
-        .args(["--set", "steps=1000000", "--set", "eval_interval=20"])
+        // Few evaluations a second: rank 0 prints a sample at each, and while mpirun handles a
+        // Ctrl-C (about a second here before it sends SIGTERM) it stops forwarding the ranks'
+        // output. At 50 evaluations a second rank 0 filled that channel and blocked in a write,
+        // so the ranks never reached the step that stops them and mpirun killed them.
+        .args(["--set", "steps=1000000", "--set", "eval_interval=500"])
         .args(["--set", "eval_iters=2"])
         // Into files: a pipe nobody reads while the run goes on could fill and stall it.
         .stdout(std::fs::File::create(dir.join(format!("{out}.stdout"))).unwrap())
