@@ -643,7 +643,7 @@ pub fn presets() -> Vec<Preset> {
         },
         Preset {
             name: "best-1h",
-            description: "every modern idea at 6 x 256, block 256, Muon weight decay: about 50 min on 2 Zen 5 cores",
+            description: "every modern idea at 6 x 256, block 256, Muon weight decay: 40-49 min on 2 Zen 5 cores",
             // `fast`'s model for an hour needs two changes (`chargpt sweep`, exact val):
             // - Block 256 at batch 8 (the same characters a step): at 4200 steps 1.4548 against
             //   1.4679 at block 128. A character later in a window sees more text before it, and
@@ -652,8 +652,9 @@ pub fn presets() -> Vec<Preset> {
             // - Weight decay on Muon's matrices. Without it more passes over the 1M characters
             //   learn them by heart: batch 16 at block 256 (twice the characters) ended at 1.4740,
             //   worse than batch 8. With `muon_weight_decay` 0.05 the same model ran 11000 steps
-            //   (22 passes) to 1.4073 in 49 min 17 s; 0.1 reached 1.4180; at 4200 steps 0.1 was
-            //   neutral (1.4711) and 0.3 too strong (1.5278).
+            //   (22 passes) to 1.4073 in 49 min 17 s (the same 1.4073 in 40 min 00 s from a fresh
+            //   clone, in a faster hour of the machine); 0.1 reached 1.4180; at 4200 steps 0.1
+            //   was neutral (1.4711) and 0.3 too strong (1.5278).
             model: modern(gpt(256, 8, 6, 256, 0.1)),
             train: TrainConfig {
                 batch_size: 8,

@@ -337,8 +337,8 @@ fn long_run(dir: &Path, out: &str) -> (std::process::Child, PathBuf) {
         ])
         // Few evaluations a second: rank 0 prints a sample at each, and while mpirun handles a
         // Ctrl-C (about a second here before it sends SIGTERM) it stops forwarding the ranks'
-        // output. At 50 evaluations a second rank 0 filled that channel and blocked in a write,
-        // so the ranks never reached the step that stops them and mpirun killed them.
+        // output. At 50 evaluations a second the ranks never reached the step that stops them
+        // and mpirun killed them, most likely with rank 0 blocked in a write to that channel.
         .args(["--set", "steps=1000000", "--set", "eval_interval=500"])
         .args(["--set", "eval_iters=2"])
         // Into files: a pipe nobody reads while the run goes on could fill and stall it.
