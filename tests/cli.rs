@@ -87,8 +87,15 @@ fn presets_lists_every_preset_with_its_parameter_count() {
     }
     assert!(table.contains("10,788,929"), "{table}");
     assert!(table.contains("4,225"), "{table}");
-    // fast: 6 x 256 with tied embeddings and no biases.
-    assert!(table.contains("4,738,944"), "{table}");
+    // fast and best-1h: 6 x 256 with tied embeddings and no biases (the block adds no
+    // parameters under RoPE).
+    for name in ["fast ", "best-1h "] {
+        let row = table.lines().find(|l| l.starts_with(name));
+        assert!(
+            row.is_some_and(|l| l.contains("4,738,944")),
+            "{name}:\n{table}"
+        );
+    }
 }
 
 #[test]
