@@ -107,10 +107,19 @@ const FILES: &[(&str, &str, &str)] = &[
     ),
 ];
 
-/// The files of the project the page links to (the README's paragraphs, the functions that
-/// compute each step of the head view), served under `/source/` for `read.html` to show.
+/// The files of the project the page links to (the README, the paragraphs of docs/ that explain
+/// each step of the head view, the functions that compute it), served under `/source/` for
+/// `read.html` to show.
 const SOURCES: &[(&str, &str)] = &[
     ("README.md", include_str!("../../README.md")),
+    (
+        "docs/beyond-the-lecture.md",
+        include_str!("../../docs/beyond-the-lecture.md"),
+    ),
+    (
+        "docs/how-it-works.md",
+        include_str!("../../docs/how-it-works.md"),
+    ),
     ("src/config.rs", include_str!("../config.rs")),
     ("src/inspect.rs", include_str!("../inspect.rs")),
     (

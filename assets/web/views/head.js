@@ -24,7 +24,7 @@ let check;
 let error;
 let asked = 0;
 
-// A link that opens a file of the project at a line: the README paragraph or the function that
+// A link that opens a file of the project at a line: the paragraph of docs/ or the function that
 // computes a step. `find` is text the file contains (src/serve/assets.rs's tests check every
 // one against the files the server embeds).
 function link(file, find, label) {
@@ -50,7 +50,7 @@ function describe(id, trace) {
         : trace.rope
           ? 'Row t of the token embedding: what enters the first block. With RoPE there is no position embedding; the position enters below, when q and k are rotated.'
           : 'Row t of the token embedding plus the position embedding: what enters the first block.',
-      links: [link('README.md', '**Embedding.**', 'README: Embedding'),
+      links: [link('docs/how-it-works.md', '**Embedding.**', 'How it works: Embedding'),
         link('src/reference/model.rs', 'fn block_forward(', 'reference: block_forward'),
         link('src/model/forward.rs', 'fn block_forward(', 'fast: Model::block_forward')],
     },
@@ -60,7 +60,7 @@ function describe(id, trace) {
       text: trace.norm_bias === false
         ? 'The row brought to mean 0 and variance 1, then scaled by the learned weight (ln1 of this block; bias=false: no shift).'
         : 'The row brought to mean 0 and variance 1, then scaled and shifted by the learned weight and bias (ln1 of this block).',
-      links: [link('README.md', '**LayerNorm.**', 'README: LayerNorm'),
+      links: [link('docs/how-it-works.md', '**LayerNorm.**', 'How it works: LayerNorm'),
         link('src/reference/layers.rs', 'pub fn layernorm_forward(', 'reference: layernorm_forward'),
         link('src/kernels/layernorm.rs', 'pub fn forward(', 'fast: layernorm::forward')],
     },
@@ -68,7 +68,7 @@ function describe(id, trace) {
       title: 'RMSNorm',
       formula: M(`${sub('x̂', 't')}<mo>=</mo><mfrac>${sub('x', 't')}<msqrt><mfrac><mn>1</mn><mi>C</mi></mfrac><msub><mo>∑</mo><mi>i</mi></msub><msubsup><mi>x</mi><mi>ti</mi><mn>2</mn></msubsup><mo>+</mo><mi>ε</mi></msqrt></mfrac><mo>⊙</mo><mi>w</mi>`),
       text: 'The row divided by its root mean square (no mean subtracted, no shift), then scaled by the learned weight (ln1 of this block).',
-      links: [link('README.md', '**RMSNorm**', 'README: RMSNorm'),
+      links: [link('docs/beyond-the-lecture.md', '**RMSNorm**', 'Beyond the lecture: RMSNorm'),
         link('src/reference/layers.rs', 'pub fn rmsnorm_forward(', 'reference: rmsnorm_forward'),
         link('src/kernels/rmsnorm.rs', 'pub fn forward(', 'fast: rmsnorm::forward')],
     },
@@ -76,7 +76,7 @@ function describe(id, trace) {
       title: 'the query, from the weights',
       formula: M(`${sub('q′', 't')}<mo>=</mo>${sub('x̂', 't')}<msubsup><mi>W</mi><mi>q</mi><mi>T</mi></msubsup>`),
       text: `This head's ${hs} rows of the query part of attn.qkv.weight times the normed row: the query before ${[trace.qk_norm ? 'QK-norm' : '', trace.rope ? 'the rotation' : ''].filter(Boolean).join(' and ')}.`,
-      links: [link('README.md', '**Queries, keys and values.**', 'README: Queries, keys and values'),
+      links: [link('docs/how-it-works.md', '**Queries, keys and values.**', 'How it works: Queries, keys and values'),
         link('src/reference/layers.rs', 'pub fn linear_forward(', 'reference: linear_forward'),
         link('src/kernels/matmul.rs', 'pub fn forward<', 'fast: matmul::forward')],
     },
@@ -86,8 +86,8 @@ function describe(id, trace) {
       text: [trace.qk_norm ? `QK-norm: divided by its root mean square and scaled by attn.q_norm.weight (${hs} gains shared by the heads), so that no score can grow without bound.` : '',
         trace.rope ? `RoPE: each pair of numbers (2i, 2i+1) turned by the angle t·10000^(−2i/${hs}); a key turned likewise by u makes q·k depend on t − u only.` : ''].filter(Boolean).join(' '),
       links: [
-        trace.qk_norm ? link('README.md', '**QK-norm**', 'README: QK-norm') : null,
-        trace.rope ? link('README.md', '**Rotary position embedding**', 'README: RoPE') : null,
+        trace.qk_norm ? link('docs/beyond-the-lecture.md', '**QK-norm**', 'Beyond the lecture: QK-norm') : null,
+        trace.rope ? link('docs/beyond-the-lecture.md', '**Rotary position embedding**', 'Beyond the lecture: RoPE') : null,
         trace.qk_norm ? link('src/reference/layers.rs', 'pub fn qk_norm_forward(', 'reference: qk_norm_forward') : null,
         trace.rope ? link('src/reference/layers.rs', 'pub fn rope_forward(', 'reference: rope_forward') : null,
         trace.qk_norm ? link('src/kernels/rmsnorm.rs', 'pub fn qk_forward(', 'fast: rmsnorm::qk_forward') : null,
@@ -97,7 +97,7 @@ function describe(id, trace) {
       title: 'the query',
       formula: M(`${sub('q', 't')}<mo>=</mo>${sub('x̂', 't')}<msubsup><mi>W</mi><mi>q</mi><mi>T</mi></msubsup>`),
       text: `What position t is looking for: ${hs} numbers, from this head's ${hs} rows of the query part of attn.qkv.weight.`,
-      links: [link('README.md', '**Queries, keys and values.**', 'README: Queries, keys and values'),
+      links: [link('docs/how-it-works.md', '**Queries, keys and values.**', 'How it works: Queries, keys and values'),
         link('src/reference/layers.rs', 'pub fn linear_forward(', 'reference: linear_forward'),
         link('src/kernels/matmul.rs', 'pub fn forward<', 'fast: matmul::forward')],
     },
@@ -107,7 +107,7 @@ function describe(id, trace) {
       text: trace.qk_norm || trace.rope
         ? `What each position offers to be found by: one row per position u ≤ t, ${[trace.qk_norm ? 'normed as the query is (with attn.k_norm.weight)' : '', trace.rope ? 'rotated by its own position u' : ''].filter(Boolean).join(' and ')}.`
         : 'What each position offers to be found by: one row per position u ≤ t.',
-      links: [link('README.md', '**Queries, keys and values.**', 'README: Queries, keys and values'),
+      links: [link('docs/how-it-works.md', '**Queries, keys and values.**', 'How it works: Queries, keys and values'),
         link('src/reference/layers.rs', 'pub fn linear_forward(', 'reference: linear_forward'),
         link('src/kernels/matmul.rs', 'pub fn forward<', 'fast: matmul::forward')],
     },
@@ -115,7 +115,7 @@ function describe(id, trace) {
       title: 'the values of every visible position',
       formula: M(`${sub('v', 'u')}<mo>=</mo>${sub('x̂', 'u')}<msubsup><mi>W</mi><mi>v</mi><mi>T</mi></msubsup>`),
       text: 'What each position passes on when it is looked at.',
-      links: [link('README.md', '**Queries, keys and values.**', 'README: Queries, keys and values'),
+      links: [link('docs/how-it-works.md', '**Queries, keys and values.**', 'How it works: Queries, keys and values'),
         link('src/reference/layers.rs', 'pub fn linear_forward(', 'reference: linear_forward'),
         link('src/kernels/matmul.rs', 'pub fn forward<', 'fast: matmul::forward')],
     },
@@ -123,7 +123,7 @@ function describe(id, trace) {
       title: 'scores: query against every key',
       formula: M(`${sub('q', 't')}<mo>·</mo>${sub('k', 'u')}<mo>=</mo><munderover><mo>∑</mo><mi>i</mi><mi>hs</mi></munderover><msub><mi>q</mi><mrow><mi>t</mi><mi>i</mi></mrow></msub><msub><mi>k</mi><mrow><mi>u</mi><mi>i</mi></mrow></msub>`),
       text: 'Large when the key matches what the query looks for.',
-      links: [link('README.md', '**Scaling.**', 'README: Scaling'),
+      links: [link('docs/how-it-works.md', '**Scaling.**', 'How it works: Scaling'),
         link('src/reference/layers.rs', 'pub fn attention_scores(', 'reference: attention_scores'),
         link('src/kernels/attention/mod.rs', 'unsafe fn head_forward_rows(', 'fast: head_forward_rows')],
     },
@@ -131,7 +131,7 @@ function describe(id, trace) {
       title: `scaled by ${scaleText}`,
       formula: M(`${sub('s', 'u')}<mo>=</mo><mfrac><mrow>${sub('q', 't')}<mo>·</mo>${sub('k', 'u')}</mrow>${scaleBy}</mfrac>`),
       text: `Times ${num(trace.scale, 4)}: keeps the scores near unit variance, so the softmax starts soft.`,
-      links: [link('README.md', '**Scaling.**', 'README: Scaling'),
+      links: [link('docs/how-it-works.md', '**Scaling.**', 'How it works: Scaling'),
         link('src/reference/layers.rs', 'pub fn scale(', 'reference: scale'),
         link('src/config.rs', 'pub fn attention_scale_factor(', 'fast: ModelConfig::attention_scale_factor')],
     },
@@ -139,7 +139,7 @@ function describe(id, trace) {
       title: 'the causal mask',
       formula: M(`${sub('s', 'u')}<mo>=</mo><mo>−</mo><mi>∞</mi><mspace width="1em"/><mtext>for</mtext><mspace width="0.5em"/><mi>u</mi><mo>&gt;</mo><mi>t</mi>`),
       text: 'Position t never sees the characters after it: their scores become −∞, and their weights 0.',
-      links: [link('README.md', '**Causal mask.**', 'README: Causal mask'),
+      links: [link('docs/how-it-works.md', '**Causal mask.**', 'How it works: Causal mask'),
         link('src/reference/layers.rs', 'pub fn causal_mask(', 'reference: causal_mask'),
         link('src/kernels/attention/mod.rs', 'fn softmax_causal(', 'fast: softmax_causal')],
     },
@@ -147,7 +147,7 @@ function describe(id, trace) {
       title: 'softmax: the weights',
       formula: M(`${sub('a', 'u')}<mo>=</mo><mfrac><msup><mi>e</mi><mrow>${sub('s', 'u')}<mo>−</mo><mi>max</mi></mrow></msup><mrow><msub><mo>∑</mo><mi>w</mi></msub><msup><mi>e</mi><mrow>${sub('s', 'w')}<mo>−</mo><mi>max</mi></mrow></msup></mrow></mfrac>`),
       text: 'Positive, summing to 1: how much of each position\'s value position t takes.',
-      links: [link('README.md', '**Softmax.**', 'README: Softmax'),
+      links: [link('docs/how-it-works.md', '**Softmax.**', 'How it works: Softmax'),
         link('src/reference/layers.rs', 'pub fn softmax_forward(', 'reference: softmax_forward'),
         link('src/kernels/attention/mod.rs', 'fn softmax_causal(', 'fast: softmax_causal')],
     },
@@ -155,7 +155,7 @@ function describe(id, trace) {
       title: 'the weighted sum of the values',
       formula: M(`${sub('o', 't')}<mo>=</mo><munder><mo>∑</mo><mrow><mi>u</mi><mo>≤</mo><mi>t</mi></mrow></munder>${sub('a', 'u')}${sub('v', 'u')}`),
       text: `This head's ${hs} numbers of the attention output at t; the heads' outputs are concatenated${trace.n_head > 1 ? ` (this one is channels ${trace.head * hs} to ${(trace.head + 1) * hs - 1})` : ''}.`,
-      links: [link('README.md', '**Softmax.**', 'README: Softmax'),
+      links: [link('docs/how-it-works.md', '**Softmax.**', 'How it works: Softmax'),
         link('src/reference/layers.rs', 'pub fn attention_weighted_sum(', 'reference: attention_weighted_sum'),
         link('src/kernels/mod.rs', 'fn weighted_rows(', 'fast: weighted_rows')],
     },
@@ -306,7 +306,7 @@ const view = {
     element.append(
       el('h2', {}, 'One head, step by step'),
       header.element,
-      el('p', { className: 'muted' }, 'Every number one attention head computes for one position of the prompt, with this model\'s parameters. Each step links to the README paragraph that explains it and to the functions that compute it: the reference engine\'s (plain loops, the one to read) and the fast engine\'s.'),
+      el('p', { className: 'muted' }, 'Every number one attention head computes for one position of the prompt, with this model\'s parameters. Each step links to the paragraph of the docs that explains it and to the functions that compute it: the reference engine\'s (plain loops, the one to read) and the fast engine\'s.'),
       prompt,
       el('div', { className: 'row' },
         el('label', {}, 'layer ', layer), el('label', {}, 'head ', head),
