@@ -23,6 +23,9 @@ pub enum ConfigError {
     MalformedOverride(String),
     #[error("invalid configuration: {0}")]
     Invalid(String),
+    /// A setting outside its range ([`crate::limits`]).
+    #[error("invalid configuration: {message}")]
+    OutOfRange { key: &'static str, message: String },
     #[error("{path}{}: {message}", .line.map(|l| format!(" line {l}")).unwrap_or_default())]
     File {
         path: String,
@@ -369,6 +372,8 @@ impl TrainConfig {
         if !(self.muon_weight_decay.is_finite() && self.muon_weight_decay >= 0.0) {
             return bad("muon_weight_decay must be zero or positive");
         }
+        crate::limits::check_fields(self)
+            .map_err(|(key, message)| ConfigError::OutOfRange { key, message })?;
         self.precision.check_supported()
     }
 }
@@ -411,6 +416,8 @@ impl ModelConfig {
         if !(0.0..1.0).contains(&self.dropout) {
             return bad(format!("dropout must lie in [0, 1), got {}", self.dropout));
         }
+        crate::limits::check_fields(self)
+            .map_err(|(key, message)| ConfigError::OutOfRange { key, message })?;
         if self.architecture == Architecture::Bigram {
             return Ok(());
         }
@@ -745,17 +752,19 @@ pub fn derive_settings(base: &TrainConfig, train: &mut TrainConfig, given: &[&st
         }
     }
     if set("steps") && !set("eval_interval") && train.eval_interval != 0 {
-        let evals = train
-            .steps
-            .div_ceil(auto_eval_interval(train.steps, train.eval_iters));
-        notes.push(format!(
+        // The same interval either way needs no note.
+        let automatic = auto_eval_interval(train.steps, train.eval_iters);
+        let evals = train.steps.div_ceil(automatic);
+        if automatic != train.eval_interval {
+            notes.push(format!(
             "eval_interval {} -> {} (automatic: {} evaluation{} over {} steps, about 20 unless that would take over a quarter of the training time; set eval_interval to choose)",
             train.eval_interval,
-            auto_eval_interval(train.steps, train.eval_iters),
+            automatic,
             evals,
             if evals == 1 { "" } else { "s" },
             train.steps
         ));
+        }
         train.eval_interval = 0;
     }
     notes

@@ -24,6 +24,8 @@ pub mod engine;
 pub mod inspect;
 pub mod kernels;
 pub mod ladder;
+pub mod limits;
+pub mod memory;
 pub mod model;
 pub mod optimizer;
 pub mod profile;

@@ -30,6 +30,7 @@
 
 use crate::config::{DecayOn, LrSchedule, OptimizerKind, TrainConfig};
 use crate::kernels::SharedMut;
+use crate::memory::{zeroed, OutOfMemory};
 use crate::model::ParamLayout;
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -46,11 +47,16 @@ const CHUNK: usize = 1 << 14;
 
 impl AdamW {
     pub fn new(num_params: usize) -> Self {
-        AdamW {
-            m: vec![0.0; num_params],
-            v: vec![0.0; num_params],
+        Self::try_new(num_params).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`AdamW::new`], or [`OutOfMemory`] if the system refuses the moments' buffers.
+    pub fn try_new(num_params: usize) -> Result<Self, OutOfMemory> {
+        Ok(AdamW {
+            m: zeroed(num_params, "the optimizer's first moments")?,
+            v: zeroed(num_params, "the optimizer's second moments")?,
             step: 0,
-        }
+        })
     }
 
     /// One update of `params` from `grads` (multiplied by `grad_scale`, the clipping factor) at

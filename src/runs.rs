@@ -234,29 +234,57 @@ fn memory_needed(model: &ModelConfig, train: &TrainConfig) -> f64 {
     4.0 * (4.0 * params + 2.0 * tokens * per_token)
 }
 
-/// The machine's memory in bytes, where the system says (Linux).
-fn memory_total() -> Option<f64> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024.0)
+/// The share of the free memory a run may plan to take: the estimate is rough, and the
+/// process, the page and the other trainings need some too.
+const MEMORY_MARGIN: f64 = 0.8;
+
+/// Refuses settings whose buffers cannot fit in the memory this machine (or its container) has
+/// free, before allocating them: a run that only fails when the kernel finds no page for memory
+/// it promised would be killed with every other training of its process.
+pub fn check_memory(model: &ModelConfig, train: &TrainConfig) -> Result<(), PrepareError> {
+    check_memory_against(model, train, crate::memory::available())
 }
 
-/// Refuses settings whose buffers cannot fit in this machine's memory, before allocating them
-/// (rather than letting the allocator abort).
-pub fn check_memory(model: &ModelConfig, train: &TrainConfig) -> Result<(), PrepareError> {
+fn check_memory_against(
+    model: &ModelConfig,
+    train: &TrainConfig,
+    available: Option<u64>,
+) -> Result<(), PrepareError> {
     let needed = memory_needed(model, train);
-    if let Some(total) = memory_total() {
-        if needed > total {
-            let gib = |b: f64| b / (1u64 << 30) as f64;
-            return Err(PrepareError::Refused(format!(
-                "these settings need about {:.0} GiB of memory and this machine has {:.0} GiB; choose a smaller n_embd, n_layer, block_size or batch_size",
-                gib(needed).ceil(),
-                gib(total)
-            )));
+    match available {
+        Some(free) if needed > MEMORY_MARGIN * free as f64 => {
+            let text = |b: f64| crate::memory::bytes_text(b.min(u64::MAX as f64) as u64);
+            Err(PrepareError::Refused(format!(
+                "these settings need about {} of memory and this machine has {} free; choose a smaller n_embd, n_layer, block_size or batch_size{}",
+                text(needed),
+                text(free as f64),
+                if model.vocab_size > 10_000 {
+                    format!(
+                        ", or a text with fewer than its {} distinct characters",
+                        crate::limits::number(model.vocab_size as f64)
+                    )
+                } else {
+                    String::new()
+                }
+            )))
         }
+        _ => Ok(()),
     }
-    Ok(())
+}
+
+/// An invalid configuration with the front end's "what to do"; a setting out of its range is
+/// about that setting (a form shows it beside it).
+fn invalid_setting(e: ConfigError, wording: &Wording) -> PrepareError {
+    match e {
+        ConfigError::OutOfRange { key, .. } => PrepareError::Setting {
+            key: key.to_string(),
+            message: format!("{e}; {}", wording.change_setting),
+        },
+        ConfigError::Invalid(_) => {
+            PrepareError::Refused(format!("{e}; {}", wording.change_setting))
+        }
+        e => e.into(),
+    }
 }
 
 /// A new run never overwrites a checkpoint.
@@ -348,14 +376,16 @@ pub fn prepare_new(request: &NewRun<'_>, wording: &Wording) -> Result<Prepared, 
     refuse_if_locked(out)?;
     refuse_to_overwrite(out, wording)?;
     let (text, info) = load_text(request.data)?;
+    let invalid = |e: ConfigError| invalid_setting(e, wording);
+    // Settings in their ranges before their memory is estimated (from numbers nobody meant).
     let mut sized = model_cfg.clone();
     sized.vocab_size = Tokenizer::from_text(&text).map_or(1, |t| t.vocab_size());
+    sized.validate().map_err(invalid)?;
+    train_cfg.validate().map_err(invalid)?;
     check_memory(&sized, &train_cfg)?;
     // Validate settings and data before touching the output directory.
     let mut run = Run::new(model_cfg, train_cfg, &text, info).map_err(|e| match e {
-        RunError::Config(ConfigError::Invalid(_)) => {
-            PrepareError::Refused(format!("{e}; {}", wording.change_setting))
-        }
+        RunError::Config(e) => invalid(e),
         e => e.into(),
     })?;
     run.preset = Some(name.clone());
@@ -400,6 +430,9 @@ pub fn prepare_resume(
     let (mut model_cfg, mut train_cfg) = (saved.model.clone(), saved.train.clone());
     apply_settings(request.settings, &mut model_cfg, &mut train_cfg)?;
     check_model_unchanged(&saved.model, &model_cfg, &[], "resuming", wording)?;
+    train_cfg
+        .validate()
+        .map_err(|e| invalid_setting(e, wording))?;
     check_memory(&model_cfg, &train_cfg)?;
     let (text, info) = match request.data {
         Some(path) => load_text(Some(path))?,
@@ -888,6 +921,32 @@ mod tests {
         ] {
             assert!(!valid_run_name(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn memory_is_checked_against_what_is_free_with_a_margin() {
+        let preset = config::preset("nanogpt-cpu").unwrap();
+        let mut model = preset.model.clone();
+        model.vocab_size = 65;
+        let needed = memory_needed(&model, &preset.train);
+        let check = |free: f64| check_memory_against(&model, &preset.train, Some(free as u64));
+        assert!(check(needed / MEMORY_MARGIN * 1.01).is_ok());
+        let e = check(needed / MEMORY_MARGIN * 0.99)
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("these settings need about "), "{e}");
+        assert!(e.contains("free; choose a smaller n_embd"), "{e}");
+        // Where the system does not say, nothing is refused.
+        assert!(check_memory_against(&model, &preset.train, None).is_ok());
+        // A huge vocabulary is named as the cause.
+        model.vocab_size = 1_003_039;
+        let e = check_memory_against(&model, &preset.train, Some(1 << 30))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.ends_with("or a text with fewer than its 1,003,039 distinct characters"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -53,10 +53,29 @@ pub fn encode_prompt(tokenizer: &Tokenizer, text: &str) -> Result<Vec<TokenId>, 
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SampleSettings {
-    /// Divides the logits: below 1 sharpens the distribution, above 1 flattens it. Must be > 0.
+    /// Divides the logits: below 1 sharpens the distribution, above 1 flattens it; 0 (the limit
+    /// of ever smaller temperatures) always takes the most likely character. At least 0, at most
+    /// [`crate::limits::MAX_TEMPERATURE`].
     pub temperature: f32,
     /// Keep only the k most likely characters (None: all).
     pub top_k: Option<usize>,
+}
+
+impl SampleSettings {
+    /// The settings in their ranges ([`crate::limits::SAMPLING`]), or what is wrong in words
+    /// that name the setting as the API does (a command line puts `--` before it).
+    pub fn check(&self) -> Result<(), String> {
+        let limit = |key| crate::limits::limit(key).expect("sampling limits");
+        limit("temperature")
+            .check(self.temperature as f64)
+            .map_err(|e| format!("{e}; 1.0 samples the model as it is, 0.8 is a little safer"))?;
+        if let Some(k) = self.top_k {
+            limit("top_k").check(k as f64).map_err(|_| {
+                "top_k must be at least 1 (1 always takes the most likely character); leave it out to use all".to_string()
+            })?;
+        }
+        Ok(())
+    }
 }
 
 impl Default for SampleSettings {
@@ -68,14 +87,22 @@ impl Default for SampleSettings {
     }
 }
 
-/// The unnormalised weights `exp(z / temperature - max)` of `logits` (length V) into `scratch`,
-/// 0 outside the `top_k` largest; returns their sum. [`sample_from_logits`] draws from them,
-/// [`distribution`] normalises them: one definition of what the sampler draws from.
+/// The unnormalised weights `exp((z - max) / temperature)` of `logits` (length V) into
+/// `scratch`, 0 outside the `top_k` largest; returns their sum. [`sample_from_logits`] draws
+/// from them, [`distribution`] normalises them: one definition of what the sampler draws from.
+///
+/// As the temperature goes to 0 every weight but the largest logit's goes to 0, so at 0 (or a
+/// temperature too small for a float to divide by, which the CPU may read as 0) the weights are
+/// 1 for the largest logit (each of several equal ones) and 0 elsewhere. A small temperature
+/// that a float can divide by may still make `z / temperature` overflow, so the weights are
+/// computed from `z - max`, which is never above 0: no infinity minus infinity, no NaN.
 fn weights(logits: &[f32], settings: SampleSettings, scratch: &mut Vec<f32>) -> f64 {
+    let temperature = settings.temperature;
     scratch.clear();
-    scratch.extend(logits.iter().map(|&z| z / settings.temperature));
+    scratch.extend_from_slice(logits);
     if let Some(k) = settings.top_k.filter(|&k| k < logits.len()) {
-        // The k-th largest value is the cut: everything below it gets probability 0.
+        // The k-th largest value is the cut: everything below it gets probability 0 (dividing by
+        // a positive temperature keeps the order, so the cut is taken on the logits themselves).
         let mut sorted = scratch.clone();
         sorted.sort_unstable_by(|a, b| b.total_cmp(a));
         let cut = sorted[k.max(1) - 1];
@@ -86,9 +113,23 @@ fn weights(logits: &[f32], settings: SampleSettings, scratch: &mut Vec<f32>) -> 
         }
     }
     let max = scratch.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let greedy = !temperature.is_normal();
+    let scaled = |z: f32| -> f32 {
+        if greedy {
+            if z == max {
+                1.0
+            } else {
+                0.0
+            }
+        } else if temperature == 1.0 {
+            (z - max).exp()
+        } else {
+            ((z - max) as f64 / temperature as f64).exp() as f32
+        }
+    };
     let mut sum = 0.0f64;
     for z in scratch.iter_mut() {
-        *z = (*z - max).exp();
+        *z = scaled(*z);
         sum += *z as f64;
     }
     sum
@@ -474,6 +515,52 @@ mod tests {
             .filter(|_| sample_from_logits(&logits, cold, &mut rng, &mut s) == 1)
             .count();
         assert!(ones > 190, "{ones}");
+    }
+
+    #[test]
+    fn the_limit_of_small_temperatures_is_the_argmax_without_nans() {
+        // Logits large enough that z / T overflows for small T.
+        let logits = [30.0, 31.5, -12.0, 31.5, 7.0];
+        let mut probs = Vec::new();
+        for t in [0.0, 1e-45, 1e-38, 1e-30, 1e-6] {
+            let settings = SampleSettings {
+                temperature: t,
+                top_k: None,
+            };
+            distribution(&logits, settings, &mut probs);
+            // The two equal largest logits share everything.
+            assert_eq!(probs, vec![0.0, 0.5, 0.0, 0.5, 0.0], "T = {t}");
+        }
+        // A temperature a float can divide by, with logits 1e-3 apart, is not yet the argmax.
+        let close = [1.0, 1.001];
+        let settings = SampleSettings {
+            temperature: 1e-3,
+            top_k: None,
+        };
+        distribution(&close, settings, &mut probs);
+        let expected = 1.0 / (1.0 + (-1.0f64).exp());
+        assert!((probs[1] as f64 - expected).abs() < 1e-3, "{probs:?}");
+        // Drawing at T = 0 takes the most likely character (the first of equal ones or the
+        // other, never a third).
+        let mut rng = Rng::new(3);
+        let mut s = Vec::new();
+        let zero = SampleSettings {
+            temperature: 0.0,
+            top_k: None,
+        };
+        for _ in 0..100 {
+            let id = sample_from_logits(&logits, zero, &mut rng, &mut s);
+            assert!(id == 1 || id == 3, "{id}");
+        }
+        assert!(zero.check().is_ok());
+        let hot = SampleSettings {
+            temperature: 1000.0,
+            top_k: None,
+        };
+        assert!(hot
+            .check()
+            .unwrap_err()
+            .starts_with("temperature must lie between 0 and 100"));
     }
 
     #[test]

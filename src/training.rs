@@ -37,6 +37,7 @@ use crate::data::{
 use crate::distributed::{DistributedError, Group};
 use crate::engine::Engine;
 use crate::kernels::sequentially;
+use crate::memory::{zeroed, OutOfMemory};
 use crate::model::{Activations, Model};
 use crate::optimizer::{add_assign, clip_scale, learning_rate, sum_squares, AdamW};
 use crate::rng::{DropoutSeed, Rng};
@@ -115,21 +116,27 @@ struct Shard {
 }
 
 /// The fast engine's buffers and a gradient buffer (but for the first) for each shard's rows.
-fn build_shards(model: &Model, engine: Engine, rows: &[Range<usize>]) -> Vec<Shard> {
+fn build_shards(
+    model: &Model,
+    engine: Engine,
+    rows: &[Range<usize>],
+) -> Result<Vec<Shard>, OutOfMemory> {
     let t = model.config.block_size;
     // The reference engine allocates per pass; its shards need no fast buffers.
     let rows_held = |rows: usize| if engine == Engine::Fast { rows } else { 0 };
     rows.iter()
         .enumerate()
-        .map(|(i, rows)| Shard {
-            acts: Activations::new(&model.config, rows_held(rows.len()), t, true),
-            grads: if i == 0 {
-                Vec::new()
-            } else {
-                vec![0.0; model.num_params()]
-            },
-            rows: rows.clone(),
-            loss: 0.0,
+        .map(|(i, rows)| {
+            Ok(Shard {
+                acts: Activations::try_new(&model.config, rows_held(rows.len()), t, true)?,
+                grads: if i == 0 {
+                    Vec::new()
+                } else {
+                    zeroed(model.num_params(), "a thread's gradients")?
+                },
+                rows: rows.clone(),
+                loss: 0.0,
+            })
         })
         .collect()
 }
@@ -171,11 +178,32 @@ impl Trainer {
 
     /// [`Trainer::with_shards`] on the given engine.
     pub fn with_shards_on(
-        mut model: Model,
+        model: Model,
         config: TrainConfig,
         shards: usize,
         engine: Engine,
     ) -> Self {
+        Self::try_with_shards_on(model, config, shards, engine).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Trainer::with_engine`], or [`OutOfMemory`] if the system refuses its buffers.
+    pub fn try_with_engine(
+        model: Model,
+        config: TrainConfig,
+        engine: Engine,
+    ) -> Result<Self, OutOfMemory> {
+        let shards = shards_worth(&model, config.batch_size, 1);
+        Self::try_with_shards_on(model, config, shards, engine)
+    }
+
+    /// [`Trainer::with_shards_on`], or [`OutOfMemory`] if the system refuses its buffers (the
+    /// gradients, the optimizer's moments, every shard's activations).
+    pub fn try_with_shards_on(
+        mut model: Model,
+        config: TrainConfig,
+        shards: usize,
+        engine: Engine,
+    ) -> Result<Self, OutOfMemory> {
         model.set_precision(config.precision);
         if model.config.architecture == crate::config::Architecture::Transformer {
             let (t, hs) = (model.config.block_size, model.config.head_size());
@@ -184,12 +212,12 @@ impl Trainer {
         let n = model.num_params();
         let (b, t) = (config.batch_size, model.config.block_size);
         let batch_shards = shard_rows(b, shards);
-        let shards = build_shards(&model, engine, &batch_shards);
+        let shards = build_shards(&model, engine, &batch_shards)?;
         let data_rng = Rng::derived(config.seed, 0xDA7A, 0, 0);
-        Trainer {
+        Ok(Trainer {
             model,
-            grads: vec![0.0; n],
-            optimizer: AdamW::new(n),
+            grads: zeroed(n, "the gradients")?,
+            optimizer: AdamW::try_new(n)?,
             data_rng,
             step: 0,
             engine,
@@ -205,7 +233,7 @@ impl Trainer {
             rank_shards: Vec::new(),
             rank_first_shard: Vec::new(),
             reduce_scratch: Vec::new(),
-        }
+        })
     }
 
     /// Splits every batch over the ranks of `group` as well as over this process's threads.
@@ -229,7 +257,7 @@ impl Trainer {
         let first: usize = counts[..group.rank()].iter().sum();
         self.batch_shards = shard_rows(b, total);
         let mine = &self.batch_shards[first..first + counts[group.rank()]];
-        self.shards = build_shards(&self.model, self.engine, mine);
+        self.shards = build_shards(&self.model, self.engine, mine)?;
         self.shard_losses = vec![0.0; total];
         self.local_losses = vec![0.0; self.shards.len()];
         self.rank_shards = counts.iter().map(|&c| c as i32).collect();
@@ -242,7 +270,7 @@ impl Trainer {
             })
             .collect();
         self.reduce_scratch = if ranks > 1 {
-            vec![0.0; self.grads.len()]
+            zeroed(self.grads.len(), "the gradient sum")?
         } else {
             Vec::new()
         };
@@ -468,25 +496,55 @@ impl Trainer {
     /// evaluation mode. The batches depend only on the seed, the step and the split, so the
     /// estimate does not disturb the training stream.
     pub fn estimate_loss(&mut self, data: &[TokenId], split: Split) -> f32 {
+        self.estimate_loss_unless(data, split, &|| false)
+            .expect("never stopped")
+    }
+
+    /// [`Trainer::estimate_loss`], or `None` if `stop()` (asked before each batch, so at least
+    /// every batch's time) says to stop first. With several ranks `stop` must answer the same
+    /// on all of them (a collective such as [`Group::any`]).
+    pub fn estimate_loss_unless(
+        &mut self,
+        data: &[TokenId],
+        split: Split,
+        stop: &dyn Fn() -> bool,
+    ) -> Option<f32> {
         let t = self.model.config.block_size;
         let mut rng = Rng::derived(self.config.seed, 0xE7A1, self.step as u64, split as u64);
         let (mut inputs, mut targets) = (
             std::mem::take(&mut self.inputs),
             std::mem::take(&mut self.targets),
         );
-        let mut total = 0.0f64;
+        let mut total = Some(0.0f64);
         for _ in 0..self.config.eval_iters {
+            if stop() {
+                total = None;
+                break;
+            }
             sample_batch(data, t, &mut rng, &mut inputs, &mut targets);
-            total += self.run_shards(&inputs, &targets, None, false) as f64;
+            let loss = self.run_shards(&inputs, &targets, None, false) as f64;
+            total = total.map(|sum| sum + loss);
         }
         self.inputs = inputs;
         self.targets = targets;
-        (total / self.config.eval_iters as f64) as f32
+        total.map(|sum| (sum / self.config.eval_iters as f64) as f32)
     }
 
     /// [`evaluate_exact`] of this trainer's model on its engine and batch size, split over its
     /// group's ranks (a collective when there are several).
     pub fn exact_loss(&self, data: &[TokenId]) -> ExactLoss {
+        self.exact_loss_unless(data, &|| false)
+            .expect("never stopped")
+    }
+
+    /// [`Trainer::exact_loss`], or `None` if `stop()` (asked before each batch of windows) says
+    /// to stop first; with several ranks, a collective answer as for
+    /// [`Trainer::estimate_loss_unless`].
+    pub fn exact_loss_unless(
+        &self,
+        data: &[TokenId],
+        stop: &dyn Fn() -> bool,
+    ) -> Option<ExactLoss> {
         exact_loss(
             &self.model,
             data,
@@ -494,6 +552,7 @@ impl Trainer {
             self.engine,
             self.group,
             &mut |_, _| {},
+            stop,
         )
     }
 
@@ -503,6 +562,17 @@ impl Trainer {
             self.estimate_loss(&dataset.train, Split::Train),
             self.estimate_loss(&dataset.val, Split::Val),
         )
+    }
+
+    /// [`Trainer::estimate_losses`], or `None` if `stop()` says to stop before they are done.
+    pub fn estimate_losses_unless(
+        &mut self,
+        dataset: &Dataset,
+        stop: &dyn Fn() -> bool,
+    ) -> Option<(f32, f32)> {
+        let train = self.estimate_loss_unless(&dataset.train, Split::Train, stop)?;
+        let val = self.estimate_loss_unless(&dataset.val, Split::Val, stop)?;
+        Some((train, val))
     }
 }
 
@@ -530,7 +600,10 @@ pub fn evaluate_exact_with_progress(
     engine: Engine,
     progress: &mut dyn FnMut(usize, usize),
 ) -> ExactLoss {
-    exact_loss(model, data, batch, engine, Group::SINGLE, progress)
+    exact_loss(model, data, batch, engine, Group::SINGLE, progress, &|| {
+        false
+    })
+    .expect("never stopped")
 }
 
 /// [`evaluate_exact_with_progress`] with each batch of windows split over the ranks of `group`
@@ -543,7 +616,8 @@ fn exact_loss(
     engine: Engine,
     group: Group,
     progress: &mut dyn FnMut(usize, usize),
-) -> ExactLoss {
+    stop: &dyn Fn() -> bool,
+) -> Option<ExactLoss> {
     let t = model.config.block_size;
     let windows = window_count(data.len(), t);
     let batch = batch.max(1).min(windows.max(1));
@@ -558,6 +632,9 @@ fn exact_loss(
     let mut total = 0.0f64;
     let mut first = 0;
     while first < windows {
+        if stop() {
+            return None;
+        }
         let rows = batch.min(windows - first);
         let mine = share(rows, group.rank());
         let n = mine.len() * t;
@@ -608,7 +685,7 @@ fn exact_loss(
         progress(first, windows);
     }
     let tokens = windows * t;
-    ExactLoss {
+    Some(ExactLoss {
         loss: if tokens == 0 {
             f64::NAN
         } else {
@@ -616,7 +693,7 @@ fn exact_loss(
         },
         tokens,
         windows,
-    }
+    })
 }
 
 /// One row of `metrics.csv`: the loss estimates at an evaluation.
@@ -750,6 +827,8 @@ pub enum RunError {
         path: String,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    OutOfMemory(#[from] OutOfMemory),
 }
 
 /// A training run: the trainer, its data, and what has been recorded so far.
@@ -870,13 +949,13 @@ impl Run {
         let dataset = Dataset::new(text, &tokenizer)?;
         dataset.check_block_size(model.block_size)?;
         let seed = train.seed;
-        Ok(Run::fresh(
-            Model::new(model, seed),
+        Run::fresh(
+            Model::try_new(model, seed)?,
             tokenizer,
             dataset,
             train,
             data,
-        ))
+        )
     }
 
     /// Fine-tuning: a trained model's parameters and vocabulary, a fresh optimizer, `text`
@@ -942,7 +1021,7 @@ impl Run {
             }
         };
         dataset.check_block_size(model.config.block_size)?;
-        Ok((Run::fresh(model, tokenizer, dataset, train, data), change))
+        Ok((Run::fresh(model, tokenizer, dataset, train, data)?, change))
     }
 
     fn fresh(
@@ -951,9 +1030,9 @@ impl Run {
         dataset: Dataset,
         train: TrainConfig,
         data: DataInfo,
-    ) -> Self {
-        Run {
-            trainer: Trainer::new(model, train),
+    ) -> Result<Self, RunError> {
+        Ok(Run {
+            trainer: Trainer::try_with_engine(model, train, Engine::Fast)?,
             tokenizer,
             dataset,
             data,
@@ -964,7 +1043,7 @@ impl Run {
             metrics: Vec::new(),
             step_rows: Vec::new(),
             saved_step: None,
-        }
+        })
     }
 
     /// Continues the run saved in `dir` with training settings `train` (the saved ones, or those
@@ -1003,7 +1082,7 @@ impl Run {
             "resume on the run's own text, or fine-tune on this one with --init-from and --unknown-chars extend or drop",
         )?;
         dataset.check_block_size(checkpoint.model.config.block_size)?;
-        let mut trainer = Trainer::new(checkpoint.model, train);
+        let mut trainer = Trainer::try_with_engine(checkpoint.model, train, Engine::Fast)?;
         trainer.optimizer = state.adamw;
         trainer.data_rng = Rng::from_state(counters.data_rng_state);
         trainer.step = counters.step;
@@ -1141,36 +1220,42 @@ pub fn run_training(
             )?;
         }
     }
-    // The whole run's rows fit without growing the vector inside the loop.
-    run.step_rows
-        .reserve(steps.saturating_sub(run.step_rows.len()));
+    // The rows up to the next evaluation fit without growing the vector inside a step.
+    let rows_ahead = |done: usize| eval_interval.min(steps.saturating_sub(done)) + 1;
+    run.step_rows.reserve(rows_ahead(run.trainer.step));
+    // Asked between steps and between the batches of an evaluation. Several ranks stop at the
+    // same point, whichever of them was asked.
+    let group = run.trainer.group();
+    let stop_flag = options.stop.clone();
+    let stop = move || {
+        group.any(
+            stop_flag
+                .as_ref()
+                .is_some_and(|s| s.load(Ordering::Relaxed)),
+        )
+    };
     let mut clock = Clock::default();
     let first_step = run.trainer.step;
+    let mut interrupted = false;
     if first_step == 0 {
         let lr = learning_rate(&run.trainer.config, 0);
         let t0 = Instant::now();
-        evaluate(
+        interrupted = !evaluate(
             run,
             options,
             metrics_path.as_deref(),
             lr,
             0.0,
             start,
+            &stop,
             on_event,
         )?;
         clock.eval(t0.elapsed().as_secs_f64());
     }
     let exact_share = exact_eval_share(run);
     let mut window = (0usize, 0.0f64); // steps and seconds since the last evaluation
-    let mut interrupted = false;
-    while run.trainer.step < steps {
-        let stop_requested = options
-            .stop
-            .as_ref()
-            .is_some_and(|s| s.load(Ordering::Relaxed));
-        // Several ranks stop at the same step, whichever of them was asked.
-        let stop_requested = run.trainer.group().any(stop_requested);
-        if stop_requested || options.stop_at.is_some_and(|n| run.trainer.step >= n) {
+    while run.trainer.step < steps && !interrupted {
+        if stop() || options.stop_at.is_some_and(|n| run.trainer.step >= n) {
             interrupted = true;
             break;
         }
@@ -1215,16 +1300,18 @@ pub fn run_training(
             let rate = window.0 as f64 * tokens_per_step / window.1.max(1e-9);
             window = (0, 0.0);
             let t0 = Instant::now();
-            evaluate(
+            interrupted = !evaluate(
                 run,
                 options,
                 metrics_path.as_deref(),
                 stats.lr,
                 rate,
                 start,
+                &stop,
                 on_event,
             )?;
             clock.eval(t0.elapsed().as_secs_f64());
+            run.step_rows.reserve(rows_ahead(done));
         }
     }
     if let Some(file) = &mut steps_file {
@@ -1234,7 +1321,8 @@ pub fn run_training(
     if !interrupted && options.exact_eval {
         let windows = window_count(run.dataset.val.len(), run.trainer.model.config.block_size);
         on_event(RunEvent::ExactEval { windows });
-        final_val = Some(run.trainer.exact_loss(&run.dataset.val));
+        final_val = run.trainer.exact_loss_unless(&run.dataset.val, &stop);
+        interrupted = final_val.is_none();
     }
     if options.out.is_some() {
         save(run, options, final_val.map(|e| e.loss), start)?;
@@ -1387,7 +1475,9 @@ impl StepsWriter {
 }
 
 /// The loss estimates at the current step: a metrics row, and a save if val improved (not at
-/// step 0, and not at the last step, where the final save follows).
+/// step 0, and not at the last step, where the final save follows). `Ok(false)` if `stop` cut
+/// the estimates short (nothing is recorded then).
+#[allow(clippy::too_many_arguments)]
 fn evaluate(
     run: &mut Run,
     options: &RunOptions,
@@ -1395,9 +1485,13 @@ fn evaluate(
     lr: f32,
     tokens_per_s: f64,
     start: Instant,
+    stop: &dyn Fn() -> bool,
     on_event: &mut dyn FnMut(RunEvent<'_>),
-) -> Result<(), RunError> {
-    let (train_loss, val_loss) = run.trainer.estimate_losses(&run.dataset);
+) -> Result<bool, RunError> {
+    let Some((train_loss, val_loss)) = run.trainer.estimate_losses_unless(&run.dataset, stop)
+    else {
+        return Ok(false);
+    };
     let step = run.trainer.step;
     for loss in [train_loss, val_loss] {
         if !loss.is_finite() {
@@ -1449,7 +1543,7 @@ fn evaluate(
         metrics: &run.metrics,
         steps: &run.step_rows,
     });
-    Ok(())
+    Ok(true)
 }
 
 fn append_line(path: &Path, line: &str) -> Result<(), RunError> {

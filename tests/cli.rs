@@ -322,10 +322,23 @@ fn bad_settings() {
         &with(&["--set", "activation=tanh"]),
         "expected one of `relu`, `gelu`, `relu2`",
     );
-    // Settings whose buffers could never be allocated are refused before anything is allocated.
+    // Settings out of their range are refused by name; settings in range whose buffers could
+    // never be allocated are refused before anything is allocated.
     fails(
         d,
         &with(&["--set", "n_embd=4000000000000", "--set", "n_head=1"]),
+        "n_embd must lie between 0 and 16,384",
+    );
+    fails(
+        d,
+        &with(&[
+            "--set",
+            "n_embd=16384",
+            "--set",
+            "n_layer=256",
+            "--set",
+            "n_head=1",
+        ]),
         "GiB of memory and this machine has",
     );
     fails(d, &["train", "--bogus"], "see `chargpt train --help`");
@@ -372,13 +385,13 @@ fn bad_sampling_options() {
     );
     fails(
         d,
-        &["sample", "--model", "m", "--temperature", "0"],
-        "--temperature must be a positive number",
+        &["sample", "--model", "m", "--temperature", "1000"],
+        "--temperature must lie between 0 and 100",
     );
     fails(
         d,
         &["sample", "--model", "m", "--temperature", "-1"],
-        "--temperature must be a positive number",
+        "--temperature must lie between 0 and 100",
     );
     fails(
         d,

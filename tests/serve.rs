@@ -549,10 +549,16 @@ fn every_bad_request_is_a_4xx_with_a_one_line_json_error() {
     );
     let sample = |body: Value| server.post("/api/runs/done/sample", body);
     refused(
-        "temperature 0",
-        sample(json!({"temperature": 0})),
+        "temperature -1",
+        sample(json!({"temperature": -1})),
         400,
-        "temperature must be a positive number",
+        "temperature must lie between 0 and 100",
+    );
+    refused(
+        "temperature 1000",
+        sample(json!({"temperature": 1000})),
+        400,
+        "temperature must lie between 0 and 100",
     );
     refused(
         "top_k 0",

@@ -417,7 +417,7 @@ fn bad_inspections_are_refused_with_a_clear_message() {
         ("POST", "/api/runs/tiny/inspect/attention", json!({}), 400, "the prompt is empty"),
         ("POST", "/api/runs/tiny/inspect/next", json!({ "prompt": "ROMEO" }), 400, &cli_error),
         ("POST", "/api/runs/tiny/inspect/head", json!({ "prompt": "ROMEO" }), 400, &cli_error),
-        ("POST", "/api/runs/tiny/inspect/next", json!({ "prompt": "the", "temperature": 0 }), 400, "temperature must be a positive number, got 0"),
+        ("POST", "/api/runs/tiny/inspect/next", json!({ "prompt": "the", "temperature": -0.5 }), 400, "temperature must lie between 0 and 100 (0 always takes the most likely character; above 10 the text is noise), got -0.5"),
         ("POST", "/api/runs/tiny/inspect/next", json!({ "prompt": "the", "top_k": 0 }), 400, "top_k must be at least 1"),
         ("POST", "/api/runs/pairs/inspect/attention", json!({ "prompt": "the" }), 400, "a bigram model has no attention (each prediction depends on the current character only)"),
         ("POST", "/api/runs/pairs/inspect/head", json!({ "prompt": "the" }), 400, "a bigram model has no attention"),

@@ -427,7 +427,9 @@ pub(super) fn markdown_table(header: &[String], rows: &[Vec<String>], right: &[b
 /// A `Run::new` error, with the one-line advice the command line gives.
 pub(super) fn run_error(e: RunError, what: &str) -> anyhow::Error {
     match e {
-        RunError::Config(ConfigError::Invalid(_)) => anyhow!("{what}: {e}"),
+        RunError::Config(ConfigError::Invalid(_) | ConfigError::OutOfRange { .. }) => {
+            anyhow!("{what}: {e}")
+        }
         e => e.into(),
     }
 }

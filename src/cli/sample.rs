@@ -26,7 +26,8 @@ pub struct SampleArgs {
     /// Characters to generate per sample.
     #[arg(long, default_value_t = 500, value_name = "N")]
     tokens: usize,
-    /// Divides the logits: below 1 is more conservative, above 1 more adventurous.
+    /// Divides the logits: below 1 is more conservative, above 1 more adventurous; 0 always takes
+    /// the most likely character.
     #[arg(
         long,
         default_value_t = 1.0,
@@ -50,14 +51,12 @@ pub struct SampleArgs {
 }
 
 pub fn run(args: SampleArgs) -> Result<()> {
-    if !(args.temperature.is_finite() && args.temperature > 0.0) {
-        bail!(
-            "--temperature must be a positive number, got {}; 1.0 samples the model as it is, 0.8 is a little safer",
-            args.temperature
-        );
-    }
-    if args.top_k == Some(0) {
-        bail!("--top-k must be at least 1 (1 always picks the most likely character); leave it out to use all");
+    let settings = SampleSettings {
+        temperature: args.temperature,
+        top_k: args.top_k,
+    };
+    if let Err(e) = settings.check() {
+        bail!("--{}", e.replacen("top_k", "top-k", 1));
     }
     if args.tokens > MAX_TOKENS {
         bail!("--tokens must be at most {MAX_TOKENS}; run several samples for more");
@@ -72,10 +71,6 @@ pub fn run(args: SampleArgs) -> Result<()> {
     };
     let ckpt = checkpoint::load(&args.model)?;
     let prompt = super::encode_prompt(&ckpt.tokenizer, &prompt_text)?;
-    let settings = SampleSettings {
-        temperature: args.temperature,
-        top_k: args.top_k,
-    };
     let mut rng = Rng::new(args.seed);
     let stdout = std::io::stdout();
     let mut out = stdout.lock();

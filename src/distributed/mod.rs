@@ -63,6 +63,8 @@ pub enum DistributedError {
     BatchTooSmall { batch: usize, ranks: usize },
     #[error("rank {rank} could not read what rank 0 sent: {what}")]
     Garbled { rank: usize, what: String },
+    #[error(transparent)]
+    OutOfMemory(#[from] crate::memory::OutOfMemory),
 }
 
 impl Group {

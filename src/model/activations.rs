@@ -10,6 +10,7 @@
 //! connections a branch output *is* the stream and is kept.
 
 use crate::config::{Architecture, FeedForward, ModelConfig};
+use crate::memory::{zeroed, OutOfMemory};
 use crate::tokenizer::TokenId;
 
 /// What one block keeps for the backward pass, each (B, T, ·) unless stated; empty where the
@@ -142,10 +143,32 @@ impl Activations {
     /// Buffers for up to `batch` sequences of up to `seq_len` tokens. `training` adds the
     /// gradient scratch and the dropout masks.
     pub fn new(cfg: &ModelConfig, batch: usize, seq_len: usize, training: bool) -> Self {
+        Self::try_new(cfg, batch, seq_len, training).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Activations::new`], or [`OutOfMemory`] if the system refuses the buffers.
+    pub fn try_new(
+        cfg: &ModelConfig,
+        batch: usize,
+        seq_len: usize,
+        training: bool,
+    ) -> Result<Self, OutOfMemory> {
         let n = batch * seq_len;
         let (c, v, h, f) = (cfg.n_embd, cfg.vocab_size, cfg.n_head, cfg.ffn_hidden());
-        let buf = |on: bool, len: usize| if on { vec![0.0f32; len] } else { Vec::new() };
-        let mask = |on: bool, len: usize| if on { vec![0u8; len] } else { Vec::new() };
+        let buf = |on: bool, len: usize| {
+            if on {
+                zeroed::<f32>(len, "the activations")
+            } else {
+                Ok(Vec::new())
+            }
+        };
+        let mask = |on: bool, len: usize| {
+            if on {
+                zeroed::<u8>(len, "the dropout masks")
+            } else {
+                Ok(Vec::new())
+            }
+        };
         let dropout = training && cfg.dropout > 0.0;
         let transformer = cfg.architecture == Architecture::Transformer;
         let (ln, res, proj) = (cfg.layer_norm, cfg.residual, cfg.attention_projection);
@@ -158,48 +181,50 @@ impl Activations {
         // Generation extends one sequence a token at a time.
         let kv_cache = !training && batch == 1;
         let blocks = (0..if transformer { cfg.n_layer } else { 0 })
-            .map(|_| BlockActivations {
-                ln1_mean: buf(ln_mean, n),
-                ln1_rstd: buf(ln, n),
-                qkv: buf(true, n * 3 * c),
-                qk_raw: buf(qk && training, n * 2 * c),
-                qk_rstd: buf(qk, n * 2 * h),
-                att: buf(true, n * h * seq_len),
-                att_mask: mask(dropout, n * h * seq_len),
-                attn_y: buf(true, n * c),
-                proj: buf(proj && !res, n * c),
-                proj_mask: mask(dropout && proj, n * c),
-                r1: buf(res, n * c),
-                ln2_mean: buf(ln_mean && ffn, n),
-                ln2_rstd: buf(ln && ffn, n),
-                fc: buf(ffn, n * f),
-                act: buf(act_is_stream, n * f),
-                fc2: buf(mlp && !res, n * c),
-                ffn_mask: mask(dropout && ffn, if mlp { n * c } else { n * f }),
-                r2: buf(res && ffn, n * c),
-                kv_keys: buf(kv_cache, n * c),
-                kv_values: buf(kv_cache, n * c),
+            .map(|_| -> Result<BlockActivations, OutOfMemory> {
+                Ok(BlockActivations {
+                    ln1_mean: buf(ln_mean, n)?,
+                    ln1_rstd: buf(ln, n)?,
+                    qkv: buf(true, n * 3 * c)?,
+                    qk_raw: buf(qk && training, n * 2 * c)?,
+                    qk_rstd: buf(qk, n * 2 * h)?,
+                    att: buf(true, n * h * seq_len)?,
+                    att_mask: mask(dropout, n * h * seq_len)?,
+                    attn_y: buf(true, n * c)?,
+                    proj: buf(proj && !res, n * c)?,
+                    proj_mask: mask(dropout && proj, n * c)?,
+                    r1: buf(res, n * c)?,
+                    ln2_mean: buf(ln_mean && ffn, n)?,
+                    ln2_rstd: buf(ln && ffn, n)?,
+                    fc: buf(ffn, n * f)?,
+                    act: buf(act_is_stream, n * f)?,
+                    fc2: buf(mlp && !res, n * c)?,
+                    ffn_mask: mask(dropout && ffn, if mlp { n * c } else { n * f })?,
+                    r2: buf(res && ffn, n * c)?,
+                    kv_keys: buf(kv_cache, n * c)?,
+                    kv_values: buf(kv_cache, n * c)?,
+                })
             })
-            .collect();
+            .collect::<Result<_, _>>()?;
         let transient = Transient {
-            norm_out: buf(transformer && ln, n * c),
-            branch: buf(transformer && res && (proj || mlp), n * c),
-            hidden: buf(transformer && ffn && !act_is_stream, n * f),
-            hidden_grad: buf(training && transformer && mlp, n * f),
+            norm_out: buf(transformer && ln, n * c)?,
+            branch: buf(transformer && res && (proj || mlp), n * c)?,
+            hidden: buf(transformer && ffn && !act_is_stream, n * f)?,
+            hidden_grad: buf(training && transformer && mlp, n * f)?,
         };
         let g = |on: bool, len: usize| buf(training && on, len);
         let grad = GradScratch {
-            d_out: g(transformer, n * c),
-            d_in: g(transformer, n * c),
-            d_mid: g(transformer, n * c),
-            d_branch: g(transformer, n * c),
-            d_norm: g(transformer, n * c),
-            d_attn_y: g(transformer, n * c),
-            d_qkv: g(transformer, n * 3 * c),
-            d_fc: g(transformer && ffn, n * f),
-            d_logits: g(true, n * v),
+            d_out: g(transformer, n * c)?,
+            d_in: g(transformer, n * c)?,
+            d_mid: g(transformer, n * c)?,
+            d_branch: g(transformer, n * c)?,
+            d_norm: g(transformer, n * c)?,
+            d_attn_y: g(transformer, n * c)?,
+            d_qkv: g(transformer, n * 3 * c)?,
+            d_fc: g(transformer && ffn, n * f)?,
+            d_logits: g(true, n * v)?,
         };
-        Activations {
+        Ok(Activations {
             capacity_batch: batch,
             capacity_seq: seq_len,
             vocab: v,
@@ -208,19 +233,19 @@ impl Activations {
             seq_len: 0,
             has_targets: false,
             dropout_seed: None,
-            tokens: vec![0; n],
-            targets: vec![0; n],
-            encoded: buf(transformer, n * c),
+            tokens: zeroed(n, "the batch")?,
+            targets: zeroed(n, "the batch")?,
+            encoded: buf(transformer, n * c)?,
             blocks,
             transient,
-            ln_f: buf(transformer && ln, n * c),
-            ln_f_mean: buf(transformer && ln_mean, n),
-            ln_f_rstd: buf(transformer && ln, n),
-            logits: buf(true, n * v),
-            probs: buf(true, n * v),
-            losses: buf(true, n),
+            ln_f: buf(transformer && ln, n * c)?,
+            ln_f_mean: buf(transformer && ln_mean, n)?,
+            ln_f_rstd: buf(transformer && ln, n)?,
+            logits: buf(true, n * v)?,
+            probs: buf(true, n * v)?,
+            losses: buf(true, n)?,
             grad,
-        }
+        })
     }
 
     pub fn capacity(&self) -> (usize, usize) {

@@ -60,6 +60,7 @@ use crate::config::{Init, ModelConfig, Position, Precision};
 use crate::kernels::matmul::Weight;
 use crate::kernels::matmul_bf16::PackedWeight;
 use crate::kernels::rope::RopeTable;
+use crate::memory::{zeroed, OutOfMemory};
 use crate::rng::Rng;
 use layout::Role;
 use rayon::prelude::*;
@@ -88,8 +89,13 @@ fn rope_table(config: &ModelConfig) -> Option<RopeTable> {
 impl Model {
     /// A freshly initialised model (config validated by the caller).
     pub fn new(config: ModelConfig, seed: u64) -> Self {
+        Self::try_new(config, seed).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Model::new`], or [`OutOfMemory`] if the system refuses the parameters' buffer.
+    pub fn try_new(config: ModelConfig, seed: u64) -> Result<Self, OutOfMemory> {
         let layout = ParamLayout::new(&config);
-        let mut params = vec![0.0f32; layout.len];
+        let mut params = zeroed::<f32>(layout.len, "the parameters")?;
         let mut rng = Rng::new(seed);
         for spec in &layout.specs {
             let p = &mut params[spec.range()];
@@ -108,13 +114,13 @@ impl Model {
                 }
             }
         }
-        Model {
+        Ok(Model {
             rope: rope_table(&config),
             config,
             layout,
             params,
             bf16: None,
-        }
+        })
     }
 
     /// Wraps existing parameters (e.g. from a checkpoint); the length must match the layout.

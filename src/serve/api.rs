@@ -5,7 +5,7 @@
 //! [`runs::valid_run_name`], uploads are `RUNS/.uploads/ID.txt`. File work runs on tokio's
 //! blocking threads, never on the one thread that serves every request.
 
-use super::error::{json_response, one_line, ApiError, ApiResult};
+use super::error::{json_response, one_line, redact, ApiError, ApiResult};
 use super::live::{self, Plan};
 use super::{assets, inspect, security, AppState};
 use axum::body::{Body, Bytes};
@@ -20,6 +20,7 @@ use axum::Router;
 use chargpt::checkpoint::{self, write_atomic};
 use chargpt::config;
 use chargpt::data::{fingerprint, DataError};
+use chargpt::limits;
 use chargpt::model::ParamLayout;
 use chargpt::rng::Rng;
 use chargpt::runs::{self, RunLock, Setting};
@@ -35,7 +36,7 @@ pub const JSON_LIMIT: usize = 64 * 1024;
 /// The largest text upload.
 pub const UPLOAD_LIMIT: usize = 32 * 1024 * 1024;
 /// The most characters one sample request draws.
-pub const MAX_SAMPLE: usize = 20_000;
+pub const MAX_SAMPLE: usize = limits::MAX_SAMPLE_TOKENS;
 /// Where uploads are kept, under the runs directory (a name no run can have).
 const UPLOADS: &str = ".uploads";
 
@@ -161,6 +162,7 @@ pub(super) fn run_dir(state: &AppState, name: &str) -> PathBuf {
 /// The run's summary, completed from the server's own training where the files do not say yet.
 fn summary(state: &AppState, name: &str) -> Option<runs::RunSummary> {
     let mut s = runs::summarize(&run_dir(state, name), name)?;
+    s.problem = s.problem.as_deref().map(redact);
     if let Some(live) = state.live_run(name) {
         if let Some(p) = live.last_step() {
             s.step = s.step.max(p.step);
@@ -305,6 +307,14 @@ async fn details(State(state): Shared, RunName(name): RunName) -> ApiResult<Resp
         let summary = summary(&s, &n)?;
         let config = checkpoint::load_config(&run_dir(&s, &n))
             .ok()
+            .map(|mut c| {
+                // An uploaded text's path is the server's business; a file of the user's own
+                // (trained from the command line) stays as recorded.
+                if let Some(data) = &mut c.data {
+                    data.source = redact(&data.source);
+                }
+                c
+            })
             .and_then(|c| serde_json::to_value(c).ok());
         Some((summary, config))
     })
@@ -514,19 +524,29 @@ fn default_tokens() -> usize {
     500
 }
 
-/// Temperature and top-k as sampling takes them: a positive temperature, k at least 1.
-pub(super) fn check_sample_settings(temperature: f32, top_k: Option<usize>) -> ApiResult<()> {
-    if !(temperature.is_finite() && temperature > 0.0) {
+/// Temperature and top-k as sampling takes them ([`SampleSettings::check`]), and the prompt
+/// no longer than [`limits::MAX_PROMPT_CHARS`].
+pub(super) fn check_sample_settings(
+    temperature: f32,
+    top_k: Option<usize>,
+    prompt: &str,
+) -> ApiResult<()> {
+    let settings = SampleSettings { temperature, top_k };
+    settings.check().map_err(|e| {
+        let field = if e.starts_with("top_k") {
+            "top_k"
+        } else {
+            "temperature"
+        };
+        ApiError::bad_request(e).with_field(field)
+    })?;
+    let chars = prompt.chars().count();
+    if chars > limits::MAX_PROMPT_CHARS {
         return Err(ApiError::bad_request(format!(
-            "temperature must be a positive number, got {temperature}; 1.0 samples the model as it is, 0.8 is a little safer"
+            "the prompt has {chars} characters, more than the {} a request may send; the model sees only its last block_size of them",
+            limits::MAX_PROMPT_CHARS
         ))
-        .with_field("temperature"));
-    }
-    if top_k == Some(0) {
-        return Err(ApiError::bad_request(
-            "top_k must be at least 1 (1 always picks the most likely character); leave it empty to use all",
-        )
-        .with_field("top_k"));
+        .with_field("prompt"));
     }
     Ok(())
 }
@@ -539,7 +559,7 @@ async fn sample(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
     let request: SampleRequest = parse_json(body)?;
-    check_sample_settings(request.temperature, request.top_k)?;
+    check_sample_settings(request.temperature, request.top_k, &request.prompt)?;
     if request.tokens > MAX_SAMPLE {
         return Err(ApiError::bad_request(format!(
             "tokens must be at most {MAX_SAMPLE}; draw several samples for more"

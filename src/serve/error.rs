@@ -82,9 +82,39 @@ pub fn one_line(err: &dyn std::error::Error) -> String {
     message.replace(['\n', '\r'], " ")
 }
 
+/// The runs directory as the user gave it and as the system spells it in full, set once when
+/// the server starts.
+static RUNS_DIR: std::sync::OnceLock<(String, Option<String>)> = std::sync::OnceLock::new();
+
+/// Remembers the runs directory, so that [`redact`] can take it out of messages.
+pub fn set_runs_dir(dir: &std::path::Path) {
+    let full = std::fs::canonicalize(dir)
+        .ok()
+        .map(|p| p.display().to_string());
+    let _ = RUNS_DIR.set((dir.display().to_string(), full));
+}
+
+/// `message` with the server's runs directory written as `runs`, as the README and the page
+/// name it: the library's messages name a run by its directory (`/home/me/runs/mine already
+/// holds a checkpoint`), and an answer must not tell a page where the server keeps its files.
+pub fn redact(message: &str) -> String {
+    let Some((given, full)) = RUNS_DIR.get() else {
+        return message.to_string();
+    };
+    let sep = std::path::MAIN_SEPARATOR;
+    let mut out = message.to_string();
+    for dir in full.iter().chain([given]) {
+        let dir = dir.trim_end_matches(sep);
+        if !dir.is_empty() && dir != "runs" {
+            out = out.replace(&format!("{dir}{sep}"), "runs/");
+        }
+    }
+    out
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut body = serde_json::json!({ "error": self.message });
+        let mut body = serde_json::json!({ "error": redact(&self.message) });
         if let Some(field) = self.field {
             body["field"] = field.into();
         }

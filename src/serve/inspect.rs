@@ -267,6 +267,7 @@ fn prompt_ids(subject: &Subject, prompt: &str) -> ApiResult<(Vec<TokenId>, usize
     if prompt.is_empty() {
         return Err(refused(InspectError::EmptyText));
     }
+    check_sample_settings(1.0, None, prompt)?;
     let ids = sampling::encode_prompt(subject.tokenizer(), prompt)
         .map_err(|e| ApiError::bad_request(one_line(&e)).with_field("prompt"))?;
     let dropped = inspect::visible(subject.model(), &ids);
@@ -313,7 +314,7 @@ pub async fn next(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
     let request: NextRequest = parse_json(body)?;
-    check_sample_settings(request.temperature, request.top_k)?;
+    check_sample_settings(request.temperature, request.top_k, &request.prompt)?;
     let run = name.clone();
     inspect_run(state, name, move |subject| {
         let (ids, dropped) = prompt_ids(subject, &request.prompt)?;

@@ -504,7 +504,7 @@ fn train(state: &AppState, live: &Arc<LiveRun>, prepared: Prepared) {
             saved.into_iter().chain([finished]).collect()
         }
         Err(e) => vec![LiveEvent::Error {
-            error: one_line(&e),
+            error: super::error::redact(&one_line(&e)),
         }],
     };
     // The lock and the server's record of the training go before the last event, so that a page

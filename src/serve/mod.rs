@@ -15,6 +15,7 @@
 
 mod api;
 mod assets;
+mod connections;
 mod error;
 mod inspect;
 mod live;
@@ -52,6 +53,12 @@ pub struct ServeArgs {
     /// The access token [default: $CHARGPT_TOKEN, else a random one per start].
     #[arg(long, value_name = "TOKEN")]
     token: Option<String>,
+    /// Seconds a client may take to send a request's headers before its connection is closed.
+    #[arg(long, default_value_t = 10, value_name = "S", hide = true)]
+    header_timeout: u64,
+    /// Seconds a client may take to send a request's body before the request is refused.
+    #[arg(long, default_value_t = 60, value_name = "S", hide = true)]
+    body_timeout: u64,
 }
 
 /// What every handler shares.
@@ -110,6 +117,7 @@ pub fn run(args: ServeArgs, threads: Option<usize>) -> Result<ExitCode> {
             args.runs.display()
         )
     })?;
+    error::set_runs_dir(&args.runs);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -153,9 +161,11 @@ pub fn run(args: ServeArgs, threads: Option<usize>) -> Result<ExitCode> {
         });
         tokio::spawn(live::save_all_on_signal(state.clone()));
         let app = api::router(state);
-        axum::serve(listener, app)
-            .await
-            .context("the server stopped")?;
+        let timeouts = connections::Timeouts {
+            header: std::time::Duration::from_secs(args.header_timeout.max(1)),
+            body: std::time::Duration::from_secs(args.body_timeout.max(1)),
+        };
+        connections::serve(listener, app, timeouts).await;
         Ok(ExitCode::SUCCESS)
     })
 }

@@ -23,11 +23,17 @@ pub struct Server {
 impl Server {
     /// Starts `chargpt serve --port 0 --token TOKEN --runs RUNS --threads 1` in `dir`.
     pub fn start(dir: &Path, extra: &[&str]) -> Server {
-        let mut child = Command::new(BIN)
-            .current_dir(dir)
-            .args(["serve", "--port", "0", "--token", TOKEN, "--runs", "runs"])
-            .args(["--threads", "1"])
-            .args(extra)
+        let mut command = Command::new(BIN);
+        command.current_dir(dir);
+        command.args(["serve", "--port", "0", "--token", TOKEN, "--runs", "runs"]);
+        command.args(["--threads", "1"]).args(extra);
+        Server::spawn(command)
+    }
+
+    /// Starts `command`, a `chargpt serve --port 0 --token TOKEN ...` (perhaps through a
+    /// shell that sets limits first).
+    pub fn spawn(mut command: Command) -> Server {
+        let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

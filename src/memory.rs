@@ -1,0 +1,148 @@
+//! Memory: how much this machine (or its container) has free, and buffers allocated so that a
+//! failure is an error of the run that asked, never an abort of the whole process.
+//!
+//! Rust aborts the process when an allocation fails (`vec![0.0; n]` with too large an `n`), and
+//! a server that trains several runs must not lose them all to one that asks too much. So a
+//! run's big buffers (parameters, gradients, the optimizer's moments, activations) come from
+//! [`zeroed`], which reserves with `try_reserve_exact` and reports [`OutOfMemory`] instead.
+//! Before that, [`crate::runs::check_memory`] compares an estimate of the run's needs with
+//! [`available`], so that a run that would only fail later, when the kernel finds no page for
+//! memory it had promised, is refused before it starts.
+
+/// An allocation the system refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cannot allocate {} for {what}: the system has not that much memory free; choose a smaller n_embd, n_layer, block_size or batch_size, or a text with fewer distinct characters", bytes_text(*bytes))]
+pub struct OutOfMemory {
+    pub bytes: u64,
+    pub what: &'static str,
+}
+
+/// `len` zeros (or defaults) in a new vector, or [`OutOfMemory`] if the system refuses them.
+pub fn zeroed<T: Clone + Default>(len: usize, what: &'static str) -> Result<Vec<T>, OutOfMemory> {
+    let mut v = Vec::new();
+    let bytes = (len as u64).saturating_mul(std::mem::size_of::<T>() as u64);
+    v.try_reserve_exact(len)
+        .map_err(|_| OutOfMemory { bytes, what })?;
+    v.resize(len, T::default());
+    Ok(v)
+}
+
+/// Bytes as a person reads them: 1.1 GiB, 350 MiB, 12 KiB.
+pub fn bytes_text(bytes: u64) -> String {
+    const K: f64 = 1024.0;
+    let b = bytes as f64;
+    if b >= K * K * K {
+        format!("{:.1} GiB", b / (K * K * K))
+    } else if b >= K * K {
+        format!("{:.0} MiB", b / (K * K))
+    } else {
+        format!("{:.0} KiB", (b / K).ceil())
+    }
+}
+
+/// The memory this process can still take, in bytes, where the system says: on Linux the
+/// kernel's estimate of what is available without swapping (`MemAvailable`), or less where a
+/// container's memory limit (cgroup v2 or v1) leaves less; `None` where it cannot be read.
+pub fn available() -> Option<u64> {
+    #[cfg(target_os = "linux")]
+    {
+        let meminfo = std::fs::read_to_string("/proc/meminfo").ok();
+        let machine = meminfo
+            .as_deref()
+            .and_then(|m| meminfo_field(m, "MemAvailable:"));
+        let container = std::fs::read_to_string("/proc/self/cgroup")
+            .ok()
+            .and_then(|groups| cgroup_room(&groups, &|p| std::fs::read_to_string(p).ok()));
+        match (machine, container) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    None
+}
+
+/// A `/proc/meminfo` field (in kB there) in bytes.
+fn meminfo_field(meminfo: &str, name: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with(name))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// The room left under this process's cgroup memory limit (limit minus usage), given the text of
+/// `/proc/self/cgroup` and a reader of files; `None` without a limit. cgroup v2 keeps it in
+/// `memory.max` and `memory.current` of the group's directory, v1 in `memory.limit_in_bytes`
+/// and `memory.usage_in_bytes` of the memory controller's.
+fn cgroup_room(groups: &str, read: &dyn Fn(&str) -> Option<String>) -> Option<u64> {
+    let number = |path: String| -> Option<u64> { read(&path)?.trim().parse().ok() };
+    for line in groups.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        let path = path.trim_end_matches('/');
+        let room = if controllers.is_empty() {
+            // v2: "max" (no limit) does not parse, and leaves `None`.
+            let dir = format!("/sys/fs/cgroup{path}");
+            number(format!("{dir}/memory.max")).zip(number(format!("{dir}/memory.current")))
+        } else if controllers.split(',').any(|c| c == "memory") {
+            let dir = format!("/sys/fs/cgroup/memory{path}");
+            number(format!("{dir}/memory.limit_in_bytes"))
+                .zip(number(format!("{dir}/memory.usage_in_bytes")))
+                // v1 writes "no limit" as a number near 2^63.
+                .filter(|&(limit, _)| limit < 1 << 60)
+        } else {
+            None
+        };
+        if let Some((limit, used)) = room {
+            return Some(limit.saturating_sub(used));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_impossible_allocation_is_an_error_not_an_abort() {
+        let e = zeroed::<f32>(usize::MAX / 8, "a test").unwrap_err();
+        assert_eq!(e.what, "a test");
+        assert!(e.to_string().starts_with("cannot allocate "), "{e}");
+        let v = zeroed::<f32>(5, "five").unwrap();
+        assert_eq!(v, vec![0.0; 5]);
+    }
+
+    #[test]
+    fn the_cgroup_limit_leaves_limit_minus_usage() {
+        let files = |p: &str| -> Option<String> {
+            match p {
+                "/sys/fs/cgroup/box/memory.max" => Some("1073741824\n".into()),
+                "/sys/fs/cgroup/box/memory.current" => Some("73741824\n".into()),
+                "/sys/fs/cgroup/free/memory.max" => Some("max\n".into()),
+                "/sys/fs/cgroup/free/memory.current" => Some("5\n".into()),
+                "/sys/fs/cgroup/memory/old/memory.limit_in_bytes" => Some("2000\n".into()),
+                "/sys/fs/cgroup/memory/old/memory.usage_in_bytes" => Some("500\n".into()),
+                _ => None,
+            }
+        };
+        assert_eq!(cgroup_room("0::/box\n", &files), Some(1_000_000_000));
+        assert_eq!(cgroup_room("0::/free\n", &files), None);
+        assert_eq!(cgroup_room("3:cpu:/x\n4:memory:/old\n", &files), Some(1500));
+        assert_eq!(cgroup_room("", &files), None);
+    }
+
+    #[test]
+    fn meminfo_reads_available_not_total() {
+        let text = "MemTotal:       24000000 kB\nMemFree:  100 kB\nMemAvailable:   2000000 kB\n";
+        assert_eq!(meminfo_field(text, "MemAvailable:"), Some(2_048_000_000));
+        #[cfg(target_os = "linux")]
+        assert!(available().is_some_and(|b| b > 0));
+    }
+
+    #[test]
+    fn sizes_read_as_people_write_them() {
+        assert_eq!(bytes_text(1_134_000_000), "1.1 GiB");
+        assert_eq!(bytes_text(350 << 20), "350 MiB");
+        assert_eq!(bytes_text(1000), "1 KiB");
+    }
+}
