@@ -151,8 +151,8 @@ pub struct LiveRun {
     pub stop: Arc<AtomicBool>,
     /// Its model at the last evaluation (none before the first).
     snapshot: Mutex<Option<Arc<Snapshot>>>,
-    log: Mutex<Vec<LiveEvent>>,
-    /// How many events the log holds; readers wait for it to change.
+    log: Mutex<Log>,
+    /// How many events were ever logged; readers wait for it to change.
     count: watch::Sender<usize>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -163,7 +163,7 @@ impl LiveRun {
             name: name.to_string(),
             stop: Arc::new(AtomicBool::new(false)),
             snapshot: Mutex::new(None),
-            log: Mutex::new(Vec::new()),
+            log: Mutex::new(Log::default()),
             count: watch::Sender::new(0),
             thread: Mutex::new(None),
         }
@@ -171,28 +171,23 @@ impl LiveRun {
 
     /// Appends an event and wakes the readers; never waits for them.
     fn push(&self, event: LiveEvent) {
-        let n = {
-            let mut log = lock(&self.log);
-            log.push(event);
-            log.len()
-        };
+        let n = lock(&self.log).push(event);
         self.count.send_replace(n);
     }
 
-    /// The events from index `from` on.
-    fn events_from(&self, from: usize) -> Vec<LiveEvent> {
-        let log = lock(&self.log);
-        log.get(from..).map(<[_]>::to_vec).unwrap_or_default()
+    /// The events from position `from` on, and the position after them.
+    fn events_from(&self, from: usize) -> (Vec<LiveEvent>, usize) {
+        lock(&self.log).since(from)
     }
 
     /// The session's first event (its start), once the training has begun.
     pub fn start_event(&self) -> Option<LiveEvent> {
-        lock(&self.log).first().cloned()
+        lock(&self.log).start.clone()
     }
 
     /// The last step reported, if any.
     pub fn last_step(&self) -> Option<StepPoint> {
-        lock(&self.log).iter().rev().find_map(|e| match e {
+        lock(&self.log).events.iter().rev().find_map(|e| match e {
             LiveEvent::Step(p) => Some(*p),
             _ => None,
         })
@@ -205,6 +200,51 @@ impl LiveRun {
 
     pub fn request_stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// The events a training reported, the oldest forgotten once there are many: a long run reports
+/// a step hundreds of times a second, and a stream that joins late reads the history from the
+/// run's files (`steps.csv`, `metrics.csv`) and only what follows from here.
+#[derive(Default)]
+struct Log {
+    /// The first event (the start), kept for every reader.
+    start: Option<LiveEvent>,
+    /// The events from position `dropped` on.
+    events: std::collections::VecDeque<LiveEvent>,
+    dropped: usize,
+}
+
+/// Events a log keeps at least (a few megabytes).
+const LOG_KEEP: usize = 50_000;
+
+impl Log {
+    /// Appends `event`; returns how many were ever logged.
+    fn push(&mut self, event: LiveEvent) -> usize {
+        if self.start.is_none() {
+            self.start = Some(event.clone());
+        }
+        self.events.push_back(event);
+        if self.events.len() > 2 * LOG_KEEP {
+            self.events.drain(..LOG_KEEP);
+            self.dropped += LOG_KEEP;
+        }
+        self.dropped + self.events.len()
+    }
+
+    /// The events from position `from` on (from the oldest kept, after the start, for a reader
+    /// that is further behind), and the position after them.
+    fn since(&self, from: usize) -> (Vec<LiveEvent>, usize) {
+        let mut out = Vec::new();
+        if from < self.dropped && from == 0 {
+            out.extend(self.start.clone());
+        }
+        out.extend(
+            self.events
+                .range(from.max(self.dropped) - self.dropped..)
+                .cloned(),
+        );
+        (out, self.dropped + self.events.len())
     }
 }
 
@@ -328,6 +368,8 @@ fn training_thread(state: Arc<AppState>, live: Arc<LiveRun>, plan: Plan, ready: 
         });
     }
     forget(&state, &live);
+    // The run's buffers are free now; give them back rather than grow with every training.
+    chargpt::memory::release_free_memory();
 }
 
 /// Prepares the run and answers the request that started it; `None` if it was refused.
@@ -549,8 +591,8 @@ pub fn events(
                 if let Some(wait) = r.sent_at.map(|t| COALESCE.saturating_sub(t.elapsed())) {
                     tokio::time::sleep(wait).await;
                 }
-                let new = r.live.events_from(r.position);
-                r.position += new.len();
+                let (new, next) = r.live.events_from(r.position);
+                r.position = next;
                 r.ended = new.last().is_some_and(LiveEvent::is_last);
                 r.sent_at = Some(Instant::now());
                 let messages = messages(&new, after);
@@ -625,7 +667,7 @@ pub async fn save_all_on_signal(state: Arc<AppState>) {
             if let Some(h) = handle {
                 let _ = h.join();
             }
-            let last = lock(&t.log).last().cloned();
+            let last = lock(&t.log).events.back().cloned();
             match last {
                 Some(LiveEvent::Finished { step, .. }) => {
                     say(&format!("saved {} at step {step}", t.name))
@@ -653,4 +695,67 @@ async fn wait_for_signal() {
         }
     }
     let _ = tokio::signal::ctrl_c().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(n: usize) -> LiveEvent {
+        LiveEvent::Step(StepPoint {
+            step: n,
+            steps: 1 << 30,
+            loss: 1.0,
+            lr: 1e-3,
+            grad_norm: 1.0,
+            tokens_per_s: 0.0,
+            eta_s: 0.0,
+            at_ms: 0.0,
+        })
+    }
+
+    fn steps_of(events: &[LiveEvent]) -> Vec<usize> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                LiveEvent::Step(p) => Some(p.step),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_long_runs_log_keeps_its_start_and_recent_events_only() {
+        let mut log = Log::default();
+        let start = LiveEvent::Start {
+            step: 0,
+            steps: 1 << 30,
+            resumed: false,
+            preset: None,
+            params: 1,
+        };
+        log.push(start);
+        let mut reader = 0;
+        let (first, next) = log.since(reader);
+        assert_eq!(first.len(), 1);
+        reader = next;
+        for n in 1..=5 * LOG_KEEP {
+            assert_eq!(log.push(step(n)), n + 1);
+            // A reader that keeps up sees every step once, in order.
+            if n % 7_919 == 0 {
+                let (new, next) = log.since(reader);
+                assert_eq!(steps_of(&new), ((reader)..=n).collect::<Vec<_>>());
+                reader = next;
+            }
+        }
+        assert!(log.events.len() <= 2 * LOG_KEEP, "{}", log.events.len());
+        // A reader that joins now gets the start and the recent steps, ending at the last.
+        let (late, next) = log.since(0);
+        assert!(matches!(late[0], LiveEvent::Start { .. }));
+        let steps = steps_of(&late);
+        assert_eq!(*steps.last().unwrap(), 5 * LOG_KEEP);
+        assert!(steps.len() >= LOG_KEEP && steps.len() <= 2 * LOG_KEEP);
+        assert_eq!(next, 5 * LOG_KEEP + 1);
+        assert!(log.since(next).0.is_empty());
+    }
 }
