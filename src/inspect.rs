@@ -856,12 +856,22 @@ pub const PROBE_TEXT: &str = "ROMEO:\nIt is the east, and Juliet is the sun.";
 /// The most characters of a probe: its attention maps grow with the square of it.
 pub const PROBE_MAX: usize = 48;
 
-/// The probe text of a run: [`PROBE_TEXT`] if the vocabulary has all its characters, else the
-/// first line start of the val split and what follows; at most `block_size` and [`PROBE_MAX`]
-/// characters.
-pub fn default_probe(tokenizer: &Tokenizer, val: &[TokenId], block_size: usize) -> Vec<TokenId> {
+/// The probe text of a run: [`PROBE_TEXT`] for a model of the built-in Tiny Shakespeare (or of
+/// a text whose source is unknown, if its vocabulary has the line's characters), else the first
+/// line start of the val split and what follows, in the run's own language; at most
+/// `block_size` and [`PROBE_MAX`] characters. Also the prompt the page's views start from.
+pub fn default_probe(
+    tokenizer: &Tokenizer,
+    val: &[TokenId],
+    block_size: usize,
+    text: Option<&crate::checkpoint::DataInfo>,
+) -> Vec<TokenId> {
     let n = block_size.min(PROBE_MAX);
-    if let Ok(ids) = tokenizer.encode(PROBE_TEXT) {
+    let builtin = text.is_none_or(|t| t.source == crate::checkpoint::EMBEDDED_SOURCE);
+    let line = (builtin || val.is_empty())
+        .then(|| tokenizer.encode(PROBE_TEXT).ok())
+        .flatten();
+    if let Some(ids) = line {
         return ids[..n.min(ids.len())].to_vec();
     }
     let newline = tokenizer.id('\n');
@@ -1029,6 +1039,17 @@ pub fn read_probes(path: &Path) -> Vec<ProbeRecord> {
         .lines()
         .filter_map(|line| serde_json::from_str(line).ok())
         .collect()
+}
+
+/// The probe text of a `probes.jsonl` (its first record's), without reading the rest.
+pub fn first_probe(path: &Path) -> Option<String> {
+    use std::io::BufRead;
+    let file = std::fs::File::open(path).ok()?;
+    let mut line = String::new();
+    std::io::BufReader::new(file).read_line(&mut line).ok()?;
+    serde_json::from_str::<ProbeRecord>(&line)
+        .ok()
+        .map(|r| r.probe)
 }
 
 /// Keeps only the records of steps up to `last` (none if `None`): a resumed run evaluates the
@@ -1366,15 +1387,33 @@ mod tests {
     #[test]
     fn the_default_probe_is_the_readmes_line_or_the_val_splits_first() {
         let shakespeare = Tokenizer::from_text(crate::data::TINY_SHAKESPEARE).unwrap();
-        let probe = default_probe(&shakespeare, &[], 128);
+        let probe = default_probe(&shakespeare, &[], 128, None);
         assert_eq!(shakespeare.decode(&probe).unwrap(), PROBE_TEXT);
-        assert_eq!(default_probe(&shakespeare, &[], 8).len(), 8);
+        assert_eq!(default_probe(&shakespeare, &[], 8, None).len(), 8);
         let small = Tokenizer::from_text("ab\ncab\n").unwrap();
         let val = small.encode("ab\ncab\nca").unwrap();
         assert_eq!(
-            small.decode(&default_probe(&small, &val, 4)).unwrap(),
+            small.decode(&default_probe(&small, &val, 4, None)).unwrap(),
             "cab\n"
         );
+        // Another text that happens to have the line's characters gets a line of its own.
+        let novel =
+            "ROMEO: It is the east, and Juliet is the sun.\nA novel begins here.\nAnd it goes on and on, and on and on, and on.\n";
+        let tokenizer = Tokenizer::from_text(novel).unwrap();
+        let val = tokenizer.encode(&novel[40..]).unwrap();
+        let own = crate::training::data_info("/home/me/novel.txt", novel);
+        let builtin = crate::training::data_info(crate::checkpoint::EMBEDDED_SOURCE, novel);
+        let probe = |info| {
+            tokenizer
+                .decode(&default_probe(&tokenizer, &val, 64, Some(info)))
+                .unwrap()
+        };
+        assert!(
+            probe(&own).starts_with("A novel begins here."),
+            "{}",
+            probe(&own)
+        );
+        assert_eq!(probe(&builtin), PROBE_TEXT);
     }
 
     /// RoPE, RMSNorm, QK-norm, tied embeddings and no biases: the trace is still the head's

@@ -730,11 +730,43 @@ pub struct RunSummary {
     pub final_val_loss: Option<f64>,
     /// The last evaluation's val loss estimate.
     pub last_val_loss: Option<f32>,
+    /// Characters in the model's vocabulary: losses of models with different vocabularies (or
+    /// texts) do not compare.
+    pub vocab_size: Option<usize>,
+    /// The text it trains on.
+    pub text: Option<TextSummary>,
     pub state: RunState,
     /// The process training it, when one is.
     pub pid: Option<String>,
     /// A problem with its files, in words (a corrupt config.json).
     pub problem: Option<String>,
+}
+
+/// A run's text, as a list of runs shows it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct TextSummary {
+    /// "Tiny Shakespeare" for the built-in text, else the file's name (not its path).
+    pub name: String,
+    pub characters: usize,
+    /// [`crate::data::fingerprint`]: the same for the same text.
+    pub fingerprint: String,
+}
+
+impl TextSummary {
+    pub fn of(info: &DataInfo) -> Self {
+        let name = if info.source == EMBEDDED_SOURCE {
+            "Tiny Shakespeare".to_string()
+        } else {
+            Path::new(&info.source)
+                .file_name()
+                .map_or_else(|| info.source.clone(), |f| f.to_string_lossy().into_owned())
+        };
+        TextSummary {
+            name,
+            characters: info.characters,
+            fingerprint: info.fingerprint.clone(),
+        }
+    }
 }
 
 /// Whether `name` could be a run's directory under a runs directory: one path component of
@@ -804,6 +836,11 @@ pub fn summarize(dir: &Path, name: &str) -> Option<RunSummary> {
         best_val_step: config.as_ref().and_then(|c| c.best_val_step),
         final_val_loss: config.as_ref().and_then(|c| c.final_val_loss),
         last_val_loss: metrics.last().map(|m| m.val_loss),
+        vocab_size: config.as_ref().map(|c| c.model.vocab_size),
+        text: config
+            .as_ref()
+            .and_then(|c| c.data.as_ref())
+            .map(TextSummary::of),
         state,
         pid,
         problem,

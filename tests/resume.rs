@@ -42,6 +42,7 @@ fn train(run: &mut Run, out: &Path, stop_at: Option<usize>) -> (Vec<f32>, Vec<(u
             &run.tokenizer,
             &run.dataset.val,
             run.trainer.model.config.block_size,
+            Some(&run.data),
         )),
         ..RunOptions::default()
     };

@@ -512,6 +512,7 @@ pub fn run(args: TrainArgs, group: Group) -> Result<ExitCode> {
             &run.tokenizer,
             &run.dataset.val,
             run.trainer.model.config.block_size,
+            Some(&run.data),
         )),
     };
     let result = run_training(&mut run, &options, &mut |event| match event {

@@ -163,6 +163,11 @@ pub(super) fn run_dir(state: &AppState, name: &str) -> PathBuf {
 fn summary(state: &AppState, name: &str) -> Option<runs::RunSummary> {
     let mut s = runs::summarize(&run_dir(state, name), name)?;
     s.problem = s.problem.as_deref().map(redact);
+    if let Some(text) = &mut s.text {
+        if let Some(uploaded) = upload_name(state, &text.name) {
+            text.name = uploaded;
+        }
+    }
     if let Some(live) = state.live_run(name) {
         if let Some(p) = live.last_step() {
             s.step = s.step.max(p.step);
@@ -687,10 +692,14 @@ async fn upload(
     let vocab_size = chargpt::tokenizer::Tokenizer::from_text(&text)
         .map(|t| t.vocab_size())
         .unwrap_or(0);
+    let name = dir.join(format!("{id}.name"));
+    let shown = filename.clone();
     blocking(move || -> ApiResult<()> {
         std::fs::create_dir_all(&dir)
             .map_err(|e| ApiError::conflict(format!("cannot write {}: {e}", dir.display())))?;
-        write_atomic(&path, text.as_bytes()).map_err(|e| ApiError::conflict(one_line(&e)))
+        write_atomic(&path, text.as_bytes()).map_err(|e| ApiError::conflict(one_line(&e)))?;
+        // The name it was uploaded under, for the list of runs (the text is kept by its id).
+        write_atomic(&name, shown.as_bytes()).map_err(|e| ApiError::conflict(one_line(&e)))
     })
     .await??;
     Ok(json_response(
@@ -699,6 +708,17 @@ async fn upload(
             "id": id, "filename": filename, "characters": characters, "vocab_size": vocab_size,
         }),
     ))
+}
+
+/// The name an upload was sent under, if `file` is an upload's file (`ID.txt`).
+fn upload_name(state: &AppState, file: &str) -> Option<String> {
+    let id = file.strip_suffix(".txt")?;
+    let well_formed = id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit());
+    if !well_formed {
+        return None;
+    }
+    let name = std::fs::read_to_string(state.runs_dir.join(UPLOADS).join(format!("{id}.name")));
+    name.ok().filter(|n| !n.is_empty())
 }
 
 /// The file of upload `id`.

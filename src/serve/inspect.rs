@@ -561,8 +561,11 @@ pub async fn surprise(
             mean: f64,
             /// The exact val loss of the whole split, when the checkpoint has it.
             final_val_loss: Option<f64>,
+            /// Characters in the vocabulary: `ln vocab_size` is the loss of a uniform guess.
+            vocab_size: usize,
         }
         to_json(&Scored {
+            vocab_size: model.config.vocab_size,
             about: subject.about(&run),
             source,
             offset: if source == "val" { request.offset } else { 0 },
@@ -609,8 +612,24 @@ pub async fn embeddings(State(state): Shared, RunName(name): RunName) -> ApiResu
             positions: &'static str,
             /// Whether lm_head reuses the token embeddings (`tie_embeddings`).
             tied: bool,
+            /// How often each character occurs in the run's text (none if the text cannot be
+            /// read): a character seen a handful of times barely moves from where it started.
+            counts: Option<Vec<usize>>,
         }
+        let counts = chargpt::runs::load_recorded_text(subject.data(), "")
+            .ok()
+            .map(|(text, _)| {
+                let tokenizer = subject.tokenizer();
+                let mut counts = vec![0usize; model.config.vocab_size];
+                for c in text.chars() {
+                    if let Some(id) = tokenizer.id(c) {
+                        counts[id as usize] += 1;
+                    }
+                }
+                counts
+            });
         to_json(&Embeddings {
+            counts,
             about: subject.about(&run),
             vocab: vocab(subject.tokenizer()),
             points: map.tokens,
@@ -797,6 +816,10 @@ struct Diagram {
     preset: Option<String>,
     config: ModelConfig,
     parts: inspect::ModelParts,
+    /// A prompt in the run's own text (its probe: a line of Tiny Shakespeare, or the start of a
+    /// line of its val split), for the views to start from; none for a preset, or a run that
+    /// has not evaluated yet.
+    prompt: Option<String>,
 }
 
 /// `GET /api/runs/NAME/inspect/model`: the run's model as a diagram of its parts.
@@ -806,13 +829,15 @@ pub async fn run_model(State(state): Shared, RunName(name): RunName) -> ApiResul
         .and_then(|l| l.snapshot())
         .map(|s| s.model.config.clone());
     let (s, n) = (state.clone(), name.clone());
-    let (config, preset) = blocking(move || -> ApiResult<(ModelConfig, Option<String>)> {
+    type Found = (ModelConfig, Option<String>, Option<String>);
+    let (config, preset, prompt) = blocking(move || -> ApiResult<Found> {
         let dir = run_dir(&s, &n);
         let saved = checkpoint::load_config(&dir);
         let preset = saved.as_ref().ok().and_then(|c| c.preset.clone());
+        let prompt = inspect::first_probe(&dir.join(inspect::PROBES_FILE));
         match (live, saved) {
-            (Some(config), _) => Ok((config, preset)),
-            (None, Ok(c)) => Ok((c.model, preset)),
+            (Some(config), _) => Ok((config, preset, prompt)),
+            (None, Ok(c)) => Ok((c.model, preset, prompt)),
             (None, Err(_)) if !dir.is_dir() => Err(no_such_run(&n)),
             (None, Err(e)) => Err(ApiError::conflict(one_line(&e))),
         }
@@ -824,6 +849,7 @@ pub async fn run_model(State(state): Shared, RunName(name): RunName) -> ApiResul
         preset,
         config,
         parts,
+        prompt,
     })?;
     Ok(json_bytes(body, None))
 }
@@ -839,6 +865,7 @@ pub async fn preset_model(Path(name): Path<String>) -> ApiResult<Response> {
         preset: Some(name),
         config,
         parts,
+        prompt: None,
     })?;
     Ok(json_bytes(body, None))
 }

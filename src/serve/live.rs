@@ -454,6 +454,7 @@ fn train(state: &AppState, live: &Arc<LiveRun>, prepared: Prepared) {
             &run.tokenizer,
             &run.dataset.val,
             run.trainer.model.config.block_size,
+            Some(&run.data),
         )),
     };
     let seed = run.trainer.config.seed;
