@@ -295,6 +295,21 @@ mod tests {
     }
 
     #[test]
+    fn the_documentation_states_every_limit_as_it_is() {
+        let docs = include_str!("../docs/training.md");
+        for l in SETTINGS.iter().chain(SAMPLING) {
+            let row = format!(
+                "| `{}` | {} to {} | {} |",
+                l.key,
+                number(l.min),
+                number(l.max),
+                l.why
+            );
+            assert!(docs.contains(&row), "docs/training.md lacks {row}");
+        }
+    }
+
+    #[test]
     fn every_preset_lies_inside_the_limits() {
         for p in crate::config::presets() {
             check_fields(&p.model).unwrap();

@@ -1,4 +1,4 @@
-//! The JSON API (the README's table lists it) and the router that puts it, the guard and the page
+//! The JSON API (docs/serve.md lists it) and the router that puts it, the guard and the page
 //! together.
 //!
 //! Handlers read and write only under the runs directory: a run is `RUNS/NAME` with `NAME` of
@@ -69,7 +69,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .method_not_allowed_fallback(|| async {
             ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
-                "method not allowed: read with GET, change with POST (see the API table in the README)",
+                "method not allowed: read with GET, change with POST (see the API table in docs/serve.md)",
             )
         })
         .layer(DefaultBodyLimit::max(JSON_LIMIT))
@@ -186,7 +186,7 @@ pub(super) fn no_such_run(name: &str) -> ApiError {
     ))
 }
 
-// ---- the handlers, in the order of the README's table ----
+// ---- the handlers, in the order of docs/serve.md's table ----
 
 async fn list(State(state): Shared) -> ApiResult<Response> {
     let s = state.clone();
