@@ -7,11 +7,14 @@
 
 use super::error::{json_response, one_line, redact, ApiError, ApiResult};
 use super::live::{self, Plan};
+use super::request::{
+    blocking, check_name, check_sample_settings, no_such_run, parse_json, run_dir, RunName,
+    JSON_LIMIT,
+};
 use super::{assets, inspect, security, AppState};
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
-use axum::http::request::Parts;
+use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::sse::{KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -31,8 +34,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// The largest JSON request body.
-pub const JSON_LIMIT: usize = 64 * 1024;
 /// The largest text upload.
 pub const UPLOAD_LIMIT: usize = 32 * 1024 * 1024;
 /// The most characters one sample request draws.
@@ -89,76 +90,6 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// A run name from the path, checked: one plain path component, never `..` or a separator.
-pub struct RunName(pub String);
-
-impl<S: Send + Sync> FromRequestParts<S> for RunName {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let Path(name) = Path::<String>::from_request_parts(parts, state)
-            .await
-            .map_err(|e| ApiError::bad_request(format!("bad run name in the path: {e}")))?;
-        check_name(&name)?;
-        Ok(RunName(name))
-    }
-}
-
-fn check_name(name: &str) -> ApiResult<()> {
-    if runs::valid_run_name(name) {
-        Ok(())
-    } else {
-        Err(ApiError::bad_request(format!(
-            "invalid run name {name:?}: use 1 to 64 letters, digits, '.', '_' or '-', not starting with '.'"
-        ))
-        .with_field("name"))
-    }
-}
-
-/// A request body parsed as JSON, with the size limit's and serde's refusals in plain words.
-pub(super) fn parse_json<T: serde::de::DeserializeOwned>(
-    body: Result<Bytes, BytesRejection>,
-) -> ApiResult<T> {
-    let bytes = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!(
-                    "the request body is larger than {} KiB, the most a request may send",
-                    JSON_LIMIT / 1024
-                ),
-            )
-        } else {
-            ApiError::bad_request(format!("cannot read the request body: {e}"))
-        }
-    })?;
-    let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
-        b"{}"
-    } else {
-        &bytes
-    };
-    serde_json::from_slice(bytes).map_err(|e| {
-        ApiError::bad_request(format!(
-            "malformed JSON in the request body: {e}; send an object such as {{\"name\": \"mine\", \"preset\": \"layernorm\"}}"
-        ))
-    })
-}
-
-pub(super) async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> T + Send + 'static,
-) -> ApiResult<T> {
-    tokio::task::spawn_blocking(f).await.map_err(|_| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "the server failed on this request (a bug); the server and its trainings go on",
-        )
-    })
-}
-
-pub(super) fn run_dir(state: &AppState, name: &str) -> PathBuf {
-    state.runs_dir.join(name)
-}
-
 /// The run's summary, completed from the server's own training where the files do not say yet.
 fn summary(state: &AppState, name: &str) -> Option<runs::RunSummary> {
     let mut s = runs::summarize(&run_dir(state, name), name)?;
@@ -178,12 +109,6 @@ fn summary(state: &AppState, name: &str) -> Option<runs::RunSummary> {
         }
     }
     Some(s)
-}
-
-pub(super) fn no_such_run(name: &str) -> ApiError {
-    ApiError::not_found(format!(
-        "no run {name}: the runs directory has no such run; start it, or pick one from GET /api/runs"
-    ))
 }
 
 // ---- the handlers, in the order of docs/serve.md's table ----
@@ -345,7 +270,7 @@ async fn metrics(State(state): Shared, RunName(name): RunName) -> ApiResult<Resp
             .collect();
         let samples = runs::read_samples(&dir.join(runs::SAMPLES_FILE));
         Some(History {
-            metrics: metrics.iter().map(MetricsPoint::from).collect(),
+            metrics,
             steps,
             samples,
         })
@@ -360,34 +285,10 @@ async fn metrics(State(state): Shared, RunName(name): RunName) -> ApiResult<Resp
 /// What a run's files hold, for its curves and its feed of samples.
 #[derive(serde::Serialize)]
 struct History {
-    metrics: Vec<MetricsPoint>,
+    metrics: Vec<training::MetricsRow>,
     /// `[step, loss, lr]` of every training step.
     steps: Vec<(usize, f32, f32)>,
     samples: Vec<runs::EvalSample>,
-}
-
-/// A `metrics.csv` row.
-#[derive(serde::Serialize)]
-struct MetricsPoint {
-    step: usize,
-    train_loss: f32,
-    val_loss: f32,
-    lr: f32,
-    tokens_per_s: f64,
-    elapsed_s: f64,
-}
-
-impl From<&training::MetricsRow> for MetricsPoint {
-    fn from(m: &training::MetricsRow) -> Self {
-        MetricsPoint {
-            step: m.step,
-            train_loss: m.train_loss,
-            val_loss: m.val_loss,
-            lr: m.lr,
-            tokens_per_s: m.tokens_per_s,
-            elapsed_s: m.elapsed_s,
-        }
-    }
 }
 
 #[derive(Deserialize)]
@@ -527,33 +428,6 @@ fn default_seed() -> u64 {
 }
 fn default_tokens() -> usize {
     500
-}
-
-/// Temperature and top-k as sampling takes them ([`SampleSettings::check`]), and the prompt
-/// no longer than [`limits::MAX_PROMPT_CHARS`].
-pub(super) fn check_sample_settings(
-    temperature: f32,
-    top_k: Option<usize>,
-    prompt: &str,
-) -> ApiResult<()> {
-    let settings = SampleSettings { temperature, top_k };
-    settings.check().map_err(|e| {
-        let field = if e.starts_with("top_k") {
-            "top_k"
-        } else {
-            "temperature"
-        };
-        ApiError::bad_request(e).with_field(field)
-    })?;
-    let chars = prompt.chars().count();
-    if chars > limits::MAX_PROMPT_CHARS {
-        return Err(ApiError::bad_request(format!(
-            "the prompt has {chars} characters, more than the {} a request may send; the model sees only its last block_size of them",
-            limits::MAX_PROMPT_CHARS
-        ))
-        .with_field("prompt"));
-    }
-    Ok(())
 }
 
 /// Streams the characters drawn after the prompt as plain text, as they are drawn, from the

@@ -13,9 +13,9 @@
 //! with its kernels on that thread alone (`kernels::sequentially`), one at a time (a semaphore),
 //! so that the page stays responsive and a training beside it keeps its cores.
 
-use super::api::{blocking, check_sample_settings, no_such_run, parse_json, run_dir, RunName};
 use super::error::{one_line, ApiError, ApiResult};
 use super::live::Snapshot;
+use super::request::{blocking, check_sample_settings, no_such_run, parse_json, run_dir, RunName};
 use super::{lock, AppState};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;

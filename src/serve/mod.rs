@@ -8,8 +8,10 @@
 //! waits for a reader; each event stream (server-sent events) reads that log at its own pace.
 //! History comes from the run's files (`metrics.csv`, `steps.csv`, `samples.txt`).
 //!
-//! The modules: [`security`] (token, Host and Origin checks), [`api`] (the JSON endpoints),
-//! [`inspect`] (looking inside a run's model), [`live`] (trainings and their event streams), [`assets`] (the page, embedded in the binary).
+//! The modules: [`security`] (token, Host and Origin checks), [`connections`] (timeouts and the
+//! cap on open connections), [`request`] (what every handler does with a request first), [`api`]
+//! (the JSON endpoints and the router), [`inspect`] (looking inside a run's model), [`live`]
+//! (trainings and their event streams), [`assets`] (the page, embedded in the binary).
 //! The library does the work (preparing, training, listing, sampling); this module never calls
 //! the command line's.
 
@@ -19,6 +21,7 @@ mod connections;
 mod error;
 mod inspect;
 mod live;
+mod request;
 mod security;
 
 use anyhow::{bail, Context, Result};
