@@ -166,7 +166,7 @@ fn bench(args: BenchArgs) -> Result<()> {
     say!(
         "{}: {} parameters, B{} T{}, {engine} engine, {} products, {threads} thread{}, {} shard{}{}",
         args.preset,
-        super::presets::thousands(train.params),
+        super::format::thousands(train.params),
         train_cfg.batch_size,
         model_cfg.block_size,
         match precision {

@@ -2,28 +2,24 @@
 //! lecture's settings for that rung, and compares every val loss with the figure the lecture
 //! published. Writes a checkpoint per rung, `ladder.md` (the table) and `ladder.png` (every
 //! rung's val curve).
-//!
-//! Also home of what `ladder` and `sweep` share: training one configuration quietly (a progress
-//! bar on stderr, nothing on stdout), Ctrl-C handling, and dividing the configurations over the
-//! ranks of an mpirun job ([`train_divided`]).
 
-use super::plot::{draw_line_plot, loss_plot, LinePlot, Series};
-use super::presets::thousands;
-use super::{agree, load_text, one_line, Quiet, UsageError};
-use anyhow::{anyhow, bail, Context, Result};
+use super::format::{duration, markdown_table, text_table, thousands};
+use super::grid::{
+    on_rank, run_error, train_divided, train_quietly, with_overrides, workers, Trained,
+};
+use super::plot::{draw_line_plot, LinePlot, Series};
+use super::{agree, load_text, UsageError};
+use anyhow::{bail, Context, Result};
 use chargpt::checkpoint;
-use chargpt::config::{Architecture, AttentionScale, ConfigError, Init, ModelConfig, TrainConfig};
-use chargpt::distributed::{self, Group};
+use chargpt::config::{Architecture, AttentionScale, Init, ModelConfig, TrainConfig};
+use chargpt::distributed::Group;
 use chargpt::ladder::{self, Rung, TOLERANCE};
-use chargpt::training::{run_training, MetricsRow, Run, RunError, RunEvent, RunOptions};
+use chargpt::training::{MetricsRow, Run};
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 pub const TABLE_FILE: &str = "ladder.md";
 pub const PLOT_FILE: &str = "ladder.png";
@@ -112,326 +108,6 @@ struct RungResult {
     wall_s: f64,
     #[serde(skip)]
     metrics: Vec<MetricsRow>,
-}
-
-/// What one quiet training run gave (sent from rank to rank as JSON).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(super) struct Trained {
-    pub val_estimate: f32,
-    pub val_exact: f64,
-    pub wall_s: f64,
-    pub metrics: Vec<MetricsRow>,
-}
-
-/// Ctrl-C sets the returned flag (the run in progress stops after its step and saves); a second
-/// Ctrl-C quits at once. Under mpirun the ranks get SIGTERM instead, which sets it too.
-pub(super) fn stop_on_ctrl_c(group: Group) -> Arc<AtomicBool> {
-    let stop = Arc::new(AtomicBool::new(false));
-    if group.size() > 1 {
-        distributed::stop_on_signals(stop.clone());
-        return stop;
-    }
-    let flag = stop.clone();
-    let _ = ctrlc::set_handler(move || {
-        if flag.swap(true, Ordering::SeqCst) {
-            note!("\nquitting without saving");
-            std::process::exit(130);
-        }
-        note!("\nstopping after this step to save (Ctrl-C again to quit without saving)");
-    });
-    stop
-}
-
-/// Trains `run` into `out` with a progress bar on stderr (hidden when stderr is not a terminal)
-/// and the exact val loss at the end. `None`: stopped by Ctrl-C (the checkpoint is saved).
-/// `started` is when the configuration began to be set up, for the wall time.
-pub(super) fn train_quietly(
-    run: &mut Run,
-    out: &Path,
-    stop: &Arc<AtomicBool>,
-    label: &str,
-    started: Instant,
-) -> Result<Option<Trained>> {
-    let steps = run.trainer.config.steps;
-    let bar = ProgressBar::new(steps as u64);
-    bar.set_style(
-        ProgressStyle::with_template("{prefix} step {pos}/{len} [{bar:30}] {msg}")
-            .map(|s| s.progress_chars("=> "))
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    bar.set_prefix(label.to_string());
-    bar.enable_steady_tick(Duration::from_millis(250));
-    let options = RunOptions {
-        out: Some(out.to_path_buf()),
-        stop: Some(stop.clone()),
-        stop_at: None,
-        exact_eval: true,
-        probe: None,
-    };
-    let mut last_val = None;
-    let result = run_training(run, &options, &mut |event| match event {
-        RunEvent::Step { stats, eta_s, .. } => {
-            bar.set_position(stats.step as u64 + 1);
-            let val = last_val
-                .map(|v| format!(", val {v:.4}"))
-                .unwrap_or_default();
-            bar.set_message(format!(
-                "loss {:.4}{val}  ETA {}",
-                stats.loss,
-                if eta_s > 0.0 {
-                    duration(eta_s)
-                } else {
-                    "?".into()
-                }
-            ));
-        }
-        RunEvent::Eval { row, .. } => last_val = Some(row.val_loss),
-        RunEvent::ExactEval { .. } => bar.set_message("measuring the exact val loss"),
-    });
-    bar.finish_and_clear();
-    let outcome = result?;
-    if outcome.interrupted {
-        return Ok(None);
-    }
-    // Each run's curves, as `chargpt train` draws them: a sweep or a ladder is read run by run.
-    let name = out
-        .file_name()
-        .map_or("run".into(), |n| n.to_string_lossy());
-    let title = format!("{name}: loss");
-    let plot = out.join(super::train::PLOT_FILE);
-    if let Err(e) = loss_plot(&plot, &title, &run.metrics, &run.step_rows, steps) {
-        note!("{label} warning: {}", one_line(&e));
-    }
-    let val_estimate = run
-        .metrics
-        .last()
-        .map(|r| r.val_loss)
-        .ok_or_else(|| anyhow!("the run recorded no evaluation"))?;
-    let val_exact = outcome
-        .final_val
-        .map(|e| e.loss)
-        .ok_or_else(|| anyhow!("the run measured no exact val loss"))?;
-    Ok(Some(Trained {
-        val_estimate,
-        val_exact,
-        wall_s: started.elapsed().as_secs_f64(),
-        metrics: run.metrics.clone(),
-    }))
-}
-
-/// What a rank tells rank 0 about its share of a grid.
-#[derive(Serialize, Deserialize)]
-enum Report {
-    Done { index: usize, result: Trained },
-    Stopped { index: usize },
-    Failed { message: String },
-    Finished,
-}
-
-/// What rank 0 does when item `index` of a grid finishes on `rank`, given every result so far.
-pub(super) type OnFinished<'a> = dyn FnMut(usize, usize, &[Option<Trained>]) -> Result<()> + 'a;
-
-/// How a grid trained by [`train_divided`] ended, on rank 0.
-pub(super) struct Divided {
-    /// Every item's result, by index (`None`: not trained, or stopped).
-    pub results: Vec<Option<Trained>>,
-    /// The items stopped by Ctrl-C (their checkpoints are saved), with the rank of each.
-    pub stopped: Vec<(usize, usize)>,
-}
-
-/// Trains items `0..n` of a grid (sweep combinations, ladder rungs), in one process or divided
-/// over the ranks of an mpirun job: item i on rank `i % ranks`, each rank on its own threads,
-/// with nothing exchanged while they train. So each item's numbers are those of a single
-/// process with a rank's thread count.
-///
-/// `train(i)` trains item i (`None`: stopped by Ctrl-C). On rank 0, `finished(i, rank,
-/// results)` is called as each result arrives, with every result so far by index (it prints
-/// and writes the report), and the results come back; the other ranks send theirs to rank 0
-/// and get `None`. An error on any rank ends the job with its message.
-pub(super) fn train_divided(
-    group: Group,
-    n: usize,
-    train: &mut dyn FnMut(usize) -> Result<Option<Trained>>,
-    finished: &mut OnFinished<'_>,
-) -> Result<Option<Divided>> {
-    let (rank, ranks) = (group.rank(), group.size());
-    let mine = (rank..n).step_by(ranks);
-    if rank > 0 {
-        let send = |report: &Report| match serde_json::to_vec(report) {
-            Ok(bytes) => distributed::send_to_root(&bytes),
-            Err(e) => super::abort_job(group, &e.into()),
-        };
-        for index in mine {
-            match train(index) {
-                Ok(Some(result)) => send(&Report::Done { index, result }),
-                Ok(None) => {
-                    send(&Report::Stopped { index });
-                    return Ok(None);
-                }
-                Err(e) => {
-                    let message = format!("{}: {}", group.describe(), one_line(&e));
-                    send(&Report::Failed { message });
-                    return Err(Quiet(1).into());
-                }
-            }
-        }
-        send(&Report::Finished);
-        return Ok(None);
-    }
-    let mut divided = Divided {
-        results: (0..n).map(|_| None).collect(),
-        stopped: Vec::new(),
-    };
-    // The ranks still training; each ends with Finished or Stopped.
-    let mut pending: Vec<usize> = (1..ranks).collect();
-    let gather = || -> Result<()> {
-        for index in mine {
-            match train(index)? {
-                Some(result) => {
-                    divided.results[index] = Some(result);
-                    finished(index, 0, &divided.results)?;
-                }
-                None => {
-                    divided.stopped.push((index, 0));
-                    break;
-                }
-            }
-            if ranks > 1 {
-                while let Some((from, bytes)) = distributed::receive_at_root(false) {
-                    take(from, &bytes, &mut divided, &mut pending, finished)?;
-                }
-            }
-        }
-        while !pending.is_empty() {
-            let Some((from, bytes)) = distributed::receive_at_root(true) else {
-                break;
-            };
-            take(from, &bytes, &mut divided, &mut pending, finished)?;
-        }
-        Ok(())
-    };
-    match gather() {
-        // The other ranks train on, or wait: end them too.
-        Err(e) if ranks > 1 => super::abort_job(group, &e),
-        Err(e) => Err(e),
-        Ok(()) => Ok(Some(divided)),
-    }
-}
-
-/// Rank 0's handling of one report from rank `from`.
-fn take(
-    from: usize,
-    bytes: &[u8],
-    divided: &mut Divided,
-    pending: &mut Vec<usize>,
-    finished: &mut OnFinished<'_>,
-) -> Result<()> {
-    match serde_json::from_slice::<Report>(bytes)? {
-        Report::Done { index, result } if index < divided.results.len() => {
-            divided.results[index] = Some(result);
-            finished(index, from, &divided.results)?;
-        }
-        Report::Done { .. } => anyhow::bail!("rank {from} sent the result of an item it has not"),
-        Report::Stopped { index } => {
-            divided.stopped.push((index, from));
-            pending.retain(|&r| r != from);
-        }
-        Report::Failed { message } => anyhow::bail!("{message}"),
-        Report::Finished => pending.retain(|&r| r != from),
-    }
-    Ok(())
-}
-
-/// The workers a grid ran on, for its report: `2 threads`, or `2 ranks of 1 thread`.
-pub(super) fn workers(group: Group) -> String {
-    let threads = rayon::current_num_threads();
-    let plural = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
-    if group.size() > 1 {
-        format!(
-            "{} of {}",
-            plural(group.size(), "rank"),
-            plural(threads, "thread")
-        )
-    } else {
-        plural(threads, "thread")
-    }
-}
-
-/// ` (rank 2)` in a job of several ranks, nothing in one process.
-pub(super) fn on_rank(group: Group, rank: usize) -> String {
-    if group.size() > 1 {
-        format!(" (rank {rank})")
-    } else {
-        String::new()
-    }
-}
-
-/// `12.3 s`, `2m 05s`, `1h 02m`.
-pub(super) fn duration(seconds: f64) -> String {
-    let s = seconds.round() as u64;
-    if s >= 3600 {
-        format!("{}h {:02}m", s / 3600, (s % 3600) / 60)
-    } else if s >= 60 {
-        format!("{}m {:02}s", s / 60, s % 60)
-    } else {
-        format!("{seconds:.1} s")
-    }
-}
-
-/// A table with a header row, columns padded to their widest cell; `right` columns are
-/// right-aligned (numbers).
-pub(super) fn text_table(header: &[String], rows: &[Vec<String>], right: &[bool]) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let line = |cells: &[String]| {
-        let mut out = String::new();
-        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
-            let pad = " ".repeat(w.saturating_sub(cell.chars().count()));
-            if right.get(i).copied().unwrap_or(false) {
-                out.push_str(&format!("{pad}{cell}  "));
-            } else {
-                out.push_str(&format!("{cell}{pad}  "));
-            }
-        }
-        out.trim_end().to_string()
-    };
-    let mut text = line(header);
-    for row in rows {
-        text.push('\n');
-        text.push_str(&line(row));
-    }
-    text
-}
-
-/// The same table in Markdown.
-pub(super) fn markdown_table(header: &[String], rows: &[Vec<String>], right: &[bool]) -> String {
-    let mut text = format!("| {} |\n|", header.join(" | "));
-    for i in 0..header.len() {
-        text.push_str(if right.get(i).copied().unwrap_or(false) {
-            "---:|"
-        } else {
-            "---|"
-        });
-    }
-    for row in rows {
-        text.push_str(&format!("\n| {} |", row.join(" | ")));
-    }
-    text.push('\n');
-    text
-}
-
-/// A `Run::new` error, with the one-line advice the command line gives.
-pub(super) fn run_error(e: RunError, what: &str) -> anyhow::Error {
-    match e {
-        RunError::Config(ConfigError::Invalid(_) | ConfigError::OutOfRange { .. }) => {
-            anyhow!("{what}: {e}")
-        }
-        e => e.into(),
-    }
 }
 
 fn plan(args: &LadderArgs) -> Result<Vec<Planned>> {
@@ -649,25 +325,6 @@ fn rung_results(planned: &[Planned], trained: &[Option<Trained>]) -> Vec<RungRes
         .collect()
 }
 
-/// A rung's training settings with `--steps` and `--seed` applied, and its parameter count on
-/// Tiny Shakespeare's 65 characters (what `--list` shows before any text is read).
-pub(super) fn with_overrides(
-    model: &ModelConfig,
-    mut train: TrainConfig,
-    steps: Option<usize>,
-    seed: Option<u64>,
-) -> (TrainConfig, usize) {
-    if let Some(steps) = steps {
-        train = ladder::with_steps(&train, steps);
-    }
-    if let Some(seed) = seed {
-        train.seed = seed;
-    }
-    let mut sized = model.clone();
-    sized.vocab_size = 65;
-    (train, chargpt::model::ParamLayout::new(&sized).len)
-}
-
 pub fn run(args: LadderArgs, group: Group) -> Result<ExitCode> {
     if args.modern {
         let out = args
@@ -725,7 +382,9 @@ pub fn run(args: LadderArgs, group: Group) -> Result<ExitCode> {
         steps: args.steps,
         workers: workers(group),
     };
-    let stop = stop_on_ctrl_c(group);
+    let stop = super::stop_on_ctrl_c(group, || {
+        note!("\nstopping after this step to save (Ctrl-C again to quit without saving)")
+    });
     let started = Instant::now();
     let n = planned.len();
     let mut train = |i: usize| -> Result<Option<Trained>> {
@@ -809,22 +468,4 @@ pub fn run(args: LadderArgs, group: Group) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tables_align_and_render_as_markdown() {
-        let header = ["a".to_string(), "num".to_string()];
-        let rows = vec![vec!["long name".to_string(), "1".to_string()]];
-        let text = text_table(&header, &rows, &[false, true]);
-        assert_eq!(text, "a          num\nlong name    1");
-        let md = markdown_table(&header, &rows, &[false, true]);
-        assert_eq!(md, "| a | num |\n|---|---:|\n| long name | 1 |\n");
-        assert_eq!(duration(12.34), "12.3 s");
-        assert_eq!(duration(125.0), "2m 05s");
-        assert_eq!(duration(3720.0), "1h 02m");
-    }
 }

@@ -6,12 +6,11 @@
 //! loss, each seed and the mean) and `curves.png` (the mean val estimate of each rung against
 //! the step).
 
-use super::ladder::{
-    duration, markdown_table, on_rank, run_error, stop_on_ctrl_c, text_table, train_divided,
-    train_quietly, workers, Trained,
+use super::format::{duration, markdown_table, text_table, thousands};
+use super::grid::{
+    on_rank, run_error, train_divided, train_quietly, with_overrides, workers, Trained,
 };
 use super::plot::{draw_line_plot, LinePlot, Series, Style};
-use super::presets::thousands;
 use super::{agree, load_text, UsageError};
 use anyhow::{bail, Context, Result};
 use chargpt::checkpoint;
@@ -84,8 +83,7 @@ fn plan(args: &ModernArgs) -> Result<Vec<Planned>> {
         .into_iter()
         .map(|index| {
             let (model, train) = modern_configs(index)?;
-            let (train, params) =
-                super::ladder::with_overrides(&model, train, args.steps, args.seed);
+            let (train, params) = with_overrides(&model, train, args.steps, args.seed);
             Ok(Planned {
                 index,
                 model,
@@ -368,7 +366,9 @@ pub fn run(args: ModernArgs, group: Group) -> Result<ExitCode> {
     })();
     agree(group, checked)?;
     let (text, info) = load_text(None)?;
-    let stop = stop_on_ctrl_c(group);
+    let stop = super::stop_on_ctrl_c(group, || {
+        note!("\nstopping after this step to save (Ctrl-C again to quit without saving)")
+    });
     let started = Instant::now();
     let steps = planned.first().map_or(0, |p| p.train.steps);
     let n = planned.len();

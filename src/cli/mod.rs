@@ -23,6 +23,8 @@ macro_rules! note {
 mod attention;
 mod bench;
 mod eval;
+mod format;
+mod grid;
 mod ladder;
 mod ladder_modern;
 mod plot;
@@ -38,6 +40,8 @@ use chargpt::distributed::{self, Group, Session};
 use clap::{Parser, Subcommand};
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 #[derive(Parser)]
 #[command(
@@ -196,6 +200,27 @@ fn run_in(group: Group) -> Result<ExitCode> {
         Command::Vocab(args) => vocab::run(args).map(|()| ExitCode::SUCCESS),
         Command::Serve(_) => unreachable!("served above"),
     })
+}
+
+/// The flag a run's loop stops at: Ctrl-C sets it (the run in progress stops after its step and
+/// saves, and `stopping` says so, e.g. above a progress bar); a second Ctrl-C quits at once, the
+/// atomic writes keeping the last checkpoint intact. Under mpirun, which turns Ctrl-C into
+/// SIGTERM for every rank, the signal sets it on every rank and they agree at the next step.
+pub fn stop_on_ctrl_c(group: Group, stopping: impl Fn() + Send + 'static) -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    if group.size() > 1 {
+        distributed::stop_on_signals(stop.clone());
+        return stop;
+    }
+    let flag = stop.clone();
+    let _ = ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            note!("\nquitting without saving");
+            std::process::exit(130);
+        }
+        stopping();
+    });
+    stop
 }
 
 /// `err` on rank 0; the others end quietly with the same status (they met the same error).

@@ -1,5 +1,6 @@
 //! `chargpt presets`: the presets with their shapes and parameter counts.
 
+use super::format::thousands;
 use anyhow::Result;
 use chargpt::config::{self, Architecture, Preset, DEFAULT_PRESET};
 use chargpt::model::ParamLayout;
@@ -17,19 +18,6 @@ pub fn parameter_count(preset: &Preset, vocab: usize) -> usize {
     let mut model = preset.model.clone();
     model.vocab_size = vocab;
     ParamLayout::new(&model).len
-}
-
-/// `1,234,567`.
-pub fn thousands(n: usize) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 /// Columns of the table: the header and every row have exactly this many cells.

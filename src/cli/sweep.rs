@@ -2,12 +2,9 @@
 //! how the final val loss moves with them: a table, `sweep.md`, and `sweep.png` (val loss against
 //! the first setting's values, one line per combination of the others).
 
-use super::ladder::{
-    duration, markdown_table, on_rank, run_error, stop_on_ctrl_c, text_table, train_divided,
-    train_quietly, workers, Trained,
-};
+use super::format::{duration, markdown_table, text_table, thousands};
+use super::grid::{on_rank, run_error, train_divided, train_quietly, workers, Trained};
 use super::plot::{draw_line_plot, label_values, LinePlot, Series};
-use super::presets::thousands;
 use super::{agree, load_text, Quiet, UsageError};
 use anyhow::{anyhow, bail, Context, Result};
 use chargpt::checkpoint;
@@ -501,7 +498,9 @@ pub fn run(args: SweepArgs, group: Group) -> Result<ExitCode> {
         super::train::check_writable(out)
     })();
     agree(group, checked)?;
-    let stop = stop_on_ctrl_c(group);
+    let stop = super::stop_on_ctrl_c(group, || {
+        note!("\nstopping after this step to save (Ctrl-C again to quit without saving)")
+    });
     let started = Instant::now();
     let steps = planned.first().map_or(0, |p| p.train.steps);
     let n = planned.len();

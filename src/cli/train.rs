@@ -1,8 +1,8 @@
 //! `chargpt train`: a new run, a resumed one, or a fine-tune, with live progress, an eval line and
 //! a short sample at each evaluation, and the run's files in the output directory.
 
+use super::format::{duration, eta, rate, thousands};
 use super::plot::loss_plot;
-use super::presets::thousands;
 use super::{agree, load_text, Quiet, UsageError};
 use anyhow::{anyhow, bail, Context, Result};
 use chargpt::checkpoint::{self, Checkpoint, DataInfo, InitFrom, EMBEDDED_SOURCE};
@@ -21,7 +21,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -330,23 +330,6 @@ fn indent(text: &str) -> String {
         .join("\n")
 }
 
-fn duration(seconds: f64) -> String {
-    let s = seconds.round() as u64;
-    if s >= 60 {
-        format!("{}m {:02}s", s / 60, s % 60)
-    } else {
-        format!("{seconds:.1} s")
-    }
-}
-
-fn rate(tokens_per_s: f64) -> String {
-    if tokens_per_s >= 1000.0 {
-        format!("{:.1}k tok/s", tokens_per_s / 1000.0)
-    } else {
-        format!("{tokens_per_s:.0} tok/s")
-    }
-}
-
 /// Under mpirun, a rank other than 0: trains the run rank 0 prepared and sent, silently, writing
 /// nothing.
 fn follow(args: &TrainArgs, group: Group) -> Result<ExitCode> {
@@ -474,24 +457,14 @@ pub fn run(args: TrainArgs, group: Group) -> Result<ExitCode> {
     );
     bar.enable_steady_tick(Duration::from_millis(250));
 
-    let stop = Arc::new(AtomicBool::new(false));
-    if group.size() > 1 {
-        // mpirun turns Ctrl-C into SIGTERM for every rank; they agree at the next step.
-        distributed::stop_on_signals(stop.clone());
-    } else {
-        let stop = stop.clone();
+    let stop = {
         let bar = bar.clone();
-        // A second Ctrl-C quits at once; the atomic writes keep the last checkpoint intact.
-        let _ = ctrlc::set_handler(move || {
-            if stop.swap(true, Ordering::SeqCst) {
-                note!("\nquitting without saving");
-                std::process::exit(130);
-            }
+        super::stop_on_ctrl_c(group, move || {
             bar.suspend(|| {
                 note!("stopping after this step to save (Ctrl-C again to quit without saving)")
-            });
-        });
-    }
+            })
+        })
+    };
 
     let mut plot_warning = false;
     let title = format!("{name}: loss");
@@ -595,15 +568,6 @@ pub fn run(args: TrainArgs, group: Group) -> Result<ExitCode> {
         }
     }
     report(&run, &outcome, &out, &samples_path, &name)
-}
-
-/// `ETA 4m 05s`, or `ETA ?` before anything was measured.
-fn eta(seconds: f64) -> String {
-    if seconds > 0.0 && seconds.is_finite() {
-        duration(seconds)
-    } else {
-        "?".into()
-    }
 }
 
 /// Which part of the text each split is, so that a val loss on a small text can be read.

@@ -1,7 +1,7 @@
 //! `chargpt vocab`: a model's characters, and which characters of a text it lacks.
 
+use super::format::thousands;
 use super::load_text;
-use super::presets::thousands;
 use anyhow::Result;
 use chargpt::checkpoint;
 use chargpt::data::char_counts;
