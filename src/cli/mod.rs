@@ -37,30 +37,15 @@ mod vocab;
 use anyhow::{Context, Result};
 use chargpt::checkpoint::DataInfo;
 use chargpt::distributed::{self, Group, Session};
-use clap::{Parser, Subcommand};
+use clap::Subcommand;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-#[derive(Parser)]
-#[command(
-    name = "chargpt",
-    version,
-    about = "A character-level GPT you can train on a laptop CPU",
-    after_help = "Start with `chargpt train`: the default model on the built-in Tiny Shakespeare."
-)]
-struct Cli {
-    /// Worker threads [default: all cores]. Runs with the same thread count give the same numbers
-    /// bit for bit.
-    #[arg(long, global = true, value_name = "N")]
-    threads: Option<usize>,
-    #[command(subcommand)]
-    command: Command,
-}
-
+/// The command line's commands (the binary adds `serve`, the page's front end, beside them).
 #[derive(Subcommand)]
-enum Command {
+pub enum Command {
     /// Train a model (by default the `default` preset on the built-in Tiny Shakespeare).
     Train(train::TrainArgs),
     /// Generate text from a trained model, streamed as it is drawn.
@@ -80,8 +65,13 @@ enum Command {
     Sweep(sweep::SweepArgs),
     /// List a model's characters, and which characters of a text it lacks.
     Vocab(vocab::VocabArgs),
-    /// A web page to start runs, watch them learn live, compare them and sample from them.
-    Serve(crate::serve::ServeArgs),
+}
+
+/// What the binary parsed: `--threads` and a command of the command line, or another front
+/// end's (`T`), which runs outside the worker pool and never under mpirun.
+pub enum Parsed<T> {
+    Command(Option<usize>, Command),
+    Other(Option<usize>, T),
 }
 
 /// `--engine`, shared by the commands that run the model.
@@ -128,12 +118,16 @@ impl std::fmt::Display for Quiet {
 
 impl std::error::Error for Quiet {}
 
-/// Parses the arguments and runs the command; returns the exit status of a run that did not
-/// fail (0, or 130 for a training run stopped with Ctrl-C).
+/// Parses the arguments with `parse` and runs the command (`other` runs another front end's);
+/// returns the exit status of a run that did not fail (0, or 130 for a training run stopped
+/// with Ctrl-C).
 ///
 /// Under mpirun (a build with `--features mpi`) every rank runs this; `train`, `sweep` and
 /// `ladder` share their work among the ranks and every other command is refused.
-pub fn run() -> Result<ExitCode> {
+pub fn run<T>(
+    parse: impl FnOnce() -> Result<Parsed<T>, clap::Error>,
+    other: impl FnOnce(T, Option<usize>) -> Result<ExitCode>,
+) -> Result<ExitCode> {
     let session = match Session::start() {
         Ok(session) => session,
         // Every rank meets the same refusal: rank 0 says it.
@@ -141,27 +135,37 @@ pub fn run() -> Result<ExitCode> {
         Err(e) => return Err(e.into()),
     };
     let group = session.group();
-    let result = run_in(group);
+    let result = run_in(group, parse, other);
     match result {
         Err(e) if !group.is_root() && !e.is::<Quiet>() => Err(e.context(group.describe())),
         other => other,
     }
 }
 
-fn run_in(group: Group) -> Result<ExitCode> {
-    let cli = match Cli::try_parse() {
+fn run_in<T>(
+    group: Group,
+    parse: impl FnOnce() -> Result<Parsed<T>, clap::Error>,
+    other: impl FnOnce(T, Option<usize>) -> Result<ExitCode>,
+) -> Result<ExitCode> {
+    let parsed = match parse() {
         // Every rank parses the same arguments: rank 0 alone prints the help or the mistake.
         Err(e) if !group.is_root() => return Err(Quiet(if e.use_stderr() { 2 } else { 0 }).into()),
-        Ok(cli) => cli,
+        Ok(parsed) => parsed,
         Err(e) => return usage_error(e),
     };
-    if cli.threads == Some(0) {
+    let threads = match &parsed {
+        Parsed::Command(threads, _) | Parsed::Other(threads, _) => *threads,
+    };
+    if threads == Some(0) {
         return quiet_unless_root(group, UsageError("--threads must be at least 1".into()));
     }
     if group.size() > 1
         && !matches!(
-            cli.command,
-            Command::Train(_) | Command::Sweep(_) | Command::Ladder(_)
+            parsed,
+            Parsed::Command(
+                _,
+                Command::Train(_) | Command::Sweep(_) | Command::Ladder(_)
+            )
         )
     {
         return quiet_unless_root(
@@ -171,14 +175,14 @@ fn run_in(group: Group) -> Result<ExitCode> {
             ),
         );
     }
-    // The server runs each training in a pool of its own (so that two trainings share the
-    // cores instead of one waiting inside the other's fork-join), on threads of its own.
-    let command = match cli.command {
-        Command::Serve(args) => return crate::serve::run(args, cli.threads),
-        other => other,
+    // Another front end (the server) runs each training in a pool of its own (so that two
+    // trainings share the cores instead of one waiting inside the other's fork-join).
+    let command = match parsed {
+        Parsed::Other(_, args) => return other(args, threads),
+        Parsed::Command(_, command) => command,
     };
     // Ranks on one machine share its cores.
-    let threads = cli.threads.or_else(|| {
+    let threads = threads.or_else(|| {
         let ranks = distributed::ranks_on_this_machine();
         (ranks > 1).then(|| {
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -198,7 +202,6 @@ fn run_in(group: Group) -> Result<ExitCode> {
         Command::Attention(args) => attention::run(args).map(|()| ExitCode::SUCCESS),
         Command::Sweep(args) => sweep::run(args, group),
         Command::Vocab(args) => vocab::run(args).map(|()| ExitCode::SUCCESS),
-        Command::Serve(_) => unreachable!("served above"),
     })
 }
 
