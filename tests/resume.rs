@@ -6,7 +6,7 @@
 use chargpt::checkpoint::{self, read_tensor_file};
 use chargpt::config::{preset, LrSchedule, Precision};
 use chargpt::data::TINY_SHAKESPEARE;
-use chargpt::training::{data_info, run_training, Run, RunEvent, RunOptions};
+use chargpt::runs::{data_info, run_training, Run, RunEvent, RunOptions};
 use std::path::Path;
 
 fn tiny_run(text: &str) -> Run {
@@ -38,7 +38,7 @@ fn train(run: &mut Run, out: &Path, stop_at: Option<usize>) -> (Vec<f32>, Vec<(u
         out: Some(out.to_path_buf()),
         stop_at,
         exact_eval: false,
-        probe: Some(chargpt::inspect::default_probe(
+        probe: Some(chargpt::runs::default_probe(
             &run.tokenizer,
             &run.dataset.val,
             run.trainer.model.config.block_size,
@@ -89,10 +89,10 @@ fn stop_and_resume(precision: Precision) {
     std::io::Write::write_all(&mut steps_file, b"31,9.5,0.001,1,99.0\n").unwrap();
     drop(steps_file);
     // Likewise a probe record of an evaluation after the checkpoint.
-    let probes = split_dir.join(chargpt::inspect::PROBES_FILE);
-    let mut stray = chargpt::inspect::read_probes(&probes)[0].clone();
+    let probes = split_dir.join(chargpt::runs::PROBES_FILE);
+    let mut stray = chargpt::runs::read_probes(&probes)[0].clone();
     stray.step = 40;
-    chargpt::inspect::append_probe(&probes, &stray).unwrap();
+    chargpt::runs::append_probe(&probes, &stray).unwrap();
     let saved = checkpoint::load_config(&split_dir).unwrap();
     assert_eq!(saved.step, 30);
     assert_eq!(saved.train.precision, precision);
@@ -113,7 +113,7 @@ fn stop_and_resume(precision: Precision) {
     let b = read_tensor_file(&split_dir.join("model.safetensors")).unwrap();
     assert_eq!(a.tensors, b.tensors);
     let rows = |d: &Path| -> Vec<(usize, f32, f32)> {
-        chargpt::training::read_metrics(&d.join("metrics.csv"))
+        chargpt::runs::read_metrics(&d.join("metrics.csv"))
             .iter()
             .map(|r| (r.step, r.train_loss, r.val_loss))
             .collect()
@@ -123,14 +123,14 @@ fn stop_and_resume(precision: Precision) {
                                            // steps.csv too: every step once, the same losses, whatever happened after step 30 of the
                                            // first session.
     let steps = |d: &Path| -> Vec<(usize, f32, f32)> {
-        chargpt::training::read_steps(&d.join("steps.csv"))
+        chargpt::runs::read_steps(&d.join("steps.csv"))
             .iter()
             .map(|r| (r.step, r.loss, r.lr))
             .collect()
     };
     assert_eq!(steps(&straight_dir), steps(&split_dir));
     // And the replay's probe records: one per evaluation, the same numbers.
-    let probes = |d: &Path| chargpt::inspect::read_probes(&d.join(chargpt::inspect::PROBES_FILE));
+    let probes = |d: &Path| chargpt::runs::read_probes(&d.join(chargpt::runs::PROBES_FILE));
     assert_eq!(probes(&split_dir).len(), 4);
     assert_eq!(probes(&straight_dir), probes(&split_dir));
     assert_eq!(
@@ -258,7 +258,7 @@ fn the_command_line_resume_matches_a_straight_run() {
     let b = read_tensor_file(&d.join("split/model.safetensors")).unwrap();
     assert_eq!(a.tensors, b.tensors);
     let rows = |name: &str| -> Vec<(usize, f32, f32)> {
-        chargpt::training::read_metrics(&d.join(name).join("metrics.csv"))
+        chargpt::runs::read_metrics(&d.join(name).join("metrics.csv"))
             .iter()
             .map(|r| (r.step, r.train_loss, r.val_loss))
             .collect()
@@ -266,7 +266,7 @@ fn the_command_line_resume_matches_a_straight_run() {
     assert_eq!(rows("straight"), rows("split"));
     assert_eq!(rows("split").len(), 5);
     let steps = |name: &str| -> Vec<(usize, f32)> {
-        chargpt::training::read_steps(&d.join(name).join("steps.csv"))
+        chargpt::runs::read_steps(&d.join(name).join("steps.csv"))
             .iter()
             .map(|r| (r.step, r.loss))
             .collect()

@@ -98,7 +98,7 @@ fn a_run_streams_every_step_and_evaluation_to_its_end_then_samples_as_the_cli_do
         .collect();
     let numbers: Vec<u64> = steps.iter().map(|s| s["step"].as_u64().unwrap()).collect();
     assert_eq!(numbers, (1..=60).collect::<Vec<_>>());
-    let csv = chargpt::training::read_steps(&d.join("runs/tiny/steps.csv"));
+    let csv = chargpt::runs::read_steps(&d.join("runs/tiny/steps.csv"));
     for (event, row) in steps.iter().zip(&csv) {
         assert_eq!(event["loss"].as_f64().unwrap() as f32, row.loss);
     }

@@ -9,7 +9,7 @@ use anyhow::{anyhow, Result};
 use chargpt::config::{ConfigError, ModelConfig, TrainConfig};
 use chargpt::distributed::{self, Group};
 use chargpt::ladder;
-use chargpt::training::{run_training, MetricsRow, Run, RunError, RunEvent, RunOptions};
+use chargpt::runs::{run_training, MetricsRow, Run, RunError, RunEvent, RunOptions};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use std::path::Path;

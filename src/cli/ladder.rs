@@ -14,7 +14,7 @@ use chargpt::checkpoint;
 use chargpt::config::{Architecture, AttentionScale, Init, ModelConfig, TrainConfig};
 use chargpt::distributed::Group;
 use chargpt::ladder::{self, Rung, TOLERANCE};
-use chargpt::training::{MetricsRow, Run};
+use chargpt::runs::{MetricsRow, Run};
 use clap::Args;
 use serde::Serialize;
 use std::path::{Path, PathBuf};

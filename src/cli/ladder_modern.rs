@@ -17,7 +17,7 @@ use chargpt::checkpoint;
 use chargpt::config::{ModelConfig, TrainConfig};
 use chargpt::distributed::Group;
 use chargpt::ladder::{self, modern_configs, paired_difference, Spread, MODERN_BASE, MODERN_RUNGS};
-use chargpt::training::{MetricsRow, Run};
+use chargpt::runs::{MetricsRow, Run};
 use serde::Serialize;
 use std::path::Path;
 use std::process::ExitCode;

@@ -4,7 +4,7 @@
 //! Text is drawn with DejaVu Sans, built into the binary, so plots look the same on any machine.
 
 use anyhow::{anyhow, Context, Result};
-use chargpt::training::{MetricsRow, StepRow};
+use chargpt::runs::{MetricsRow, StepRow};
 use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
 use plotters::coord::Shift;
 use plotters::prelude::*;

@@ -13,7 +13,7 @@ use chargpt::model::Model;
 use chargpt::runs::{
     self, NewRun, Prepared, ResumeRun, Setting, SettingOrigin, Wording, EVAL_SAMPLE, SAMPLES_FILE,
 };
-use chargpt::training::{
+use chargpt::runs::{
     run_training, MetricsRow, Run, RunError, RunEvent, RunOptions, RunOutcome, StepRow,
     UnknownChars, VocabChange,
 };
@@ -481,7 +481,7 @@ pub fn run(args: TrainArgs, group: Group) -> Result<ExitCode> {
         stop: Some(stop),
         stop_at: None,
         exact_eval: true,
-        probe: Some(chargpt::inspect::default_probe(
+        probe: Some(chargpt::runs::default_probe(
             &run.tokenizer,
             &run.dataset.val,
             run.trainer.model.config.block_size,

@@ -144,7 +144,7 @@ impl Model {
     ///   first; `lm_head.bias`: `new_logits[j]`;
     /// - the bigram table: new rows are the mean of the old rows, new columns `new_logits[j]`.
     ///
-    /// Choosing `new_logits` (see [`crate::training::Run::fine_tune`]) sets how likely the new
+    /// Choosing `new_logits` (see [`crate::runs::Run::fine_tune`]) sets how likely the new
     /// characters are before any training.
     pub fn extend_vocabulary(&self, new_logits: &[f32]) -> Model {
         let (v_old, added) = (self.config.vocab_size, new_logits.len());

@@ -27,8 +27,8 @@ use chargpt::limits;
 use chargpt::model::ParamLayout;
 use chargpt::rng::Rng;
 use chargpt::runs::{self, RunLock, Setting};
+use chargpt::runs::{read_metrics, read_steps};
 use chargpt::sampling::{self, Generator, SampleSettings};
-use chargpt::training::{self, read_metrics, read_steps};
 use serde::Deserialize;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -262,9 +262,9 @@ async fn metrics(State(state): Shared, RunName(name): RunName) -> ApiResult<Resp
     let dir = run_dir(&state, &name);
     let found = blocking(move || {
         runs::summarize(&dir, "")?;
-        let metrics = read_metrics(&dir.join(training::METRICS_FILE));
+        let metrics = read_metrics(&dir.join(runs::METRICS_FILE));
         // Compact rows: [step, loss, lr] for each training step.
-        let steps: Vec<(usize, f32, f32)> = read_steps(&dir.join(training::STEPS_FILE))
+        let steps: Vec<(usize, f32, f32)> = read_steps(&dir.join(runs::STEPS_FILE))
             .into_iter()
             .map(|r| (r.step, r.loss, r.lr))
             .collect();
@@ -285,7 +285,7 @@ async fn metrics(State(state): Shared, RunName(name): RunName) -> ApiResult<Resp
 /// What a run's files hold, for its curves and its feed of samples.
 #[derive(serde::Serialize)]
 struct History {
-    metrics: Vec<training::MetricsRow>,
+    metrics: Vec<runs::MetricsRow>,
     /// `[step, loss, lr]` of every training step.
     steps: Vec<(usize, f32, f32)>,
     samples: Vec<runs::EvalSample>,

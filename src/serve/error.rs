@@ -5,7 +5,7 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chargpt::runs::PrepareError;
-use chargpt::training::RunError;
+use chargpt::runs::RunError;
 
 #[derive(Debug)]
 pub struct ApiError {

@@ -834,7 +834,7 @@ pub async fn run_model(State(state): Shared, RunName(name): RunName) -> ApiResul
         let dir = run_dir(&s, &n);
         let saved = checkpoint::load_config(&dir);
         let preset = saved.as_ref().ok().and_then(|c| c.preset.clone());
-        let prompt = inspect::first_probe(&dir.join(inspect::PROBES_FILE));
+        let prompt = chargpt::runs::first_probe(&dir.join(chargpt::runs::PROBES_FILE));
         match (live, saved) {
             (Some(config), _) => Ok((config, preset, prompt)),
             (None, Ok(c)) => Ok((c.model, preset, prompt)),
@@ -906,7 +906,7 @@ pub async fn probes(
                     ))
                 })?,
         };
-        let records: Vec<inspect::ProbeRecord> = inspect::read_probes(&dir.join(inspect::PROBES_FILE))
+        let records: Vec<chargpt::runs::ProbeRecord> = chargpt::runs::read_probes(&dir.join(chargpt::runs::PROBES_FILE))
             .into_iter()
             .filter(|r| query.after.is_none_or(|a| r.step > a))
             .collect();
@@ -914,7 +914,7 @@ pub async fn probes(
         struct Probes {
             run: String,
             vocab: Vec<String>,
-            records: Vec<inspect::ProbeRecord>,
+            records: Vec<chargpt::runs::ProbeRecord>,
         }
         to_json(&Probes {
             run: n,

@@ -1,7 +1,7 @@
 //! Trainings the server runs, and their live event streams.
 //!
 //! A training runs on its own thread, inside a worker pool of its own (as `chargpt train` runs
-//! inside one), through the library's `runs::prepare_*` and `training::run_training`. Its events go into
+//! inside one), through the library's `runs::prepare_*` and `runs::run_training`. Its events go into
 //! a [`LiveRun`]: an append-only log in memory plus a counter (`tokio::sync::watch`) that wakes
 //! the readers. Publishing a step is a push under a mutex and a counter update: the training
 //! thread never waits for a reader, however slow or many. Each event stream keeps its own
@@ -16,7 +16,7 @@ use axum::response::sse::Event;
 use chargpt::runs::{
     self, NewRun, Prepared, ResumeRun, Setting, Wording, EVAL_SAMPLE, SAMPLES_FILE,
 };
-use chargpt::training::{run_training, RunEvent, RunOptions};
+use chargpt::runs::{run_training, RunEvent, RunOptions};
 use futures_util::stream::{self, Stream, StreamExt};
 use serde::Serialize;
 use std::convert::Infallible;
@@ -450,7 +450,7 @@ fn train(state: &AppState, live: &Arc<LiveRun>, prepared: Prepared) {
         stop: Some(live.stop.clone()),
         stop_at: None,
         exact_eval: true,
-        probe: Some(chargpt::inspect::default_probe(
+        probe: Some(chargpt::runs::default_probe(
             &run.tokenizer,
             &run.dataset.val,
             run.trainer.model.config.block_size,
