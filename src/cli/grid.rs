@@ -51,6 +51,7 @@ pub fn train_quietly(
         stop_at: None,
         exact_eval: true,
         probe: None,
+        samples: None,
     };
     let mut last_val = None;
     let result = run_training(run, &options, &mut |event| match event {

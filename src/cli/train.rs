@@ -3,19 +3,16 @@
 
 use super::format::{duration, eta, rate, thousands};
 use super::plot::loss_plot;
-use super::{agree, load_text, Quiet, UsageError};
-use anyhow::{anyhow, bail, Context, Result};
-use chargpt::checkpoint::{self, Checkpoint, DataInfo, InitFrom, EMBEDDED_SOURCE};
+use super::{agree, Quiet, UsageError};
+use anyhow::Result;
+use chargpt::checkpoint::{DataInfo, EMBEDDED_SOURCE};
 use chargpt::config::{self, ModelConfig, TrainConfig, DEFAULT_PRESET};
 use chargpt::data;
 use chargpt::distributed::{self, Group};
-use chargpt::model::Model;
-use chargpt::runs::{
-    self, NewRun, Prepared, ResumeRun, Setting, SettingOrigin, Wording, EVAL_SAMPLE, SAMPLES_FILE,
-};
+use chargpt::runs::{self, FineTune, NewRun, Prepared, ResumeRun, Setting, SettingOrigin, Wording};
 use chargpt::runs::{
     run_training, MetricsRow, Run, RunError, RunEvent, RunOptions, RunOutcome, StepRow,
-    UnknownChars, VocabChange,
+    UnknownChars,
 };
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -26,8 +23,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub const PLOT_FILE: &str = "loss.png";
-/// Characters in the sample printed at the end.
-const FINAL_SAMPLE: usize = 500;
 
 #[derive(Args)]
 #[command(after_help = "\
@@ -181,75 +176,19 @@ fn prepare(args: &TrainArgs) -> Result<Prepared> {
         })?);
     }
     if let Some(init) = &args.init_from {
-        let ckpt = checkpoint::load(init)?;
-        let base = match &settings.preset {
-            Some(name) => config::preset(name)?.train,
-            None => ckpt.config.train.clone(),
-        };
-        let mut train_cfg = base.clone();
-        let mut model_cfg = ckpt.model.config.clone();
-        runs::apply_settings(&settings.list, &mut model_cfg, &mut train_cfg)?;
-        runs::check_model_unchanged(
-            &ckpt.model.config,
-            &model_cfg,
-            &["dropout"],
-            "fine-tuning",
-            &WORDING,
-        )?;
-        let notes =
-            config::derive_settings(&base, &mut train_cfg, &runs::given_keys(&settings.list));
         let out = args
             .out
             .clone()
             .unwrap_or_else(|| PathBuf::from("runs/finetune"));
-        let same = match (init.canonicalize(), out.canonicalize()) {
-            (Ok(a), Ok(b)) => a == b,
-            _ => false,
+        let request = FineTune {
+            init_from: init,
+            preset: settings.preset.as_deref(),
+            settings: &settings.list,
+            out: &out,
+            data: args.data.as_deref(),
+            unknown: args.unknown_chars.map_or(UnknownChars::Error, Into::into),
         };
-        if same {
-            bail!(
-                "--out is the --init-from directory {}; fine-tuning would overwrite the model it starts from: choose another --out",
-                init.display()
-            );
-        }
-        runs::refuse_if_locked(&out)?;
-        runs::refuse_to_overwrite(&out, &WORDING)?;
-        check_memory(&model_cfg, &train_cfg)?;
-        let (text, info) = load_text(args.data.as_deref())?;
-        let lock = runs::claim(&out, &WORDING)?;
-        let model = Model::from_params(model_cfg, ckpt.model.params)
-            .ok_or_else(|| anyhow!("the checkpoint's parameters do not fit its config"))?;
-        let name = format!("fine-tune of {}", init.display());
-        let base_preset = ckpt.config.preset.clone();
-        let parent_step = ckpt.config.step;
-        let (mut run, change) = Run::fine_tune(
-            Checkpoint {
-                model,
-                tokenizer: ckpt.tokenizer,
-                config: ckpt.config,
-            },
-            train_cfg,
-            &text,
-            info,
-            args.unknown_chars.map_or(UnknownChars::Error, Into::into),
-        )?;
-        report_vocab_change(&change, &run.data.source);
-        run.preset = base_preset;
-        run.init_from = Some(InitFrom {
-            dir: absolute(init),
-            step: parent_step,
-            added_chars: change.added.iter().map(|(c, _)| c.to_string()).collect(),
-            dropped_chars: change.dropped.iter().map(|(_, n)| n).sum(),
-            dropped_kinds: change.dropped.iter().map(|(c, _)| c.to_string()).collect(),
-        });
-        return Ok(Prepared {
-            run,
-            out,
-            name,
-            resumed: false,
-            notes,
-            lock,
-        });
+        return Ok(runs::prepare_fine_tune(&request, &WORDING)?);
     }
     let name = settings
         .preset
@@ -266,53 +205,6 @@ fn prepare(args: &TrainArgs) -> Result<Prepared> {
         data: args.data.as_deref(),
     };
     Ok(runs::prepare_new(&request, &WORDING)?)
-}
-
-/// `dir` as an absolute path where it can be resolved, for the records in `config.json`.
-fn absolute(dir: &Path) -> String {
-    dir.canonicalize()
-        .unwrap_or_else(|_| dir.to_path_buf())
-        .display()
-        .to_string()
-}
-
-/// `'é' 12, '"' 4, ...`: characters with their counts, the most frequent first.
-fn counted(chars: &[(char, usize)]) -> String {
-    let mut sorted = chars.to_vec();
-    sorted.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-    let shown: Vec<String> = sorted
-        .iter()
-        .take(30)
-        .map(|(c, n)| format!("{c:?} {n}"))
-        .collect();
-    let more = sorted.len().saturating_sub(30);
-    if more > 0 {
-        format!("{}, and {more} more", shown.join(", "))
-    } else {
-        shown.join(", ")
-    }
-}
-
-/// One line on what `--unknown-chars` did to the vocabulary or the text.
-fn report_vocab_change(change: &VocabChange, source: &str) {
-    if !change.added.is_empty() {
-        note!(
-            "extending the vocabulary by {} character{} of {source} (each starts at its frequency in the text): {}",
-            change.added.len(),
-            if change.added.len() == 1 { "" } else { "s" },
-            counted(&change.added)
-        );
-    }
-    if !change.dropped.is_empty() {
-        let total: usize = change.dropped.iter().map(|(_, n)| n).sum();
-        note!(
-            "dropped {total} character{} of {} kind{} from {source} that the model's vocabulary lacks: {}",
-            if total == 1 { "" } else { "s" },
-            change.dropped.len(),
-            if change.dropped.len() == 1 { "" } else { "s" },
-            counted(&change.dropped)
-        );
-    }
 }
 
 fn data_name(info: &DataInfo) -> String {
@@ -341,13 +233,14 @@ fn follow(args: &TrainArgs, group: Group) -> Result<ExitCode> {
     agree(group, run.trainer.set_group(group).map_err(Into::into))?;
     let stop = Arc::new(AtomicBool::new(false));
     distributed::stop_on_signals(stop.clone());
+    // Rank 0 writes the records (probes, samples) from its own copy of the same parameters.
     let options = RunOptions {
         out: None,
         stop: Some(stop),
         stop_at: None,
         exact_eval: true,
-        // Rank 0 writes the probe records, from its own copy of the same parameters.
         probe: None,
+        samples: None,
     };
     let result = run_training(&mut run, &options, &mut |_| {});
     if result.is_ok() {
@@ -370,6 +263,18 @@ pub fn run(args: TrainArgs, group: Group) -> Result<ExitCode> {
     let mut prepared = prepare(&args);
     // The other ranks wait for the run, or for word that there is none.
     runs::share_run(group, prepared.as_mut().ok().map(|p| &mut p.run))?;
+    let prepared = prepared?;
+    let bar = ProgressBar::new(prepared.run.trainer.config.steps as u64)
+        .with_position(prepared.run.trainer.step as u64);
+    let stop = {
+        let bar = bar.clone();
+        super::stop_on_ctrl_c(group, move || {
+            bar.suspend(|| {
+                note!("stopping after this step to save (Ctrl-C again to quit without saving)")
+            })
+        })
+    };
+    let options = RunOptions::recorded(&prepared, stop);
     let Prepared {
         mut run,
         out,
@@ -378,14 +283,13 @@ pub fn run(args: TrainArgs, group: Group) -> Result<ExitCode> {
         notes,
         // Held to the end of the run: no other process trains `out` meanwhile.
         lock: _lock,
-    } = prepared?;
+    } = prepared;
     run.trainer.set_engine(args.engine.into());
     if group.size() > 1 {
         agree(group, run.trainer.set_group(group).map_err(Into::into))?;
     }
     let train_cfg = run.trainer.config.clone();
     let model_cfg = run.trainer.model.config.clone();
-    let samples_path = out.join(SAMPLES_FILE);
     let plot_path = out.join(PLOT_FILE);
     if resumed {
         say!(
@@ -397,9 +301,6 @@ pub fn run(args: TrainArgs, group: Group) -> Result<ExitCode> {
             out.display()
         );
     } else {
-        // A new run starts a new record of samples.
-        std::fs::write(&samples_path, "")
-            .with_context(|| format!("cannot write {}", samples_path.display()))?;
         say!(
             "training {} ({} parameters: {} layers, {} heads, n_embd {}, block {}) for {} steps of {}x{} characters; checkpoints in {}",
             name,
@@ -449,22 +350,12 @@ pub fn run(args: TrainArgs, group: Group) -> Result<ExitCode> {
         note!("warning: {line}");
     }
 
-    let bar = ProgressBar::new(train_cfg.steps as u64).with_position(run.trainer.step as u64);
     bar.set_style(
         ProgressStyle::with_template("step {pos}/{len} [{bar:30}] {msg}")
             .map(|s| s.progress_chars("=> "))
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar.enable_steady_tick(Duration::from_millis(250));
-
-    let stop = {
-        let bar = bar.clone();
-        super::stop_on_ctrl_c(group, move || {
-            bar.suspend(|| {
-                note!("stopping after this step to save (Ctrl-C again to quit without saving)")
-            })
-        })
-    };
 
     let mut plot_warning = false;
     let title = format!("{name}: loss");
@@ -475,18 +366,6 @@ pub fn run(args: TrainArgs, group: Group) -> Result<ExitCode> {
                 plot_warning = true;
             }
         }
-    };
-    let options = RunOptions {
-        out: Some(out.clone()),
-        stop: Some(stop),
-        stop_at: None,
-        exact_eval: true,
-        probe: Some(chargpt::runs::default_probe(
-            &run.tokenizer,
-            &run.dataset.val,
-            run.trainer.model.config.block_size,
-            Some(&run.data),
-        )),
     };
     let result = run_training(&mut run, &options, &mut |event| match event {
         RunEvent::Step {
@@ -507,13 +386,11 @@ pub fn run(args: TrainArgs, group: Group) -> Result<ExitCode> {
         RunEvent::Eval {
             row,
             saved,
-            model,
-            tokenizer,
             metrics,
             steps,
+            sample,
             ..
         } => {
-            let sample = runs::eval_sample(model, tokenizer, train_cfg.seed, row.step, EVAL_SAMPLE);
             bar.suspend(|| {
                 let mut line = format!(
                     "step {}: train {:.4}, val {:.4}",
@@ -527,7 +404,7 @@ pub fn run(args: TrainArgs, group: Group) -> Result<ExitCode> {
                         if saved { ", saved" } else { "" }
                     ));
                 }
-                say!("{line}\n{}", indent(&sample));
+                say!("{line}\n{}", indent(sample.unwrap_or_default()));
             });
             if saved && group.size() > 1 {
                 distributed::set_fault_note(format!(
@@ -535,10 +412,6 @@ pub fn run(args: TrainArgs, group: Group) -> Result<ExitCode> {
                     row.step,
                     out.display()
                 ));
-            }
-            let record = runs::sample_record(row.step, row.val_loss, &sample);
-            if let Err(e) = runs::append(&samples_path, &record) {
-                bar.suspend(|| note!("warning: cannot write {}: {e}", samples_path.display()));
             }
             draw_plot(metrics, steps, &bar);
         }
@@ -567,7 +440,7 @@ pub fn run(args: TrainArgs, group: Group) -> Result<ExitCode> {
             );
         }
     }
-    report(&run, &outcome, &out, &samples_path, &name)
+    report(&outcome, &out)
 }
 
 /// Which part of the text each split is, so that a val loss on a small text can be read.
@@ -597,13 +470,7 @@ fn val_warning(run: &Run) -> Option<String> {
     })
 }
 
-fn report(
-    run: &Run,
-    outcome: &RunOutcome,
-    out: &Path,
-    samples_path: &Path,
-    name: &str,
-) -> Result<ExitCode> {
+fn report(outcome: &RunOutcome, out: &Path) -> Result<ExitCode> {
     let shown = out.display();
     if outcome.interrupted {
         say!(
@@ -627,20 +494,9 @@ fn report(
         duration(outcome.train_time_s),
         rate(outcome.tokens_per_s)
     );
-    let model = &run.trainer.model;
-    let seed = run.trainer.config.seed;
-    let sample = runs::eval_sample(
-        model,
-        &run.tokenizer,
-        seed,
-        outcome.steps_done + 1,
-        FINAL_SAMPLE,
-    );
-    say!("sample:\n{sample}");
-    let _ = runs::append(
-        samples_path,
-        &format!("final, step {} ({name}):\n{sample}\n", outcome.steps_done),
-    );
+    if let Some(sample) = &outcome.final_sample {
+        say!("sample:\n{sample}");
+    }
     say!(
         "saved to {shown}: model.safetensors, config.json, optimizer.safetensors, metrics.csv, loss.png, samples.txt; try `chargpt sample --model {shown}`"
     );

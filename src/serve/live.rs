@@ -13,9 +13,7 @@ use super::error::{one_line, ApiError, ApiResult};
 use super::{lock, say, AppState};
 use axum::http::StatusCode;
 use axum::response::sse::Event;
-use chargpt::runs::{
-    self, NewRun, Prepared, ResumeRun, Setting, Wording, EVAL_SAMPLE, SAMPLES_FILE,
-};
+use chargpt::runs::{self, NewRun, Prepared, ResumeRun, Setting, Wording};
 use chargpt::runs::{run_training, RunEvent, RunOptions};
 use futures_util::stream::{self, Stream, StreamExt};
 use serde::Serialize;
@@ -28,8 +26,6 @@ use tokio::sync::watch;
 
 /// The least time between two messages of one event stream.
 pub const COALESCE: Duration = Duration::from_millis(100);
-/// Characters in the sample drawn when a run finishes (as `chargpt train` draws it).
-const FINAL_SAMPLE: usize = 500;
 
 /// The "what to do" clauses of the library's refusals, in the page's words.
 pub const PAGE: Wording = Wording {
@@ -406,16 +402,6 @@ fn prepare(dir: &std::path::Path, plan: Plan, ready: Ready, live: &LiveRun) -> O
             return None;
         }
     };
-    if !prepared.resumed {
-        // A new run starts a new record of samples.
-        if let Err(e) = std::fs::write(dir.join(SAMPLES_FILE), "") {
-            let _ = ready.send(Err(ApiError::bad_request(format!(
-                "cannot write {}: {e}; check that the runs directory is writable",
-                dir.join(SAMPLES_FILE).display()
-            ))));
-            return None;
-        }
-    }
     let run = &prepared.run;
     warnings.extend(chargpt::config::setting_warnings(&run.trainer.config));
     live.push(LiveEvent::Start {
@@ -438,27 +424,12 @@ fn prepare(dir: &std::path::Path, plan: Plan, ready: Ready, live: &LiveRun) -> O
 
 /// Trains the prepared run to its end (or a stop), publishing every event.
 fn train(state: &AppState, live: &Arc<LiveRun>, prepared: Prepared) {
+    let options = RunOptions::recorded(&prepared, live.stop.clone());
     let Prepared {
         mut run,
-        out,
-        name,
         lock: run_lock,
         ..
     } = prepared;
-    let options = RunOptions {
-        out: Some(out.clone()),
-        stop: Some(live.stop.clone()),
-        stop_at: None,
-        exact_eval: true,
-        probe: Some(chargpt::runs::default_probe(
-            &run.tokenizer,
-            &run.dataset.val,
-            run.trainer.model.config.block_size,
-            Some(&run.data),
-        )),
-    };
-    let seed = run.trainer.config.seed;
-    let samples_path = out.join(SAMPLES_FILE);
     let data = run.data.clone();
     let result = run_training(&mut run, &options, &mut |event| match event {
         RunEvent::Step {
@@ -482,6 +453,7 @@ fn train(state: &AppState, live: &Arc<LiveRun>, prepared: Prepared) {
             saved,
             model,
             tokenizer,
+            sample,
             ..
         } => {
             // Before the event goes out, so that a page refreshing on it sees these parameters.
@@ -492,11 +464,6 @@ fn train(state: &AppState, live: &Arc<LiveRun>, prepared: Prepared) {
                 data: data.clone(),
                 embeddings: std::sync::OnceLock::new(),
             }));
-            let sample = runs::eval_sample(model, tokenizer, seed, row.step, EVAL_SAMPLE);
-            let _ = runs::append(
-                &samples_path,
-                &runs::sample_record(row.step, row.val_loss, &sample),
-            );
             live.push(LiveEvent::Eval {
                 step: row.step,
                 train_loss: row.train_loss,
@@ -506,7 +473,7 @@ fn train(state: &AppState, live: &Arc<LiveRun>, prepared: Prepared) {
                 elapsed_s: row.elapsed_s,
                 improved,
                 saved,
-                sample,
+                sample: sample.unwrap_or_default().to_string(),
             });
             if saved {
                 live.push(LiveEvent::Saved { step: row.step });
@@ -516,18 +483,6 @@ fn train(state: &AppState, live: &Arc<LiveRun>, prepared: Prepared) {
     });
     let last = match result {
         Ok(outcome) => {
-            let sample = (!outcome.interrupted).then(|| {
-                let text = runs::eval_sample(
-                    &run.trainer.model,
-                    &run.tokenizer,
-                    seed,
-                    outcome.steps_done + 1,
-                    FINAL_SAMPLE,
-                );
-                let record = format!("final, step {} ({name}):\n{text}\n", outcome.steps_done);
-                let _ = runs::append(&samples_path, &record);
-                text
-            });
             let saved = outcome.saved_step.map(|step| LiveEvent::Saved { step });
             let finished = LiveEvent::Finished {
                 state: if outcome.interrupted {
@@ -542,7 +497,7 @@ fn train(state: &AppState, live: &Arc<LiveRun>, prepared: Prepared) {
                 final_val_loss: outcome.final_val.map(|e| e.loss),
                 tokens_per_s: outcome.tokens_per_s,
                 elapsed_s: outcome.elapsed_s,
-                sample,
+                sample: outcome.final_sample,
             };
             saved.into_iter().chain([finished]).collect()
         }
