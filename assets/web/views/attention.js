@@ -6,7 +6,7 @@
 // to the ones it looks at (bottom), as bertviz's head view draws them. Click a map to enlarge it.
 
 import { el, clear } from './util.js';
-import { runHeader, followRun, mapGrid, heat, shown, debounce } from './look.js';
+import { runHeader, followRun, asker, mapGrid, heat, shown, debounce } from './look.js';
 
 let app;
 let header;
@@ -21,7 +21,7 @@ let answer = null;
 let grid = null;
 let selected = [0, 0];
 let query = null;
-let asked = 0;
+let ask;
 
 function weight(l, h, t, u) {
   return u <= t ? answer.weights[l][h][t][u] : 0;
@@ -167,25 +167,14 @@ function render() {
   setQuery(query);
 }
 
-async function fetchNow() {
-  if (!app.run) {
-    header.about(null);
-    return;
-  }
-  const mine = ++asked;
-  error.textContent = '';
-  try {
-    const got = await app.api.inspectAttention(app.run, { prompt: prompt.value });
-    if (mine !== asked) return;
+function fetchNow() {
+  const text = prompt.value;
+  return ask((run) => app.api.inspectAttention(run, { prompt: text }), (got) => {
     answer = got;
     if (selected[0] >= got.n_layer || selected[1] >= got.n_head) selected = [0, 0];
-    header.about(got);
     gridBox.dataset.step = String(got.step);
     render();
-  } catch (e) {
-    if (mine !== asked) return;
-    error.textContent = e.message;
-  }
+  });
 }
 
 const view = {
@@ -201,6 +190,7 @@ const view = {
     lines = el('canvas', { id: 'att-lines' });
     big = el('div', { id: 'att-big', className: 'big-map' }, el('h3', {}, ''));
     error = el('div', { id: 'att-error', className: 'error' });
+    ask = asker(app, header, error);
     element.append(
       el('h2', {}, 'What each head looks at'),
       header.element,

@@ -5,7 +5,7 @@
 // together: vowels, capitals, punctuation; neighbouring positions have similar vectors.
 
 import { el } from './util.js';
-import { runHeader, followRun, drawScatter, drawCosine } from './look.js';
+import { runHeader, followRun, asker, drawScatter, drawCosine } from './look.js';
 
 let app;
 let header;
@@ -14,19 +14,10 @@ let scatter;
 let cosine;
 let tokensNote;
 let error;
-let asked = 0;
+let ask;
 
-async function fetchNow() {
-  if (!app.run) {
-    header.about(null);
-    return;
-  }
-  const mine = ++asked;
-  error.textContent = '';
-  try {
-    const got = await app.api.inspectEmbeddings(app.run);
-    if (mine !== asked) return;
-    header.about(got);
+function fetchNow() {
+  return ask((run) => app.api.inspectEmbeddings(run), (got) => {
     drawScatter(scatter, got.vocab, got.points, got.explained);
     scatter.dataset.step = String(got.step);
     tokensNote.textContent = got.tied
@@ -40,10 +31,7 @@ async function fetchNow() {
     } else {
       cosine.replaceChildren(el('p', { className: 'muted' }, 'This model has no position embeddings: a bigram sees only the current character.'));
     }
-  } catch (e) {
-    if (mine !== asked) return;
-    error.textContent = e.message;
-  }
+  });
 }
 
 const view = {
@@ -56,6 +44,7 @@ const view = {
     cosine = el('div', { id: 'emb-cosine' });
     tokensNote = el('p', { className: 'muted small', id: 'emb-tokens-note' });
     error = el('div', { id: 'emb-error', className: 'error' });
+    ask = asker(app, header, error);
     element.append(
       el('h2', {}, 'The characters as the model sees them'),
       header.element, error,

@@ -9,7 +9,7 @@
 // rotary positions) without this file assuming what a block holds.
 
 import { el, clear } from './util.js';
-import { runHeader, followRun, shown, num, diverging, heat, debounce } from './look.js';
+import { runHeader, followRun, asker, shown, num, diverging, heat, debounce } from './look.js';
 
 let app;
 let header;
@@ -22,7 +22,7 @@ let positionLabel;
 let steps;
 let check;
 let error;
-let asked = 0;
+let ask;
 
 // A link that opens a file of the project at a line: the paragraph of docs/ or the function that
 // computes a step. `find` is text the file contains (src/serve/assets.rs's tests check every
@@ -248,23 +248,14 @@ function fillSelect(select, n, value) {
   select.value = String(Math.min(value, n - 1));
 }
 
-async function fetchNow() {
-  if (!app.run) {
-    header.about(null);
-    return;
-  }
-  const mine = ++asked;
-  error.textContent = '';
+function fetchNow() {
   const request = {
     prompt: prompt.value,
     layer: Number(layer.value || 0),
     head: Number(head.value || 0),
   };
   if (position.dataset.touched) request.position = Number(position.value);
-  try {
-    const got = await app.api.inspectHead(app.run, request);
-    if (mine !== asked) return;
-    header.about(got);
+  return ask((run) => app.api.inspectHead(run, request), (got) => {
     fillSelect(layer, got.n_layer, got.layer);
     fillSelect(head, got.n_head, got.head);
     position.max = String(got.tokens.length - 1);
@@ -273,10 +264,7 @@ async function fetchNow() {
     steps.dataset.step = String(got.step);
     steps.dataset.position = String(got.position);
     render(got);
-  } catch (e) {
-    if (mine !== asked) return;
-    error.textContent = e.message;
-  }
+  });
 }
 
 const view = {
@@ -303,6 +291,7 @@ const view = {
     steps = el('div', { id: 'head-steps' });
     check = el('p', { id: 'head-check', className: 'check' });
     error = el('div', { id: 'head-error', className: 'error' });
+    ask = asker(app, header, error);
     element.append(
       el('h2', {}, 'One head, step by step'),
       header.element,

@@ -190,6 +190,32 @@ export function followRun(app, view, fetcher) {
   };
 }
 
+// The tail of every request a view makes about the selected run: with no run selected, the
+// header asks for one; otherwise `request(run)` is sent and `draw(answer)` runs with its answer,
+// after the header says what it looked at. Requests are numbered, so that an answer (or a
+// refusal) that arrives after a later request was sent is dropped: the later one is newer.
+// A refusal shows in `error`, in the server's words. Returns ask(request, draw).
+export function asker(app, header, error) {
+  let asked = 0;
+  return async (request, draw) => {
+    if (!app.run) {
+      header.about(null);
+      return;
+    }
+    const mine = ++asked;
+    error.textContent = '';
+    try {
+      const got = await request(app.run);
+      if (mine !== asked) return;
+      header.about(got);
+      draw(got);
+    } catch (e) {
+      if (mine !== asked) return;
+      error.textContent = e.message;
+    }
+  };
+}
+
 // ---- drawings ----
 
 // Bars of the most likely next characters: probs (V) over vocab, at most `count`, zeros left

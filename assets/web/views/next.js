@@ -5,7 +5,7 @@
 // bar appends its character to the prompt.
 
 import { el } from './util.js';
-import { runHeader, followRun, reshape, drawBars, debounce, shown } from './look.js';
+import { runHeader, followRun, asker, reshape, drawBars, debounce, shown } from './look.js';
 
 let app;
 let header;
@@ -16,8 +16,8 @@ let topK;
 let bars;
 let note;
 let error;
+let ask;
 let answer = null; // the last answer: {vocab, logits, tokens, ...}
-let asked = 0; // the number of the latest request, so that a late answer never overwrites it
 
 function settings() {
   const t = Number(temperature.value);
@@ -48,26 +48,14 @@ function draw() {
     + `${k === null ? '' : ` over the ${k} most likely`}, the distribution chargpt sample draws from.`;
 }
 
-async function fetchNow() {
-  if (!app.run) {
-    header.about(null);
-    return;
-  }
+function fetchNow() {
   const text = prompt.value;
-  const mine = ++asked;
-  error.textContent = '';
-  try {
-    const got = await app.api.inspectNext(app.run, { prompt: text });
-    if (mine !== asked) return;
+  return ask((run) => app.api.inspectNext(run, { prompt: text }), (got) => {
     answer = { ...got, prompt: text };
     topK.max = String(got.vocab.length);
     if (!topK.dataset.touched) topK.value = topK.max;
-    header.about(got);
     draw();
-  } catch (e) {
-    if (mine !== asked) return;
-    error.textContent = e.message;
-  }
+  });
 }
 
 const fetchSoon = debounce(fetchNow, 120);
@@ -90,6 +78,7 @@ const view = {
     bars = el('div', { id: 'next-bars', className: 'bars' });
     note = el('p', { id: 'next-note', className: 'muted' });
     error = el('div', { id: 'next-error', className: 'error' });
+    ask = asker(app, header, error);
     element.append(
       el('h2', {}, 'What comes next?'),
       header.element,
