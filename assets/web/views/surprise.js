@@ -13,6 +13,7 @@ let form;
 let out;
 let tip;
 let mean;
+let uniform; // the legend's ln V, for the model looked at
 let error;
 let ask;
 
@@ -47,6 +48,8 @@ function fetchNow() {
       + `${got.cut ? ` (${got.cut} characters at the end, short of a window, left out)` : ''}.`
       + `${got.final_val_loss != null ? ` Over the whole val split: ${got.final_val_loss.toFixed(4)}.` : ''}`;
     mean.dataset.mean = String(got.mean);
+    uniform.textContent = `ln ${got.vocab_size} = ${Math.log(got.vocab_size).toFixed(2)} = a uniform guess over its ${got.vocab_size} characters`;
+    uniform.dataset.vocab = String(got.vocab_size);
   });
 }
 
@@ -75,7 +78,9 @@ const view = {
     ask = asker(app, header, error);
     const legend = el('div', { className: 'legend' }, 'loss: ',
       ...[0, 1, 2, 3, 4, 5].map((l) => el('span', {}, el('span', { className: 'swatch', style: `background:${lossColor(l)}` }), `${l}${l === 5 ? '+' : ''}`)),
-      ' nats (−ln p; 0 = certain and right, ln 65 = 4.17 = a uniform guess)');
+      el('span', {}, ' nats (−ln p; 0 = certain and right, ',
+        uniform = el('span', { id: 'sur-uniform' }, 'ln V = a uniform guess over the model\'s V characters'),
+        ')'));
     element.append(
       el('h2', {}, 'How surprising is each character?'),
       header.element, form, error, mean, legend, out);
