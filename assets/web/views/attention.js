@@ -190,7 +190,16 @@ const view = {
     lines = el('canvas', { id: 'att-lines' });
     big = el('div', { id: 'att-big', className: 'big-map' }, el('h3', {}, ''));
     error = el('div', { id: 'att-error', className: 'error' });
-    ask = asker(app, header, error);
+    ask = asker(app, header, error, () => {
+      answer = null;
+      grid = null;
+      clear(gridBox);
+      delete gridBox.dataset.step;
+      clear(strip);
+      lines.width = 0;
+      big.querySelector('canvas')?.remove();
+      big.querySelector('h3').textContent = '';
+    });
     element.append(
       el('h2', {}, 'What each head looks at'),
       header.element,

@@ -34,6 +34,8 @@ async function draw() {
 
 async function refresh() {
   const { runs } = await app.api.runs();
+  // A run deleted since it was ticked leaves the chart.
+  for (const name of chosen) if (!runs.some((r) => r.name === name)) chosen.delete(name);
   clear(picker);
   for (const run of runs) {
     const box = el('input', { type: 'checkbox', value: run.name, checked: chosen.has(run.name),
@@ -52,8 +54,8 @@ export default {
       picker = el('div', { id: 'compare-runs', className: 'picker' }),
       chartBox = el('div', { id: 'compare-chart', className: 'chart' }));
   },
-  show() {
-    refresh();
+  async show() {
+    await refresh();
     draw();
   },
 };

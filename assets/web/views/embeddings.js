@@ -4,7 +4,7 @@
 // pair of rows of position_embedding.weight). After training, characters that behave alike sit
 // together: vowels, capitals, punctuation; neighbouring positions have similar vectors.
 
-import { el } from './util.js';
+import { el, clear } from './util.js';
 import { runHeader, followRun, asker, drawScatter, drawCosine } from './look.js';
 
 let app;
@@ -44,7 +44,12 @@ const view = {
     cosine = el('div', { id: 'emb-cosine' });
     tokensNote = el('p', { className: 'muted small', id: 'emb-tokens-note' });
     error = el('div', { id: 'emb-error', className: 'error' });
-    ask = asker(app, header, error);
+    ask = asker(app, header, error, () => {
+      clear(scatter);
+      delete scatter.dataset.step;
+      clear(cosine);
+      tokensNote.textContent = '';
+    });
     element.append(
       el('h2', {}, 'The characters as the model sees them'),
       header.element, error,

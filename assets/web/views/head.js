@@ -291,7 +291,13 @@ const view = {
     steps = el('div', { id: 'head-steps' });
     check = el('p', { id: 'head-check', className: 'check' });
     error = el('div', { id: 'head-error', className: 'error' });
-    ask = asker(app, header, error);
+    ask = asker(app, header, error, () => {
+      clear(steps);
+      delete steps.dataset.step;
+      delete steps.dataset.position;
+      check.textContent = '';
+      positionLabel.textContent = '';
+    });
     element.append(
       el('h2', {}, 'One head, step by step'),
       header.element,

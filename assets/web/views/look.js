@@ -190,20 +190,23 @@ export function followRun(app, view, fetcher) {
   };
 }
 
-// The tail of every request a view makes about the selected run: with no run selected, the
-// header asks for one; otherwise `request(run)` is sent and `draw(answer)` runs with its answer,
+// The tail of every request a view makes about the selected run: with no run selected (none
+// picked yet, or the selected one deleted), `empty()` clears what the view shows and the header
+// asks for a run; otherwise `request(run)` is sent and `draw(answer)` runs with its answer,
 // after the header says what it looked at. Requests are numbered, so that an answer (or a
-// refusal) that arrives after a later request was sent is dropped: the later one is newer.
-// A refusal shows in `error`, in the server's words. Returns ask(request, draw).
-export function asker(app, header, error) {
+// refusal) that arrives after a later request was sent, or after the run was deselected, is
+// dropped: the later one is newer. A refusal shows in `error`, in the server's words.
+// Returns ask(request, draw).
+export function asker(app, header, error, empty = () => {}) {
   let asked = 0;
   return async (request, draw) => {
-    if (!app.run) {
-      header.about(null);
-      return;
-    }
     const mine = ++asked;
     error.textContent = '';
+    if (!app.run) {
+      header.about(null);
+      empty();
+      return;
+    }
     try {
       const got = await request(app.run);
       if (mine !== asked) return;

@@ -4,7 +4,7 @@
 // same as src/sampling.rs), so the bars move with the sliders without asking again. Clicking a
 // bar appends its character to the prompt.
 
-import { el } from './util.js';
+import { el, clear } from './util.js';
 import { runHeader, followRun, asker, reshape, drawBars, debounce, shown } from './look.js';
 
 let app;
@@ -78,7 +78,12 @@ const view = {
     bars = el('div', { id: 'next-bars', className: 'bars' });
     note = el('p', { id: 'next-note', className: 'muted' });
     error = el('div', { id: 'next-error', className: 'error' });
-    ask = asker(app, header, error);
+    ask = asker(app, header, error, () => {
+      answer = null;
+      clear(bars);
+      delete bars.dataset.prompt;
+      note.textContent = '';
+    });
     element.append(
       el('h2', {}, 'What comes next?'),
       header.element,

@@ -3,7 +3,7 @@
 // as `chargpt eval` cuts the val split, so the mean shown is eval's loss over the same windows.
 // Hover a character for p and the characters the model expected instead.
 
-import { el } from './util.js';
+import { el, clear } from './util.js';
 import { runHeader, followRun, asker, surpriseText, lossColor, shown, percent } from './look.js';
 
 let app;
@@ -75,7 +75,12 @@ const view = {
     tip = el('div', { id: 'sur-tip', className: 'tip', hidden: true });
     mean = el('p', { id: 'sur-mean' });
     error = el('div', { id: 'sur-error', className: 'error' });
-    ask = asker(app, header, error);
+    ask = asker(app, header, error, () => {
+      clear(out);
+      delete out.dataset.step;
+      mean.textContent = '';
+      delete mean.dataset.mean;
+    });
     const legend = el('div', { className: 'legend' }, 'loss: ',
       ...[0, 1, 2, 3, 4, 5].map((l) => el('span', {}, el('span', { className: 'swatch', style: `background:${lossColor(l)}` }), `${l}${l === 5 ? '+' : ''}`)),
       el('span', {}, ' nats (−ln p; 0 = certain and right, ',
