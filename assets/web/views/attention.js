@@ -6,7 +6,7 @@
 // to the ones it looks at (bottom), as bertviz's head view draws them. Click a map to enlarge it.
 
 import { el, clear } from './util.js';
-import { runHeader, followRun, asker, mapGrid, heat, shown, debounce } from './look.js';
+import { runHeader, followRun, asker, promptBox, mapGrid, heat, shown, debounce } from './look.js';
 
 let app;
 let header;
@@ -22,6 +22,7 @@ let grid = null;
 let selected = [0, 0];
 let query = null;
 let ask;
+let box; // the prompt per run: its own, or the one the user typed for it
 
 function weight(l, h, t, u) {
   return u <= t ? answer.weights[l][h][t][u] : 0;
@@ -167,7 +168,8 @@ function render() {
   setQuery(query);
 }
 
-function fetchNow() {
+async function fetchNow() {
+  if (!(await box.choose())) return undefined;
   const text = prompt.value;
   return ask((run) => app.api.inspectAttention(run, { prompt: text }), (got) => {
     answer = got;
@@ -184,6 +186,7 @@ const view = {
     app = shared;
     header = runHeader(app, 'att');
     prompt = el('textarea', { id: 'att-prompt', rows: 2, cols: 70, value: 'ROMEO:\nIt is the east, and Juliet is the sun.' });
+    box = promptBox(app, prompt);
     prompt.addEventListener('input', debounce(fetchNow, 150));
     strip = el('div', { id: 'att-text', className: 'tokens' });
     gridBox = el('div', { id: 'att-grid' });

@@ -9,7 +9,7 @@
 // rotary positions) without this file assuming what a block holds.
 
 import { el, clear } from './util.js';
-import { runHeader, followRun, asker, shown, num, diverging, heat, debounce } from './look.js';
+import { runHeader, followRun, asker, promptBox, shown, num, diverging, heat, debounce } from './look.js';
 
 let app;
 let header;
@@ -23,6 +23,7 @@ let steps;
 let check;
 let error;
 let ask;
+let box; // the prompt per run: its own, or the one the user typed for it
 
 // A link that opens a file of the project at a line: the paragraph of docs/ or the function that
 // computes a step. `find` is text the file contains (src/serve/assets.rs's tests check every
@@ -248,7 +249,11 @@ function fillSelect(select, n, value) {
   select.value = String(Math.min(value, n - 1));
 }
 
-function fetchNow() {
+async function fetchNow() {
+  const before = prompt.value;
+  if (!(await box.choose())) return undefined;
+  // A new prompt (another run's): its last position, not the one picked on the old one.
+  if (prompt.value !== before) delete position.dataset.touched;
   const request = {
     prompt: prompt.value,
     layer: Number(layer.value || 0),
@@ -274,6 +279,7 @@ const view = {
     app = shared;
     header = runHeader(app, 'head');
     prompt = el('textarea', { id: 'head-prompt', rows: 2, cols: 70, value: 'ROMEO:\nIt is the east, and Juliet is the sun.' });
+    box = promptBox(app, prompt);
     prompt.addEventListener('input', debounce(() => {
       delete position.dataset.touched;
       fetchNow();

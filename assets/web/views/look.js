@@ -219,6 +219,67 @@ export function asker(app, header, error, empty = () => {}) {
   };
 }
 
+// ---- the prompt ----
+
+// The prompt a run's views start from: inspect/model's `prompt`, the run's probe (a line of
+// the text it learns: Tiny Shakespeare's for a model of it, else the start of a line of the
+// run's own text), or null for a run with none yet (before its first evaluation). Kept once
+// known; a run deleted and made again under its name is asked again.
+const runPrompts = new Map();
+let forgetting = false;
+async function runPrompt(app, name) {
+  if (!forgetting) {
+    app.on('runs-changed', () => runPrompts.clear());
+    forgetting = true;
+  }
+  if (runPrompts.has(name)) return runPrompts.get(name);
+  let prompt = null;
+  try {
+    prompt = (await app.api.runModel(name)).prompt ?? null;
+  } catch {
+    prompt = null; // the view's own request will say what is wrong
+  }
+  if (prompt !== null) runPrompts.set(name, prompt);
+  return prompt;
+}
+
+// A view's prompt box, per run: when a run is selected the box shows the run's own prompt
+// (so that a model of another text is not asked about Shakespeare, whose characters it may
+// lack) unless the user has typed a prompt of their own for that run, which comes back when
+// the run is selected again. A run with no prompt yet keeps what the box holds and is asked
+// again at the next request (its first evaluation records one).
+// Returns {choose(), typed()}: `await choose()` before each request (false: the selected run
+// changed meanwhile, and the request for the new one is on its way); typed() when the view
+// itself changes the text for the user (a clicked bar appended).
+export function promptBox(app, textarea) {
+  const typed = new Map(); // run -> the prompt the user typed for it
+  let holds = null; // the run whose prompt (its own or the user's) the box holds
+  const keep = () => {
+    if (!app.run) return;
+    typed.set(app.run, textarea.value);
+    holds = app.run;
+  };
+  textarea.addEventListener('input', keep);
+  return {
+    async choose() {
+      const run = app.run;
+      if (!run || holds === run) return true;
+      if (!typed.has(run)) {
+        const own = await runPrompt(app, run);
+        if (run !== app.run) return false;
+        // The user may have typed while it was asked.
+        if (holds === run || typed.has(run) || own === null) return true;
+        textarea.value = own;
+      } else {
+        textarea.value = typed.get(run);
+      }
+      holds = run;
+      return true;
+    },
+    typed: keep,
+  };
+}
+
 // ---- drawings ----
 
 // Bars of the most likely next characters: probs (V) over vocab, at most `count`, zeros left

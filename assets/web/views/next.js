@@ -5,7 +5,7 @@
 // bar appends its character to the prompt.
 
 import { el, clear } from './util.js';
-import { runHeader, followRun, asker, reshape, drawBars, debounce, shown } from './look.js';
+import { runHeader, followRun, asker, promptBox, reshape, drawBars, debounce, shown } from './look.js';
 
 let app;
 let header;
@@ -17,6 +17,7 @@ let bars;
 let note;
 let error;
 let ask;
+let box; // the prompt per run: its own, or the one the user typed for it
 let answer = null; // the last answer: {vocab, logits, tokens, ...}
 
 function settings() {
@@ -35,6 +36,7 @@ function draw() {
     count: 20,
     onPick: (c) => {
       prompt.value += c;
+      box.typed();
       fetchNow();
     },
   });
@@ -48,7 +50,8 @@ function draw() {
     + `${k === null ? '' : ` over the ${k} most likely`}, the distribution chargpt sample draws from.`;
 }
 
-function fetchNow() {
+async function fetchNow() {
+  if (!(await box.choose())) return undefined;
   const text = prompt.value;
   return ask((run) => app.api.inspectNext(run, { prompt: text }), (got) => {
     answer = { ...got, prompt: text };
@@ -67,6 +70,7 @@ const view = {
     app = shared;
     header = runHeader(app, 'next');
     prompt = el('textarea', { id: 'next-prompt', rows: 3, cols: 70, value: 'ROMEO:\nIt is the east, and Juliet is the s' });
+    box = promptBox(app, prompt);
     prompt.addEventListener('input', fetchSoon);
     temperature = el('input', { id: 'next-temperature', type: 'range', min: 0.1, max: 3, step: 0.05, value: 1 });
     topK = el('input', { id: 'next-top-k', type: 'range', min: 1, max: 65, step: 1, value: 65 });
