@@ -5,7 +5,9 @@
 // together: vowels, capitals, punctuation; neighbouring positions have similar vectors.
 
 import { el, clear } from './util.js';
-import { runHeader, followRun, asker, drawScatter, drawCosine } from './look.js';
+import {
+  runHeader, followRun, asker, drawScatter, drawCosine, RARE_MIN, RARE_SHARE,
+} from './look.js';
 
 let app;
 let header;
@@ -13,12 +15,17 @@ let follow;
 let scatter;
 let cosine;
 let tokensNote;
+let rareNote;
 let error;
 let ask;
 
 function fetchNow() {
   return ask((run) => app.api.inspectEmbeddings(run), (got) => {
-    drawScatter(scatter, got.vocab, got.points, got.explained);
+    const rare = drawScatter(scatter, got.vocab, got.points, got.explained, { counts: got.counts });
+    rareNote.textContent = rare
+      ? `${rare} rare characters (fewer than ${RARE_MIN} in the text, or under ${100 * RARE_SHARE}% of it) are dots, `
+        + 'labelled on hover: seen so seldom, their embeddings barely moved from where they started.'
+      : '';
     scatter.dataset.step = String(got.step);
     tokensNote.textContent = got.tied
       ? 'Each character\'s row of token_embedding.weight, centred and projected on the two directions of greatest variance. Characters the model treats alike end up close. Tied embeddings: lm_head scores each character with this same row, so it also says which characters the model predicts alike.'
@@ -43,10 +50,12 @@ const view = {
     scatter = el('div', { id: 'emb-scatter' });
     cosine = el('div', { id: 'emb-cosine' });
     tokensNote = el('p', { className: 'muted small', id: 'emb-tokens-note' });
+    rareNote = el('p', { className: 'muted small', id: 'emb-rare-note' });
     error = el('div', { id: 'emb-error', className: 'error' });
     ask = asker(app, header, error, () => {
       clear(scatter);
       delete scatter.dataset.step;
+      rareNote.textContent = '';
       clear(cosine);
       tokensNote.textContent = '';
     });
@@ -57,7 +66,8 @@ const view = {
         el('div', {},
           el('h3', {}, 'token embeddings on their first two principal components'),
           tokensNote,
-          scatter),
+          scatter,
+          rareNote),
         el('div', {},
           el('h3', {}, 'position embeddings: cosine similarity'),
           el('p', { className: 'muted small' }, 'Row i, column j: how alike the vectors of positions i and j are. A bright diagonal band means nearby positions look alike.'),

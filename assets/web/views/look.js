@@ -74,15 +74,26 @@ export function fromBase64(text) {
   return bytes;
 }
 
-// The kind of a character, for the embedding scatter's colours.
+// The kind of a character, for the embedding scatter's colours, in any script: a letter is
+// anything Unicode calls one (é, ß, Ж, ζ, 中), a vowel one whose base letter (accents taken off)
+// is a Latin, Greek or Cyrillic vowel, a capital one with a lower case; digits are any numeral.
+const VOWELS = 'aeiouæøœαεηιουω';
+const CYRILLIC_VOWELS = 'аеёиоуыэюяіїє';
 export function charClass(c) {
-  if (/[aeiou]/.test(c)) return 'vowel';
-  if (/[AEIOU]/.test(c)) return 'capital vowel';
-  if (/[a-z]/.test(c)) return 'consonant';
-  if (/[A-Z]/.test(c)) return 'capital consonant';
-  if (/[0-9]/.test(c)) return 'digit';
-  if (/\s/.test(c)) return 'space or newline';
-  return 'punctuation';
+  if (/\s/u.test(c)) return 'space or newline';
+  if (/\p{L}/u.test(c)) {
+    const capital = /\p{Lu}|\p{Lt}/u.test(c);
+    const lower = c.toLowerCase();
+    if (!capital && lower === c.toUpperCase()) return 'other letter';
+    const vowel = /\p{Script=Cyrillic}/u.test(c)
+      ? CYRILLIC_VOWELS.includes(lower)
+      : VOWELS.includes(lower.normalize('NFD').replace(/\p{M}/gu, ''));
+    if (vowel) return capital ? 'capital vowel' : 'vowel';
+    return capital ? 'capital consonant' : 'consonant';
+  }
+  if (/\p{N}/u.test(c)) return 'digit';
+  if (/\p{P}/u.test(c)) return 'punctuation';
+  return 'symbol';
 }
 
 export const CLASS_COLORS = {
@@ -90,10 +101,25 @@ export const CLASS_COLORS = {
   'capital vowel': '#ff9896',
   consonant: '#1f77b4',
   'capital consonant': '#9ecae1',
+  'other letter': '#17becf',
   digit: '#2ca02c',
   'space or newline': '#7f7f7f',
   punctuation: '#9467bd',
+  symbol: '#8c564b',
 };
+
+// A character too rare in the text to have learned much: seen fewer than RARE_MIN times, or
+// in fewer than RARE_SHARE of its characters (1 in 10,000). Its embedding is met in too few
+// batches to move far from where initialisation put it, so such characters pile up near the
+// middle of the scatter, where their labels would hide each other and the common ones.
+export const RARE_MIN = 20;
+export const RARE_SHARE = 1e-4;
+export function rareCharacters(counts) {
+  if (!counts) return null;
+  const total = counts.reduce((s, n) => s + n, 0);
+  const cut = Math.max(RARE_MIN, RARE_SHARE * total);
+  return counts.map((n) => n < cut);
+}
 
 // ---- colour scales ----
 
@@ -413,7 +439,9 @@ function svg(tag, attrs = {}, text = null) {
 }
 export { svg };
 
-export function drawScatter(element, vocab, points, explained, { width = 620, height = 460 } = {}) {
+// With `counts` (each character's count in the text), rare characters (rareCharacters) are
+// small dots, labelled while the pointer is on them; returns how many were drawn so.
+export function drawScatter(element, vocab, points, explained, { width = 620, height = 460, counts = null } = {}) {
   clear(element);
   const pad = 36;
   const xs = points.map((p) => p[0]);
@@ -436,14 +464,37 @@ export function drawScatter(element, vocab, points, explained, { width = 620, he
     `first principal component (${(100 * explained[0]).toFixed(1)}% of the variance)`));
   root.append(svg('text', { x: 12, y: height / 2, transform: `rotate(-90 12 ${height / 2})`, 'text-anchor': 'middle', class: 'axis' },
     `second (${(100 * explained[1]).toFixed(1)}%)`));
+  const rare = rareCharacters(counts) ?? vocab.map(() => false);
+  const about = (c, i, kind) => `${JSON.stringify(c)} (${kind}${counts ? `, ${counts[i].toLocaleString('en-US')} in the text` : ''}): ${num(points[i][0])}, ${num(points[i][1])}`;
+  // The rare ones first, under the labels; one label follows the pointer over them.
+  const hover = svg('text', { class: 'hover-label', 'text-anchor': 'middle', visibility: 'hidden' });
   vocab.forEach((c, i) => {
+    if (!rare[i]) return;
+    const kind = charClass(c);
+    const x = X(points[i][0]);
+    const y = Y(points[i][1]);
+    const dot = svg('circle', { cx: x, cy: y, r: 3, fill: CLASS_COLORS[kind], class: 'point rare', 'data-char': c });
+    dot.append(svg('title', {}, about(c, i, kind)));
+    dot.addEventListener('mouseenter', () => {
+      hover.textContent = shown(c);
+      hover.setAttribute('x', x);
+      hover.setAttribute('y', y - 9);
+      hover.setAttribute('fill', CLASS_COLORS[kind]);
+      hover.setAttribute('visibility', 'visible');
+    });
+    dot.addEventListener('mouseleave', () => hover.setAttribute('visibility', 'hidden'));
+    root.append(dot);
+  });
+  vocab.forEach((c, i) => {
+    if (rare[i]) return;
     const kind = charClass(c);
     const label = c === ' ' ? '␣' : c === '\n' ? '⏎' : c;
     const text = svg('text', { x: X(points[i][0]), y: Y(points[i][1]), 'text-anchor': 'middle', 'dominant-baseline': 'central', fill: CLASS_COLORS[kind], class: 'point', 'data-char': c },
       label);
-    text.append(svg('title', {}, `${JSON.stringify(c)} (${kind}): ${num(points[i][0])}, ${num(points[i][1])}`));
+    text.append(svg('title', {}, about(c, i, kind)));
     root.append(text);
   });
+  root.append(hover);
   element.append(root);
   const legend = el('div', { className: 'legend' });
   for (const [kind, color] of Object.entries(CLASS_COLORS)) {
@@ -452,6 +503,9 @@ export function drawScatter(element, vocab, points, explained, { width = 620, he
     }
   }
   element.append(legend);
+  const drawnRare = rare.filter(Boolean).length;
+  element.dataset.rare = String(drawnRare);
+  return drawnRare;
 }
 
 // A square matrix of values in -1..1 (row-major, n x n) as a canvas, blue-white-red, with a
