@@ -31,6 +31,8 @@ export function lineChart(element, { title, yLabel, series, height = 260, yLog =
     ],
   };
   const plot = new uPlot(options, [[], ...series.map(() => [])], element);
+  // The chart's data and axes, for the browser tests.
+  element.plot = plot;
   new ResizeObserver(() => {
     const width = Math.max(element.clientWidth, 300);
     if (width !== plot.width) plot.setSize({ width, height });
@@ -61,14 +63,17 @@ export function align(seriesPoints) {
 }
 
 // A centred moving average: each point is the mean of the values within `half` steps either
-// side of it (fewer at the ends), so the curve follows a falling loss without lagging behind it,
-// as loss.png draws it. Prefix sums make it one pass.
+// side of it, so the curve follows a falling loss without lagging behind it. Near the ends the
+// window shrinks on both sides alike (the first point is itself, the second the mean of the
+// first three, ...): a window cut on one side only averaged the first point with the lower
+// losses after it, and the smoothed curve started well below the real loss (0.35 nats on a
+// default run). Prefix sums make it one pass.
 export function smooth(values, half) {
   const prefix = [0];
   for (const v of values) prefix.push(prefix[prefix.length - 1] + v);
+  const last = values.length - 1;
   return values.map((_, i) => {
-    const lo = Math.max(0, i - half);
-    const hi = Math.min(values.length, i + half + 1);
-    return (prefix[hi] - prefix[lo]) / (hi - lo);
+    const h = Math.min(half, i, last - i);
+    return (prefix[i + h + 1] - prefix[i - h]) / (2 * h + 1);
   });
 }
