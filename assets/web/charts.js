@@ -9,15 +9,37 @@ import uPlot from './vendor/uPlot.esm.js';
 export const COLORS = ['#1f77b4', '#d62728', '#2ca02c', '#ff7f0e', '#9467bd', '#8c564b',
   '#e377c2', '#7f7f7f', '#bcbd22', '#17becf'];
 
+// The y axis as wide as its longest tick label (uPlot's is 50 px, too narrow for 0.00015).
+function yAxisSize(self, values) {
+  const longest = Math.max(0, ...(values ?? []).map((v) => String(v ?? '').length));
+  return Math.max(50, 7 * longest + 18);
+}
+
+// Tick labels with as many decimals as the step between ticks needs (0.0005 apart: 0.0015,
+// not uPlot's 3-decimal 0.002 twice).
+function yAxisValues(self, splits, axisIdx, space, incr) {
+  let decimals = 0;
+  while (decimals < 12 && Math.abs(incr * 10 ** decimals - Math.round(incr * 10 ** decimals)) > 1e-6) decimals += 1;
+  return splits.map((v) => (v == null ? '' : v.toFixed(decimals)));
+}
+
 // series: [{label, color, width?, points?: true (dots, joined over gaps), dash?}]
-export function lineChart(element, { title, yLabel, series, height = 260, yLog = false }) {
+// ySpace: the least room in pixels between two y ticks (uPlot's default 30 leaves a short
+// chart two or three ticks).
+export function lineChart(element, { title, yLabel, series, height = 260, yLog = false, ySpace = 30 }) {
   const options = {
     title,
     width: Math.max(element.clientWidth, 300),
     height,
     scales: { x: { time: false }, y: yLog ? { distr: 3 } : {} },
-    axes: [{ label: 'step' }, { label: yLabel }],
+    axes: [{ label: 'step' }, { label: yLabel, space: ySpace, size: yAxisSize, values: yLog ? undefined : yAxisValues }],
     legend: { live: true },
+    hooks: {
+      // How many y ticks are labelled: the browser tests read it.
+      draw: [(u) => {
+        element.dataset.yTicks = String((u.axes[1]._values ?? []).filter((v) => v != null && v !== '').length);
+      }],
+    },
     series: [
       { label: 'step' },
       ...series.map((s) => ({

@@ -219,7 +219,7 @@ export default {
         { label: 'val (eval)', color: COLORS[1], points: true, width: 2 },
       ] });
     lrChart = lineChart(element.querySelector('#lr-chart'), {
-      title: 'learning rate', yLabel: 'learning rate', height: 160,
+      title: 'learning rate', yLabel: 'learning rate', height: 200, ySpace: 18,
       series: [{ label: 'learning rate', color: COLORS[2] }] });
     for (const [type, handler] of Object.entries(live)) app.on(`live:${type}`, handler);
     app.on('history', onHistory);
