@@ -285,7 +285,9 @@ export function promptBox(app, textarea) {
     typed.set(app.run, textarea.value);
     holds = app.run;
   };
+  // 'change' too: a box emptied by a script (WebDriver's clear) fires only that.
   textarea.addEventListener('input', keep);
+  textarea.addEventListener('change', keep);
   return {
     async choose() {
       const run = app.run;
