@@ -49,6 +49,15 @@ fn start_watch_stop_and_sample_a_run_by_clicking() {
     browser.wait_until("the page", "location.search === ''", 20);
     browser.find("#runs-table");
 
+    // Every setting's name shows whole (none runs under its input, as "attention_projectio"
+    // and "muon_weight_deca" did).
+    browser.find("#settings input[name=muon_weight_decay]");
+    let cut = text_of(
+        &browser,
+        "[...document.querySelectorAll('#settings .setting > span:first-child')].filter(s => s.scrollWidth > s.clientWidth).map(s => s.textContent).join()",
+    );
+    assert_eq!(cut, "", "setting names cut");
+
     // Start a small run by filling the form and clicking.
     browser.click("#new-preset option[value='layernorm']");
     browser.wait_until(
@@ -101,6 +110,34 @@ fn start_watch_stop_and_sample_a_run_by_clicking() {
     );
     let config = chargpt::checkpoint::load_config(&dir.path().join("runs/web")).unwrap();
     assert!(config.step > 0 && config.step < 100_000, "{}", config.step);
+    // The smoothed curve starts where the loss does: over the first ten steps drawn, its mean
+    // is the raw loss's (the average of a window cut on one side started it far below, the
+    // mean of up to 1,000 later steps of a run of 100,000).
+    let edge = browser.run(
+        "const d = document.querySelector('#loss-chart').plot.data;
+         const at = d[1].map((v, i) => (v == null ? -1 : i)).filter((i) => i >= 0).slice(0, 10);
+         const mean = (k) => at.reduce((s, i) => s + d[k][i], 0) / at.length;
+         return [d[1][at[0]], d[2][at[0]], mean(1), mean(2), at.length];",
+    );
+    let edge: Vec<f64> = edge
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert_eq!(edge[4], 10.0, "{edge:?}");
+    assert!(
+        (edge[0] - edge[1]).abs() < 0.1 && (edge[2] - edge[3]).abs() < 0.1,
+        "the smoothed curve's first point and first ten (raw, smoothed, raw mean, smoothed mean): {edge:?}"
+    );
+    // The learning-rate axis has enough ticks to read (it had two or three).
+    let ticks: u32 = text_of(
+        &browser,
+        "document.querySelector('#lr-chart').dataset.yTicks",
+    )
+    .parse()
+    .unwrap_or(0);
+    assert!(ticks >= 4, "{ticks} ticks on the learning-rate axis");
     browser.click("#tab-runs");
     browser.find("tr[data-run='web'][data-state='stopped']");
 
@@ -132,6 +169,75 @@ fn start_watch_stop_and_sample_a_run_by_clicking() {
         "the error",
         "document.querySelector('#form-error').textContent.includes('must be divisible by n_head (5)')",
         20,
+    );
+    // A later submit clears it: a name the browser itself refuses (it never reaches the
+    // server) shows only its own message...
+    browser.type_into("#new-name", "bad name!");
+    browser.click("#start");
+    browser.wait_until(
+        "the name's own refusal",
+        "document.querySelector('.field-error[data-for=name]').textContent !== ''",
+        10,
+    );
+    assert_eq!(
+        text_of(
+            &browser,
+            "document.querySelector('#form-error').textContent"
+        ),
+        "",
+        "the n_head refusal stayed"
+    );
+    // ... and a refusal of another field only that one.
+    browser.type_into("#new-name", "bad");
+    browser.type_into("#settings input[name=n_head]", "4");
+    browser.type_into("#settings input[name=steps]", "many");
+    browser.click("#start");
+    browser.wait_until(
+        "the steps refusal",
+        "document.querySelector('.field-error[data-for=steps]').textContent.includes('many')",
+        20,
+    );
+    let errors = text_of(
+        &browser,
+        "[...document.querySelectorAll('#new-run .field-error, #form-error')].filter(e => e.textContent).length",
+    );
+    assert_eq!(errors, "1", "only the new refusal shows");
+    browser.screenshot(&screenshot_path("serve-form-error.png"));
+
+    // Deleting the selected run clears the Training view (it kept the progress bar and
+    // "stopped at step N") and the sample drawn from it.
+    browser.run("window.confirm = () => true");
+    browser.click("tr[data-run='web'] button[data-action='delete']");
+    browser.wait_until(
+        "the run gone",
+        "!document.querySelector(\"tr[data-run='web']\") && window.chargpt.run === null",
+        20,
+    );
+    assert!(!dir.path().join("runs/web").exists());
+    browser.click("#tab-training");
+    // (The charts are redrawn at most once a second.)
+    let expected = r#"["no run selected",0,"","",0,"0"]"#;
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let training = text_of(
+            &browser,
+            "JSON.stringify([document.querySelector('#run-name').textContent,
+               document.querySelector('#progress').value, document.querySelector('#progress-text').textContent,
+               document.querySelector('#view-training').dataset.state, document.querySelectorAll('#samples .sample').length,
+               document.querySelector('#loss-chart').dataset.points])",
+        );
+        if training == expected || std::time::Instant::now() > until {
+            assert_eq!(training, expected, "the Training view after the delete");
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    browser.screenshot(&screenshot_path("serve-deleted.png"));
+    browser.click("#tab-sample");
+    browser.wait_until(
+        "the deleted run's sample cleared",
+        "document.querySelector('#sample-out').textContent === ''",
+        10,
     );
     eprintln!(
         "screenshots: {} and serve-sample.png",
@@ -200,10 +306,21 @@ fn look_inside_a_model_in_every_view() {
     // sliders reshape them, a click appends the character.
     browser.click("#tab-next");
     browser.click("#next-run option[value='tiny']");
+    // A model of small.txt lacks the capitals of "ROMEO:": the view starts from the run's
+    // own prompt (a line of small.txt), not from a refusal.
+    let own = server.get("/api/runs/tiny/inspect/model").json()["prompt"].clone();
+    assert!(own.as_str().is_some_and(|p| !p.is_empty()), "{own}");
     browser.wait_until(
-        "the prompt's refusal",
-        "document.querySelector('#next-error').textContent.includes('lacks')",
+        "bars after the run's own prompt",
+        &format!("document.querySelector('#next-bars').dataset.prompt === {own}"),
         20,
+    );
+    assert_eq!(
+        text_of(
+            &browser,
+            "document.querySelector('#next-error').textContent"
+        ),
+        ""
     );
     browser.type_into("#next-prompt", "the quick ");
     browser.wait_until(
@@ -416,6 +533,28 @@ fn look_inside_a_model_in_every_view() {
             None => assert_eq!(label, "", "{preset}"),
         }
     }
+    // Every box holds its text (fast's attention detail ran out of its box and the picture).
+    let outside = "[...document.querySelectorAll('#model-svg g.part')].flatMap((g) => {
+        const r = g.querySelector('rect').getBBox();
+        return [...g.querySelectorAll('text')].filter((t) => { const b = t.getBBox();
+          return b.x < r.x || b.x + b.width > r.x + r.width || b.y < r.y || b.y + b.height > r.y + r.height; })
+          .map((t) => g.dataset.name + ': ' + t.textContent); }).join(' | ')";
+    for preset in ["fast", "best-1h", "lecture", "bigram", "default"] {
+        browser.click(&format!("#model-source option[value='preset:{preset}']"));
+        browser.wait_until(
+            preset,
+            &format!("document.querySelector('#model-diagram').dataset.source === 'preset:{preset}' && document.querySelector('#model-svg')"),
+            20,
+        );
+        assert_eq!(
+            text_of(&browser, outside),
+            "",
+            "{preset}: text outside its box"
+        );
+        if preset == "fast" {
+            browser.screenshot(&screenshot_path("look-model-fast.png"));
+        }
+    }
     browser.screenshot(&screenshot_path("look-model.png"));
 
     // 7. While it learns: the slider replays the evaluations, and the maps change with it.
@@ -485,6 +624,221 @@ fn look_inside_a_model_in_every_view() {
         202
     );
     eprintln!("screenshots: {}", screenshot_path("look-*.png").display());
+}
+
+/// A text in three scripts with a few symbols that occur once: 34 characters, not Tiny
+/// Shakespeare's 65, and none of the capitals of its "ROMEO:".
+fn other_text() -> String {
+    let line = "le café de la straße: Жизнь и мир, élan über alles.\n";
+    format!("{}rare: ♠ € ¿ Ω ¶ ♣ ♥ ♦\n", line.repeat(60))
+}
+
+/// The page on a model of another text than Tiny Shakespeare's (`runs/other`, beside
+/// small.txt's `runs/tiny`): the Surprise legend's uniform guess is ln V of its vocabulary,
+/// the next-character and attention views start from a prompt in its own text (and keep one
+/// the user typed for it), the embeddings colour é and Ж as letters and draw the characters
+/// that occur once as dots, and Compare says that the two runs' losses do not compare.
+#[test]
+fn views_of_a_model_of_another_text() {
+    let Some((chromium, driver)) = browser_or_skip() else {
+        return;
+    };
+    let dir = workspace();
+    let d = dir.path();
+    let text = other_text();
+    std::fs::write(d.join("other.txt"), &text).unwrap();
+    train_tiny(d);
+    common::succeeds(
+        d,
+        &[
+            "train",
+            "--preset",
+            "layernorm",
+            "--data",
+            "other.txt",
+            "--out",
+            "runs/other",
+            "--set",
+            "n_layer=1",
+            "--set",
+            "n_embd=16",
+            "--set",
+            "block_size=16",
+            "--set",
+            "steps=20",
+            "--set",
+            "eval_interval=10",
+            "--set",
+            "eval_iters=2",
+            "--threads",
+            "1",
+        ],
+    );
+    let mut counts = std::collections::BTreeMap::<char, usize>::new();
+    for c in text.chars() {
+        *counts.entry(c).or_default() += 1;
+    }
+    let vocab = counts.len();
+    assert_ne!(vocab, 65);
+    let total = text.chars().count();
+    let rare = counts
+        .values()
+        .filter(|&&n| (n as f64) < (total as f64 * 1e-4).max(20.0))
+        .count();
+    assert_eq!(rare, 8, "the eight symbols of the last line");
+
+    let server = Server::start(d, &[]);
+    let browser = Browser::start(&chromium, &driver);
+    browser.open(&format!("http://127.0.0.1:{}/?token={TOKEN}", server.port));
+    browser.wait_until("the page", "location.search === '' && window.chargpt", 20);
+    browser.run("window.chargpt.select('other')");
+
+    // Surprise: a uniform guess over its characters is ln V, not ln 65 = 4.17.
+    browser.click("#tab-surprise");
+    let ln = format!("ln {vocab} = {:.2}", (vocab as f64).ln());
+    browser.wait_until(
+        "the legend's ln V",
+        &format!(
+            "document.querySelector('#sur-uniform').textContent.startsWith({})",
+            serde_json::json!(ln)
+        ),
+        20,
+    );
+    let answered = server.post(
+        "/api/runs/other/inspect/surprise",
+        serde_json::json!({ "offset": 0, "windows": 1 }),
+    );
+    assert_eq!(answered.json()["vocab_size"], vocab);
+    browser.screenshot(&screenshot_path("other-surprise.png"));
+
+    // Next character: the run's own prompt, with no refusal; a prompt typed for a run stays
+    // with it when another run is looked at and back.
+    let own =
+        |run: &str| server.get(&format!("/api/runs/{run}/inspect/model")).json()["prompt"].clone();
+    let other = own("other");
+    assert!(
+        other
+            .as_str()
+            .is_some_and(|p| !p.is_empty() && p.chars().all(|c| counts.contains_key(&c))),
+        "{other}"
+    );
+    browser.click("#tab-next");
+    browser.wait_until(
+        "bars after the run's own prompt",
+        &format!("document.querySelector('#next-bars').dataset.prompt === {other}"),
+        20,
+    );
+    assert_eq!(
+        text_of(
+            &browser,
+            "document.querySelector('#next-error').textContent"
+        ),
+        ""
+    );
+    browser.screenshot(&screenshot_path("other-next.png"));
+    browser.type_into("#next-prompt", "le caf");
+    browser.wait_until(
+        "bars after the typed prompt",
+        "document.querySelector('#next-bars').dataset.prompt === 'le caf'",
+        20,
+    );
+    browser.click("#next-run option[value='tiny']");
+    browser.wait_until(
+        "tiny's own prompt",
+        &format!(
+            "document.querySelector('#next-bars').dataset.prompt === {}",
+            own("tiny")
+        ),
+        20,
+    );
+    browser.click("#next-run option[value='other']");
+    browser.wait_until(
+        "the prompt typed for other, back",
+        "document.querySelector('#next-bars').dataset.prompt === 'le caf' && document.querySelector('#next-error').textContent === ''",
+        20,
+    );
+
+    // Attention: the same, with the prompt's characters as the map's.
+    browser.click("#tab-attention");
+    let length = other.as_str().unwrap().chars().count();
+    browser.wait_until(
+        "maps over the run's own prompt",
+        &format!("document.querySelector('#att-prompt').value === {other} && document.querySelectorAll('#att-text .tok').length === {length}"),
+        20,
+    );
+    assert_eq!(
+        text_of(&browser, "document.querySelector('#att-error').textContent"),
+        ""
+    );
+
+    // Embeddings: é and ß are letters (they were coloured as punctuation), Ж a capital; the
+    // symbols that occur once are dots, and a line says how many and why.
+    browser.click("#tab-embeddings");
+    browser.wait_until(
+        "the scatter",
+        &format!("document.querySelectorAll('#emb-scatter [data-char]').length === {vocab}"),
+        20,
+    );
+    let kinds = text_of(
+        &browser,
+        "['é', 'ß', 'Ж', ':', '€'].map((c) => document.querySelector(`#emb-scatter [data-char='${c}'] title`).textContent.match(/\\((.*?)[,)]/)[1]).join()",
+    );
+    assert_eq!(
+        kinds,
+        "vowel,consonant,capital consonant,punctuation,symbol"
+    );
+    let dots = text_of(
+        &browser,
+        "document.querySelectorAll('#emb-scatter circle.rare').length",
+    );
+    assert_eq!(dots, rare.to_string());
+    let labelled = text_of(
+        &browser,
+        "document.querySelectorAll('#emb-scatter text.point').length",
+    );
+    assert_eq!(labelled, (vocab - rare).to_string());
+    let note = text_of(
+        &browser,
+        "document.querySelector('#emb-rare-note').textContent",
+    );
+    assert!(
+        note.starts_with(&format!("{rare} rare characters")),
+        "{note}"
+    );
+    browser.hover("#emb-scatter circle.rare[data-char='♠']");
+    browser.wait_until(
+        "the dot's label on hover",
+        "document.querySelector('#emb-scatter .hover-label').textContent === '♠' && document.querySelector('#emb-scatter .hover-label').getAttribute('visibility') === 'visible'",
+        10,
+    );
+    browser.screenshot(&screenshot_path("other-embeddings.png"));
+
+    // Compare: two runs of different texts and alphabets say so above the chart; one alone
+    // does not.
+    browser.click("#tab-compare");
+    browser.click("#compare-runs input[value='tiny']");
+    browser.click("#compare-runs input[value='other']");
+    browser.wait_until(
+        "the warning",
+        "!document.querySelector('#compare-warning').hidden && document.querySelector('#compare-warning').textContent.includes('do not compare directly') && document.querySelector('#compare-chart').dataset.points",
+        20,
+    );
+    let warning = text_of(
+        &browser,
+        "document.querySelector('#compare-warning').textContent",
+    );
+    assert!(
+        warning.contains(&ln) && warning.contains("other.txt") && warning.contains("small.txt"),
+        "{warning}"
+    );
+    browser.screenshot(&screenshot_path("other-compare.png"));
+    browser.click("#compare-runs input[value='tiny']");
+    browser.wait_until(
+        "no warning for one run",
+        "document.querySelector('#compare-warning').hidden",
+        20,
+    );
+    eprintln!("screenshots: {}", screenshot_path("other-*.png").display());
 }
 
 /// A copy of run directory `from` (never written) at `to`, without its lock file.
@@ -710,7 +1064,7 @@ fn docs_screenshots() {
     browser.click("#tab-embeddings");
     browser.wait_until(
         "points",
-        "document.querySelectorAll('#emb-scatter text.point').length === 65",
+        "document.querySelectorAll('#emb-scatter [data-char]').length === 65",
         20,
     );
     settle();

@@ -6,7 +6,7 @@
 // to the ones it looks at (bottom), as bertviz's head view draws them. Click a map to enlarge it.
 
 import { el, clear } from './util.js';
-import { runHeader, followRun, mapGrid, heat, shown, debounce } from './look.js';
+import { runHeader, followRun, asker, promptBox, mapGrid, heat, shown, debounce } from './look.js';
 
 let app;
 let header;
@@ -21,7 +21,8 @@ let answer = null;
 let grid = null;
 let selected = [0, 0];
 let query = null;
-let asked = 0;
+let ask;
+let box; // the prompt per run: its own, or the one the user typed for it
 
 function weight(l, h, t, u) {
   return u <= t ? answer.weights[l][h][t][u] : 0;
@@ -168,24 +169,14 @@ function render() {
 }
 
 async function fetchNow() {
-  if (!app.run) {
-    header.about(null);
-    return;
-  }
-  const mine = ++asked;
-  error.textContent = '';
-  try {
-    const got = await app.api.inspectAttention(app.run, { prompt: prompt.value });
-    if (mine !== asked) return;
+  if (!(await box.choose())) return undefined;
+  const text = prompt.value;
+  return ask((run) => app.api.inspectAttention(run, { prompt: text }), (got) => {
     answer = got;
     if (selected[0] >= got.n_layer || selected[1] >= got.n_head) selected = [0, 0];
-    header.about(got);
     gridBox.dataset.step = String(got.step);
     render();
-  } catch (e) {
-    if (mine !== asked) return;
-    error.textContent = e.message;
-  }
+  });
 }
 
 const view = {
@@ -195,12 +186,23 @@ const view = {
     app = shared;
     header = runHeader(app, 'att');
     prompt = el('textarea', { id: 'att-prompt', rows: 2, cols: 70, value: 'ROMEO:\nIt is the east, and Juliet is the sun.' });
+    box = promptBox(app, prompt);
     prompt.addEventListener('input', debounce(fetchNow, 150));
     strip = el('div', { id: 'att-text', className: 'tokens' });
     gridBox = el('div', { id: 'att-grid' });
     lines = el('canvas', { id: 'att-lines' });
     big = el('div', { id: 'att-big', className: 'big-map' }, el('h3', {}, ''));
     error = el('div', { id: 'att-error', className: 'error' });
+    ask = asker(app, header, error, () => {
+      answer = null;
+      grid = null;
+      clear(gridBox);
+      delete gridBox.dataset.step;
+      clear(strip);
+      lines.width = 0;
+      big.querySelector('canvas')?.remove();
+      big.querySelector('h3').textContent = '';
+    });
     element.append(
       el('h2', {}, 'What each head looks at'),
       header.element,

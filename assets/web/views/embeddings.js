@@ -4,8 +4,10 @@
 // pair of rows of position_embedding.weight). After training, characters that behave alike sit
 // together: vowels, capitals, punctuation; neighbouring positions have similar vectors.
 
-import { el } from './util.js';
-import { runHeader, followRun, drawScatter, drawCosine } from './look.js';
+import { el, clear } from './util.js';
+import {
+  runHeader, followRun, asker, drawScatter, drawCosine, RARE_MIN, RARE_SHARE,
+} from './look.js';
 
 let app;
 let header;
@@ -13,21 +15,17 @@ let follow;
 let scatter;
 let cosine;
 let tokensNote;
+let rareNote;
 let error;
-let asked = 0;
+let ask;
 
-async function fetchNow() {
-  if (!app.run) {
-    header.about(null);
-    return;
-  }
-  const mine = ++asked;
-  error.textContent = '';
-  try {
-    const got = await app.api.inspectEmbeddings(app.run);
-    if (mine !== asked) return;
-    header.about(got);
-    drawScatter(scatter, got.vocab, got.points, got.explained);
+function fetchNow() {
+  return ask((run) => app.api.inspectEmbeddings(run), (got) => {
+    const rare = drawScatter(scatter, got.vocab, got.points, got.explained, { counts: got.counts });
+    rareNote.textContent = rare
+      ? `${rare} rare characters (fewer than ${RARE_MIN} in the text, or under ${100 * RARE_SHARE}% of it) are dots, `
+        + 'labelled on hover: seen so seldom, their embeddings barely moved from where they started.'
+      : '';
     scatter.dataset.step = String(got.step);
     tokensNote.textContent = got.tied
       ? 'Each character\'s row of token_embedding.weight, centred and projected on the two directions of greatest variance. Characters the model treats alike end up close. Tied embeddings: lm_head scores each character with this same row, so it also says which characters the model predicts alike.'
@@ -40,10 +38,7 @@ async function fetchNow() {
     } else {
       cosine.replaceChildren(el('p', { className: 'muted' }, 'This model has no position embeddings: a bigram sees only the current character.'));
     }
-  } catch (e) {
-    if (mine !== asked) return;
-    error.textContent = e.message;
-  }
+  });
 }
 
 const view = {
@@ -55,7 +50,15 @@ const view = {
     scatter = el('div', { id: 'emb-scatter' });
     cosine = el('div', { id: 'emb-cosine' });
     tokensNote = el('p', { className: 'muted small', id: 'emb-tokens-note' });
+    rareNote = el('p', { className: 'muted small', id: 'emb-rare-note' });
     error = el('div', { id: 'emb-error', className: 'error' });
+    ask = asker(app, header, error, () => {
+      clear(scatter);
+      delete scatter.dataset.step;
+      rareNote.textContent = '';
+      clear(cosine);
+      tokensNote.textContent = '';
+    });
     element.append(
       el('h2', {}, 'The characters as the model sees them'),
       header.element, error,
@@ -63,7 +66,8 @@ const view = {
         el('div', {},
           el('h3', {}, 'token embeddings on their first two principal components'),
           tokensNote,
-          scatter),
+          scatter,
+          rareNote),
         el('div', {},
           el('h3', {}, 'position embeddings: cosine similarity'),
           el('p', { className: 'muted small' }, 'Row i, column j: how alike the vectors of positions i and j are. A bright diagonal band means nearby positions look alike.'),

@@ -9,7 +9,7 @@
 // rotary positions) without this file assuming what a block holds.
 
 import { el, clear } from './util.js';
-import { runHeader, followRun, shown, num, diverging, heat, debounce } from './look.js';
+import { runHeader, followRun, asker, promptBox, shown, num, diverging, heat, debounce } from './look.js';
 
 let app;
 let header;
@@ -22,7 +22,8 @@ let positionLabel;
 let steps;
 let check;
 let error;
-let asked = 0;
+let ask;
+let box; // the prompt per run: its own, or the one the user typed for it
 
 // A link that opens a file of the project at a line: the paragraph of docs/ or the function that
 // computes a step. `find` is text the file contains (src/serve/assets.rs's tests check every
@@ -249,22 +250,17 @@ function fillSelect(select, n, value) {
 }
 
 async function fetchNow() {
-  if (!app.run) {
-    header.about(null);
-    return;
-  }
-  const mine = ++asked;
-  error.textContent = '';
+  const before = prompt.value;
+  if (!(await box.choose())) return undefined;
+  // A new prompt (another run's): its last position, not the one picked on the old one.
+  if (prompt.value !== before) delete position.dataset.touched;
   const request = {
     prompt: prompt.value,
     layer: Number(layer.value || 0),
     head: Number(head.value || 0),
   };
   if (position.dataset.touched) request.position = Number(position.value);
-  try {
-    const got = await app.api.inspectHead(app.run, request);
-    if (mine !== asked) return;
-    header.about(got);
+  return ask((run) => app.api.inspectHead(run, request), (got) => {
     fillSelect(layer, got.n_layer, got.layer);
     fillSelect(head, got.n_head, got.head);
     position.max = String(got.tokens.length - 1);
@@ -273,10 +269,7 @@ async function fetchNow() {
     steps.dataset.step = String(got.step);
     steps.dataset.position = String(got.position);
     render(got);
-  } catch (e) {
-    if (mine !== asked) return;
-    error.textContent = e.message;
-  }
+  });
 }
 
 const view = {
@@ -286,6 +279,7 @@ const view = {
     app = shared;
     header = runHeader(app, 'head');
     prompt = el('textarea', { id: 'head-prompt', rows: 2, cols: 70, value: 'ROMEO:\nIt is the east, and Juliet is the sun.' });
+    box = promptBox(app, prompt);
     prompt.addEventListener('input', debounce(() => {
       delete position.dataset.touched;
       fetchNow();
@@ -303,6 +297,13 @@ const view = {
     steps = el('div', { id: 'head-steps' });
     check = el('p', { id: 'head-check', className: 'check' });
     error = el('div', { id: 'head-error', className: 'error' });
+    ask = asker(app, header, error, () => {
+      clear(steps);
+      delete steps.dataset.step;
+      delete steps.dataset.position;
+      check.textContent = '';
+      positionLabel.textContent = '';
+    });
     element.append(
       el('h2', {}, 'One head, step by step'),
       header.element,

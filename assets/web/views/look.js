@@ -74,15 +74,26 @@ export function fromBase64(text) {
   return bytes;
 }
 
-// The kind of a character, for the embedding scatter's colours.
+// The kind of a character, for the embedding scatter's colours, in any script: a letter is
+// anything Unicode calls one (é, ß, Ж, ζ, 中), a vowel one whose base letter (accents taken off)
+// is a Latin, Greek or Cyrillic vowel, a capital one with a lower case; digits are any numeral.
+const VOWELS = 'aeiouæøœαεηιουω';
+const CYRILLIC_VOWELS = 'аеёиоуыэюяіїє';
 export function charClass(c) {
-  if (/[aeiou]/.test(c)) return 'vowel';
-  if (/[AEIOU]/.test(c)) return 'capital vowel';
-  if (/[a-z]/.test(c)) return 'consonant';
-  if (/[A-Z]/.test(c)) return 'capital consonant';
-  if (/[0-9]/.test(c)) return 'digit';
-  if (/\s/.test(c)) return 'space or newline';
-  return 'punctuation';
+  if (/\s/u.test(c)) return 'space or newline';
+  if (/\p{L}/u.test(c)) {
+    const capital = /\p{Lu}|\p{Lt}/u.test(c);
+    const lower = c.toLowerCase();
+    if (!capital && lower === c.toUpperCase()) return 'other letter';
+    const vowel = /\p{Script=Cyrillic}/u.test(c)
+      ? CYRILLIC_VOWELS.includes(lower)
+      : VOWELS.includes(lower.normalize('NFD').replace(/\p{M}/gu, ''));
+    if (vowel) return capital ? 'capital vowel' : 'vowel';
+    return capital ? 'capital consonant' : 'consonant';
+  }
+  if (/\p{N}/u.test(c)) return 'digit';
+  if (/\p{P}/u.test(c)) return 'punctuation';
+  return 'symbol';
 }
 
 export const CLASS_COLORS = {
@@ -90,10 +101,25 @@ export const CLASS_COLORS = {
   'capital vowel': '#ff9896',
   consonant: '#1f77b4',
   'capital consonant': '#9ecae1',
+  'other letter': '#17becf',
   digit: '#2ca02c',
   'space or newline': '#7f7f7f',
   punctuation: '#9467bd',
+  symbol: '#8c564b',
 };
+
+// A character too rare in the text to have learned much: seen fewer than RARE_MIN times, or
+// in fewer than RARE_SHARE of its characters (1 in 10,000). Its embedding is met in too few
+// batches to move far from where initialisation put it, so such characters pile up near the
+// middle of the scatter, where their labels would hide each other and the common ones.
+export const RARE_MIN = 20;
+export const RARE_SHARE = 1e-4;
+export function rareCharacters(counts) {
+  if (!counts) return null;
+  const total = counts.reduce((s, n) => s + n, 0);
+  const cut = Math.max(RARE_MIN, RARE_SHARE * total);
+  return counts.map((n) => n < cut);
+}
 
 // ---- colour scales ----
 
@@ -187,6 +213,98 @@ export function followRun(app, view, fetcher) {
       if (stale) refresh();
     },
     now: refresh,
+  };
+}
+
+// The tail of every request a view makes about the selected run: with no run selected (none
+// picked yet, or the selected one deleted), `empty()` clears what the view shows and the header
+// asks for a run; otherwise `request(run)` is sent and `draw(answer)` runs with its answer,
+// after the header says what it looked at. Requests are numbered, so that an answer (or a
+// refusal) that arrives after a later request was sent, or after the run was deselected, is
+// dropped: the later one is newer. A refusal shows in `error`, in the server's words.
+// Returns ask(request, draw).
+export function asker(app, header, error, empty = () => {}) {
+  let asked = 0;
+  return async (request, draw) => {
+    const mine = ++asked;
+    error.textContent = '';
+    if (!app.run) {
+      header.about(null);
+      empty();
+      return;
+    }
+    try {
+      const got = await request(app.run);
+      if (mine !== asked) return;
+      header.about(got);
+      draw(got);
+    } catch (e) {
+      if (mine !== asked) return;
+      error.textContent = e.message;
+    }
+  };
+}
+
+// ---- the prompt ----
+
+// The prompt a run's views start from: inspect/model's `prompt`, the run's probe (a line of
+// the text it learns: Tiny Shakespeare's for a model of it, else the start of a line of the
+// run's own text), or null for a run with none yet (before its first evaluation). Kept once
+// known; a run deleted and made again under its name is asked again.
+const runPrompts = new Map();
+let forgetting = false;
+async function runPrompt(app, name) {
+  if (!forgetting) {
+    app.on('runs-changed', () => runPrompts.clear());
+    forgetting = true;
+  }
+  if (runPrompts.has(name)) return runPrompts.get(name);
+  let prompt = null;
+  try {
+    prompt = (await app.api.runModel(name)).prompt ?? null;
+  } catch {
+    prompt = null; // the view's own request will say what is wrong
+  }
+  if (prompt !== null) runPrompts.set(name, prompt);
+  return prompt;
+}
+
+// A view's prompt box, per run: when a run is selected the box shows the run's own prompt
+// (so that a model of another text is not asked about Shakespeare, whose characters it may
+// lack) unless the user has typed a prompt of their own for that run, which comes back when
+// the run is selected again. A run with no prompt yet keeps what the box holds and is asked
+// again at the next request (its first evaluation records one).
+// Returns {choose(), typed()}: `await choose()` before each request (false: the selected run
+// changed meanwhile, and the request for the new one is on its way); typed() when the view
+// itself changes the text for the user (a clicked bar appended).
+export function promptBox(app, textarea) {
+  const typed = new Map(); // run -> the prompt the user typed for it
+  let holds = null; // the run whose prompt (its own or the user's) the box holds
+  const keep = () => {
+    if (!app.run) return;
+    typed.set(app.run, textarea.value);
+    holds = app.run;
+  };
+  // 'change' too: a box emptied by a script (WebDriver's clear) fires only that.
+  textarea.addEventListener('input', keep);
+  textarea.addEventListener('change', keep);
+  return {
+    async choose() {
+      const run = app.run;
+      if (!run || holds === run) return true;
+      if (!typed.has(run)) {
+        const own = await runPrompt(app, run);
+        if (run !== app.run) return false;
+        // The user may have typed while it was asked.
+        if (holds === run || typed.has(run) || own === null) return true;
+        textarea.value = own;
+      } else {
+        textarea.value = typed.get(run);
+      }
+      holds = run;
+      return true;
+    },
+    typed: keep,
   };
 }
 
@@ -323,7 +441,9 @@ function svg(tag, attrs = {}, text = null) {
 }
 export { svg };
 
-export function drawScatter(element, vocab, points, explained, { width = 620, height = 460 } = {}) {
+// With `counts` (each character's count in the text), rare characters (rareCharacters) are
+// small dots, labelled while the pointer is on them; returns how many were drawn so.
+export function drawScatter(element, vocab, points, explained, { width = 620, height = 460, counts = null } = {}) {
   clear(element);
   const pad = 36;
   const xs = points.map((p) => p[0]);
@@ -346,14 +466,37 @@ export function drawScatter(element, vocab, points, explained, { width = 620, he
     `first principal component (${(100 * explained[0]).toFixed(1)}% of the variance)`));
   root.append(svg('text', { x: 12, y: height / 2, transform: `rotate(-90 12 ${height / 2})`, 'text-anchor': 'middle', class: 'axis' },
     `second (${(100 * explained[1]).toFixed(1)}%)`));
+  const rare = rareCharacters(counts) ?? vocab.map(() => false);
+  const about = (c, i, kind) => `${JSON.stringify(c)} (${kind}${counts ? `, ${counts[i].toLocaleString('en-US')} in the text` : ''}): ${num(points[i][0])}, ${num(points[i][1])}`;
+  // The rare ones first, under the labels; one label follows the pointer over them.
+  const hover = svg('text', { class: 'hover-label', 'text-anchor': 'middle', visibility: 'hidden' });
   vocab.forEach((c, i) => {
+    if (!rare[i]) return;
+    const kind = charClass(c);
+    const x = X(points[i][0]);
+    const y = Y(points[i][1]);
+    const dot = svg('circle', { cx: x, cy: y, r: 3, fill: CLASS_COLORS[kind], class: 'point rare', 'data-char': c });
+    dot.append(svg('title', {}, about(c, i, kind)));
+    dot.addEventListener('mouseenter', () => {
+      hover.textContent = shown(c);
+      hover.setAttribute('x', x);
+      hover.setAttribute('y', y - 9);
+      hover.setAttribute('fill', CLASS_COLORS[kind]);
+      hover.setAttribute('visibility', 'visible');
+    });
+    dot.addEventListener('mouseleave', () => hover.setAttribute('visibility', 'hidden'));
+    root.append(dot);
+  });
+  vocab.forEach((c, i) => {
+    if (rare[i]) return;
     const kind = charClass(c);
     const label = c === ' ' ? '␣' : c === '\n' ? '⏎' : c;
     const text = svg('text', { x: X(points[i][0]), y: Y(points[i][1]), 'text-anchor': 'middle', 'dominant-baseline': 'central', fill: CLASS_COLORS[kind], class: 'point', 'data-char': c },
       label);
-    text.append(svg('title', {}, `${JSON.stringify(c)} (${kind}): ${num(points[i][0])}, ${num(points[i][1])}`));
+    text.append(svg('title', {}, about(c, i, kind)));
     root.append(text);
   });
+  root.append(hover);
   element.append(root);
   const legend = el('div', { className: 'legend' });
   for (const [kind, color] of Object.entries(CLASS_COLORS)) {
@@ -362,6 +505,9 @@ export function drawScatter(element, vocab, points, explained, { width = 620, he
     }
   }
   element.append(legend);
+  const drawnRare = rare.filter(Boolean).length;
+  element.dataset.rare = String(drawnRare);
+  return drawnRare;
 }
 
 // A square matrix of values in -1..1 (row-major, n x n) as a canvas, blue-white-red, with a

@@ -26,6 +26,36 @@ const FILL = {
 
 const count = (n) => n.toLocaleString('en-US');
 
+// The width in pixels of `text` in the diagram's type (its CSS: 14px semibold names, 12px
+// details and shapes), measured before anything is drawn, so that each box can be made tall
+// enough for its text, wrapped to the box's width.
+let ruler = null;
+function textWidth(text, font) {
+  if (!ruler) ruler = document.createElement('canvas').getContext('2d');
+  ruler.font = `${font} ${getComputedStyle(document.documentElement).fontFamily}`;
+  return ruler.measureText(text).width;
+}
+const NAME_FONT = '600 14px';
+const SMALL_FONT = '12px';
+
+// `text` cut into lines at most `width` pixels wide, at spaces (a word longer than a line gets
+// a line of its own).
+function wrap(text, width, font) {
+  const lines = [];
+  let line = '';
+  for (const word of text.split(' ')) {
+    const longer = line ? `${line} ${word}` : word;
+    if (line && textWidth(longer, font) > width) {
+      lines.push(line);
+      line = word;
+    } else {
+      line = longer;
+    }
+  }
+  if (line) lines.push(line);
+  return lines;
+}
+
 function draw(answer) {
   const { parts, config } = answer;
   clear(diagram);
@@ -38,10 +68,28 @@ function draw(answer) {
   let y = 14;
   const input = { y, h: 26 };
   y += input.h + gap;
+  const pad = 10;
+  const lineH = 16;
+  // Where each box's text goes: the name, then the output shape and parameters on the same
+  // line at the right if they fit beside it (else on a line of their own), then the detail
+  // wrapped to the box. The box grows to hold them.
+  const layout = (part) => {
+    if (part.kind === 'residual') {
+      const label = `⊕ ${part.detail}`;
+      return { label, h: 30, w: Math.max(220, textWidth(label, NAME_FONT) + 36) };
+    }
+    const params = `→ ${part.dims} (${part.output.join(' × ')}) · ${part.params ? `${count(part.params)} params` : 'no parameters'}`;
+    const beside = textWidth(part.name, NAME_FONT) + textWidth(params, SMALL_FONT) + 3 * pad <= boxW;
+    const detail = wrap(part.detail, boxW - 2 * pad, SMALL_FONT);
+    // The baselines as drawn below: the name at 19, the shape line 16 below it when not
+    // beside, the detail's lines 19 below the line above, then 16 apart; 12 below the last.
+    const last = 19 + (beside ? 0 : lineH) + 3 + lineH * detail.length;
+    return { params, beside, detail, h: Math.max(boxH, last + 12) };
+  };
   const place = (part, inBlock) => {
-    const h = part.kind === 'residual' ? 30 : boxH;
-    items.push({ part, y, h, inBlock });
-    y += h + gap;
+    const text = layout(part);
+    items.push({ part, y, h: text.h, inBlock, text });
+    y += text.h + gap;
   };
   parts.before.forEach((p) => {
     if (p.kind !== 'softmax') place(p, false);
@@ -80,19 +128,30 @@ function draw(answer) {
     root.append(svg('line', { x1: cx, y1: previousBottom + 2, x2: cx, y2: item.y - 2, stroke: '#667085', 'marker-end': 'url(#arrow)' }));
     if (item.inBlock && segmentStart === null) segmentStart = previousBottom + 6;
     const group = svg('g', { class: 'part', 'data-kind': part.kind, 'data-name': part.name, 'data-params': String(part.params) });
+    const { text } = item;
     if (part.kind === 'residual') {
-      group.append(svg('rect', { x: cx - 110, y: item.y, width: 220, height: item.h, rx: 15, fill: FILL.residual, stroke: '#667085' }));
-      group.append(svg('text', { x: cx, y: item.y + 19, 'text-anchor': 'middle', class: 'part-name' }, `⊕ ${part.detail}`));
+      const half = text.w / 2;
+      group.append(svg('rect', { x: cx - half, y: item.y, width: text.w, height: item.h, rx: 15, fill: FILL.residual, stroke: '#667085' }));
+      group.append(svg('text', { x: cx, y: item.y + 19, 'text-anchor': 'middle', class: 'part-name' }, text.label));
       // The skip connection: from the block's input (or the previous add) around the sublayer.
       const right = boxX + boxW + 36;
-      root.append(svg('path', { d: `M ${cx} ${segmentStart} H ${right} V ${item.y + item.h / 2} H ${cx + 112}`, fill: 'none', stroke: '#1f5fbf', 'marker-end': 'url(#arrow)', class: 'skip' }));
+      root.append(svg('path', { d: `M ${cx} ${segmentStart} H ${right} V ${item.y + item.h / 2} H ${cx + half + 2}`, fill: 'none', stroke: '#1f5fbf', 'marker-end': 'url(#arrow)', class: 'skip' }));
       segmentStart = item.y + item.h + 6;
     } else {
       group.append(svg('rect', { x: boxX, y: item.y, width: boxW, height: item.h, rx: 6, fill: FILL[part.kind] || '#fff', stroke: '#98a2b3' }));
-      group.append(svg('text', { x: boxX + 10, y: item.y + 19, class: 'part-name' }, part.name));
-      group.append(svg('text', { x: boxX + boxW - 10, y: item.y + 19, 'text-anchor': 'end', class: 'part-params' },
-        `→ ${part.dims} (${part.output.join(' × ')}) · ${part.params ? `${count(part.params)} params` : 'no parameters'}`));
-      group.append(svg('text', { x: boxX + 10, y: item.y + 38, class: 'part-detail' }, part.detail));
+      group.append(svg('text', { x: boxX + pad, y: item.y + 19, class: 'part-name' }, part.name));
+      let baseline = item.y + 19;
+      if (text.beside) {
+        group.append(svg('text', { x: boxX + boxW - pad, y: baseline, 'text-anchor': 'end', class: 'part-params' }, text.params));
+      } else {
+        baseline += lineH;
+        group.append(svg('text', { x: boxX + pad, y: baseline, class: 'part-params' }, text.params));
+      }
+      baseline += 19 - lineH;
+      for (const line of text.detail) {
+        baseline += lineH;
+        group.append(svg('text', { x: boxX + pad, y: baseline, class: 'part-detail' }, line));
+      }
       group.append(svg('title', {}, part.tensors.map((t) => `${t.name} (${t.shape.join(' × ')})`).join('\n') || part.name));
     }
     root.append(group);

@@ -4,8 +4,8 @@
 // same as src/sampling.rs), so the bars move with the sliders without asking again. Clicking a
 // bar appends its character to the prompt.
 
-import { el } from './util.js';
-import { runHeader, followRun, reshape, drawBars, debounce, shown } from './look.js';
+import { el, clear } from './util.js';
+import { runHeader, followRun, asker, promptBox, reshape, drawBars, debounce, shown } from './look.js';
 
 let app;
 let header;
@@ -16,8 +16,9 @@ let topK;
 let bars;
 let note;
 let error;
+let ask;
+let box; // the prompt per run: its own, or the one the user typed for it
 let answer = null; // the last answer: {vocab, logits, tokens, ...}
-let asked = 0; // the number of the latest request, so that a late answer never overwrites it
 
 function settings() {
   const t = Number(temperature.value);
@@ -35,6 +36,7 @@ function draw() {
     count: 20,
     onPick: (c) => {
       prompt.value += c;
+      box.typed();
       fetchNow();
     },
   });
@@ -49,25 +51,14 @@ function draw() {
 }
 
 async function fetchNow() {
-  if (!app.run) {
-    header.about(null);
-    return;
-  }
+  if (!(await box.choose())) return undefined;
   const text = prompt.value;
-  const mine = ++asked;
-  error.textContent = '';
-  try {
-    const got = await app.api.inspectNext(app.run, { prompt: text });
-    if (mine !== asked) return;
+  return ask((run) => app.api.inspectNext(run, { prompt: text }), (got) => {
     answer = { ...got, prompt: text };
     topK.max = String(got.vocab.length);
     if (!topK.dataset.touched) topK.value = topK.max;
-    header.about(got);
     draw();
-  } catch (e) {
-    if (mine !== asked) return;
-    error.textContent = e.message;
-  }
+  });
 }
 
 const fetchSoon = debounce(fetchNow, 120);
@@ -79,6 +70,7 @@ const view = {
     app = shared;
     header = runHeader(app, 'next');
     prompt = el('textarea', { id: 'next-prompt', rows: 3, cols: 70, value: 'ROMEO:\nIt is the east, and Juliet is the s' });
+    box = promptBox(app, prompt);
     prompt.addEventListener('input', fetchSoon);
     temperature = el('input', { id: 'next-temperature', type: 'range', min: 0.1, max: 3, step: 0.05, value: 1 });
     topK = el('input', { id: 'next-top-k', type: 'range', min: 1, max: 65, step: 1, value: 65 });
@@ -90,6 +82,12 @@ const view = {
     bars = el('div', { id: 'next-bars', className: 'bars' });
     note = el('p', { id: 'next-note', className: 'muted' });
     error = el('div', { id: 'next-error', className: 'error' });
+    ask = asker(app, header, error, () => {
+      answer = null;
+      clear(bars);
+      delete bars.dataset.prompt;
+      note.textContent = '';
+    });
     element.append(
       el('h2', {}, 'What comes next?'),
       header.element,

@@ -179,9 +179,15 @@ const view = {
       error, panels);
     app.on('live:eval', throttle(() => { if (loadedFor === app.run) load(false); }, 200));
     app.on('run-selected', () => {
+      if (playing) play();
       records = [];
       loadedFor = null;
       panels.hidden = true;
+      slider.max = '0';
+      slider.value = '0';
+      label.textContent = '';
+      error.textContent = '';
+      header.about(null);
       if (!element.hidden) load(true);
     });
   },

@@ -116,8 +116,30 @@ function changedSettings() {
   return settings;
 }
 
-function showError(error) {
+// What the last submit left: its refusal (beside a field or below the button) and its notes.
+// Every submit starts by clearing them, so that only its own answer shows.
+function clearErrors() {
   for (const e of form.querySelectorAll('.field-error')) e.textContent = '';
+  form.querySelector('#form-error').textContent = '';
+  form.querySelector('#form-notes').textContent = '';
+}
+
+// A submit the browser itself refuses (a name that does not match the pattern, or none) never
+// reaches start(): the field's own message replaces the last refusal. The invalid events of
+// one submit arrive together, so the errors are cleared once for them.
+let clearedForInvalid = false;
+function onInvalid(event) {
+  if (!clearedForInvalid) {
+    clearErrors();
+    clearedForInvalid = true;
+    setTimeout(() => { clearedForInvalid = false; });
+  }
+  const input = event.target;
+  const spot = form.querySelector(`.field-error[data-for="${input.name}"]`);
+  if (spot) spot.textContent = input.validationMessage;
+}
+
+function showError(error) {
   const spot = error.field && form.querySelector(`.field-error[data-for="${error.field}"]`);
   if (spot) {
     spot.textContent = error.message;
@@ -128,8 +150,7 @@ function showError(error) {
 
 async function start(event) {
   event.preventDefault();
-  form.querySelector('#form-error').textContent = '';
-  for (const e of form.querySelectorAll('.field-error')) e.textContent = '';
+  clearErrors();
   const name = form.querySelector('#new-name').value.trim();
   const request = {
     name,
@@ -186,6 +207,8 @@ function buildForm(limit) {
       el('button', { id: 'start', type: 'submit', className: 'primary' }, 'Start training'),
       el('span', { id: 'form-error', className: 'error' })),
     el('pre', { id: 'form-notes', className: 'notes' }));
+  // `invalid` does not bubble: listen as it goes down.
+  form.addEventListener('invalid', onInvalid, true);
   return form;
 }
 

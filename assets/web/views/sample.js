@@ -15,6 +15,12 @@ async function refresh() {
   clear(select);
   for (const run of runs) select.append(el('option', { value: run.name }, run.name));
   if (runs.some((r) => r.name === current)) select.value = current;
+  // A sample of a run deleted since goes with it.
+  if (output.dataset.run && !runs.some((r) => r.name === output.dataset.run)) {
+    output.textContent = '';
+    delete output.dataset.run;
+    delete output.dataset.done;
+  }
 }
 
 async function draw(event) {
@@ -32,6 +38,7 @@ async function draw(event) {
   for (const e of form.querySelectorAll('.field-error')) e.textContent = '';
   output.textContent = prompt;
   output.dataset.done = 'false';
+  output.dataset.run = value('#sample-run');
   running = new AbortController();
   try {
     await app.api.sample(value('#sample-run'), request, (text) => { output.textContent += text; },

@@ -3,8 +3,8 @@
 // as `chargpt eval` cuts the val split, so the mean shown is eval's loss over the same windows.
 // Hover a character for p and the characters the model expected instead.
 
-import { el } from './util.js';
-import { runHeader, followRun, surpriseText, lossColor, shown, percent } from './look.js';
+import { el, clear } from './util.js';
+import { runHeader, followRun, asker, surpriseText, lossColor, shown, percent } from './look.js';
 
 let app;
 let header;
@@ -13,8 +13,9 @@ let form;
 let out;
 let tip;
 let mean;
+let uniform; // the legend's ln V, for the model looked at
 let error;
-let asked = 0;
+let ask;
 
 function request() {
   const value = (id) => form.querySelector(id).value;
@@ -22,17 +23,8 @@ function request() {
   return { offset: Number(value('#sur-offset')), windows: Number(value('#sur-windows')) };
 }
 
-async function fetchNow() {
-  if (!app.run) {
-    header.about(null);
-    return;
-  }
-  const mine = ++asked;
-  error.textContent = '';
-  try {
-    const got = await app.api.inspectSurprise(app.run, request());
-    if (mine !== asked) return;
-    header.about(got);
+function fetchNow() {
+  return ask((run) => app.api.inspectSurprise(run, request()), (got) => {
     const text = [...got.text];
     surpriseText(out, text, got.losses, {
       offset: 1,
@@ -56,10 +48,9 @@ async function fetchNow() {
       + `${got.cut ? ` (${got.cut} characters at the end, short of a window, left out)` : ''}.`
       + `${got.final_val_loss != null ? ` Over the whole val split: ${got.final_val_loss.toFixed(4)}.` : ''}`;
     mean.dataset.mean = String(got.mean);
-  } catch (e) {
-    if (mine !== asked) return;
-    error.textContent = e.message;
-  }
+    uniform.textContent = `ln ${got.vocab_size} = ${Math.log(got.vocab_size).toFixed(2)} = a uniform guess over its ${got.vocab_size} characters`;
+    uniform.dataset.vocab = String(got.vocab_size);
+  });
 }
 
 const view = {
@@ -84,9 +75,17 @@ const view = {
     tip = el('div', { id: 'sur-tip', className: 'tip', hidden: true });
     mean = el('p', { id: 'sur-mean' });
     error = el('div', { id: 'sur-error', className: 'error' });
+    ask = asker(app, header, error, () => {
+      clear(out);
+      delete out.dataset.step;
+      mean.textContent = '';
+      delete mean.dataset.mean;
+    });
     const legend = el('div', { className: 'legend' }, 'loss: ',
       ...[0, 1, 2, 3, 4, 5].map((l) => el('span', {}, el('span', { className: 'swatch', style: `background:${lossColor(l)}` }), `${l}${l === 5 ? '+' : ''}`)),
-      ' nats (−ln p; 0 = certain and right, ln 65 = 4.17 = a uniform guess)');
+      el('span', {}, ' nats (−ln p; 0 = certain and right, ',
+        uniform = el('span', { id: 'sur-uniform' }, 'ln V = a uniform guess over the model\'s V characters'),
+        ')'));
     element.append(
       el('h2', {}, 'How surprising is each character?'),
       header.element, form, error, mean, legend, out);

@@ -29,6 +29,7 @@ function reset() {
   evals = [];
   samples = [];
   total = null;
+  pendingProgress = null;
   clear(feed);
 }
 
@@ -148,6 +149,9 @@ const live = {
       ? `finished ${data.step} steps in ${duration(data.elapsed_s)}; exact val loss ${fmt(data.final_val_loss)}`
       : `stopped at step ${data.step} of ${data.steps}; resume it to go on`;
     setState(data.state, summary);
+    const bar = root.querySelector('#progress');
+    bar.max = data.steps || 1;
+    bar.value = data.step;
     if (data.sample) addSample({ step: data.step, text: data.sample }, `final model, step ${data.step}`);
   },
   error(data) {
@@ -196,12 +200,12 @@ export default {
             await app.api.resumeRun(app.run, { steps: stepsWanted });
             await app.watch();
           }) }, 'Extend'))),
-      el('div', { className: 'row' },
+      el('div', { className: 'row', id: 'progress-row', hidden: true },
         el('progress', { id: 'progress', value: 0, max: 1 }),
         el('span', { id: 'progress-text', className: 'muted' }),
         el('span', { id: 'saved', className: 'muted' })),
       el('div', { id: 'run-error', className: 'error' }),
-      el('div', { className: 'charts' },
+      el('div', { className: 'charts', hidden: true },
         el('div', { id: 'loss-chart', className: 'chart' }),
         el('div', { id: 'lr-chart', className: 'chart small' })),
       el('h2', {}, 'Samples at each evaluation'),
@@ -215,18 +219,24 @@ export default {
         { label: 'val (eval)', color: COLORS[1], points: true, width: 2 },
       ] });
     lrChart = lineChart(element.querySelector('#lr-chart'), {
-      title: 'learning rate', yLabel: 'learning rate', height: 160,
+      title: 'learning rate', yLabel: 'learning rate', height: 200, ySpace: 18,
       series: [{ label: 'learning rate', color: COLORS[2] }] });
     for (const [type, handler] of Object.entries(live)) app.on(`live:${type}`, handler);
     app.on('history', onHistory);
+    // Another run, or none (the selected run was deleted): nothing of the last one stays, its
+    // progress included, until the new run's history or events say where it stands.
     app.on('run-selected', (name) => {
       reset();
-      // Until the new run's history or events say where it stands.
       root.querySelector('#extend-steps').value = '';
-      setState('');
+      setState('', '');
+      const bar = root.querySelector('#progress');
+      bar.max = 1;
+      bar.value = 0;
       root.querySelector('#run-error').textContent = '';
       root.querySelector('#saved').textContent = '';
       root.querySelector('#run-name').textContent = name ?? 'no run selected';
+      root.querySelector('#progress-row').hidden = !name;
+      root.querySelector('.charts').hidden = !name;
       scheduleDraw();
     });
   },
