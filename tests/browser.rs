@@ -101,6 +101,25 @@ fn start_watch_stop_and_sample_a_run_by_clicking() {
     );
     browser.screenshot(&screenshot_path("serve-live.png"));
 
+    // A page opened while the run trains draws its whole curve: the history from the files,
+    // then the live steps (the stream's replayed start event used to cut the history to its
+    // step 0, leaving the curve to begin where the page was opened).
+    browser.open(&format!("http://127.0.0.1:{}/", server.port));
+    browser.click("tr[data-run='web'] a");
+    browser.wait_until(
+        "the training view of web",
+        "!document.querySelector('#view-training').hidden && Number(document.querySelector('#loss-chart').dataset.points) > 0",
+        20,
+    );
+    let first = browser.run(
+        "const d = document.querySelector('#loss-chart').plot.data; return d[0].find((x, i) => d[1][i] != null);",
+    );
+    assert_eq!(
+        first.as_f64(),
+        Some(1.0),
+        "the curve of a run opened while it trains starts at step 1"
+    );
+
     // Stop it: the page shows it stopped, and so does the list of runs.
     browser.click("#stop");
     browser.wait_until(
@@ -367,6 +386,21 @@ fn look_inside_a_model_in_every_view() {
     assert!(
         (top_p(&browser) - wire("the lazy d", 0.5)).abs() < 1e-5,
         "sharper bars, as sampling at 0.5"
+    );
+    // Temperature 0: the most likely character takes everything, on the page and on the wire.
+    browser.keys("#next-temperature", HOME);
+    browser.wait_until(
+        "temperature 0",
+        "document.querySelector('#next-bars').dataset.temperature === '0'",
+        10,
+    );
+    assert_eq!(top_p(&browser), 1.0, "temperature 0 is the argmax");
+    assert_eq!(wire("the lazy d", 0.0), 1.0);
+    browser.keys("#next-temperature", &"\u{E014}".repeat(10));
+    browser.wait_until(
+        "temperature 0.5 again",
+        "document.querySelector('#next-bars').dataset.temperature === '0.5'",
+        10,
     );
     browser.keys("#next-top-k", HOME);
     browser.wait_until(

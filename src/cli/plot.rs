@@ -474,8 +474,11 @@ where
     Ok(())
 }
 
-/// Each point's y replaced by the mean over the `2 * half + 1` points centred on it (fewer at the
-/// ends): a smoothing that, unlike a running average, does not lag behind a falling curve.
+/// Each point's y replaced by the mean over the `2 * h + 1` points centred on it, with `h` the
+/// smaller of `half` and the points there are on each side: a smoothing that, unlike a running
+/// average, does not lag behind a falling curve, and that shrinks symmetrically at the ends, so
+/// the first point is the first loss (a window cut on one side only averaged the first loss with
+/// the lower ones after it and started the curve 0.35 nats below the real loss).
 pub fn smoothed(points: &[(f64, f64)], half: usize) -> Vec<(f64, f64)> {
     let mut prefix = vec![0.0f64; points.len() + 1];
     for (i, p) in points.iter().enumerate() {
@@ -483,7 +486,8 @@ pub fn smoothed(points: &[(f64, f64)], half: usize) -> Vec<(f64, f64)> {
     }
     (0..points.len())
         .map(|i| {
-            let (lo, hi) = (i.saturating_sub(half), (i + half + 1).min(points.len()));
+            let h = half.min(i).min(points.len() - 1 - i);
+            let (lo, hi) = (i - h, i + h + 1);
             (points[i].0, (prefix[hi] - prefix[lo]) / (hi - lo) as f64)
         })
         .collect()
@@ -999,7 +1003,17 @@ mod tests {
         let close = |a: &[(f64, f64)], b: &[f64]| {
             a.len() == b.len() && a.iter().zip(b).all(|(p, y)| (p.1 - y).abs() < 1e-12)
         };
-        assert!(close(&smooth, &[2.0, 3.0, 10.0 / 3.0, 4.0]), "{smooth:?}");
+        // The window shrinks on both sides at the ends: the end points keep their own values.
+        assert!(close(&smooth, &[2.0, 3.0, 10.0 / 3.0, 3.0]), "{smooth:?}");
+        let falling: Vec<(f64, f64)> = (0..100)
+            .map(|i| (i as f64, 4.2 - 0.02 * i as f64))
+            .collect();
+        let smooth_fall = smoothed(&falling, 10);
+        // A straight line is its own centred average, ends included.
+        assert!(close(
+            &smooth_fall,
+            &falling.iter().map(|p| p.1).collect::<Vec<_>>()
+        ));
         let ys: Vec<f64> = smooth.iter().map(|p| p.1).collect();
         assert!(close(&smoothed(&smooth, 0), &ys));
     }

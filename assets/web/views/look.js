@@ -31,18 +31,17 @@ export function num(x, digits = 3) {
 // softmax(logits / temperature) over the top_k largest (every value tied with the k-th kept),
 // 0 elsewhere. top_k null or >= V: all.
 export function reshape(logits, temperature, topK) {
-  const z = logits.map((x) => x / temperature);
+  const z = [...logits];
   if (topK && topK < z.length) {
+    // Dividing by a positive temperature keeps the order: cut on the logits themselves.
     const cut = [...z].sort((a, b) => b - a)[Math.max(topK, 1) - 1];
     for (let i = 0; i < z.length; i++) if (z[i] < cut) z[i] = -Infinity;
   }
   const max = Math.max(...z);
-  let sum = 0;
-  const e = z.map((x) => {
-    const v = Math.exp(x - max);
-    sum += v;
-    return v;
-  });
+  // exp((z - max) / T): never infinity minus infinity; at T = 0, the limit: the most likely
+  // character (each of several equal ones) takes everything, as sampling does.
+  const e = z.map((x) => (temperature > 0 ? Math.exp((x - max) / temperature) : (x === max ? 1 : 0)));
+  const sum = e.reduce((a, b) => a + b, 0);
   return e.map((v) => v / sum);
 }
 

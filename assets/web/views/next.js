@@ -72,7 +72,7 @@ const view = {
     prompt = el('textarea', { id: 'next-prompt', rows: 3, cols: 70, value: 'ROMEO:\nIt is the east, and Juliet is the s' });
     box = promptBox(app, prompt);
     prompt.addEventListener('input', fetchSoon);
-    temperature = el('input', { id: 'next-temperature', type: 'range', min: 0.1, max: 3, step: 0.05, value: 1 });
+    temperature = el('input', { id: 'next-temperature', type: 'range', min: 0, max: 3, step: 0.05, value: 1 });
     topK = el('input', { id: 'next-top-k', type: 'range', min: 1, max: 65, step: 1, value: 65 });
     temperature.addEventListener('input', draw);
     topK.addEventListener('input', () => {
@@ -97,7 +97,7 @@ const view = {
         el('label', {}, 'temperature ', temperature, ' ', el('span', { id: 'next-temperature-value' }, '1.00')),
         el('label', {}, 'top-k ', topK, ' ', el('span', { id: 'next-top-k-value' }, 'all'))),
       error, bars, note,
-      el('p', { className: 'muted small' }, `Below 1 the temperature sharpens the bars towards the most likely character, above 1 it flattens them; top-k gives every character outside the k most likely probability 0. ${shown(' ')} is a space, ${shown('\n')} a newline.`));
+      el('p', { className: 'muted small' }, `Below 1 the temperature sharpens the bars towards the most likely character (at 0 it takes all), above 1 it flattens them; top-k gives every character outside the k most likely probability 0. ${shown(' ')} is a space, ${shown('\n')} a newline.`));
     follow = followRun(app, view, () => {
       header.refresh();
       fetchNow();

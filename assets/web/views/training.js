@@ -113,9 +113,9 @@ function onHistory(history) {
 
 const live = {
   start(data) {
-    // A resumed run continues from its checkpoint: rows after it are run again.
-    steps = steps.filter(([s]) => s <= data.step);
-    evals = evals.filter((e) => e.step <= data.step);
+    // The history was read after the run (re)started, and the server rewrote the records to its
+    // checkpoint before it answered: every row held is this session's (a stream that joins late
+    // replays this start after rows it must keep).
     total = data.steps;
     setState('training');
     setProgress(data.step, total, data.resumed ? 'resumed' : 'starting');
