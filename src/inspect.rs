@@ -1072,10 +1072,10 @@ mod tests {
             // q = rope(qk_norm(ln1(x) Wq)) at the query's position.
             let qk = m.layout.blocks[layer].qk_norm.as_ref().unwrap();
             let shape = AttentionShape {
-                b_n: 1,
-                t_n: 1,
-                c_n: hs,
-                h_n: 1,
+                batch: 1,
+                seq_len: 1,
+                channels: hs,
+                n_head: 1,
             };
             let mut qkv = trace.q_linear.clone();
             qkv.resize(3 * hs, 0.0);

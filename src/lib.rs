@@ -24,6 +24,7 @@ pub mod engine;
 pub mod inspect;
 pub mod kernels;
 pub mod ladder;
+pub mod layout;
 pub mod limits;
 pub mod memory;
 pub mod model;

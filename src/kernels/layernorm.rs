@@ -11,9 +11,8 @@
 //! (the two means remove the components of g that the normalisation itself cancels).
 
 use super::simd_fn;
+use crate::layout::NORM_EPS;
 use rayon::prelude::*;
-
-pub const EPS: f32 = 1e-5;
 
 /// Columns per parallel task when reducing the parameter gradients over rows.
 const COLUMN_BLOCK: usize = 64;
@@ -32,7 +31,7 @@ simd_fn! {
             }
         }
         var += acc.iter().sum::<f32>();
-        let rs = 1.0 / (var / c + EPS).sqrt();
+        let rs = 1.0 / (var / c + NORM_EPS).sqrt();
         normalize_row(y, x, weight, bias, mu, rs);
         (mu, rs)
     }

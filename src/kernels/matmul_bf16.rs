@@ -56,30 +56,30 @@ pub const MC: usize = 8 * MR;
 #[cfg(target_arch = "x86_64")]
 const _: () = assert!(avx512::MR == MR && avx512::NR == NR);
 
-/// Which code computes the products.
+/// Which code computes the bf16 products.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Engine {
+pub enum Bf16Path {
     /// `VDPBF16PS` micro-kernels (AVX512_BF16 CPUs).
     Avx512,
     /// The same packing and blocking in plain Rust.
     Portable,
 }
 
-impl Engine {
-    /// The engine for this CPU: AVX512_BF16 where it has it, otherwise the portable twin if
+impl Bf16Path {
+    /// The path for this CPU: AVX512_BF16 where it has it, otherwise the portable twin if
     /// `CHARGPT_BF16_EMULATE=1` allowed bf16 without it, otherwise none.
-    pub fn detect() -> Option<Engine> {
+    pub fn detect() -> Option<Bf16Path> {
         if crate::runtime::has_avx512_bf16() {
-            Some(Engine::Avx512)
+            Some(Bf16Path::Avx512)
         } else if crate::runtime::bf16_emulation_allowed() {
-            Some(Engine::Portable)
+            Some(Bf16Path::Portable)
         } else {
             None
         }
     }
 
-    fn best() -> Engine {
-        Engine::detect().unwrap_or(Engine::Portable)
+    fn best() -> Bf16Path {
+        Bf16Path::detect().unwrap_or(Bf16Path::Portable)
     }
 }
 
@@ -153,10 +153,10 @@ impl PackedWeight {
 
     /// Rounds `w` (OC, IC) to bf16 into both layouts (the padding stays zero).
     pub fn pack(&mut self, w: &[f32]) {
-        self.pack_with(w, Engine::best());
+        self.pack_with(w, Bf16Path::best());
     }
 
-    fn pack_with(&mut self, w: &[f32], engine: Engine) {
+    fn pack_with(&mut self, w: &[f32], path: Bf16Path) {
         let (oc, ic) = (self.out_channels, self.in_channels);
         assert_eq!(w.len(), oc * ic);
         let (kp_ic, kp_oc) = (ic.div_ceil(2), oc.div_ceil(2));
@@ -164,7 +164,7 @@ impl PackedWeight {
         // of panel o / NR.
         for (o, row) in w.chunks_exact(ic).enumerate() {
             let base = (o / NR) * kp_ic * NR + o % NR;
-            pairs_of_row(engine, &mut self.transposed[base..], NR, row);
+            pairs_of_row(path, &mut self.transposed[base..], NR, row);
         }
         // W: k (= oc) runs down the columns; pair p of panel j interleaves rows 2p and 2p + 1.
         for j in 0..ic.div_ceil(NR) {
@@ -173,27 +173,27 @@ impl PackedWeight {
                 let r0 = &w[2 * p * ic + c0..][..width];
                 let r1 = (2 * p + 1 < oc).then(|| &w[(2 * p + 1) * ic + c0..][..width]);
                 let dst = &mut self.plain[(j * kp_oc + p) * NR..][..width];
-                interleave_rows(engine, dst, r0, r1);
+                interleave_rows(path, dst, r0, r1);
             }
         }
     }
 }
 
 /// `dst[p * stride] = pair(x[2p], x[2p + 1])` for every pair of `x` (zero past an odd end).
-fn pairs_of_row(engine: Engine, dst: &mut [u32], stride: usize, x: &[f32]) {
+fn pairs_of_row(path: Bf16Path, dst: &mut [u32], stride: usize, x: &[f32]) {
     let pairs = x.len().div_ceil(2);
     if pairs == 0 {
         return;
     }
     assert!(dst.len() > (pairs - 1) * stride);
     #[cfg(target_arch = "x86_64")]
-    if engine == Engine::Avx512 && stride * 16 <= i32::MAX as usize {
-        // SAFETY: the engine is only chosen where the CPU has AVX512_BF16 (Engine::detect); the
+    if path == Bf16Path::Avx512 && stride * 16 <= i32::MAX as usize {
+        // SAFETY: the path is only chosen where the CPU has AVX512_BF16 (Bf16Path::detect); the
         // assert above bounds every written index, x.len() bounds the reads.
         unsafe { avx512::pairs_of_row(dst.as_mut_ptr(), stride, x.as_ptr(), x.len()) };
         return;
     }
-    let _ = engine;
+    let _ = path;
     let mut chunks = x.chunks_exact(2);
     for (p, two) in chunks.by_ref().enumerate() {
         dst[p * stride] = pair(two[0], two[1]);
@@ -204,18 +204,18 @@ fn pairs_of_row(engine: Engine, dst: &mut [u32], stride: usize, x: &[f32]) {
 }
 
 /// `dst[j] = pair(r0[j], r1[j])` (zero high halves without `r1`).
-fn interleave_rows(engine: Engine, dst: &mut [u32], r0: &[f32], r1: Option<&[f32]>) {
+fn interleave_rows(path: Bf16Path, dst: &mut [u32], r0: &[f32], r1: Option<&[f32]>) {
     let n = dst.len();
     assert!(r0.len() >= n && r1.is_none_or(|r| r.len() >= n));
     #[cfg(target_arch = "x86_64")]
-    if engine == Engine::Avx512 {
-        // SAFETY: the CPU has AVX512_BF16 (Engine::detect); lengths checked above.
+    if path == Bf16Path::Avx512 {
+        // SAFETY: the CPU has AVX512_BF16 (Bf16Path::detect); lengths checked above.
         unsafe {
             avx512::interleave_rows(dst.as_mut_ptr(), r0.as_ptr(), r1.map(|r| r.as_ptr()), n)
         };
         return;
     }
-    let _ = engine;
+    let _ = path;
     interleave_portable(dst, r0, r1);
 }
 
@@ -314,7 +314,7 @@ thread_local! {
 const PARALLEL_PRODUCT: usize = 128 * 128 * 128;
 
 /// Runs `prod`, splitting its rows over the rayon pool when it is large and this thread may fork.
-fn run(prod: Product, engine: Engine, parallel: bool) {
+fn run(prod: Product, path: Bf16Path, parallel: bool) {
     if prod.m == 0 || prod.n == 0 {
         return;
     }
@@ -325,19 +325,19 @@ fn run(prod: Product, engine: Engine, parallel: bool) {
         && prod.m * prod.n * prod.k >= PARALLEL_PRODUCT
         && prod.m > MR;
     if !fork {
-        return run_rows(prod, engine, 0..prod.m);
+        return run_rows(prod, path, 0..prod.m);
     }
     // Row blocks of whole micro-panels, about two per thread for balance.
     let per = prod.m.div_ceil(2 * threads).div_ceil(MR) * MR;
     let blocks = prod.m.div_ceil(per);
     (0..blocks).into_par_iter().for_each(|i| {
         let rows = i * per..((i + 1) * per).min(prod.m);
-        run_rows(prod, engine, rows)
+        run_rows(prod, path, rows)
     });
 }
 
 /// The rows `rows` of `prod` on the calling thread: the blocked loops around the micro-kernel.
-fn run_rows(prod: Product, engine: Engine, rows: std::ops::Range<usize>) {
+fn run_rows(prod: Product, path: Bf16Path, rows: std::ops::Range<usize>) {
     BUFFERS.with(|buffers| {
         let mut buffers = buffers.borrow_mut();
         let (abuf, bbuf) = &mut *buffers;
@@ -375,7 +375,7 @@ fn run_rows(prod: Product, engine: Engine, rows: std::ops::Range<usize>) {
                             let r0 = &x[k0 * ld + c0..][..width];
                             let r1 = (k0 + 1 < k).then(|| &x[(k0 + 1) * ld + c0..][..width]);
                             let dst = &mut bbuf[(j * kpb + p) * NR..][..NR];
-                            interleave_rows(engine, &mut dst[..width], r0, r1);
+                            interleave_rows(path, &mut dst[..width], r0, r1);
                             dst[width..].fill(0);
                         }
                     }
@@ -389,7 +389,7 @@ fn run_rows(prod: Product, engine: Engine, rows: std::ops::Range<usize>) {
                         let width = NR.min(n - j * NR);
                         for c in 0..width {
                             let col = &x[(j * NR + c) * ld + k0..][..k1 - k0];
-                            pairs_of_row(engine, &mut panel[c..], NR, col);
+                            pairs_of_row(path, &mut panel[c..], NR, col);
                         }
                         if width < NR {
                             for p in 0..kpb {
@@ -407,7 +407,7 @@ fn run_rows(prod: Product, engine: Engine, rows: std::ops::Range<usize>) {
                 let row_panels = mc.div_ceil(MR);
                 grow(abuf, row_panels * kpb * MR);
                 pack_a(
-                    engine,
+                    path,
                     a,
                     ic,
                     mc,
@@ -426,7 +426,7 @@ fn run_rows(prod: Product, engine: Engine, rows: std::ops::Range<usize>) {
                         // SAFETY: the tile (r0.., j * NR..) of C, nrows x cols, lies inside the
                         // caller's output, and these rows belong to this call alone.
                         let tile = SharedMut(unsafe { c.get().add(r0 * ldc + j * NR) });
-                        micro_kernel(engine, kpb, ap, bp, tile, ldc, nrows, cols, acc);
+                        micro_kernel(path, kpb, ap, bp, tile, ldc, nrows, cols, acc);
                     }
                 }
                 ic += mc;
@@ -459,7 +459,7 @@ fn grow(buf: &mut Vec<u32>, len: usize) {
 #[allow(clippy::too_many_arguments)]
 #[inline]
 fn micro_kernel(
-    engine: Engine,
+    path: Bf16Path,
     kp: usize,
     a: &[u32],
     b: &[u32],
@@ -471,8 +471,8 @@ fn micro_kernel(
 ) {
     debug_assert!(a.len() >= kp * MR && b.len() >= kp * NR && rows <= MR && cols <= NR);
     #[cfg(target_arch = "x86_64")]
-    if engine == Engine::Avx512 {
-        // SAFETY: the CPU has AVX512_BF16 (Engine::detect); the panels hold kp pairs (checked
+    if path == Bf16Path::Avx512 {
+        // SAFETY: the CPU has AVX512_BF16 (Bf16Path::detect); the panels hold kp pairs (checked
         // above) and the tile is the caller's (see run_rows).
         unsafe {
             avx512::kernel(
@@ -488,7 +488,7 @@ fn micro_kernel(
         };
         return;
     }
-    let _ = engine;
+    let _ = path;
     kernel_portable(kp, a, b, c, ldc, rows, cols, accumulate);
 }
 
@@ -496,7 +496,7 @@ fn micro_kernel(
 /// `[panel][pair][MR]`, rows past `mc` and k past the end zero.
 #[allow(clippy::too_many_arguments)]
 fn pack_a(
-    engine: Engine,
+    path: Bf16Path,
     a: ASource,
     i0: usize,
     mc: usize,
@@ -517,7 +517,7 @@ fn pack_a(
             ASource::KAlongRows { x, ld } => {
                 for r in 0..nrows {
                     let row = &x[(i0 + r0 + r) * ld..][k0..k1];
-                    pairs_of_row(engine, &mut dst[r..], MR, row);
+                    pairs_of_row(path, &mut dst[r..], MR, row);
                 }
             }
             ASource::KDownColumns { x, ld } => {
@@ -526,7 +526,7 @@ fn pack_a(
                     let c0 = i0 + r0;
                     let row0 = &x[kk * ld + c0..][..nrows];
                     let row1 = (kk + 1 < k).then(|| &x[(kk + 1) * ld + c0..][..nrows]);
-                    interleave_rows(engine, &mut dst[p * MR..][..nrows], row0, row1);
+                    interleave_rows(path, &mut dst[p * MR..][..nrows], row0, row1);
                 }
             }
         }
@@ -535,10 +535,10 @@ fn pack_a(
 
 /// `out (N, OC) = inp (N, IC) @ W^T` in bf16 (the bias is the caller's).
 pub fn forward(out: &mut [f32], inp: &[f32], weight: &PackedWeight) {
-    forward_with(out, inp, weight, Engine::best())
+    forward_with(out, inp, weight, Bf16Path::best())
 }
 
-fn forward_with(out: &mut [f32], inp: &[f32], weight: &PackedWeight, engine: Engine) {
+fn forward_with(out: &mut [f32], inp: &[f32], weight: &PackedWeight, path: Bf16Path) {
     let (oc, ic) = weight.shape();
     let n = inp.len() / ic.max(1);
     assert!(inp.len() == n * ic && out.len() >= n * oc);
@@ -552,12 +552,12 @@ fn forward_with(out: &mut [f32], inp: &[f32], weight: &PackedWeight, engine: Eng
         ldc: oc,
         accumulate: false,
     };
-    run(prod, engine, true);
+    run(prod, path, true);
 }
 
 /// `dinp (N, IC) (+)= dout (N, OC) @ W` in bf16.
 pub fn input_grad(dinp: &mut [f32], accumulate: bool, dout: &[f32], weight: &PackedWeight) {
-    input_grad_with(dinp, accumulate, dout, weight, Engine::best())
+    input_grad_with(dinp, accumulate, dout, weight, Bf16Path::best())
 }
 
 fn input_grad_with(
@@ -565,7 +565,7 @@ fn input_grad_with(
     accumulate: bool,
     dout: &[f32],
     weight: &PackedWeight,
-    engine: Engine,
+    path: Bf16Path,
 ) {
     let (oc, ic) = weight.shape();
     let n = dout.len() / oc.max(1);
@@ -580,7 +580,7 @@ fn input_grad_with(
         ldc: ic,
         accumulate,
     };
-    run(prod, engine, true);
+    run(prod, path, true);
 }
 
 /// `dweight (OC, IC) (+)= dout (N, OC)^T @ inp (N, IC)` in bf16.
@@ -592,7 +592,7 @@ pub fn weight_grad(
     in_channels: usize,
 ) {
     let n = inp.len() / in_channels.max(1);
-    weight_grad_shaped(dweight, accumulate, dout, inp, n, Engine::best())
+    weight_grad_shaped(dweight, accumulate, dout, inp, n, Bf16Path::best())
 }
 
 fn weight_grad_shaped(
@@ -601,7 +601,7 @@ fn weight_grad_shaped(
     dout: &[f32],
     inp: &[f32],
     n: usize,
-    engine: Engine,
+    path: Bf16Path,
 ) {
     let (oc, ic) = (dout.len() / n.max(1), inp.len() / n.max(1));
     assert!(dout.len() == n * oc && inp.len() == n * ic && dweight.len() == oc * ic);
@@ -615,22 +615,22 @@ fn weight_grad_shaped(
         ldc: ic,
         accumulate,
     };
-    run(prod, engine, true);
+    run(prod, path, true);
 }
 
 /// `gram (cols, cols) = x^T x` for `x (rows, cols)` row-major, in bf16 on the calling thread: the
 /// Gram matrix of x's columns, as Muon's Newton-Schulz iteration takes it (one matrix per thread).
 pub fn gram_of_columns(gram: &mut [f32], x: &[f32], cols: usize) {
-    gram_of_columns_with(gram, x, cols, Engine::best())
+    gram_of_columns_with(gram, x, cols, Bf16Path::best())
 }
 
 /// `gram (rows, rows) = x x^T` for `x (rows, cols)` row-major, in bf16 on the calling thread: the
 /// Gram matrix of x's rows.
 pub fn gram_of_rows(gram: &mut [f32], x: &[f32], cols: usize) {
-    gram_of_rows_with(gram, x, cols, Engine::best())
+    gram_of_rows_with(gram, x, cols, Bf16Path::best())
 }
 
-fn gram_of_rows_with(gram: &mut [f32], x: &[f32], cols: usize, engine: Engine) {
+fn gram_of_rows_with(gram: &mut [f32], x: &[f32], cols: usize, path: Bf16Path) {
     let rows = x.len() / cols.max(1);
     assert!(x.len() == rows * cols && gram.len() == rows * rows);
     let prod = Product {
@@ -643,10 +643,10 @@ fn gram_of_rows_with(gram: &mut [f32], x: &[f32], cols: usize, engine: Engine) {
         ldc: rows,
         accumulate: false,
     };
-    run(prod, engine, false);
+    run(prod, path, false);
 }
 
-fn gram_of_columns_with(gram: &mut [f32], x: &[f32], cols: usize, engine: Engine) {
+fn gram_of_columns_with(gram: &mut [f32], x: &[f32], cols: usize, path: Bf16Path) {
     let rows = x.len() / cols.max(1);
     assert!(x.len() == rows * cols && gram.len() == cols * cols);
     let prod = Product {
@@ -659,12 +659,12 @@ fn gram_of_columns_with(gram: &mut [f32], x: &[f32], cols: usize, engine: Engine
         ldc: cols,
         accumulate: false,
     };
-    run(prod, engine, false);
+    run(prod, path, false);
 }
 
 /// `c (m, n) (+)= a (m, k) @ b (k, n)`, all row-major, in bf16 on the calling thread.
 pub fn matmul_row_major(c: &mut [f32], accumulate: bool, a: &[f32], b: &[f32], k: usize) {
-    matmul_row_major_with(c, accumulate, a, b, k, Engine::best())
+    matmul_row_major_with(c, accumulate, a, b, k, Bf16Path::best())
 }
 
 fn matmul_row_major_with(
@@ -673,7 +673,7 @@ fn matmul_row_major_with(
     a: &[f32],
     b: &[f32],
     k: usize,
-    engine: Engine,
+    path: Bf16Path,
 ) {
     let m = a.len() / k.max(1);
     let n = b.len() / k.max(1);
@@ -688,7 +688,7 @@ fn matmul_row_major_with(
         ldc: n,
         accumulate,
     };
-    run(prod, engine, false);
+    run(prod, path, false);
 }
 
 #[cfg(test)]
@@ -698,10 +698,10 @@ mod tests {
     use crate::rng::Rng;
 
     /// The engines this machine can run: the portable twin always, AVX512_BF16 where present.
-    fn engines() -> Vec<Engine> {
-        let mut e = vec![Engine::Portable];
+    fn engines() -> Vec<Bf16Path> {
+        let mut e = vec![Bf16Path::Portable];
         if crate::runtime::has_avx512_bf16() {
-            e.push(Engine::Avx512);
+            e.push(Bf16Path::Avx512);
         }
         e
     }
@@ -781,43 +781,43 @@ mod tests {
     #[test]
     fn the_three_products_match_an_fp32_reference_on_the_same_rounded_inputs() {
         let mut rng = Rng::new(21);
-        for engine in engines() {
+        for path in engines() {
             for (n, ic, oc) in SHAPES {
                 let inp = random_vec(n * ic, &mut rng, 1.0);
                 let w = random_vec(oc * ic, &mut rng, 1.0);
                 let dout = random_vec(n * oc, &mut rng, 1.0);
                 let mut packed = PackedWeight::new(oc, ic);
-                packed.pack_with(&w, engine);
+                packed.pack_with(&w, path);
                 let (ri, rw, rd) = (rounded(&inp), rounded(&w), rounded(&dout));
-                let what = format!("{engine:?} n={n} ic={ic} oc={oc}");
+                let what = format!("{path:?} n={n} ic={ic} oc={oc}");
 
                 // out = inp @ W^T.
                 let mut out = vec![f32::NAN; n * oc];
-                forward_with(&mut out, &inp, &packed, engine);
+                forward_with(&mut out, &inp, &packed, path);
                 let (want, scale) =
                     reference(n, oc, ic, |r, i| ri[r * ic + i], |i, o| rw[o * ic + i]);
                 assert_close(&format!("forward {what}"), &out, &want, &scale, ic);
 
                 // dinp = dout @ W, written and then accumulated onto itself (doubling it).
                 let mut dinp = vec![f32::NAN; n * ic];
-                input_grad_with(&mut dinp, false, &dout, &packed, engine);
+                input_grad_with(&mut dinp, false, &dout, &packed, path);
                 let (want, scale) =
                     reference(n, ic, oc, |r, o| rd[r * oc + o], |o, i| rw[o * ic + i]);
                 assert_close(&format!("dinp {what}"), &dinp, &want, &scale, oc);
                 let copy = dinp.clone();
-                input_grad_with(&mut dinp, true, &dout, &packed, engine);
+                input_grad_with(&mut dinp, true, &dout, &packed, path);
                 for (d, c) in dinp.iter().zip(&copy) {
                     assert_eq!(*d, 2.0 * c, "accumulated dinp {what}");
                 }
 
                 // dW = dout^T @ inp.
                 let mut dw = vec![f32::NAN; oc * ic];
-                weight_grad_shaped(&mut dw, false, &dout, &inp, n, engine);
+                weight_grad_shaped(&mut dw, false, &dout, &inp, n, path);
                 let (want, scale) =
                     reference(oc, ic, n, |o, r| rd[r * oc + o], |r, i| ri[r * ic + i]);
                 assert_close(&format!("dweight {what}"), &dw, &want, &scale, n);
                 let copy = dw.clone();
-                weight_grad_shaped(&mut dw, true, &dout, &inp, n, engine);
+                weight_grad_shaped(&mut dw, true, &dout, &inp, n, path);
                 for (d, c) in dw.iter().zip(&copy) {
                     assert_eq!(*d, 2.0 * c, "accumulated dweight {what}");
                 }
@@ -830,20 +830,20 @@ mod tests {
     #[test]
     fn the_gram_and_row_major_products_match_an_fp32_reference() {
         let mut rng = Rng::new(8);
-        for engine in engines() {
+        for path in engines() {
             for (m, n, k) in SHAPES {
-                let what = format!("{engine:?} m={m} n={n} k={k}");
+                let what = format!("{path:?} m={m} n={n} k={k}");
                 // gram (n, n) = x^T x, x (k, n).
                 let x = random_vec(k * n, &mut rng, 1.0);
                 let rx = rounded(&x);
                 let mut gram = vec![f32::NAN; n * n];
-                gram_of_columns_with(&mut gram, &x, n, engine);
+                gram_of_columns_with(&mut gram, &x, n, path);
                 let (want, scale) = reference(n, n, k, |i, r| rx[r * n + i], |r, j| rx[r * n + j]);
                 assert_close(&format!("gram {what}"), &gram, &want, &scale, k);
                 // The same x read as x^T (n, k): the Gram matrix of its rows.
                 let xt: Vec<f32> = (0..n * k).map(|i| x[(i % k) * n + i / k]).collect();
                 let mut rows_gram = vec![f32::NAN; n * n];
-                gram_of_rows_with(&mut rows_gram, &xt, k, engine);
+                gram_of_rows_with(&mut rows_gram, &xt, k, path);
                 assert_close(
                     &format!("gram of rows {what}"),
                     &rows_gram,
@@ -857,11 +857,11 @@ mod tests {
                 let b = random_vec(k * n, &mut rng, 1.0);
                 let (ra, rb) = (rounded(&a), rounded(&b));
                 let mut c = vec![f32::NAN; m * n];
-                matmul_row_major_with(&mut c, false, &a, &b, k, engine);
+                matmul_row_major_with(&mut c, false, &a, &b, k, path);
                 let (want, scale) = reference(m, n, k, |i, p| ra[i * k + p], |p, j| rb[p * n + j]);
                 assert_close(&format!("matmul {what}"), &c, &want, &scale, k);
                 let copy = c.clone();
-                matmul_row_major_with(&mut c, true, &a, &b, k, engine);
+                matmul_row_major_with(&mut c, true, &a, &b, k, path);
                 for (d, c) in c.iter().zip(&copy) {
                     assert_eq!(*d, 2.0 * c, "accumulated matmul {what}");
                 }
@@ -879,12 +879,12 @@ mod tests {
         let w = random_vec(oc * ic, &mut rng, 1.0);
         let dout = random_vec(n * oc, &mut rng, 1.0);
         let mut packed = PackedWeight::new(oc, ic);
-        packed.pack_with(&w, Engine::Portable);
+        packed.pack_with(&w, Bf16Path::Portable);
         let run_all = || {
             let mut out = vec![0.0; n * oc];
-            forward_with(&mut out, &inp, &packed, Engine::Portable);
+            forward_with(&mut out, &inp, &packed, Bf16Path::Portable);
             let mut dw = vec![0.0; oc * ic];
-            weight_grad_shaped(&mut dw, false, &dout, &inp, n, Engine::Portable);
+            weight_grad_shaped(&mut dw, false, &dout, &inp, n, Bf16Path::Portable);
             (out, dw)
         };
         let one = crate::kernels::sequentially(run_all);
@@ -906,8 +906,8 @@ mod tests {
             let w = random_vec(oc * ic, &mut rng, 1.0);
             let mut a = PackedWeight::new(oc, ic);
             let mut b = PackedWeight::new(oc, ic);
-            a.pack_with(&w, Engine::Portable);
-            b.pack_with(&w, Engine::Avx512);
+            a.pack_with(&w, Bf16Path::Portable);
+            b.pack_with(&w, Bf16Path::Avx512);
             assert_eq!(a, b, "{oc}x{ic}");
         }
     }

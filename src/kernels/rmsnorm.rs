@@ -17,15 +17,13 @@
 //! queries and keys, (N, 2C), and the 2H `rstd` of each row.
 
 use super::simd_fn;
+use crate::layout::NORM_EPS;
 use rayon::prelude::*;
-
-/// The `eps` under the square root, as LayerNorm's.
-pub const EPS: f32 = 1e-5;
 
 simd_fn! {
     /// One row: `y = x * rstd * weight`; returns rstd.
     fn forward_row(y: &mut [f32], x: &[f32], weight: &[f32]) -> f32 {
-        let rs = 1.0 / (mean_square(x) + EPS).sqrt();
+        let rs = 1.0 / (mean_square(x) + NORM_EPS).sqrt();
         normalize_row(y, x, weight, rs);
         rs
     }
@@ -184,7 +182,7 @@ pub fn qk_forward(
         for (j, r) in rs.iter_mut().enumerate() {
             let w = if j < h { q_weight } else { k_weight };
             let x = &mut row[j * hs..(j + 1) * hs];
-            *r = 1.0 / (mean_square(x) + EPS).sqrt();
+            *r = 1.0 / (mean_square(x) + NORM_EPS).sqrt();
             for (x, &w) in x.iter_mut().zip(w) {
                 *x *= *r * w;
             }
@@ -382,10 +380,10 @@ mod tests {
         let (c, h) = (32, 4);
         let hs = c / h;
         let s = reference::AttentionShape {
-            b_n: b,
-            t_n: t,
-            c_n: c,
-            h_n: h,
+            batch: b,
+            seq_len: t,
+            channels: c,
+            n_head: h,
         };
         let qkv = random_vec(n * 3 * c, &mut rng, 1.0);
         let (qw, kw) = (random_vec(hs, &mut rng, 1.0), random_vec(hs, &mut rng, 1.0));

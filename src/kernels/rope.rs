@@ -175,10 +175,10 @@ mod tests {
         let mut rng = Rng::new(43);
         let (b, t, c, h) = (2, 7, 24, 3);
         let s = crate::reference::layers::AttentionShape {
-            b_n: b,
-            t_n: t,
-            c_n: c,
-            h_n: h,
+            batch: b,
+            seq_len: t,
+            channels: c,
+            n_head: h,
         };
         let qkv = random_vec(b * t * 3 * c, &mut rng, 1.0);
         let table = RopeTable::new(t, c / h);

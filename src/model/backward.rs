@@ -2,7 +2,6 @@
 //! at a time. Parameter gradients go into a buffer with the parameters' layout.
 
 use super::activations::{Activations, BlockActivations, GradScratch, Transient};
-use super::layout::{linear_grads, norm_grads, two_mut, view, BlockLayout, Norm};
 use super::Model;
 use crate::config::{Architecture, NormKind};
 use crate::kernels::matmul::Grad;
@@ -10,6 +9,7 @@ use crate::kernels::{
     activation, attention, cross_entropy, dropout, embedding, layernorm, matmul, residual, rmsnorm,
     rope,
 };
+use crate::layout::{linear_grads, norm_grads, two_mut, view, BlockLayout, Norm};
 
 impl Model {
     /// Writes the gradient of the last forward pass's mean loss into `grads` (same layout as the
@@ -105,7 +105,7 @@ impl Model {
             None => residual::backward(&mut g.d_out[..n * c], &g.d_norm[..n * c]),
         }
 
-        let shape = attention::Shape {
+        let shape = attention::AttentionShape {
             batch,
             seq_len,
             channels: c,
@@ -181,7 +181,7 @@ impl Model {
         tr: &mut Transient,
         g: &mut GradScratch,
         grads: &mut [f32],
-        shape: attention::Shape,
+        shape: attention::AttentionShape,
         has_dropout: bool,
     ) {
         let BlockRefs {

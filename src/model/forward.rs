@@ -1,13 +1,13 @@
 //! The forward pass: embedding, blocks, final norm, `lm_head`, cross-entropy.
 
 use super::activations::{Activations, BlockActivations, Transient};
-use super::layout::{view, BlockLayout, Norm};
 use super::Model;
 use crate::config::{Architecture, NormKind, Position};
 use crate::kernels::{
     activation, attention, cross_entropy, dropout, embedding, layernorm, matmul, residual, rmsnorm,
     rope,
 };
+use crate::layout::{view, BlockLayout, Norm};
 use crate::rng::{DropoutSeed, DropoutSite};
 use crate::tokenizer::TokenId;
 
@@ -174,7 +174,7 @@ impl Model {
             first,
             c,
         );
-        let shape = attention::Shape {
+        let shape = attention::AttentionShape {
             batch,
             seq_len,
             channels: c,
@@ -531,7 +531,7 @@ enum Extend {
 /// What varies between calls of `block_forward`.
 #[derive(Clone, Copy)]
 struct BlockStep {
-    shape: attention::Shape,
+    shape: attention::AttentionShape,
     rows: Rows,
     /// The block's index.
     layer: usize,

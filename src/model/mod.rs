@@ -51,18 +51,17 @@
 mod activations;
 mod backward;
 mod forward;
-mod layout;
 
+pub use crate::layout::{BlockLayout, Linear, Norm, ParamLayout, ParamSpec, QkNorm};
 pub use activations::Activations;
-pub use layout::{BlockLayout, Linear, Norm, ParamLayout, ParamSpec, QkNorm};
 
 use crate::config::{Init, ModelConfig, Position, Precision};
 use crate::kernels::matmul::Weight;
 use crate::kernels::matmul_bf16::PackedWeight;
 use crate::kernels::rope::RopeTable;
+use crate::layout::Role;
 use crate::memory::{zeroed, OutOfMemory};
 use crate::rng::Rng;
-use layout::Role;
 use rayon::prelude::*;
 use std::ops::Range;
 

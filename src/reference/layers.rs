@@ -11,6 +11,8 @@
 //! number of attention heads of size hs = C / H, V the vocabulary, F the feed-forward width.
 
 use crate::config::Activation;
+pub use crate::layout::AttentionShape;
+use crate::layout::NORM_EPS;
 use crate::rng::SiteMasks;
 use crate::tokenizer::TokenId;
 
@@ -73,11 +75,8 @@ pub fn embedding_backward(
 // ---------------------------------------------------------------------------------------------
 // LayerNorm
 
-/// The `eps` under LayerNorm's square root (PyTorch's default).
-pub const LAYERNORM_EPS: f32 = 1e-5;
-
 /// For each position's vector x (C numbers):
-/// `mu = mean(x)`, `var = mean((x - mu)^2)`, `rstd = 1 / sqrt(var + eps)`,
+/// `mu = mean(x)`, `var = mean((x - mu)^2)`, `rstd = 1 / sqrt(var + eps)` (eps [`NORM_EPS`]),
 /// `xhat = (x - mu) * rstd` (mean 0, variance 1), `out = xhat * weight + bias`.
 ///
 /// Shapes: `inp`, `out` (B, T, C); `weight` (C); `bias` (C) or none (`bias = false`: no shift);
@@ -108,7 +107,7 @@ pub fn layernorm_forward(
                 squares += (x[c] - mu) * (x[c] - mu);
             }
             let var = squares / c_n as f32;
-            let rs = 1.0 / (var + LAYERNORM_EPS).sqrt();
+            let rs = 1.0 / (var + NORM_EPS).sqrt();
             for c in 0..c_n {
                 let xhat = (x[c] - mu) * rs;
                 out[row + c] = xhat * weight[c] + bias.map_or(0.0, |bias| bias[c]);
@@ -195,7 +194,7 @@ fn rms_row(out: &mut [f32], x: &[f32], weight: &[f32]) -> f32 {
     for c in 0..x.len() {
         squares += x[c] * x[c];
     }
-    let rs = 1.0 / (squares / x.len() as f32 + LAYERNORM_EPS).sqrt();
+    let rs = 1.0 / (squares / x.len() as f32 + NORM_EPS).sqrt();
     for c in 0..x.len() {
         out[c] = x[c] * rs * weight[c];
     }
@@ -327,34 +326,6 @@ pub fn linear_backward(
 // ---------------------------------------------------------------------------------------------
 // Causal multi-head self-attention, one step at a time
 
-/// The shape of an attention call: B sequences of T positions, C channels in H heads.
-#[derive(Debug, Clone, Copy)]
-pub struct AttentionShape {
-    pub b_n: usize,
-    pub t_n: usize,
-    pub c_n: usize,
-    pub h_n: usize,
-}
-
-impl AttentionShape {
-    /// The size of one head, hs = C / H.
-    pub fn head_size(&self) -> usize {
-        self.c_n / self.h_n
-    }
-
-    /// Where query (`part` 0), key (1) or value (2) element i of head h at position t of
-    /// sequence b lies in `qkv` (B, T, 3C): each row is `[q | k | v]`, head h in columns
-    /// `h*hs .. (h+1)*hs` of each part.
-    fn qkv_index(&self, b: usize, t: usize, part: usize, h: usize, i: usize) -> usize {
-        (b * self.t_n + t) * 3 * self.c_n + part * self.c_n + h * self.head_size() + i
-    }
-
-    /// Where score (t, u) of head h of sequence b lies in a (B, H, T, T) tensor.
-    fn score_index(&self, b: usize, h: usize, t: usize, u: usize) -> usize {
-        ((b * self.h_n + h) * self.t_n + t) * self.t_n + u
-    }
-}
-
 const QUERY: usize = 0;
 const KEY: usize = 1;
 const VALUE: usize = 2;
@@ -364,10 +335,10 @@ const VALUE: usize = 2;
 ///
 /// Shapes: `qkv` (B, T, 3C); `scores` (B, H, T, T).
 pub fn attention_scores(scores: &mut [f32], qkv: &[f32], s: AttentionShape) {
-    for b in 0..s.b_n {
-        for h in 0..s.h_n {
-            for t in 0..s.t_n {
-                for u in 0..s.t_n {
+    for b in 0..s.batch {
+        for h in 0..s.n_head {
+            for t in 0..s.seq_len {
+                for u in 0..s.seq_len {
                     let mut dot = 0.0f32;
                     for i in 0..s.head_size() {
                         dot +=
@@ -388,10 +359,10 @@ pub fn attention_scores_backward(
     qkv: &[f32],
     s: AttentionShape,
 ) {
-    for b in 0..s.b_n {
-        for h in 0..s.h_n {
-            for t in 0..s.t_n {
-                for u in 0..s.t_n {
+    for b in 0..s.batch {
+        for h in 0..s.n_head {
+            for t in 0..s.seq_len {
+                for u in 0..s.seq_len {
                     let d = dscores[s.score_index(b, h, t, u)];
                     for i in 0..s.head_size() {
                         let (q, k) = (s.qkv_index(b, t, QUERY, h, i), s.qkv_index(b, u, KEY, h, i));
@@ -415,10 +386,10 @@ pub fn scale(x: &mut [f32], factor: f32) {
 /// Step 3, the causal mask: a position may look at itself and earlier positions only, so
 /// `scores[b, h, t, u] = -inf` for u > t (softmax turns these into weights of exactly 0).
 pub fn causal_mask(scores: &mut [f32], s: AttentionShape) {
-    for b in 0..s.b_n {
-        for h in 0..s.h_n {
-            for t in 0..s.t_n {
-                for u in t + 1..s.t_n {
+    for b in 0..s.batch {
+        for h in 0..s.n_head {
+            for t in 0..s.seq_len {
+                for u in t + 1..s.seq_len {
                     scores[s.score_index(b, h, t, u)] = f32::NEG_INFINITY;
                 }
             }
@@ -429,10 +400,10 @@ pub fn causal_mask(scores: &mut [f32], s: AttentionShape) {
 /// A masked score is a constant, not a function of q and k: its gradient goes nowhere. (The
 /// softmax backward already gives it 0, since its weight is 0; this says so explicitly.)
 pub fn causal_mask_backward(dscores: &mut [f32], s: AttentionShape) {
-    for b in 0..s.b_n {
-        for h in 0..s.h_n {
-            for t in 0..s.t_n {
-                for u in t + 1..s.t_n {
+    for b in 0..s.batch {
+        for h in 0..s.n_head {
+            for t in 0..s.seq_len {
+                for u in t + 1..s.seq_len {
                     dscores[s.score_index(b, h, t, u)] = 0.0;
                 }
             }
@@ -486,15 +457,15 @@ pub fn softmax_backward(dinp: &mut [f32], dout: &[f32], out: &[f32], rows: usize
 ///
 /// Shapes: `att` (B, H, T, T); `qkv` (B, T, 3C); `out` (B, T, C).
 pub fn attention_weighted_sum(out: &mut [f32], att: &[f32], qkv: &[f32], s: AttentionShape) {
-    for b in 0..s.b_n {
-        for t in 0..s.t_n {
-            for h in 0..s.h_n {
+    for b in 0..s.batch {
+        for t in 0..s.seq_len {
+            for h in 0..s.n_head {
                 for i in 0..s.head_size() {
                     let mut sum = 0.0f32;
-                    for u in 0..s.t_n {
+                    for u in 0..s.seq_len {
                         sum += att[s.score_index(b, h, t, u)] * qkv[s.qkv_index(b, u, VALUE, h, i)];
                     }
-                    out[(b * s.t_n + t) * s.c_n + h * s.head_size() + i] = sum;
+                    out[(b * s.seq_len + t) * s.channels + h * s.head_size() + i] = sum;
                 }
             }
         }
@@ -511,12 +482,12 @@ pub fn attention_weighted_sum_backward(
     qkv: &[f32],
     s: AttentionShape,
 ) {
-    for b in 0..s.b_n {
-        for t in 0..s.t_n {
-            for h in 0..s.h_n {
+    for b in 0..s.batch {
+        for t in 0..s.seq_len {
+            for h in 0..s.n_head {
                 for i in 0..s.head_size() {
-                    let d = dout[(b * s.t_n + t) * s.c_n + h * s.head_size() + i];
-                    for u in 0..s.t_n {
+                    let d = dout[(b * s.seq_len + t) * s.channels + h * s.head_size() + i];
+                    for u in 0..s.seq_len {
                         let (a, v) = (s.score_index(b, h, t, u), s.qkv_index(b, u, VALUE, h, i));
                         datt[a] += d * qkv[v];
                         dqkv[v] += d * att[a];
@@ -538,17 +509,17 @@ pub fn qk_norm_forward(
     s: AttentionShape,
 ) -> Vec<f32> {
     let hs = s.head_size();
-    let mut rstd = vec![0.0; s.b_n * s.t_n * 2 * s.h_n];
+    let mut rstd = vec![0.0; s.batch * s.seq_len * 2 * s.n_head];
     out.copy_from_slice(qkv);
-    for b in 0..s.b_n {
-        for t in 0..s.t_n {
+    for b in 0..s.batch {
+        for t in 0..s.seq_len {
             for part in [QUERY, KEY] {
                 let weight = if part == QUERY { q_weight } else { k_weight };
-                for h in 0..s.h_n {
+                for h in 0..s.n_head {
                     let start = s.qkv_index(b, t, part, h, 0);
                     let x = &qkv[start..start + hs];
                     let rs = rms_row(&mut out[start..start + hs], x, weight);
-                    rstd[(b * s.t_n + t) * 2 * s.h_n + part * s.h_n + h] = rs;
+                    rstd[(b * s.seq_len + t) * 2 * s.n_head + part * s.n_head + h] = rs;
                 }
             }
         }
@@ -571,16 +542,16 @@ pub fn qk_norm_backward(
     s: AttentionShape,
 ) {
     let hs = s.head_size();
-    for b in 0..s.b_n {
-        for t in 0..s.t_n {
+    for b in 0..s.batch {
+        for t in 0..s.seq_len {
             for part in [QUERY, KEY] {
                 let (weight, dweight) = match part {
                     QUERY => (q_weight, &mut *dq_weight),
                     _ => (k_weight, &mut *dk_weight),
                 };
-                for h in 0..s.h_n {
+                for h in 0..s.n_head {
                     let start = s.qkv_index(b, t, part, h, 0);
-                    let rs = rstd[(b * s.t_n + t) * 2 * s.h_n + part * s.h_n + h];
+                    let rs = rstd[(b * s.seq_len + t) * 2 * s.n_head + part * s.n_head + h];
                     rms_row_backward(
                         &mut dqkv[start..start + hs],
                         dweight,
@@ -591,7 +562,7 @@ pub fn qk_norm_backward(
                     );
                 }
             }
-            for h in 0..s.h_n {
+            for h in 0..s.n_head {
                 for i in 0..hs {
                     let v = s.qkv_index(b, t, VALUE, h, i);
                     dqkv[v] += dout[v];
@@ -640,10 +611,10 @@ fn rope_turn(
 ) {
     let hs = s.head_size();
     out.copy_from_slice(inp);
-    for b in 0..s.b_n {
-        for t in 0..s.t_n {
+    for b in 0..s.batch {
+        for t in 0..s.seq_len {
             for part in [QUERY, KEY] {
-                for h in 0..s.h_n {
+                for h in 0..s.n_head {
                     for i in 0..hs / 2 {
                         let (cos, sin) = rope_angle(first_position + t, i, hs);
                         let sin = direction * sin;
@@ -689,9 +660,9 @@ pub fn attention_forward(
 /// further back than `window` positions, `scores[b, h, t, u] = -inf` for u <= t - window. This is
 /// what a cache of the last `window` keys computes (the fast engine's ring).
 pub fn window_mask(scores: &mut [f32], s: AttentionShape, window: usize) {
-    for b in 0..s.b_n {
-        for h in 0..s.h_n {
-            for t in window..s.t_n {
+    for b in 0..s.batch {
+        for h in 0..s.n_head {
+            for t in window..s.seq_len {
                 for u in 0..=t - window {
                     scores[s.score_index(b, h, t, u)] = f32::NEG_INFINITY;
                 }
@@ -720,7 +691,7 @@ fn attention_forward_masked(
     window: Option<usize>,
     s: AttentionShape,
 ) -> AttentionCache {
-    let squares = s.b_n * s.h_n * s.t_n * s.t_n;
+    let squares = s.batch * s.n_head * s.seq_len * s.seq_len;
     let mut scores = vec![0.0; squares];
     attention_scores(&mut scores, qkv, s);
     scale(&mut scores, scale_factor);
@@ -729,13 +700,13 @@ fn attention_forward_masked(
         window_mask(&mut scores, s, window);
     }
     let mut att = vec![0.0; squares];
-    softmax_forward(&mut att, &scores, s.b_n * s.h_n * s.t_n, s.t_n);
+    softmax_forward(&mut att, &scores, s.batch * s.n_head * s.seq_len, s.seq_len);
     let (dropped, mask) = match dropout {
         Some((p, masks)) => {
             let (mut dropped, mut mask) = (vec![0.0; squares], vec![false; squares]);
             // Row b's mask covers its (H, T, T) weights.
-            let row_len = s.h_n * s.t_n * s.t_n;
-            dropout_forward(&mut dropped, &mut mask, &att, p, masks, s.b_n, row_len);
+            let row_len = s.n_head * s.seq_len * s.seq_len;
+            dropout_forward(&mut dropped, &mut mask, &att, p, masks, s.batch, row_len);
             (dropped, Some(mask))
         }
         None => (att.clone(), None),
@@ -755,7 +726,7 @@ pub fn attention_backward(
     p: f32,
     s: AttentionShape,
 ) {
-    let squares = s.b_n * s.h_n * s.t_n * s.t_n;
+    let squares = s.batch * s.n_head * s.seq_len * s.seq_len;
     let mut d_dropped = vec![0.0; squares];
     attention_weighted_sum_backward(&mut d_dropped, dqkv, dout, &cache.dropped, qkv, s);
     let d_att = match &cache.mask {
@@ -771,8 +742,8 @@ pub fn attention_backward(
         &mut d_scores,
         &d_att,
         &cache.att,
-        s.b_n * s.h_n * s.t_n,
-        s.t_n,
+        s.batch * s.n_head * s.seq_len,
+        s.seq_len,
     );
     causal_mask_backward(&mut d_scores, s);
     scale(&mut d_scores, scale_factor);
@@ -1044,13 +1015,13 @@ mod tests {
         );
 
         let s = AttentionShape {
-            b_n: 2,
-            t_n: 4,
-            c_n: 12,
-            h_n: 3,
+            batch: 2,
+            seq_len: 4,
+            channels: 12,
+            n_head: 3,
         };
         let hs = s.head_size();
-        let qkv = random_vec(s.b_n * s.t_n * 3 * s.c_n, &mut rng, 1.0);
+        let qkv = random_vec(s.batch * s.seq_len * 3 * s.channels, &mut rng, 1.0);
         let w = random_vec(qkv.len(), &mut rng, 1.0);
         let qw: Vec<f32> = random_vec(hs, &mut rng, 0.5)
             .iter()
@@ -1109,13 +1080,13 @@ mod tests {
     fn attention_gradient_matches_finite_differences() {
         let mut rng = Rng::new(4);
         let s = AttentionShape {
-            b_n: 2,
-            t_n: 5,
-            c_n: 6,
-            h_n: 2,
+            batch: 2,
+            seq_len: 5,
+            channels: 6,
+            n_head: 2,
         };
-        let qkv = random_vec(s.b_n * s.t_n * 3 * s.c_n, &mut rng, 1.0);
-        let w = random_vec(s.b_n * s.t_n * s.c_n, &mut rng, 1.0);
+        let qkv = random_vec(s.batch * s.seq_len * 3 * s.channels, &mut rng, 1.0);
+        let w = random_vec(s.batch * s.seq_len * s.channels, &mut rng, 1.0);
         let masks = DropoutSeed::new(5).site(0, DropoutSite::AttentionWeights);
         for dropout in [None, Some((0.3, masks))] {
             let run = |qkv: &[f32]| {
@@ -1125,8 +1096,8 @@ mod tests {
             };
             let (_, cache) = run(&qkv);
             // Each row of weights sums to 1 and is 0 above the diagonal.
-            for (row, a) in cache.att.chunks(s.t_n).enumerate() {
-                let t = row % s.t_n;
+            for (row, a) in cache.att.chunks(s.seq_len).enumerate() {
+                let t = row % s.seq_len;
                 assert!((a.iter().sum::<f32>() - 1.0).abs() < 1e-6);
                 assert!(a[t + 1..].iter().all(|&x| x == 0.0));
             }

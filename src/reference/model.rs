@@ -361,10 +361,10 @@ fn block_forward(
     let mut qkv = linear_forward(model, &bl.qkv, attn_in, d, d.c, 3 * d.c);
     let mut heads = vec![0.0; d.b * d.t * d.c];
     let shape = AttentionShape {
-        b_n: d.b,
-        t_n: d.t,
-        c_n: d.c,
-        h_n: cfg.n_head,
+        batch: d.b,
+        seq_len: d.t,
+        channels: d.c,
+        n_head: cfg.n_head,
     };
     // Queries and keys as the scores read them: normalised per head, then turned.
     let qk_norm = bl.qk_norm.as_ref().map(|qk| {
@@ -715,10 +715,10 @@ fn block_backward(
     };
     let mut d_qkv = vec![0.0; d.b * d.t * 3 * d.c];
     let shape = AttentionShape {
-        b_n: d.b,
-        t_n: d.t,
-        c_n: d.c,
-        h_n: cfg.n_head,
+        batch: d.b,
+        seq_len: d.t,
+        channels: d.c,
+        n_head: cfg.n_head,
     };
     timed(Kernel::Attention, true, || {
         layers::attention_backward(

@@ -26,6 +26,7 @@
 
 use super::matmul::gemm_ptr;
 use super::{axpy, dot, simd_fn, weighted_rows, SharedMut};
+pub use crate::layout::AttentionShape;
 use crate::rng::{RowMask, SiteMasks};
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -33,36 +34,21 @@ use std::cell::RefCell;
 #[cfg(target_arch = "x86_64")]
 mod tiles;
 
-/// The shape of one attention call.
-#[derive(Debug, Clone, Copy)]
-pub struct Shape {
-    pub batch: usize,
-    pub seq_len: usize,
-    pub channels: usize,
-    pub n_head: usize,
-}
-
-impl Shape {
-    fn head_size(&self) -> usize {
-        self.channels / self.n_head
+/// How each head of `shape` is computed.
+fn path(shape: &AttentionShape) -> Path {
+    let (t_n, hs) = (shape.seq_len, shape.head_size());
+    // Below this size a head is a handful of short rows, where loops beat any product.
+    if t_n < 32 || hs < 16 {
+        return Path::Rows;
     }
-
-    /// How each head of this shape is computed.
-    fn path(&self) -> Path {
-        let (t_n, hs) = (self.seq_len, self.head_size());
-        // Below this size a head is a handful of short rows, where loops beat any product.
-        if t_n < 32 || hs < 16 {
-            return Path::Rows;
-        }
-        if cfg!(target_arch = "x86_64")
-            && super::has_avx2_fma()
-            && t_n.is_multiple_of(8)
-            && hs.is_multiple_of(8)
-        {
-            Path::Tiles
-        } else {
-            Path::Gemm
-        }
+    if cfg!(target_arch = "x86_64")
+        && super::has_avx2_fma()
+        && t_n.is_multiple_of(8)
+        && hs.is_multiple_of(8)
+    {
+        Path::Tiles
+    } else {
+        Path::Gemm
     }
 }
 
@@ -458,11 +444,11 @@ pub fn forward(
     att: &mut [f32],
     dropout: Option<DropoutBuffers>,
     qkv: &[f32],
-    shape: Shape,
+    shape: AttentionShape,
     scale: f32,
 ) {
     let _timer = crate::profile::scope(crate::profile::Kernel::Attention, false);
-    let Shape {
+    let AttentionShape {
         batch: b_n,
         seq_len: t_n,
         channels: c,
@@ -474,7 +460,7 @@ pub fn forward(
     assert!(qkv.len() >= b_n * t_n * 3 * c && out.len() >= b_n * t_n * c);
     let att = &mut att[..heads * square];
     let out_ptr = SharedMut(out.as_mut_ptr());
-    let path = shape.path();
+    let path = path(&shape);
     let (mask, p, masks) = match dropout {
         Some(d) => (
             Some(&mut d.mask[..heads * square]),
@@ -864,11 +850,11 @@ pub fn backward(
     qkv: &[f32],
     att: &[f32],
     dropout: Option<(&[u8], f32)>,
-    shape: Shape,
+    shape: AttentionShape,
     scale: f32,
 ) {
     let _timer = crate::profile::scope(crate::profile::Kernel::Attention, true);
-    let Shape {
+    let AttentionShape {
         batch: b_n,
         seq_len: t_n,
         channels: c,
@@ -884,7 +870,7 @@ pub fn backward(
         assert!(m.len() >= heads * square);
     }
     let dqkv_ptr = SharedMut(dqkv.as_mut_ptr());
-    let path = shape.path();
+    let path = path(&shape);
     let keep = dropout.map_or(1.0, |(_, p)| 1.0 / (1.0 - p));
     (0..heads)
         .into_par_iter()
@@ -922,11 +908,11 @@ mod tests {
 
     fn run_forward(
         qkv: &[f32],
-        shape: Shape,
+        shape: AttentionShape,
         scale: f32,
         drop: Option<AttentionDropout>,
     ) -> (Vec<f32>, Vec<f32>, Vec<u8>) {
-        let Shape {
+        let AttentionShape {
             batch: b,
             seq_len: t,
             channels: c,
@@ -946,7 +932,7 @@ mod tests {
     fn run_backward(
         qkv: &[f32],
         w: &[f32],
-        shape: Shape,
+        shape: AttentionShape,
         scale: f32,
         drop: Option<AttentionDropout>,
     ) -> Vec<f32> {
@@ -971,19 +957,19 @@ mod tests {
     fn gradient_matches_finite_differences() {
         let mut rng = Rng::new(8);
         for shape in [
-            Shape {
+            AttentionShape {
                 batch: 2,
                 seq_len: 5,
                 channels: 12,
                 n_head: 3,
             },
-            Shape {
+            AttentionShape {
                 batch: 1,
                 seq_len: 70,
                 channels: 32,
                 n_head: 2,
             },
-            Shape {
+            AttentionShape {
                 batch: 1,
                 seq_len: 40,
                 channels: 48,
@@ -1012,12 +998,12 @@ mod tests {
         path: Path,
         qkv: &[f32],
         w: &[f32],
-        shape: Shape,
+        shape: AttentionShape,
         p: f32,
         seed: u64,
         scale: f32,
     ) -> (Vec<f32>, Vec<f32>, Vec<u8>, Vec<f32>) {
-        let Shape {
+        let AttentionShape {
             batch: b_n,
             seq_len: t_n,
             channels: c,
@@ -1066,11 +1052,11 @@ mod tests {
     }
 
     /// The tiled, matrix-product and row-by-row heads compute the same thing, and `forward` and
-    /// `backward` use the path `Shape::path` picks.
+    /// `backward` use the path `path` picks.
     #[test]
     fn all_head_paths_agree() {
         let mut rng = Rng::new(11);
-        let shape = Shape {
+        let shape = AttentionShape {
             batch: 2,
             seq_len: 72,
             channels: 32,
@@ -1084,10 +1070,10 @@ mod tests {
         let dqkv = run_backward(&qkv, &w, shape, 0.3, drop);
         let mut paths = vec![Path::Rows, Path::Gemm];
         if cfg!(target_arch = "x86_64") && crate::kernels::has_avx2_fma() {
-            assert_eq!(shape.path(), Path::Tiles);
+            assert_eq!(path(&shape), Path::Tiles);
             paths.push(Path::Tiles);
         } else {
-            assert_eq!(shape.path(), Path::Gemm);
+            assert_eq!(path(&shape), Path::Gemm);
         }
         for path in paths {
             let (o, a, m, d) = run_path(path, &qkv, &w, shape, 0.2, 4, 0.3);
@@ -1107,13 +1093,13 @@ mod tests {
     fn weights_are_causal_and_normalised() {
         let mut rng = Rng::new(9);
         for shape in [
-            Shape {
+            AttentionShape {
                 batch: 1,
                 seq_len: 6,
                 channels: 8,
                 n_head: 2,
             },
-            Shape {
+            AttentionShape {
                 batch: 1,
                 seq_len: 40,
                 channels: 32,
@@ -1140,7 +1126,7 @@ mod tests {
     #[test]
     fn one_row_at_a_time_matches_the_whole_sequence() {
         let mut rng = Rng::new(10);
-        let shape = Shape {
+        let shape = AttentionShape {
             batch: 1,
             seq_len: 7,
             channels: 12,
@@ -1166,22 +1152,22 @@ mod tests {
     /// with and without dropout, on shapes that take each path.
     #[test]
     fn matches_the_reference_attention() {
-        use crate::reference::layers::{self as reference, AttentionShape};
+        use crate::reference::layers as reference;
         let mut rng = Rng::new(25);
         for shape in [
-            Shape {
+            AttentionShape {
                 batch: 2,
                 seq_len: 5,
                 channels: 12,
                 n_head: 3,
             },
-            Shape {
+            AttentionShape {
                 batch: 2,
                 seq_len: 40,
                 channels: 48,
                 n_head: 2,
             },
-            Shape {
+            AttentionShape {
                 batch: 2,
                 seq_len: 70,
                 channels: 32,
@@ -1192,13 +1178,13 @@ mod tests {
             let qkv = random_vec(3 * n, &mut rng, 1.0);
             let dout = random_vec(n, &mut rng, 1.0);
             let s = AttentionShape {
-                b_n: shape.batch,
-                t_n: shape.seq_len,
-                c_n: shape.channels,
-                h_n: shape.n_head,
+                batch: shape.batch,
+                seq_len: shape.seq_len,
+                channels: shape.channels,
+                n_head: shape.n_head,
             };
             for drop in [None, dropout(0.25, 9)] {
-                let name = format!("{:?} {shape:?} {drop:?}", shape.path());
+                let name = format!("{:?} {shape:?} {drop:?}", path(&shape));
                 let (out, att, mask) = run_forward(&qkv, shape, 0.5, drop);
                 let dqkv = run_backward(&qkv, &dout, shape, 0.5, drop);
                 let mut want = vec![0.0; n];

@@ -1,8 +1,44 @@
-//! Where every parameter lives in the flat buffer: names, shapes, offsets, and the views the
-//! forward and backward passes use. Gradients and the optimizer's moments share this layout.
+//! Where every number lies, in the words both engines use: every parameter in the flat buffer
+//! (names, shapes, offsets, and the views the forward and backward passes use; gradients and the
+//! optimizer's moments share this layout), an attention call's shape and where its queries, keys,
+//! values and scores lie, and the constants of the layers. The reference engine
+//! ([`crate::reference`]) and the fast one ([`crate::model`], [`crate::kernels`]) both read
+//! their parameters and shapes from here, and nothing else of each other.
 
 use crate::config::{Architecture, FeedForward, ModelConfig, Position};
 use std::ops::Range;
+
+/// The `eps` of LayerNorm, RMSNorm and QK-norm, under the square root: PyTorch's default.
+pub const NORM_EPS: f32 = 1e-5;
+
+/// The shape of an attention call: B sequences (`batch`) of T positions (`seq_len`), C channels
+/// in H heads (`n_head`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttentionShape {
+    pub batch: usize,
+    pub seq_len: usize,
+    pub channels: usize,
+    pub n_head: usize,
+}
+
+impl AttentionShape {
+    /// The size of one head, hs = C / H.
+    pub fn head_size(&self) -> usize {
+        self.channels / self.n_head
+    }
+
+    /// Where query (`part` 0), key (1) or value (2) element i of head h at position t of
+    /// sequence b lies in `qkv` (B, T, 3C): each row is `[q | k | v]`, head h in columns
+    /// `h*hs .. (h+1)*hs` of each part.
+    pub fn qkv_index(&self, b: usize, t: usize, part: usize, h: usize, i: usize) -> usize {
+        (b * self.seq_len + t) * 3 * self.channels + part * self.channels + h * self.head_size() + i
+    }
+
+    /// Where score (t, u) of head h of sequence b lies in a (B, H, T, T) tensor.
+    pub fn score_index(&self, b: usize, h: usize, t: usize, u: usize) -> usize {
+        ((b * self.n_head + h) * self.seq_len + t) * self.seq_len + u
+    }
+}
 
 /// One named tensor inside the flat parameter buffer.
 #[derive(Debug, Clone, PartialEq)]
