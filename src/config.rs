@@ -185,6 +185,12 @@ pub enum OptimizerKind {
     Muon,
 }
 
+/// Newton-Schulz's coefficients (the speedrun's quintic, tuned to converge fast from small
+/// singular values rather than exactly).
+pub const NS_COEFFICIENTS: (f32, f32, f32) = (3.4445, -4.7750, 2.0315);
+/// Newton-Schulz iterations per update.
+pub const NS_STEPS: usize = 5;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum DecayOn {

@@ -40,6 +40,22 @@ impl AttentionShape {
     }
 }
 
+/// A model's parameters as both engines read them: its config, where each tensor lies, and the
+/// flat buffer of values (the fast engine's [`crate::model::Model::weights`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Weights<'a> {
+    pub config: &'a ModelConfig,
+    pub layout: &'a ParamLayout,
+    pub params: &'a [f32],
+}
+
+impl<'a> Weights<'a> {
+    /// The values of the tensor at `range` (a range of [`ParamLayout`]).
+    pub fn tensor(&self, range: &Range<usize>) -> &'a [f32] {
+        &self.params[range.clone()]
+    }
+}
+
 /// One named tensor inside the flat parameter buffer.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ParamSpec {

@@ -159,11 +159,7 @@ pub struct MuonStep {
     pub bf16: bool,
 }
 
-/// Newton-Schulz's coefficients (the speedrun's quintic, tuned to converge fast from small
-/// singular values rather than exactly).
-pub const NS_COEFFICIENTS: (f32, f32, f32) = (3.4445, -4.7750, 2.0315);
-/// Newton-Schulz iterations per update.
-pub const NS_STEPS: usize = 5;
+pub use crate::config::{NS_COEFFICIENTS, NS_STEPS};
 
 thread_local! {
     /// Per-thread scratch of the Newton-Schulz iteration: X and the next X (a x b each), A and

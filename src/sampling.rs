@@ -233,9 +233,11 @@ impl<'a> Generator<'a> {
             // The whole window again, and the logits of its last position.
             let pass = match self.model.config.position {
                 Position::Learned => {
-                    crate::reference::forward(self.model, &self.window, None, 1, t, None)
+                    crate::reference::forward(self.model.weights(), &self.window, None, 1, t, None)
                 }
-                Position::Rope => crate::reference::forward_sliding(self.model, &self.history),
+                Position::Rope => {
+                    crate::reference::forward_sliding(self.model.weights(), &self.history)
+                }
             };
             let rows = pass.logits.len() / v;
             let last = &pass.logits[(rows - 1) * v..rows * v];
@@ -425,7 +427,7 @@ mod tests {
                 // The ring's logits of the step just taken, against the whole text.
                 let slot = (context.len() - 1) % 6;
                 let got = gen.acts.logits()[slot * v..(slot + 1) * v].to_vec();
-                let sliding = crate::reference::forward_sliding(&model, &context).logits;
+                let sliding = crate::reference::forward_sliding(model.weights(), &context).logits;
                 let want = &sliding[sliding.len() - v..];
                 for (a, b) in got.iter().zip(want) {
                     assert!(

@@ -25,7 +25,7 @@
 //! - [`evaluate_exact`]: the mean loss over every target of a split, cut into consecutive
 //!   non-overlapping windows of `block_size`. Deterministic; used to report results.
 
-use crate::config::{Precision, TrainConfig};
+use crate::config::{OptimizerKind, Precision, TrainConfig};
 use crate::data::{fill_windows, sample_batch, window_count, Dataset, Split};
 use crate::distributed::{DistributedError, Group};
 use crate::engine::Engine;
@@ -334,7 +334,7 @@ impl Trainer {
                 }
                 Engine::Reference => {
                     let pass = crate::reference::forward(
-                        model,
+                        model.weights(),
                         inputs,
                         Some(targets),
                         s.rows.len(),
@@ -343,7 +343,7 @@ impl Trainer {
                     );
                     s.loss = pass.loss.expect("targets given");
                     if backward {
-                        crate::reference::backward(model, &pass, &mut s.grads, share);
+                        crate::reference::backward(model.weights(), &pass, &mut s.grads, share);
                     }
                 }
             }
@@ -460,15 +460,33 @@ impl Trainer {
         // Muon's Newton-Schulz products take the precision of the model's (the reference
         // engine's are fp32 whatever the setting).
         let bf16 = self.engine == Engine::Fast && self.model.precision() == Precision::Bf16;
-        self.optimizer.update(
-            &mut self.model.params,
-            &self.grads,
-            &self.model.layout,
-            &self.config,
-            lr,
-            scale,
-            bf16,
-        );
+        if self.engine == Engine::Reference && self.config.optimizer == OptimizerKind::Adamw {
+            // The reference engine's AdamW in plain loops. (Muon's Newton-Schulz in plain loops
+            // would take seconds a matrix: both engines run the fast one, which is tested
+            // against `reference::optimizer::muon_matrix`.)
+            self.optimizer.step += 1;
+            crate::reference::optimizer::adamw(
+                &mut self.model.params,
+                &self.grads,
+                &mut self.optimizer.m,
+                &mut self.optimizer.v,
+                self.optimizer.step,
+                &self.model.layout,
+                &self.config,
+                lr,
+                scale,
+            );
+        } else {
+            self.optimizer.update(
+                &mut self.model.params,
+                &self.grads,
+                &self.model.layout,
+                &self.config,
+                lr,
+                scale,
+                bf16,
+            );
+        }
         // bf16: the products of the next step read the new weights' bf16 copies.
         self.model.refresh_bf16();
         self.step += 1;
@@ -649,7 +667,8 @@ fn exact_loss(
                     .map(|r| {
                         let w = r.start * t..r.end * t;
                         let (x, y) = (&inputs[w.clone()], &targets[w]);
-                        crate::reference::forward(model, x, Some(y), r.len(), t, None).losses
+                        crate::reference::forward(model.weights(), x, Some(y), r.len(), t, None)
+                            .losses
                     })
                     .collect();
                 reference_losses = losses.concat();

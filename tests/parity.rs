@@ -111,9 +111,15 @@ fn one_pass(model: &Model, fx: &Fixture, engine: Engine) -> (f32, Vec<f32>, Vec<
             (loss, acts.logits().to_vec(), grads)
         }
         Engine::Reference => {
-            let pass =
-                chargpt::reference::forward(model, &fx.inputs, Some(&fx.targets), b, t, None);
-            chargpt::reference::backward(model, &pass, &mut grads, 1.0);
+            let pass = chargpt::reference::forward(
+                model.weights(),
+                &fx.inputs,
+                Some(&fx.targets),
+                b,
+                t,
+                None,
+            );
+            chargpt::reference::backward(model.weights(), &pass, &mut grads, 1.0);
             (pass.loss.unwrap(), pass.logits, grads)
         }
     }

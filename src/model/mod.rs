@@ -52,7 +52,7 @@ mod activations;
 mod backward;
 mod forward;
 
-pub use crate::layout::{BlockLayout, Linear, Norm, ParamLayout, ParamSpec, QkNorm};
+pub use crate::layout::{BlockLayout, Linear, Norm, ParamLayout, ParamSpec, QkNorm, Weights};
 pub use activations::Activations;
 
 use crate::config::{Init, ModelConfig, Position, Precision};
@@ -120,6 +120,15 @@ impl Model {
             params,
             bf16: None,
         })
+    }
+
+    /// The parameters as both engines read them (the reference engine takes only these).
+    pub fn weights(&self) -> Weights<'_> {
+        Weights {
+            config: &self.config,
+            layout: &self.layout,
+            params: &self.params,
+        }
     }
 
     /// Wraps existing parameters (e.g. from a checkpoint); the length must match the layout.

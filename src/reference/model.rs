@@ -24,7 +24,7 @@
 
 use super::layers::{self, AttentionCache, AttentionShape};
 use crate::config::{Architecture, NormKind, Position};
-use crate::model::{BlockLayout, Linear, Model, Norm};
+use crate::layout::{BlockLayout, Linear, Norm, Weights};
 use crate::profile::{self, Kernel};
 use crate::rng::{DropoutSeed, DropoutSite, SiteMasks};
 use crate::tokenizer::TokenId;
@@ -135,24 +135,20 @@ fn timed<R>(kernel: Kernel, backward: bool, f: impl FnOnce() -> R) -> R {
     f()
 }
 
-fn param<'a>(model: &'a Model, range: &Range<usize>) -> &'a [f32] {
-    &model.params[range.clone()]
-}
-
 /// Runs the model on `tokens` (B, T). With `targets` it computes the mean cross-entropy loss;
 /// with `dropout` (and the config's `dropout` > 0) it is a training pass with those masks,
 /// without, evaluation.
 pub fn forward(
-    model: &Model,
+    w: Weights,
     tokens: &[TokenId],
     targets: Option<&[TokenId]>,
     batch: usize,
     seq_len: usize,
     dropout: Option<DropoutSeed>,
 ) -> Pass {
-    let cfg = &model.config;
+    let cfg = &w.config;
     assert!(seq_len <= cfg.block_size || cfg.architecture == Architecture::Bigram);
-    forward_pass(model, tokens, targets, batch, seq_len, dropout, None)
+    forward_pass(w, tokens, targets, batch, seq_len, dropout, None)
 }
 
 /// The logits of one sequence of any length, for a model with rotary positions, each query
@@ -160,14 +156,14 @@ pub fn forward(
 /// a ring of the last `block_size` cached keys and values computes. (Each layer looks
 /// `block_size` back, so the last position depends on up to `n_layer * (block_size - 1)` earlier
 /// characters.) Evaluation mode.
-pub fn forward_sliding(model: &Model, tokens: &[TokenId]) -> Pass {
-    assert_eq!(model.config.position, Position::Rope);
-    let window = model.config.block_size;
-    forward_pass(model, tokens, None, 1, tokens.len(), None, Some(window))
+pub fn forward_sliding(w: Weights, tokens: &[TokenId]) -> Pass {
+    assert_eq!(w.config.position, Position::Rope);
+    let window = w.config.block_size;
+    forward_pass(w, tokens, None, 1, tokens.len(), None, Some(window))
 }
 
 fn forward_pass(
-    model: &Model,
+    w: Weights,
     tokens: &[TokenId],
     targets: Option<&[TokenId]>,
     batch: usize,
@@ -175,8 +171,8 @@ fn forward_pass(
     dropout: Option<DropoutSeed>,
     window: Option<usize>,
 ) -> Pass {
-    let cfg = &model.config;
-    let lay = &model.layout;
+    let cfg = &w.config;
+    let lay = &w.layout;
     let n = batch * seq_len;
     assert_eq!(tokens.len(), n);
     assert!(tokens.iter().all(|&t| (t as usize) < cfg.vocab_size));
@@ -203,7 +199,7 @@ fn forward_pass(
         ln_f: None,
         probs: Vec::new(),
     };
-    let wte = param(model, &lay.token_embedding);
+    let wte = w.tensor(&lay.token_embedding);
 
     if cfg.architecture == Architecture::Bigram {
         // The logits are the table's row for the current character.
@@ -212,7 +208,7 @@ fn forward_pass(
         });
     } else {
         let mut x = vec![0.0; n * dims.c];
-        let wpe = lay.position_embedding.as_ref().map(|r| param(model, r));
+        let wpe = lay.position_embedding.as_ref().map(|r| w.tensor(r));
         timed(Kernel::Embedding, false, || {
             layers::embedding_forward(&mut x, tokens, wte, wpe, batch, seq_len, dims.c)
         });
@@ -222,20 +218,17 @@ fn forward_pass(
                 Some(prev) => &prev.out,
                 None => &pass.embedded,
             };
-            let block = block_forward(model, bl, input, dims, dropout.map(|d| (l, d)));
+            let block = block_forward(w, bl, input, dims, dropout.map(|d| (l, d)));
             pass.blocks.push(block);
         }
         let x = match pass.blocks.last() {
             Some(last) => &last.out,
             None => &pass.embedded,
         };
-        pass.ln_f = lay
-            .ln_f
-            .as_ref()
-            .map(|norm| norm_forward(model, norm, x, dims));
+        pass.ln_f = lay.ln_f.as_ref().map(|norm| norm_forward(w, norm, x, dims));
         let head_in = pass.ln_f.as_ref().map_or(x, |ln| &ln.out);
         let lm = lay.lm_head.as_ref().expect("a transformer has an lm_head");
-        let logits = linear_forward(model, lm, head_in, dims, dims.c, dims.v);
+        let logits = linear_forward(w, lm, head_in, dims, dims.c, dims.v);
         pass.logits = logits;
     }
 
@@ -260,15 +253,15 @@ fn forward_pass(
     pass
 }
 
-fn norm_forward(model: &Model, norm: &Norm, x: &[f32], d: Dims) -> NormPass {
+fn norm_forward(w: Weights, norm: &Norm, x: &[f32], d: Dims) -> NormPass {
     let rows = d.b * d.t;
     let mut ln = NormPass {
         out: vec![0.0; rows * d.c],
         mean: Vec::new(),
         rstd: vec![0.0; rows],
     };
-    let weight = param(model, &norm.weight);
-    timed(Kernel::LayerNorm, false, || match model.config.norm {
+    let weight = w.tensor(&norm.weight);
+    timed(Kernel::LayerNorm, false, || match w.config.norm {
         NormKind::Layer => {
             ln.mean = vec![0.0; rows];
             layers::layernorm_forward(
@@ -277,7 +270,7 @@ fn norm_forward(model: &Model, norm: &Norm, x: &[f32], d: Dims) -> NormPass {
                 &mut ln.rstd,
                 x,
                 weight,
-                norm.bias.as_ref().map(|b| param(model, b)),
+                norm.bias.as_ref().map(|b| w.tensor(b)),
                 d.b,
                 d.t,
                 d.c,
@@ -292,7 +285,7 @@ fn norm_forward(model: &Model, norm: &Norm, x: &[f32], d: Dims) -> NormPass {
 
 /// `x W^T + b` for a (B, T, `i_n`) input: the (B, T, `o_n`) output.
 fn linear_forward(
-    model: &Model,
+    w: Weights,
     linear: &Linear,
     x: &[f32],
     d: Dims,
@@ -300,12 +293,12 @@ fn linear_forward(
     o_n: usize,
 ) -> Vec<f32> {
     let mut out = vec![0.0; d.b * d.t * o_n];
-    let bias = linear.bias.as_ref().map(|r| param(model, r));
+    let bias = linear.bias.as_ref().map(|r| w.tensor(r));
     timed(Kernel::Matmul, false, || {
         layers::linear_forward(
             &mut out,
             x,
-            param(model, &linear.weight),
+            w.tensor(&linear.weight),
             bias,
             d.b,
             d.t,
@@ -345,20 +338,20 @@ fn residual_forward(a: &[f32], b: &[f32]) -> Vec<f32> {
 
 /// One block on its input `x` (B, T, C); `dropout` is (block index, the step's masks).
 fn block_forward(
-    model: &Model,
+    w: Weights,
     bl: &BlockLayout,
     x: &[f32],
     d: Dims,
     dropout: Option<(usize, DropoutSeed)>,
 ) -> BlockPass {
-    let cfg = &model.config;
+    let cfg = &w.config;
     let site =
         |site: DropoutSite| dropout.map(|(layer, seed)| (cfg.dropout, seed.site(layer, site)));
 
     // Attention half: m = x + proj(attention(ln1(x))).
-    let ln1 = bl.ln1.as_ref().map(|norm| norm_forward(model, norm, x, d));
+    let ln1 = bl.ln1.as_ref().map(|norm| norm_forward(w, norm, x, d));
     let attn_in = ln1.as_ref().map_or(x, |ln| &ln.out);
-    let mut qkv = linear_forward(model, &bl.qkv, attn_in, d, d.c, 3 * d.c);
+    let mut qkv = linear_forward(w, &bl.qkv, attn_in, d, d.c, 3 * d.c);
     let mut heads = vec![0.0; d.b * d.t * d.c];
     let shape = AttentionShape {
         batch: d.b,
@@ -370,13 +363,7 @@ fn block_forward(
     let qk_norm = bl.qk_norm.as_ref().map(|qk| {
         let mut normed = vec![0.0; qkv.len()];
         let rstd = timed(Kernel::LayerNorm, false, || {
-            layers::qk_norm_forward(
-                &mut normed,
-                &qkv,
-                param(model, &qk.q),
-                param(model, &qk.k),
-                shape,
-            )
+            layers::qk_norm_forward(&mut normed, &qkv, w.tensor(&qk.q), w.tensor(&qk.k), shape)
         });
         let raw = std::mem::replace(&mut qkv, normed);
         QkNormPass { raw, rstd }
@@ -405,7 +392,7 @@ fn block_forward(
         ),
     });
     let proj = bl.proj.as_ref().map(|proj| {
-        let y = linear_forward(model, proj, &heads, d, d.c, d.c);
+        let y = linear_forward(w, proj, &heads, d, d.c, d.c);
         dropout_forward(y, site(DropoutSite::AttentionOutput), d)
     });
     let branch = proj.as_ref().map_or(&heads, |p| &p.out);
@@ -416,18 +403,15 @@ fn block_forward(
 
     // Feed-forward half: out = m + dropout(fc2(act(fc(ln2(m))))).
     let ffn = bl.fc.as_ref().map(|fc| {
-        let ln2 = bl
-            .ln2
-            .as_ref()
-            .map(|norm| norm_forward(model, norm, &mid, d));
+        let ln2 = bl.ln2.as_ref().map(|norm| norm_forward(w, norm, &mid, d));
         let ffn_in = ln2.as_ref().map_or(&mid, |ln| &ln.out);
-        let pre_activation = linear_forward(model, fc, ffn_in, d, d.c, d.f);
+        let pre_activation = linear_forward(w, fc, ffn_in, d, d.c, d.f);
         let mut hidden = vec![0.0; pre_activation.len()];
         timed(Kernel::Activation, false, || {
             layers::activation_forward(cfg.activation, &mut hidden, &pre_activation)
         });
         let branch = match &bl.fc2 {
-            Some(fc2) => linear_forward(model, fc2, &hidden, d, d.f, d.c),
+            Some(fc2) => linear_forward(w, fc2, &hidden, d, d.f, d.c),
             None => hidden.clone(),
         };
         FeedForwardPass {
@@ -458,9 +442,9 @@ fn block_forward(
 /// Writes into `grads` (the parameters' layout; whatever it held is overwritten) the gradient of
 /// `loss_scale` times the mean loss of `pass`, which must have had targets. (`loss_scale` is the
 /// share of a larger batch these rows are, when a batch is split; otherwise 1.)
-pub fn backward(model: &Model, pass: &Pass, grads: &mut [f32], loss_scale: f32) {
-    let cfg = &model.config;
-    let lay = &model.layout;
+pub fn backward(w: Weights, pass: &Pass, grads: &mut [f32], loss_scale: f32) {
+    let cfg = &w.config;
+    let lay = &w.layout;
     assert!(
         pass.loss.is_some(),
         "backward needs a forward pass with targets"
@@ -504,9 +488,9 @@ pub fn backward(model: &Model, pass: &Pass, grads: &mut [f32], loss_scale: f32) 
     };
     let head_in = pass.ln_f.as_ref().map_or(x_last, |ln| &ln.out);
     let lm = lay.lm_head.as_ref().expect("a transformer has an lm_head");
-    let d_head_in = linear_backward(model, lm, grads, &d_logits, head_in, d, d.c, d.v);
+    let d_head_in = linear_backward(w, lm, grads, &d_logits, head_in, d, d.c, d.v);
     let mut d_x = match (&lay.ln_f, &pass.ln_f) {
-        (Some(norm), Some(ln)) => norm_backward(model, norm, ln, grads, &d_head_in, x_last, d),
+        (Some(norm), Some(ln)) => norm_backward(w, norm, ln, grads, &d_head_in, x_last, d),
         _ => d_head_in,
     };
 
@@ -515,16 +499,7 @@ pub fn backward(model: &Model, pass: &Pass, grads: &mut [f32], loss_scale: f32) 
             0 => &pass.embedded,
             _ => &pass.blocks[l - 1].out,
         };
-        d_x = block_backward(
-            model,
-            &lay.blocks[l],
-            &pass.blocks[l],
-            x,
-            &d_x,
-            grads,
-            pass,
-            d,
-        );
+        d_x = block_backward(w, &lay.blocks[l], &pass.blocks[l], x, &d_x, grads, pass, d);
     }
 
     // With tied embeddings lm_head's gradient is already in dwte: this adds the lookup's.
@@ -554,7 +529,7 @@ fn two_grads<'a>(
 /// The gradients of a linear layer: its weight's and bias's into `grads`; returns its input's.
 #[allow(clippy::too_many_arguments)]
 fn linear_backward(
-    model: &Model,
+    w: Weights,
     linear: &Linear,
     grads: &mut [f32],
     d_out: &[f32],
@@ -578,7 +553,7 @@ fn linear_backward(
             dbias,
             d_out,
             x,
-            param(model, &linear.weight),
+            w.tensor(&linear.weight),
             d.b,
             d.t,
             i_n,
@@ -590,7 +565,7 @@ fn linear_backward(
 
 /// The gradients of a LayerNorm: its weight's and bias's into `grads`; returns its input's.
 fn norm_backward(
-    model: &Model,
+    w: Weights,
     norm: &Norm,
     ln: &NormPass,
     grads: &mut [f32],
@@ -606,8 +581,8 @@ fn norm_backward(
         }
         None => (&mut grads[norm.weight.clone()], None),
     };
-    let weight = param(model, &norm.weight);
-    timed(Kernel::LayerNorm, true, || match model.config.norm {
+    let weight = w.tensor(&norm.weight);
+    timed(Kernel::LayerNorm, true, || match w.config.norm {
         NormKind::Layer => layers::layernorm_backward(
             &mut d_x, dweight, dbias, d_out, x, weight, &ln.mean, &ln.rstd, d.b, d.t, d.c,
         ),
@@ -658,7 +633,7 @@ fn add_into(a: &mut [f32], b: &[f32]) {
 /// (returned), adding its parameters' gradients into `grads`.
 #[allow(clippy::too_many_arguments)]
 fn block_backward(
-    model: &Model,
+    w: Weights,
     bl: &BlockLayout,
     blk: &BlockPass,
     x: &[f32],
@@ -667,7 +642,7 @@ fn block_backward(
     pass: &Pass,
     d: Dims,
 ) -> Vec<f32> {
-    let cfg = &model.config;
+    let cfg = &w.config;
     let p = pass.dropout_p;
 
     // Feed-forward half: from d_out to d_mid, the gradient of the stream after attention.
@@ -676,9 +651,7 @@ fn block_backward(
             let (mut d_mid, d_branch) = residual_backward(d_out, cfg.residual);
             let d_branch = dropout_backward(&ffn.branch, &d_branch, p);
             let d_hidden = match &bl.fc2 {
-                Some(fc2) => {
-                    linear_backward(model, fc2, grads, &d_branch, &ffn.hidden, d, d.f, d.c)
-                }
+                Some(fc2) => linear_backward(w, fc2, grads, &d_branch, &ffn.hidden, d, d.f, d.c),
                 None => d_branch,
             };
             let mut d_pre = vec![0.0; d_hidden.len()];
@@ -691,11 +664,9 @@ fn block_backward(
                 )
             });
             let ffn_in = ffn.ln2.as_ref().map_or(&blk.mid, |ln| &ln.out);
-            let d_ffn_in = linear_backward(model, fc, grads, &d_pre, ffn_in, d, d.c, d.f);
+            let d_ffn_in = linear_backward(w, fc, grads, &d_pre, ffn_in, d, d.c, d.f);
             let d_via_branch = match (&bl.ln2, &ffn.ln2) {
-                (Some(norm), Some(ln)) => {
-                    norm_backward(model, norm, ln, grads, &d_ffn_in, &blk.mid, d)
-                }
+                (Some(norm), Some(ln)) => norm_backward(w, norm, ln, grads, &d_ffn_in, &blk.mid, d),
                 _ => d_ffn_in,
             };
             add_into(&mut d_mid, &d_via_branch);
@@ -709,7 +680,7 @@ fn block_backward(
     let d_heads = match (&bl.proj, &blk.proj) {
         (Some(proj), Some(site)) => {
             let d_proj = dropout_backward(site, &d_branch, p);
-            linear_backward(model, proj, grads, &d_proj, &blk.heads, d, d.c, d.c)
+            linear_backward(w, proj, grads, &d_proj, &blk.heads, d, d.c, d.c)
         }
         _ => d_branch,
     };
@@ -748,8 +719,8 @@ fn block_backward(
                 dk,
                 &d_qkv,
                 &qk_pass.raw,
-                param(model, &qk.q),
-                param(model, &qk.k),
+                w.tensor(&qk.q),
+                w.tensor(&qk.k),
                 &qk_pass.rstd,
                 shape,
             )
@@ -757,9 +728,9 @@ fn block_backward(
         d_qkv = d_raw;
     }
     let attn_in = blk.ln1.as_ref().map_or(x, |ln| &ln.out);
-    let d_attn_in = linear_backward(model, &bl.qkv, grads, &d_qkv, attn_in, d, d.c, 3 * d.c);
+    let d_attn_in = linear_backward(w, &bl.qkv, grads, &d_qkv, attn_in, d, d.c, 3 * d.c);
     let d_via_branch = match (&bl.ln1, &blk.ln1) {
-        (Some(norm), Some(ln)) => norm_backward(model, norm, ln, grads, &d_attn_in, x, d),
+        (Some(norm), Some(ln)) => norm_backward(w, norm, ln, grads, &d_attn_in, x, d),
         _ => d_attn_in,
     };
     add_into(&mut d_x, &d_via_branch);
@@ -772,6 +743,8 @@ mod tests {
     use crate::config::{preset, Activation, AttentionScale, FeedForward, Init, ModelConfig};
     use crate::config::{NormKind, Position};
     use crate::kernels::gradcheck::check;
+    // The parameters' initialisation; the passes read only their weights.
+    use crate::model::Model;
     use crate::rng::Rng;
 
     /// The whole model's gradient against finite differences of its loss, with dropout on (the
@@ -855,10 +828,10 @@ mod tests {
             let (b, t) = (3, 5);
             let x: Vec<TokenId> = (0..b * t).map(|_| rng.below(7) as TokenId).collect();
             let y: Vec<TokenId> = (0..b * t).map(|_| rng.below(7) as TokenId).collect();
-            let pass = forward(&model, &x, Some(&y), b, t, masks);
+            let pass = forward(model.weights(), &x, Some(&y), b, t, masks);
             // NaN to start with: backward overwrites the whole gradient.
             let mut grads = vec![f32::NAN; model.num_params()];
-            backward(&model, &pass, &mut grads, 1.0);
+            backward(model.weights(), &pass, &mut grads, 1.0);
             let mut probe = model.clone();
             check(
                 name,
@@ -866,7 +839,9 @@ mod tests {
                 &grads,
                 |p| {
                     probe.params.copy_from_slice(p);
-                    forward(&probe, &x, Some(&y), b, t, masks).loss.unwrap() as f64
+                    forward(probe.weights(), &x, Some(&y), b, t, masks)
+                        .loss
+                        .unwrap() as f64
                 },
                 5e-3,
             );
