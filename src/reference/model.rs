@@ -55,7 +55,7 @@ pub struct Pass {
 impl Pass {
     /// Softmax weights of block `layer`, (B, H, T, T), before dropout.
     pub fn attention_weights(&self, layer: usize) -> Option<&[f32]> {
-        self.blocks.get(layer).map(|b| &b.attention.att[..])
+        self.blocks.get(layer).map(|b| &b.attn.cache.att[..])
     }
 }
 
@@ -87,19 +87,32 @@ struct DropoutPass {
 #[derive(Debug, Clone)]
 struct BlockPass {
     ln1: Option<NormPass>,
-    /// (B, T, 3C), as attention reads it (after QK-norm and RoPE).
-    qkv: Vec<f32>,
-    qk_norm: Option<QkNormPass>,
-    attention: AttentionCache,
-    /// The heads concatenated, (B, T, C).
-    heads: Vec<f32>,
-    /// The attention projection's output after dropout.
-    proj: Option<DropoutPass>,
+    attn: SelfAttentionPass,
     /// The stream after the attention half.
     mid: Vec<f32>,
     ffn: Option<FeedForwardPass>,
     /// The block's output.
     out: Vec<f32>,
+}
+
+/// What a block's attention half computed.
+#[derive(Debug, Clone)]
+struct SelfAttentionPass {
+    /// (B, T, 3C), as attention reads it (after QK-norm and RoPE).
+    qkv: Vec<f32>,
+    qk_norm: Option<QkNormPass>,
+    cache: AttentionCache,
+    /// The heads concatenated, (B, T, C).
+    heads: Vec<f32>,
+    /// The attention projection's output after dropout.
+    proj: Option<DropoutPass>,
+}
+
+impl SelfAttentionPass {
+    /// What the half adds to the stream: the projection's output, or the heads without one.
+    fn output(&self) -> &[f32] {
+        self.proj.as_ref().map_or(&self.heads, |p| &p.out)
+    }
 }
 
 /// What a block's feed-forward half computed.
@@ -336,7 +349,16 @@ fn residual_forward(a: &[f32], b: &[f32]) -> Vec<f32> {
     out
 }
 
-/// One block on its input `x` (B, T, C); `dropout` is (block index, the step's masks).
+/// The dropout probability and masks of one site of a block, or `None` (dropout off).
+type Site<'s> = &'s dyn Fn(DropoutSite) -> Option<(f32, SiteMasks)>;
+
+/// One block on its input `x` (B, T, C), as the lecture's `Block`:
+/// ```text
+/// x = x + sa(ln1(x))
+/// x = x + ffwd(ln2(x))
+/// ```
+/// (the `+` only with residual connections, the norms only with `layer_norm`); `dropout` is
+/// (block index, the step's masks).
 fn block_forward(
     w: Weights,
     bl: &BlockLayout,
@@ -344,98 +366,126 @@ fn block_forward(
     d: Dims,
     dropout: Option<(usize, DropoutSeed)>,
 ) -> BlockPass {
-    let cfg = &w.config;
-    let site =
-        |site: DropoutSite| dropout.map(|(layer, seed)| (cfg.dropout, seed.site(layer, site)));
-
-    // Attention half: m = x + proj(attention(ln1(x))).
+    let cfg = w.config;
+    let site = |s: DropoutSite| dropout.map(|(layer, seed)| (cfg.dropout, seed.site(layer, s)));
     let ln1 = bl.ln1.as_ref().map(|norm| norm_forward(w, norm, x, d));
-    let attn_in = ln1.as_ref().map_or(x, |ln| &ln.out);
-    let mut qkv = linear_forward(w, &bl.qkv, attn_in, d, d.c, 3 * d.c);
-    let mut heads = vec![0.0; d.b * d.t * d.c];
+    let attn = self_attention(w, bl, ln1.as_ref().map_or(x, |ln| &ln.out), d, &site);
+    let mid = add_residual(cfg.residual, x, attn.output());
+    let ffn = bl.fc.as_ref().map(|_| feed_forward(w, bl, &mid, d, &site));
+    let out = match &ffn {
+        Some(ffn) => add_residual(cfg.residual, &mid, &ffn.branch.out),
+        None => mid.clone(),
+    };
+    BlockPass {
+        ln1,
+        attn,
+        mid,
+        ffn,
+        out,
+    }
+}
+
+/// `a + b` with residual connections, else `b` alone.
+fn add_residual(residual: bool, a: &[f32], b: &[f32]) -> Vec<f32> {
+    if residual {
+        residual_forward(a, b)
+    } else {
+        b.to_vec()
+    }
+}
+
+/// The lecture's `MultiHeadAttention` on `a` (B, T, C): queries, keys and values of every head
+/// in one product, normed (QK-norm) and turned by their positions (RoPE) where the config says,
+/// causal self-attention in every head, the heads concatenated and projected, dropout.
+fn self_attention(
+    w: Weights,
+    bl: &BlockLayout,
+    a: &[f32],
+    d: Dims,
+    site: Site,
+) -> SelfAttentionPass {
+    let cfg = w.config;
     let shape = AttentionShape {
         batch: d.b,
         seq_len: d.t,
         channels: d.c,
         n_head: cfg.n_head,
     };
-    // Queries and keys as the scores read them: normalised per head, then turned.
+    let mut qkv = linear_forward(w, &bl.qkv, a, d, d.c, 3 * d.c);
     let qk_norm = bl.qk_norm.as_ref().map(|qk| {
-        let mut normed = vec![0.0; qkv.len()];
-        let rstd = timed(Kernel::LayerNorm, false, || {
-            layers::qk_norm_forward(&mut normed, &qkv, w.tensor(&qk.q), w.tensor(&qk.k), shape)
-        });
+        let (normed, rstd) = qk_norm_forward(w.tensor(&qk.q), w.tensor(&qk.k), &qkv, shape);
         let raw = std::mem::replace(&mut qkv, normed);
         QkNormPass { raw, rstd }
     });
     if cfg.position == Position::Rope {
-        let mut turned = vec![0.0; qkv.len()];
-        timed(Kernel::Attention, false, || {
-            layers::rope_forward(&mut turned, &qkv, 0, shape)
-        });
-        qkv = turned;
+        qkv = rope_forward(&qkv, shape);
     }
-    let attention = timed(Kernel::Attention, false, || match d.window {
-        None => layers::attention_forward(
-            &mut heads,
-            &qkv,
-            cfg.attention_scale_factor(),
-            site(DropoutSite::AttentionWeights),
-            shape,
-        ),
-        Some(window) => layers::attention_forward_sliding(
-            &mut heads,
-            &qkv,
-            cfg.attention_scale_factor(),
-            window,
-            shape,
-        ),
+    let mut heads = vec![0.0; d.b * d.t * d.c];
+    let scale = cfg.attention_scale_factor();
+    let cache = timed(Kernel::Attention, false, || match d.window {
+        None => {
+            let masks = site(DropoutSite::AttentionWeights);
+            layers::attention_forward(&mut heads, &qkv, scale, masks, shape)
+        }
+        Some(window) => layers::attention_forward_sliding(&mut heads, &qkv, scale, window, shape),
     });
     let proj = bl.proj.as_ref().map(|proj| {
         let y = linear_forward(w, proj, &heads, d, d.c, d.c);
         dropout_forward(y, site(DropoutSite::AttentionOutput), d)
     });
-    let branch = proj.as_ref().map_or(&heads, |p| &p.out);
-    let mid = match cfg.residual {
-        true => residual_forward(x, branch),
-        false => branch.clone(),
-    };
-
-    // Feed-forward half: out = m + dropout(fc2(act(fc(ln2(m))))).
-    let ffn = bl.fc.as_ref().map(|fc| {
-        let ln2 = bl.ln2.as_ref().map(|norm| norm_forward(w, norm, &mid, d));
-        let ffn_in = ln2.as_ref().map_or(&mid, |ln| &ln.out);
-        let pre_activation = linear_forward(w, fc, ffn_in, d, d.c, d.f);
-        let mut hidden = vec![0.0; pre_activation.len()];
-        timed(Kernel::Activation, false, || {
-            layers::activation_forward(cfg.activation, &mut hidden, &pre_activation)
-        });
-        let branch = match &bl.fc2 {
-            Some(fc2) => linear_forward(w, fc2, &hidden, d, d.f, d.c),
-            None => hidden.clone(),
-        };
-        FeedForwardPass {
-            ln2,
-            pre_activation,
-            hidden,
-            branch: dropout_forward(branch, site(DropoutSite::FeedForwardOutput), d),
-        }
-    });
-    let out = match (&ffn, cfg.residual) {
-        (Some(ffn), true) => residual_forward(&mid, &ffn.branch.out),
-        (Some(ffn), false) => ffn.branch.out.clone(),
-        (None, _) => mid.clone(),
-    };
-    BlockPass {
-        ln1,
+    SelfAttentionPass {
         qkv,
         qk_norm,
-        attention,
+        cache,
         heads,
         proj,
-        mid,
-        ffn,
-        out,
+    }
+}
+
+/// Every head's queries and keys of `qkv` RMS-normed, with gains `wq` and `wk`: the normed
+/// tensor and the statistics.
+fn qk_norm_forward(
+    wq: &[f32],
+    wk: &[f32],
+    qkv: &[f32],
+    shape: AttentionShape,
+) -> (Vec<f32>, Vec<f32>) {
+    let mut normed = vec![0.0; qkv.len()];
+    let rstd = timed(Kernel::LayerNorm, false, || {
+        layers::qk_norm_forward(&mut normed, qkv, wq, wk, shape)
+    });
+    (normed, rstd)
+}
+
+/// Every head's queries and keys of `qkv` turned by their positions (RoPE).
+fn rope_forward(qkv: &[f32], shape: AttentionShape) -> Vec<f32> {
+    let mut turned = vec![0.0; qkv.len()];
+    timed(Kernel::Attention, false, || {
+        layers::rope_forward(&mut turned, qkv, 0, shape)
+    });
+    turned
+}
+
+/// The lecture's `FeedForward` on the stream `m` (B, T, C), after the block's second norm:
+/// `dropout(fc2(act(fc(ln2(m)))))`, or `dropout(act(fc(ln2(m))))` without a second layer.
+fn feed_forward(w: Weights, bl: &BlockLayout, m: &[f32], d: Dims, site: Site) -> FeedForwardPass {
+    let fc = bl.fc.as_ref().expect("a block with a feed-forward");
+    let ln2 = bl.ln2.as_ref().map(|norm| norm_forward(w, norm, m, d));
+    let ffn_in = ln2.as_ref().map_or(m, |ln| &ln.out);
+    let pre_activation = linear_forward(w, fc, ffn_in, d, d.c, d.f);
+    let mut hidden = vec![0.0; pre_activation.len()];
+    timed(Kernel::Activation, false, || {
+        layers::activation_forward(w.config.activation, &mut hidden, &pre_activation)
+    });
+    let branch = match &bl.fc2 {
+        Some(fc2) => linear_forward(w, fc2, &hidden, d, d.f, d.c),
+        None => hidden.clone(),
+    };
+    FeedForwardPass {
+        ln2,
+        pre_activation,
+        hidden,
+        branch: dropout_forward(branch, site(DropoutSite::FeedForwardOutput), d),
     }
 }
 
@@ -677,10 +727,10 @@ fn block_backward(
 
     // Attention half: from d_mid to d_x.
     let (mut d_x, d_branch) = residual_backward(&d_mid, cfg.residual);
-    let d_heads = match (&bl.proj, &blk.proj) {
+    let d_heads = match (&bl.proj, &blk.attn.proj) {
         (Some(proj), Some(site)) => {
             let d_proj = dropout_backward(site, &d_branch, p);
-            linear_backward(w, proj, grads, &d_proj, &blk.heads, d, d.c, d.c)
+            linear_backward(w, proj, grads, &d_proj, &blk.attn.heads, d, d.c, d.c)
         }
         _ => d_branch,
     };
@@ -695,8 +745,8 @@ fn block_backward(
         layers::attention_backward(
             &mut d_qkv,
             &d_heads,
-            &blk.qkv,
-            &blk.attention,
+            &blk.attn.qkv,
+            &blk.attn.cache,
             cfg.attention_scale_factor(),
             p,
             shape,
@@ -709,7 +759,7 @@ fn block_backward(
         });
         d_qkv = d_turned;
     }
-    if let (Some(qk), Some(qk_pass)) = (&bl.qk_norm, &blk.qk_norm) {
+    if let (Some(qk), Some(qk_pass)) = (&bl.qk_norm, &blk.attn.qk_norm) {
         let mut d_raw = vec![0.0; d_qkv.len()];
         let (dq, dk) = two_grads(grads, &qk.q, &qk.k);
         timed(Kernel::LayerNorm, true, || {
