@@ -2,7 +2,7 @@
 //! the model's own (the same as `chargpt attention --json`, `chargpt eval --json` and the
 //! library's functions on the same checkpoint), the diagram counts every parameter of every
 //! preset, each evaluation's probe record is there for the replay, and every bad input is a 4xx
-//! with a clear message. The library's tests (src/inspect.rs) cover the maths; these cover the
+//! with a clear message. The library's tests (src/inspect/) cover the maths; these cover the
 //! endpoints. Tiny models: the whole file takes a few seconds.
 
 mod common;

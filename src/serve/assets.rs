@@ -121,7 +121,7 @@ const SOURCES: &[(&str, &str)] = &[
         include_str!("../../docs/how-it-works.md"),
     ),
     ("src/config.rs", include_str!("../config.rs")),
-    ("src/inspect.rs", include_str!("../inspect.rs")),
+    ("src/inspect/mod.rs", include_str!("../inspect/mod.rs")),
     (
         "src/kernels/attention/mod.rs",
         include_str!("../kernels/attention/mod.rs"),

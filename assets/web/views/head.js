@@ -314,7 +314,7 @@ const view = {
         el('label', {}, 'position ', position), positionLabel),
       error, steps, check,
       el('p', { className: 'muted small' }, 'The trace: ',
-        link('src/inspect.rs', 'pub fn head_trace(', 'chargpt::inspect::head_trace'),
+        link('src/inspect/mod.rs', 'pub fn head_trace(', 'chargpt::inspect::head_trace'),
         ' reads q, k and v from a forward pass and recomputes each step from them.'));
     follow = followRun(app, view, () => {
       header.refresh();
