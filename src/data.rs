@@ -118,7 +118,13 @@ impl Split {
     }
 }
 
-/// A tokenized text, split as the lecture does: `n = int(0.9 * len)`, first n tokens train.
+/// Where a text of `len` characters splits, as the lecture splits it: `n = int(0.9 * len)`, the
+/// first n train, the rest val.
+pub fn train_len(len: usize) -> usize {
+    (0.9 * len as f64) as usize
+}
+
+/// A tokenized text, split as the lecture does ([`train_len`]).
 #[derive(Debug, Clone)]
 pub struct Dataset {
     pub train: Vec<TokenId>,
@@ -128,7 +134,7 @@ pub struct Dataset {
 impl Dataset {
     pub fn new(text: &str, tokenizer: &Tokenizer) -> Result<Self, DataError> {
         let tokens = tokenizer.encode(text)?;
-        let n = (0.9 * tokens.len() as f64) as usize;
+        let n = train_len(tokens.len());
         let val = tokens[n..].to_vec();
         let mut train = tokens;
         train.truncate(n);

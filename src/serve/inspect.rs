@@ -504,9 +504,9 @@ pub async fn surprise(
                     "put the text back there, or paste a text instead",
                 )
                 .map_err(|e| ApiError::conflict(one_line(&e)))?;
-                // The val split as training cuts it: the last 10% of the characters.
+                // The val split as training cuts it (one token per character).
                 let n = all.chars().count();
-                let val: Vec<char> = all.chars().skip((0.9 * n as f64) as usize).collect();
+                let val: Vec<char> = all.chars().skip(chargpt::data::train_len(n)).collect();
                 let windows = request.windows.unwrap_or(2).min(most_windows);
                 let room = chargpt::data::window_count(val.len().saturating_sub(request.offset), block);
                 if room == 0 {
