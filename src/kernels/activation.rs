@@ -146,98 +146,47 @@ simd_fn! {
     }
 }
 
-/// GELU on eight lanes at a time with fused multiply-adds, where the CPU has AVX2 and FMA. Each
+/// GELU on eight lanes at a time ([`crate::kernels::simd`]: AVX2, NEON or SIMD128). Each
 /// function handles a prefix of its slices (whole groups of eight) and returns its length; the
-/// scalar code above finishes the rest, and does everything on other CPUs.
+/// scalar code above finishes the rest.
 mod vector {
-    /// `out = gelu(inp)`, and with `grad` also `grad = gelu'(inp)`.
+    use super::{GELU_CUBIC, SQRT_2_OVER_PI};
+    use crate::kernels::simd::Lanes;
+    use crate::kernels::simd_fn;
+
+    /// Vectors handled per loop turn: the exponential is a long dependent chain, and four
+    /// independent ones keep the floating-point units busy. (Plain loops, not a closure per
+    /// vector: a closure is a function of its own, compiled without the caller's AVX2.)
+    const UNROLL: usize = 4;
+
+    /// `s = sigmoid(2u) = 1 / (1 + e^(-2u))` with `-2u = x (-2c - 2c a x^2)`.
     #[inline(always)]
-    pub fn gelu_forward(out: &mut [f32], inp: &[f32], grad: Option<&mut [f32]>) -> usize {
-        #[cfg(target_arch = "x86_64")]
-        if crate::kernels::has_avx2_fma() {
-            // SAFETY: the CPU has AVX2 and FMA.
-            return unsafe { x86::forward(out, inp, grad) };
-        }
-        let _ = (out, inp, grad);
-        0
+    fn gate<V: Lanes>(x: V) -> V {
+        let x2 = x.mul(x);
+        let minus_2u = x.mul(x2.mul_add(
+            V::splat(-2.0 * SQRT_2_OVER_PI * GELU_CUBIC),
+            V::splat(-2.0 * SQRT_2_OVER_PI),
+        ));
+        let one = V::splat(1.0);
+        one.div(one.add(minus_2u.exp()))
     }
 
-    /// With `dout`, `d += gelu'(inp) * dout`; without, `d *= gelu'(inp)`.
+    /// `gelu'(x) = s + x s (1 - s) 2 du/dx = s (1 + (1 - s) x (2c + 6c a x^2))`.
     #[inline(always)]
-    pub fn gelu_backward(d: &mut [f32], dout: Option<&[f32]>, inp: &[f32]) -> usize {
-        #[cfg(target_arch = "x86_64")]
-        if crate::kernels::has_avx2_fma() {
-            // SAFETY: the CPU has AVX2 and FMA.
-            return unsafe { x86::backward(d, dout, inp) };
-        }
-        let _ = (d, dout, inp);
-        0
+    fn slope<V: Lanes>(x: V, s: V) -> V {
+        let x2 = x.mul(x);
+        let t = x.mul(x2.mul_add(
+            V::splat(6.0 * SQRT_2_OVER_PI * GELU_CUBIC),
+            V::splat(2.0 * SQRT_2_OVER_PI),
+        ));
+        let one = V::splat(1.0);
+        s.mul(one.sub(s).mul_add(t, one))
     }
 
-    #[cfg(target_arch = "x86_64")]
-    mod x86 {
-        use super::super::{GELU_CUBIC, SQRT_2_OVER_PI};
-        use crate::kernels::x86::exp8;
-        use std::arch::x86_64::*;
-
-        /// Vectors handled per loop turn: the exponential is a long dependent chain, and four
-        /// independent ones keep the floating-point units busy.
-        const UNROLL: usize = 4;
-
-        /// Calls `step(i)` for every whole group of 8 floats below `n`, `UNROLL` groups per loop
-        /// turn; returns how many floats that covered.
-        #[inline(always)]
-        fn each_vector(n: usize, mut step: impl FnMut(usize)) -> usize {
-            let mut i = 0;
-            while i + 8 * UNROLL <= n {
-                for j in 0..UNROLL {
-                    step(i + 8 * j);
-                }
-                i += 8 * UNROLL;
-            }
-            while i + 8 <= n {
-                step(i);
-                i += 8;
-            }
-            i
-        }
-
-        /// `s = sigmoid(2u) = 1 / (1 + e^(-2u))` with `-2u = x (-2c - 2c a x^2)`.
-        #[inline(always)]
-        unsafe fn gate(x: __m256) -> __m256 {
-            let x2 = _mm256_mul_ps(x, x);
-            let minus_2u = _mm256_mul_ps(
-                x,
-                _mm256_fmadd_ps(
-                    x2,
-                    _mm256_set1_ps(-2.0 * SQRT_2_OVER_PI * GELU_CUBIC),
-                    _mm256_set1_ps(-2.0 * SQRT_2_OVER_PI),
-                ),
-            );
-            let one = _mm256_set1_ps(1.0);
-            _mm256_div_ps(one, _mm256_add_ps(one, exp8(minus_2u)))
-        }
-
-        /// `gelu'(x) = s + x s (1 - s) 2 du/dx = s (1 + (1 - s) x (2c + 6c a x^2))`.
-        #[inline(always)]
-        unsafe fn slope(x: __m256, s: __m256) -> __m256 {
-            let x2 = _mm256_mul_ps(x, x);
-            let t = _mm256_mul_ps(
-                x,
-                _mm256_fmadd_ps(
-                    x2,
-                    _mm256_set1_ps(6.0 * SQRT_2_OVER_PI * GELU_CUBIC),
-                    _mm256_set1_ps(2.0 * SQRT_2_OVER_PI),
-                ),
-            );
-            let one = _mm256_set1_ps(1.0);
-            _mm256_mul_ps(s, _mm256_fmadd_ps(_mm256_sub_ps(one, s), t, one))
-        }
-
-        /// # Safety
-        /// The CPU must support AVX2 and FMA.
-        #[target_feature(enable = "avx2,fma")]
-        pub unsafe fn forward(out: &mut [f32], inp: &[f32], grad: Option<&mut [f32]>) -> usize {
+    simd_fn! {
+        lanes V;
+        /// `out = gelu(inp)`, and with `grad` also `grad = gelu'(inp)`.
+        pub fn gelu_forward(out: &mut [f32], inp: &[f32], grad: Option<&mut [f32]>) -> usize {
             let mut n = out.len().min(inp.len());
             let g = match grad {
                 Some(g) => {
@@ -247,21 +196,31 @@ mod vector {
                 None => std::ptr::null_mut(),
             };
             let (po, pi) = (out.as_mut_ptr(), inp.as_ptr());
-            let step = |i: usize| {
-                let x = _mm256_loadu_ps(pi.add(i));
-                let s = gate(x);
-                _mm256_storeu_ps(po.add(i), _mm256_mul_ps(x, s));
-                if !g.is_null() {
-                    _mm256_storeu_ps(g.add(i), slope(x, s));
+            let mut i = 0;
+            while i + 8 <= n {
+                let group = if i + 8 * UNROLL <= n { UNROLL } else { 1 };
+                for j in 0..group {
+                    let at = i + 8 * j;
+                    // SAFETY: every access is 8 floats below n of the slices it touches.
+                    unsafe {
+                        let x = V::load(pi.add(at));
+                        let s = gate(x);
+                        x.mul(s).store(po.add(at));
+                        if !g.is_null() {
+                            slope(x, s).store(g.add(at));
+                        }
+                    }
                 }
-            };
-            each_vector(n, step)
+                i += 8 * group;
+            }
+            i
         }
+    }
 
-        /// # Safety
-        /// The CPU must support AVX2 and FMA.
-        #[target_feature(enable = "avx2,fma")]
-        pub unsafe fn backward(d: &mut [f32], dout: Option<&[f32]>, inp: &[f32]) -> usize {
+    simd_fn! {
+        lanes V;
+        /// With `dout`, `d += gelu'(inp) * dout`; without, `d *= gelu'(inp)`.
+        pub fn gelu_backward(d: &mut [f32], dout: Option<&[f32]>, inp: &[f32]) -> usize {
             let mut n = d.len().min(inp.len());
             let pg = match dout {
                 Some(g) => {
@@ -271,18 +230,27 @@ mod vector {
                 None => std::ptr::null(),
             };
             let (pd, pi) = (d.as_mut_ptr(), inp.as_ptr());
-            let step = |i: usize| {
-                let x = _mm256_loadu_ps(pi.add(i));
-                let k = slope(x, gate(x));
-                let dv = _mm256_loadu_ps(pd.add(i));
-                let v = if pg.is_null() {
-                    _mm256_mul_ps(dv, k)
-                } else {
-                    _mm256_fmadd_ps(k, _mm256_loadu_ps(pg.add(i)), dv)
-                };
-                _mm256_storeu_ps(pd.add(i), v);
-            };
-            each_vector(n, step)
+            let mut i = 0;
+            while i + 8 <= n {
+                let group = if i + 8 * UNROLL <= n { UNROLL } else { 1 };
+                for j in 0..group {
+                    let at = i + 8 * j;
+                    // SAFETY: every access is 8 floats below n of the slices it touches.
+                    unsafe {
+                        let x = V::load(pi.add(at));
+                        let k = slope(x, gate(x));
+                        let dv = V::load(pd.add(at));
+                        let v = if pg.is_null() {
+                            dv.mul(k)
+                        } else {
+                            k.mul_add(V::load(pg.add(at)), dv)
+                        };
+                        v.store(pd.add(at));
+                    }
+                }
+                i += 8 * group;
+            }
+            i
         }
     }
 }

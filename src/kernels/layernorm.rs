@@ -11,6 +11,7 @@
 //! (the two means remove the components of g that the normalisation itself cancels).
 
 use super::simd_fn;
+use crate::kernels::simd::Lanes;
 use crate::layout::NORM_EPS;
 use rayon::prelude::*;
 
@@ -40,62 +41,87 @@ simd_fn! {
 /// The parameter gradients a row adds to: `dweight`, and `dbias` where the norm has a bias.
 type ParamGrads<'a> = (&'a mut [f32], Option<&'a mut [f32]>);
 
-/// One row of the input gradient, `dx += rstd * (g - mean(g) - xhat * mean(g * xhat))`, and with
-/// `params` the row's share of the parameter gradients (`dweight += dy * xhat`, `dbias += dy`),
-/// in the same pass over the row.
+simd_fn! {
+    lanes V;
+    /// One row of the input gradient, `dx += rstd * (g - mean(g) - xhat * mean(g * xhat))` with
+    /// `g = dy * weight`, and with `params` the row's share of the parameter gradients
+    /// (`dweight += dy * xhat`, `dbias += dy`), on 8 lanes at a time: one pass for the two means
+    /// and the parameter gradients, one for the input gradient.
+    fn backward_row(dx: &mut [f32], dy: &[f32], x: &[f32], weight: &[f32], mu: f32, rs: f32, params: Option<ParamGrads>) {
+        backward_row_with::<V>(dx, dy, x, weight, mu, rs, params)
+    }
+}
+
+/// [`backward_row`] on the lanes `V`.
 #[inline(always)]
-fn backward_row(
+fn backward_row_with<V: Lanes>(
     dx: &mut [f32],
     dy: &[f32],
     x: &[f32],
     weight: &[f32],
     mu: f32,
     rs: f32,
-    params: Option<ParamGrads>,
+    mut params: Option<ParamGrads>,
 ) {
-    #[cfg(target_arch = "x86_64")]
-    if super::has_avx2_fma() {
-        // SAFETY: the CPU has AVX2 and FMA.
-        return unsafe { x86::backward_row(dx, dy, x, weight, mu, rs, params) };
+    let c = x.len();
+    assert!(dx.len() == c && dy.len() == c && weight.len() == c);
+    if let Some((dw, db)) = params.as_ref() {
+        assert!(dw.len() == c && db.as_ref().is_none_or(|db| db.len() == c));
     }
-    backward_row_portable(dx, dy, x, weight, mu, rs, params)
-}
-
-simd_fn! {
-    /// [`backward_row`] for any CPU.
-    fn backward_row_portable(dx: &mut [f32], dy: &[f32], x: &[f32], weight: &[f32], mu: f32, rs: f32, params: Option<ParamGrads>) {
-        let c = x.len() as f32;
-        let (mut acc_g, mut acc_gx) = ([0.0f32; 8], [0.0f32; 8]);
-        let n8 = x.len() / 8 * 8;
-        for i in (0..n8).step_by(8) {
-            for j in 0..8 {
-                let g = dy[i + j] * weight[i + j];
-                acc_g[j] += g;
-                acc_gx[j] += g * (x[i + j] - mu) * rs;
-            }
-        }
-        let (mut mean_g, mut mean_gx) = (acc_g.iter().sum::<f32>(), acc_gx.iter().sum::<f32>());
-        for i in n8..x.len() {
-            let g = dy[i] * weight[i];
-            mean_g += g;
-            mean_gx += g * (x[i] - mu) * rs;
-        }
-        mean_g /= c;
-        mean_gx /= c;
-        for (((dx, &dy), &x), &w) in dx.iter_mut().zip(dy).zip(x).zip(weight) {
-            let xhat = (x - mu) * rs;
-            *dx += rs * (dy * w - mean_g - xhat * mean_gx);
-        }
-        if let Some((dweight, dbias)) = params {
-            for ((dw, &dy), &x) in dweight.iter_mut().zip(dy).zip(x) {
-                *dw += dy * (x - mu) * rs;
-            }
-            if let Some(dbias) = dbias {
-                for (db, &dy) in dbias.iter_mut().zip(dy) {
-                    *db += dy;
+    let c8 = c / 8 * 8;
+    let (px, pdy, pw, pdx) = (x.as_ptr(), dy.as_ptr(), weight.as_ptr(), dx.as_mut_ptr());
+    let (vmu, vrs) = (V::splat(mu), V::splat(rs));
+    let (mut acc_g, mut acc_gx) = (V::zero(), V::zero());
+    // SAFETY: every access is 8 floats below c of slices of length c (checked above).
+    unsafe {
+        let mut i = 0;
+        while i < c8 {
+            let d = V::load(pdy.add(i));
+            let xhat = V::load(px.add(i)).sub(vmu).mul(vrs);
+            let g = d.mul(V::load(pw.add(i)));
+            acc_g = acc_g.add(g);
+            acc_gx = g.mul_add(xhat, acc_gx);
+            if let Some((dw, db)) = params.as_mut() {
+                let pdw = dw.as_mut_ptr().add(i);
+                d.mul_add(xhat, V::load(pdw)).store(pdw);
+                if let Some(db) = db {
+                    let pdb = db.as_mut_ptr().add(i);
+                    d.add(V::load(pdb)).store(pdb);
                 }
             }
+            i += 8;
         }
+    }
+    let (mut sum_g, mut sum_gx) = (acc_g.sum(), acc_gx.sum());
+    for i in c8..c {
+        let xhat = (x[i] - mu) * rs;
+        let g = dy[i] * weight[i];
+        sum_g += g;
+        sum_gx += g * xhat;
+        if let Some((dw, db)) = params.as_mut() {
+            dw[i] += dy[i] * xhat;
+            if let Some(db) = db {
+                db[i] += dy[i];
+            }
+        }
+    }
+    let (mean_g, mean_gx) = (sum_g / c as f32, sum_gx / c as f32);
+    let (vmg, vmgx) = (V::splat(mean_g), V::splat(mean_gx));
+    // SAFETY: as above.
+    unsafe {
+        let mut i = 0;
+        while i < c8 {
+            let xhat = V::load(px.add(i)).sub(vmu).mul(vrs);
+            let g = V::load(pdy.add(i)).mul(V::load(pw.add(i)));
+            // g - mean_g - xhat * mean_gx
+            let t = xhat.neg_mul_add(vmgx, g.sub(vmg));
+            vrs.mul_add(t, V::load(pdx.add(i))).store(pdx.add(i));
+            i += 8;
+        }
+    }
+    for i in c8..c {
+        let xhat = (x[i] - mu) * rs;
+        dx[i] += rs * (dy[i] * weight[i] - mean_g - xhat * mean_gx);
     }
 }
 
@@ -127,88 +153,6 @@ fn backward_fused(
             rs,
             Some((&mut *dweight, dbias.as_deref_mut())),
         );
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-mod x86 {
-    use super::ParamGrads;
-    use crate::kernels::x86::horizontal_sum;
-    use std::arch::x86_64::*;
-
-    /// [`super::backward_row`] with 8-wide fused multiply-adds: one pass for the two means and
-    /// the parameter gradients, one for the input gradient.
-    ///
-    /// # Safety
-    /// The CPU must support AVX2 and FMA.
-    #[target_feature(enable = "avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn backward_row(
-        dx: &mut [f32],
-        dy: &[f32],
-        x: &[f32],
-        weight: &[f32],
-        mu: f32,
-        rs: f32,
-        mut params: Option<ParamGrads>,
-    ) {
-        let c = x.len();
-        assert!(dx.len() == c && dy.len() == c && weight.len() == c);
-        if let Some((dw, db)) = params.as_ref() {
-            assert!(dw.len() == c && db.as_ref().is_none_or(|db| db.len() == c));
-        }
-        let c8 = c / 8 * 8;
-        let (px, pdy, pw, pdx) = (x.as_ptr(), dy.as_ptr(), weight.as_ptr(), dx.as_mut_ptr());
-        let (vmu, vrs) = (_mm256_set1_ps(mu), _mm256_set1_ps(rs));
-        let (mut acc_g, mut acc_gx) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-        let mut i = 0;
-        while i < c8 {
-            let d = _mm256_loadu_ps(pdy.add(i));
-            let xhat = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(px.add(i)), vmu), vrs);
-            let g = _mm256_mul_ps(d, _mm256_loadu_ps(pw.add(i)));
-            acc_g = _mm256_add_ps(acc_g, g);
-            acc_gx = _mm256_fmadd_ps(g, xhat, acc_gx);
-            if let Some((dw, db)) = params.as_mut() {
-                let pdw = dw.as_mut_ptr().add(i);
-                _mm256_storeu_ps(pdw, _mm256_fmadd_ps(d, xhat, _mm256_loadu_ps(pdw)));
-                if let Some(db) = db {
-                    let pdb = db.as_mut_ptr().add(i);
-                    _mm256_storeu_ps(pdb, _mm256_add_ps(d, _mm256_loadu_ps(pdb)));
-                }
-            }
-            i += 8;
-        }
-        let (mut sum_g, mut sum_gx) = (horizontal_sum(acc_g), horizontal_sum(acc_gx));
-        for i in c8..c {
-            let xhat = (x[i] - mu) * rs;
-            let g = dy[i] * weight[i];
-            sum_g += g;
-            sum_gx += g * xhat;
-            if let Some((dw, db)) = params.as_mut() {
-                dw[i] += dy[i] * xhat;
-                if let Some(db) = db {
-                    db[i] += dy[i];
-                }
-            }
-        }
-        let (mean_g, mean_gx) = (sum_g / c as f32, sum_gx / c as f32);
-        let (vmg, vmgx) = (_mm256_set1_ps(mean_g), _mm256_set1_ps(mean_gx));
-        let mut i = 0;
-        while i < c8 {
-            let xhat = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(px.add(i)), vmu), vrs);
-            let g = _mm256_mul_ps(_mm256_loadu_ps(pdy.add(i)), _mm256_loadu_ps(pw.add(i)));
-            // g - mean_g - xhat * mean_gx
-            let t = _mm256_fnmadd_ps(xhat, vmgx, _mm256_sub_ps(g, vmg));
-            _mm256_storeu_ps(
-                pdx.add(i),
-                _mm256_fmadd_ps(vrs, t, _mm256_loadu_ps(pdx.add(i))),
-            );
-            i += 8;
-        }
-        for i in c8..c {
-            let xhat = (x[i] - mu) * rs;
-            dx[i] += rs * (dy[i] * weight[i] - mean_g - xhat * mean_gx);
-        }
     }
 }
 
@@ -409,7 +353,7 @@ mod tests {
         }
     }
 
-    /// The vector row (where the CPU has it) and the portable row agree, on a width with a
+    /// The row on this CPU's lanes (AVX2, NEON) and on plain arrays agree, on a width with a
     /// tail that is not a multiple of 8.
     #[test]
     fn vector_and_portable_rows_agree() {
@@ -423,7 +367,9 @@ mod tests {
                 let (mut dx, mut dw, mut db) = (vec![0.5; c], vec![0.25; c], vec![-0.5; c]);
                 let params = Some((&mut dw[..], Some(&mut db[..])));
                 match portable {
-                    true => backward_row_portable(&mut dx, &dy, &x, &w, mu, rs, params),
+                    true => backward_row_with::<crate::kernels::simd::Scalar>(
+                        &mut dx, &dy, &x, &w, mu, rs, params,
+                    ),
                     false => backward_row(&mut dx, &dy, &x, &w, mu, rs, params),
                 }
                 [dx, dw, db].concat()

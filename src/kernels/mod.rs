@@ -25,6 +25,7 @@ pub mod matmul_bf16;
 pub mod residual;
 pub mod rmsnorm;
 pub mod rope;
+pub(crate) mod simd;
 
 /// Rough number of floating-point operations below which a piece of parallel work is not split
 /// further. Handing work to a sleeping thread costs tens of microseconds on a virtual machine
@@ -104,6 +105,55 @@ macro_rules! simd_fn {
             imp($($arg),*)
         }
     };
+    // `lanes V;`: a body generic over `V: Lanes` (explicit vector code, [`simd`]), instantiated
+    // for AVX2 (chosen at run time) and for the lanes the target always has.
+    (lanes $V:ident; $(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[$meta])*
+        #[inline(always)]
+        #[allow(clippy::too_many_arguments)]
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            #[allow(clippy::too_many_arguments)]
+            fn imp<$V: $crate::kernels::simd::Lanes>($($arg: $ty),*) $(-> $ret)? $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma")]
+                #[inline]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
+                    imp::<$crate::kernels::simd::Avx2>($($arg),*)
+                }
+                if $crate::kernels::has_avx2_fma() {
+                    // SAFETY: the CPU supports AVX2 and FMA (checked at run time).
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            imp::<$crate::kernels::simd::Native>($($arg),*)
+        }
+    };
+    (lanes $V:ident; $(#[$meta:meta])* $vis:vis unsafe fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[$meta])*
+        #[inline(always)]
+        #[allow(clippy::too_many_arguments)]
+        $vis unsafe fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            #[allow(clippy::too_many_arguments)]
+            unsafe fn imp<$V: $crate::kernels::simd::Lanes>($($arg: $ty),*) $(-> $ret)? $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma")]
+                #[inline]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
+                    imp::<$crate::kernels::simd::Avx2>($($arg),*)
+                }
+                if $crate::kernels::has_avx2_fma() {
+                    return avx2($($arg),*);
+                }
+            }
+            imp::<$crate::kernels::simd::Native>($($arg),*)
+        }
+    };
 }
 pub(crate) use simd_fn;
 
@@ -155,121 +205,69 @@ impl SharedMut {
     }
 }
 
-/// Dot product. With AVX2 + FMA (checked at run time), four 8-wide fused multiply-add
-/// accumulators; otherwise eight independent scalar accumulators the compiler can vectorise (a
-/// single running sum would force strictly sequential additions).
-#[inline(always)]
-pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let n = a.len().min(b.len());
-    let (a, b) = (&a[..n], &b[..n]);
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2_fma() {
-        // SAFETY: the CPU has AVX2 and FMA; the slices have equal lengths.
-        return unsafe { x86::dot(a, b) };
-    }
-    let mut acc = [0.0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let mut tail = 0.0;
-    for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
-        tail += x * y;
-    }
-    for (x, y) in ca.zip(cb) {
-        for j in 0..8 {
-            acc[j] += x[j] * y[j];
-        }
-    }
-    tail + ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
-}
-
-/// `y += a * x`, with 8-wide fused multiply-adds where the CPU has them.
-#[inline(always)]
-pub(crate) fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
-    let n = y.len().min(x.len());
-    let (y, x) = (&mut y[..n], &x[..n]);
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2_fma() {
-        // SAFETY: the CPU has AVX2 and FMA; the slices have equal lengths.
-        return unsafe { x86::axpy(y, a, x) };
-    }
-    for (yi, &xi) in y.iter_mut().zip(x) {
-        *yi += a * xi;
-    }
-}
-
-/// `out (+)= sum_u weights[u] * row_u`, where row u is the `out.len()` floats at
-/// `rows + u * stride`: a weighted sum of rows (attention's `sum_u a[t, u] v_u`). Unlike a loop of
-/// [`axpy`] into `out`, the sums stay in registers until the end.
-///
-/// # Safety
-/// Row u must be readable for every u < weights.len().
-#[inline(always)]
-pub(crate) unsafe fn weighted_rows(
-    out: &mut [f32],
-    weights: &[f32],
-    rows: *const f32,
-    stride: usize,
-    accumulate: bool,
-) {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2_fma() {
-        return x86::weighted_rows(out, weights, rows, stride, accumulate);
-    }
-    if !accumulate {
-        out.fill(0.0);
-    }
-    for (u, &w) in weights.iter().enumerate() {
-        let row = std::slice::from_raw_parts(rows.add(u * stride), out.len());
-        for (o, &x) in out.iter_mut().zip(row) {
-            *o += w * x;
-        }
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-pub(crate) mod x86 {
-    //! The inner loops everything else is built from, in AVX2 + FMA intrinsics: the compiler's
-    //! own vectorisation of them stays 4 wide and cannot fuse multiplies with adds.
-    use std::arch::x86_64::*;
-
-    /// # Safety
-    /// The CPU must support AVX2 and FMA; `a` and `b` must have equal lengths.
-    #[target_feature(enable = "avx2,fma")]
-    #[inline]
-    pub unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
-        let n = a.len();
+simd_fn! {
+    lanes V;
+    /// Dot product: four 8-lane accumulators of fused multiply-adds where the CPU has vectors
+    /// (a single running sum would be a chain of dependent additions), the tail one by one.
+    pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
         let (pa, pb) = (a.as_ptr(), b.as_ptr());
-        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut acc = [V::zero(); 4];
         let mut i = 0;
-        while i + 32 <= n {
-            for (j, acc) in acc.iter_mut().enumerate() {
-                let k = i + 8 * j;
-                *acc =
-                    _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(k)), _mm256_loadu_ps(pb.add(k)), *acc);
+        // SAFETY: every load reads 8 floats below n of both slices.
+        unsafe {
+            while i + 32 <= n {
+                for (j, acc) in acc.iter_mut().enumerate() {
+                    let k = i + 8 * j;
+                    *acc = V::load(pa.add(k)).mul_add(V::load(pb.add(k)), *acc);
+                }
+                i += 32;
             }
-            i += 32;
+            while i + 8 <= n {
+                acc[0] = V::load(pa.add(i)).mul_add(V::load(pb.add(i)), acc[0]);
+                i += 8;
+            }
         }
-        while i + 8 <= n {
-            acc[0] = _mm256_fmadd_ps(
-                _mm256_loadu_ps(pa.add(i)),
-                _mm256_loadu_ps(pb.add(i)),
-                acc[0],
-            );
-            i += 8;
-        }
-        let v = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-        let mut total = horizontal_sum(v);
-        while i < n {
-            total += *pa.add(i) * *pb.add(i);
-            i += 1;
+        let mut total = acc[0].add(acc[1]).add(acc[2].add(acc[3])).sum();
+        for j in i..n {
+            total += a[j] * b[j];
         }
         total
     }
+}
 
+simd_fn! {
+    lanes V;
+    /// `y += a * x`, with 8-lane fused multiply-adds where the CPU has them.
+    pub(crate) fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+        let n = y.len().min(x.len());
+        let (py, px) = (y.as_mut_ptr(), x.as_ptr());
+        let va = V::splat(a);
+        let mut i = 0;
+        // SAFETY: every access is 8 floats below n of both slices.
+        unsafe {
+            while i + 8 <= n {
+                va.mul_add(V::load(px.add(i)), V::load(py.add(i))).store(py.add(i));
+                i += 8;
+            }
+        }
+        for j in i..n {
+            y[j] += a * x[j];
+        }
+    }
+}
+
+simd_fn! {
+    lanes V;
+    /// `out (+)= sum_u weights[u] * row_u`, where row u is the `out.len()` floats at
+    /// `rows + u * stride`: a weighted sum of rows (attention's `sum_u a[t, u] v_u`). Unlike a
+    /// loop of [`axpy`] into `out`, the sums stay in registers until the end: eight columns at a
+    /// time, two accumulators alternating over the rows so that consecutive multiply-adds do not
+    /// wait on each other.
+    ///
     /// # Safety
-    /// The CPU must support AVX2 and FMA; see [`super::weighted_rows`].
-    #[target_feature(enable = "avx2,fma")]
-    #[inline]
-    pub unsafe fn weighted_rows(
+    /// Row u must be readable for every u < weights.len().
+    pub(crate) unsafe fn weighted_rows(
         out: &mut [f32],
         weights: &[f32],
         rows: *const f32,
@@ -279,19 +277,17 @@ pub(crate) mod x86 {
         let n = out.len();
         let po = out.as_mut_ptr();
         let mut c = 0;
-        // Eight columns at a time; two accumulators alternate over the rows so that consecutive
-        // fused multiply-adds do not wait on each other.
         while c + 8 <= n {
-            let mut acc = [_mm256_setzero_ps(); 2];
+            let mut acc = [V::zero(); 2];
             for (u, &w) in weights.iter().enumerate() {
-                let x = _mm256_loadu_ps(rows.add(u * stride + c));
-                acc[u & 1] = _mm256_fmadd_ps(_mm256_set1_ps(w), x, acc[u & 1]);
+                let x = V::load(rows.add(u * stride + c));
+                acc[u & 1] = V::splat(w).mul_add(x, acc[u & 1]);
             }
-            let mut sum = _mm256_add_ps(acc[0], acc[1]);
+            let mut sum = acc[0].add(acc[1]);
             if accumulate {
-                sum = _mm256_add_ps(sum, _mm256_loadu_ps(po.add(c)));
+                sum = sum.add(V::load(po.add(c)));
             }
-            _mm256_storeu_ps(po.add(c), sum);
+            sum.store(po.add(c));
             c += 8;
         }
         while c < n {
@@ -302,145 +298,6 @@ pub(crate) mod x86 {
             *po.add(c) = sum;
             c += 1;
         }
-    }
-
-    /// # Safety
-    /// The CPU must support AVX2 and FMA; `y` and `x` must have equal lengths.
-    #[target_feature(enable = "avx2,fma")]
-    #[inline]
-    pub unsafe fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
-        let n = y.len();
-        let (py, px) = (y.as_mut_ptr(), x.as_ptr());
-        let va = _mm256_set1_ps(a);
-        let mut i = 0;
-        while i + 8 <= n {
-            let v = _mm256_fmadd_ps(va, _mm256_loadu_ps(px.add(i)), _mm256_loadu_ps(py.add(i)));
-            _mm256_storeu_ps(py.add(i), v);
-            i += 8;
-        }
-        while i < n {
-            *py.add(i) += a * *px.add(i);
-            i += 1;
-        }
-    }
-
-    /// [`super::exp`] on eight lanes, the same algorithm with fused multiply-adds. A dependent
-    /// chain of about twenty operations, so callers keep several independent vectors in flight.
-    ///
-    /// # Safety
-    /// The CPU must support AVX2 and FMA.
-    #[target_feature(enable = "avx2,fma")]
-    #[inline]
-    pub unsafe fn exp8(x: __m256) -> __m256 {
-        let x = _mm256_min_ps(
-            _mm256_max_ps(x, _mm256_set1_ps(-87.3)),
-            _mm256_set1_ps(88.7),
-        );
-        let round = _mm256_set1_ps(12_582_912.0);
-        let shifted = _mm256_fmadd_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E), round);
-        let k = _mm256_sub_ps(shifted, round);
-        let r = _mm256_fnmadd_ps(k, _mm256_set1_ps(0.693_359_4), x);
-        let r = _mm256_fnmadd_ps(k, _mm256_set1_ps(-2.121_944_4e-4), r);
-        let mut p = _mm256_set1_ps(1.987_569_1e-4);
-        for c in [
-            1.398_199_9e-3,
-            8.333_452e-3,
-            4.166_579_6e-2,
-            1.666_666_5e-1,
-            0.5,
-        ] {
-            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
-        }
-        let er = _mm256_add_ps(
-            _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r),
-            _mm256_set1_ps(1.0),
-        );
-        let k_bits = _mm256_sub_epi32(_mm256_castps_si256(shifted), _mm256_set1_epi32(0x4B40_0000));
-        let two_k = _mm256_slli_epi32(_mm256_add_epi32(k_bits, _mm256_set1_epi32(127)), 23);
-        _mm256_mul_ps(er, _mm256_castsi256_ps(two_k))
-    }
-
-    /// # Safety
-    /// The CPU must support AVX2 and FMA.
-    #[target_feature(enable = "avx2,fma")]
-    #[inline]
-    pub unsafe fn exp_shifted_sum(row: &mut [f32], shift: f32) -> f32 {
-        let n = row.len();
-        let p = row.as_mut_ptr();
-        let vs = _mm256_set1_ps(shift);
-        let mut acc = [_mm256_setzero_ps(); 2];
-        let mut i = 0;
-        while i + 16 <= n {
-            for (j, acc) in acc.iter_mut().enumerate() {
-                let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(p.add(i + 8 * j)), vs));
-                _mm256_storeu_ps(p.add(i + 8 * j), e);
-                *acc = _mm256_add_ps(*acc, e);
-            }
-            i += 16;
-        }
-        if i + 8 <= n {
-            let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(p.add(i)), vs));
-            _mm256_storeu_ps(p.add(i), e);
-            acc[0] = _mm256_add_ps(acc[0], e);
-            i += 8;
-        }
-        if i < n {
-            // The last 1-7 floats as one masked vector; the masked lanes add 0.
-            let mask = tail_mask(n - i);
-            let e = exp8(_mm256_sub_ps(_mm256_maskload_ps(p.add(i), mask), vs));
-            let e = _mm256_and_ps(e, _mm256_castsi256_ps(mask));
-            _mm256_maskstore_ps(p.add(i), mask, e);
-            acc[1] = _mm256_add_ps(acc[1], e);
-        }
-        horizontal_sum(_mm256_add_ps(acc[0], acc[1]))
-    }
-
-    /// The largest of `x` (at least one float).
-    ///
-    /// # Safety
-    /// The CPU must support AVX2 and FMA.
-    #[target_feature(enable = "avx2,fma")]
-    #[inline]
-    pub unsafe fn max(x: &[f32]) -> f32 {
-        let n = x.len();
-        let p = x.as_ptr();
-        let mut m = _mm256_set1_ps(f32::NEG_INFINITY);
-        let mut i = 0;
-        while i + 8 <= n {
-            m = _mm256_max_ps(m, _mm256_loadu_ps(p.add(i)));
-            i += 8;
-        }
-        if i < n {
-            let mask = tail_mask(n - i);
-            let v = _mm256_maskload_ps(p.add(i), mask);
-            let v = _mm256_blendv_ps(m, v, _mm256_castsi256_ps(mask));
-            m = _mm256_max_ps(m, v);
-        }
-        let h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
-        let h = _mm_max_ps(h, _mm_movehl_ps(h, h));
-        let h = _mm_max_ss(h, _mm_movehdup_ps(h));
-        _mm_cvtss_f32(h)
-    }
-
-    /// The lanes of a vector added up.
-    ///
-    /// # Safety
-    /// The CPU must support AVX2 and FMA.
-    #[target_feature(enable = "avx2,fma")]
-    #[inline]
-    pub unsafe fn horizontal_sum(v: __m256) -> f32 {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
-        _mm_cvtss_f32(s)
-    }
-
-    /// A mask selecting the first `r` (< 8) lanes, for `maskload` / `maskstore`.
-    #[target_feature(enable = "avx2,fma")]
-    #[inline]
-    unsafe fn tail_mask(r: usize) -> __m256i {
-        const ONES_THEN_ZEROS: [i32; 16] = [-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0];
-        _mm256_loadu_si256(ONES_THEN_ZEROS.as_ptr().add(8 - r) as *const __m256i)
     }
 }
 
@@ -490,31 +347,71 @@ pub(crate) fn sum(x: &[f32]) -> f32 {
     tail + ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
 }
 
-/// The largest of `x` (at least one float; NaNs are not expected).
-#[inline(always)]
-pub(crate) fn max(x: &[f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2_fma() {
-        // SAFETY: the CPU has AVX2 and FMA.
-        return unsafe { x86::max(x) };
+simd_fn! {
+    lanes V;
+    /// The largest of `x` (at least one float; NaNs are not expected).
+    pub(crate) fn max(x: &[f32]) -> f32 {
+        let n = x.len();
+        let p = x.as_ptr();
+        let mut m = V::splat(f32::NEG_INFINITY);
+        let mut i = 0;
+        // SAFETY: every load reads below n.
+        unsafe {
+            while i + 8 <= n {
+                m = m.max(V::load(p.add(i)));
+                i += 8;
+            }
+        }
+        let mut best = m.max_lane();
+        for &a in &x[i..] {
+            if a > best {
+                best = a;
+            }
+        }
+        best
     }
-    x.iter()
-        .fold(f32::NEG_INFINITY, |m, &a| if a > m { a } else { m })
 }
 
-/// `row[i] = e^(row[i] - shift)` for every i; returns the sum of the new values (the
-/// numerator and denominator of a softmax with `shift` its row maximum).
-#[inline(always)]
-pub(crate) fn exp_shifted_sum(row: &mut [f32], shift: f32) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2_fma() {
-        // SAFETY: the CPU has AVX2 and FMA.
-        return unsafe { x86::exp_shifted_sum(row, shift) };
+simd_fn! {
+    lanes V;
+    /// `row[i] = e^(row[i] - shift)` for every i; returns the sum of the new values (the
+    /// numerator and denominator of a softmax with `shift` its row maximum). `e^x` is a chain of
+    /// about twenty dependent operations, so two vectors are kept in flight.
+    pub(crate) fn exp_shifted_sum(row: &mut [f32], shift: f32) -> f32 {
+        let n = row.len();
+        let p = row.as_mut_ptr();
+        let vs = V::splat(shift);
+        let mut acc = [V::zero(); 2];
+        let mut i = 0;
+        // SAFETY: every access lies below n.
+        unsafe {
+            while i + 16 <= n {
+                for (j, acc) in acc.iter_mut().enumerate() {
+                    let e = V::load(p.add(i + 8 * j)).sub(vs).exp();
+                    e.store(p.add(i + 8 * j));
+                    *acc = acc.add(e);
+                }
+                i += 16;
+            }
+            if i + 8 <= n {
+                let e = V::load(p.add(i)).sub(vs).exp();
+                e.store(p.add(i));
+                acc[0] = acc[0].add(e);
+                i += 8;
+            }
+            if i < n {
+                // The last 1-7 floats as one vector whose other lanes are not added.
+                let r = n - i;
+                let e = V::load_partial(p.add(i), r).sub(vs).exp();
+                e.store_partial(p.add(i), r);
+                let mut lanes = [0.0f32; 8];
+                e.store(lanes.as_mut_ptr());
+                lanes[r..].fill(0.0);
+                acc[1] = acc[1].add(V::load(lanes.as_ptr()));
+            }
+        }
+        acc[0].add(acc[1]).sum()
     }
-    for a in row.iter_mut() {
-        *a = exp(*a - shift);
-    }
-    sum(row)
 }
 
 #[cfg(test)]

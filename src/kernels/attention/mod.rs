@@ -31,7 +31,6 @@ use crate::rng::{RowMask, SiteMasks};
 use rayon::prelude::*;
 use std::cell::RefCell;
 
-#[cfg(target_arch = "x86_64")]
 mod tiles;
 
 /// How each head of `shape` is computed.
@@ -41,11 +40,7 @@ fn path(shape: &AttentionShape) -> Path {
     if t_n < 32 || hs < 16 {
         return Path::Rows;
     }
-    if cfg!(target_arch = "x86_64")
-        && super::has_avx2_fma()
-        && t_n.is_multiple_of(8)
-        && hs.is_multiple_of(8)
-    {
+    if super::simd::vectors() && t_n.is_multiple_of(8) && hs.is_multiple_of(8) {
         Path::Tiles
     } else {
         Path::Gemm
@@ -327,9 +322,8 @@ fn dropout_weights<'a>(
     }
 }
 
-/// `out` for one head with the tiled kernels. Same contract as [`head_forward_gemm`], and the
-/// CPU has AVX2 and FMA, T and hs are multiples of 8.
-#[cfg(target_arch = "x86_64")]
+/// `out` for one head with the tiled kernels. Same contract as [`head_forward_gemm`], and T and
+/// hs are multiples of 8.
 #[inline(always)]
 unsafe fn head_forward_tiles(
     head: Head,
@@ -421,12 +415,9 @@ simd_fn! {
         // `Path::Tiles` only where its conditions hold.
         unsafe {
             match path {
-                #[cfg(target_arch = "x86_64")]
                 Path::Tiles => head_forward_tiles(head, out.get(), att, dropped, scale),
                 Path::Gemm => head_forward_gemm(head, out.get(), att, dropped, scale),
                 Path::Rows => head_forward_rows(head, out.get(), att, dropped, scale),
-                #[cfg(not(target_arch = "x86_64"))]
-                Path::Tiles => unreachable!("tiles are chosen only on x86-64"),
             }
         }
     }
@@ -706,8 +697,7 @@ unsafe fn head_backward_gemm(
 }
 
 /// The backward pass of one head with the tiled kernels. Same contract as
-/// [`head_backward_gemm`], and the CPU has AVX2 and FMA, T and hs are multiples of 8.
-#[cfg(target_arch = "x86_64")]
+/// [`head_backward_gemm`], and T and hs are multiples of 8.
 #[inline(always)]
 unsafe fn head_backward_tiles(
     head: Head,
@@ -829,12 +819,9 @@ simd_fn! {
         // chose `Path::Tiles` only where its conditions hold.
         unsafe {
             match path {
-                #[cfg(target_arch = "x86_64")]
                 Path::Tiles => head_backward_tiles(head, dhead.get(), att, d, mask, keep, scale),
                 Path::Gemm => head_backward_gemm(head, dhead.get(), att, d, mask, keep, scale),
                 Path::Rows => head_backward_rows(head, dhead.get(), att, d, mask, keep, scale),
-                #[cfg(not(target_arch = "x86_64"))]
-                Path::Tiles => unreachable!("tiles are chosen only on x86-64"),
             }
         }
     }
@@ -1068,10 +1055,11 @@ mod tests {
         let drop = dropout(0.2, 4);
         let (out, att, mask) = run_forward(&qkv, shape, 0.3, drop);
         let dqkv = run_backward(&qkv, &w, shape, 0.3, drop);
-        let mut paths = vec![Path::Rows, Path::Gemm];
-        if cfg!(target_arch = "x86_64") && crate::kernels::has_avx2_fma() {
+        // The tiles run on any lanes (plain arrays too): every path is checked on every CPU,
+        // and chosen where the CPU has vectors.
+        let paths = vec![Path::Rows, Path::Gemm, Path::Tiles];
+        if crate::kernels::simd::vectors() {
             assert_eq!(path(&shape), Path::Tiles);
-            paths.push(Path::Tiles);
         } else {
             assert_eq!(path(&shape), Path::Gemm);
         }
