@@ -57,7 +57,9 @@ pub fn release_free_memory() {
 
 /// The memory this process can still take, in bytes, where the system says: on Linux the
 /// kernel's estimate of what is available without swapping (`MemAvailable`), or less where a
-/// container's memory limit (cgroup v2 or v1) leaves less; `None` where it cannot be read.
+/// container's memory limit (cgroup v2 or v1) leaves less; on macOS and Windows what the system
+/// reports available (free plus reclaimable pages); `None` elsewhere ("unknown on this system":
+/// nothing is refused for memory then, and a failed allocation is still only that run's error).
 pub fn available() -> Option<u64> {
     #[cfg(target_os = "linux")]
     {
@@ -73,11 +75,66 @@ pub fn available() -> Option<u64> {
             (a, b) => a.or(b),
         }
     }
-    #[cfg(not(target_os = "linux"))]
+    #[cfg(target_os = "macos")]
+    {
+        use sysinfo::{MemoryRefreshKind, RefreshKind, System};
+        let what = RefreshKind::nothing().with_memory(MemoryRefreshKind::nothing().with_ram());
+        let system = System::new_with_specifics(what).ok()?;
+        Some(system.available_memory()).filter(|&b| b > 0)
+    }
+    #[cfg(windows)]
+    {
+        use windows_sys::Win32::System::SystemInformation::{GlobalMemoryStatusEx, MEMORYSTATUSEX};
+        // SAFETY: the structure is plain data, its length set as the call requires.
+        unsafe {
+            let mut status: MEMORYSTATUSEX = std::mem::zeroed();
+            status.dwLength = std::mem::size_of::<MEMORYSTATUSEX>() as u32;
+            (GlobalMemoryStatusEx(&mut status) != 0).then_some(status.ullAvailPhys)
+        }
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "macos", windows)))]
     None
 }
 
-/// A `/proc/meminfo` field (in kB there) in bytes.
+/// The most memory this process has held resident so far, in bytes: `VmHWM` on Linux, the
+/// maximum resident set size on macOS (`getrusage`), the peak working set on Windows; `None`
+/// elsewhere.
+pub fn peak_resident() -> Option<u64> {
+    #[cfg(target_os = "linux")]
+    {
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        meminfo_field(&status, "VmHWM:")
+    }
+    #[cfg(target_os = "macos")]
+    {
+        // SAFETY: getrusage fills the plain structure it is given.
+        unsafe {
+            let mut usage: libc::rusage = std::mem::zeroed();
+            // macOS counts ru_maxrss in bytes (Linux in kilobytes).
+            (libc::getrusage(libc::RUSAGE_SELF, &mut usage) == 0).then_some(usage.ru_maxrss as u64)
+        }
+    }
+    #[cfg(windows)]
+    {
+        use windows_sys::Win32::System::ProcessStatus::{
+            GetProcessMemoryInfo, PROCESS_MEMORY_COUNTERS,
+        };
+        use windows_sys::Win32::System::Threading::GetCurrentProcess;
+        // SAFETY: the structure is plain data, its size passed as the call requires; the
+        // pseudo-handle of the current process needs no closing.
+        unsafe {
+            let mut counters: PROCESS_MEMORY_COUNTERS = std::mem::zeroed();
+            let size = std::mem::size_of::<PROCESS_MEMORY_COUNTERS>() as u32;
+            (GetProcessMemoryInfo(GetCurrentProcess(), &mut counters, size) != 0)
+                .then_some(counters.PeakWorkingSetSize as u64)
+        }
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "macos", windows)))]
+    None
+}
+
+/// A `/proc/meminfo` (or `/proc/self/status`) field, in kB there, in bytes.
+#[cfg(any(target_os = "linux", test))]
 fn meminfo_field(meminfo: &str, name: &str) -> Option<u64> {
     let line = meminfo.lines().find(|l| l.starts_with(name))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
@@ -88,6 +145,7 @@ fn meminfo_field(meminfo: &str, name: &str) -> Option<u64> {
 /// `/proc/self/cgroup` and a reader of files; `None` without a limit. cgroup v2 keeps it in
 /// `memory.max` and `memory.current` of the group's directory, v1 in `memory.limit_in_bytes`
 /// and `memory.usage_in_bytes` of the memory controller's.
+#[cfg(any(target_os = "linux", test))]
 fn cgroup_room(groups: &str, read: &dyn Fn(&str) -> Option<String>) -> Option<u64> {
     let number = |path: String| -> Option<u64> { read(&path)?.trim().parse().ok() };
     for line in groups.lines() {
@@ -150,8 +208,12 @@ mod tests {
     fn meminfo_reads_available_not_total() {
         let text = "MemTotal:       24000000 kB\nMemFree:  100 kB\nMemAvailable:   2000000 kB\n";
         assert_eq!(meminfo_field(text, "MemAvailable:"), Some(2_048_000_000));
-        #[cfg(target_os = "linux")]
-        assert!(available().is_some_and(|b| b > 0));
+        #[cfg(any(target_os = "linux", target_os = "macos", windows))]
+        {
+            assert!(available().is_some_and(|b| b > 0));
+            let peak = peak_resident().unwrap_or(0);
+            assert!(peak > 1 << 20, "peak resident memory {peak}");
+        }
     }
 
     #[test]

@@ -45,12 +45,9 @@ pub struct BenchArgs {
     json: bool,
 }
 
-/// The process's peak resident memory in MB (Linux; None elsewhere).
+/// The process's peak resident memory in MB, where the system says.
 fn peak_rss_mb() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
+    chargpt::memory::peak_resident().map(|b| b as f64 / (1u64 << 20) as f64)
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
@@ -207,8 +204,9 @@ fn bench(args: BenchArgs) -> Result<()> {
             model_cfg.block_size
         );
     }
-    if let Some(r) = rss {
-        say!("peak memory: {r:.0} MB");
+    match rss {
+        Some(r) => say!("peak memory: {r:.0} MB"),
+        None => say!("peak memory: unknown on this system"),
     }
     if args.breakdown {
         say!("per step, by kernel (thread time, summed over threads):");
