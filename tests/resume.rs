@@ -200,6 +200,23 @@ fn a_torn_save_is_detected_rather_than_resumed_wrongly() {
     checkpoint::load(&out).unwrap();
 }
 
+/// The binary, through `CHARGPT_TEST_RUNNER` where one is set: the ARM64 build runs under
+/// `qemu-aarch64` in CI (`.ci/run`), where cargo's runner starts the test but not the binary the
+/// test starts.
+fn binary() -> std::process::Command {
+    let bin = env!("CARGO_BIN_EXE_chargpt");
+    let runner = std::env::var("CHARGPT_TEST_RUNNER").unwrap_or_default();
+    let mut words = runner.split_whitespace();
+    match words.next() {
+        Some(program) => {
+            let mut command = std::process::Command::new(program);
+            command.args(words).arg(bin);
+            command
+        }
+        None => std::process::Command::new(bin),
+    }
+}
+
 /// The same through the binary: 200 steps, then `--resume --set steps=400`, against 400 straight,
 /// with a constant learning rate so that the first run's schedule is the same as the straight
 /// run's.
@@ -207,7 +224,6 @@ fn a_torn_save_is_detected_rather_than_resumed_wrongly() {
 fn the_command_line_resume_matches_a_straight_run() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let bin = env!("CARGO_BIN_EXE_chargpt");
     let common = [
         "--preset",
         "layernorm",
@@ -221,7 +237,7 @@ fn the_command_line_resume_matches_a_straight_run() {
         "2",
     ];
     let run = |extra: &[&str]| {
-        let out = std::process::Command::new(bin)
+        let out = binary()
             .current_dir(d)
             .arg("train")
             .args(extra)

@@ -29,6 +29,13 @@
 //! Without the `mpi` feature this module is a single-process twin: one group of one rank, and
 //! [`Session::start`] refuses to run under `mpirun`.
 
+// The MPI build reacts to mpirun's signals with sigaction (mpi.rs) and links OpenMPI or MPICH:
+// Linux and macOS. On Windows, train without it (threads on one machine need no MPI).
+#[cfg(all(feature = "mpi", not(unix)))]
+compile_error!(
+    "the mpi feature is for Linux and macOS (OpenMPI or MPICH); build without it on Windows"
+);
+
 #[cfg(feature = "mpi")]
 mod mpi;
 #[cfg(feature = "mpi")]
