@@ -19,7 +19,7 @@ use crate::rng::Rng;
 use crate::sampling::{Generator, SampleSettings};
 use crate::tokenizer::{TokenId, Tokenizer};
 use crate::training::{TrainError, Trainer};
-use std::time::Instant;
+use web_time::Instant;
 
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));

@@ -556,6 +556,7 @@ mod tests {
     /// Muon moves the hidden matrices as the plain-loop twin does (two steps: the momentum is
     /// used), and AdamW everything else exactly as `optimizer = adamw` would.
     #[test]
+    #[cfg_attr(target_arch = "wasm32", ignore = "threads: none in WebAssembly here")]
     fn muon_matches_its_reference_and_leaves_the_rest_to_adamw() {
         let mut mcfg = preset("layernorm").unwrap().model;
         mcfg.vocab_size = 7;

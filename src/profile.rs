@@ -5,7 +5,7 @@
 //! kernel, which is how the kernels were chosen for optimisation.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Instant;
+use web_time::Instant;
 
 /// The kernels (and the optimizer) whose time is accounted separately.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

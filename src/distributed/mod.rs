@@ -159,7 +159,7 @@ impl Group {
             // and the additions), not the wait for a slower rank's shards.
             backend::barrier();
         }
-        let start = std::time::Instant::now();
+        let start = web_time::Instant::now();
         backend::sum_in_shard_order(self, total, scratch, count, later);
         GRADIENT_SUM_MICROS.fetch_add(start.elapsed().as_micros() as u64, Ordering::Relaxed);
         GRADIENT_SUMS.fetch_add(1, Ordering::Relaxed);

@@ -33,7 +33,8 @@ use ::mpi::Threading;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use web_time::Instant;
 
 /// MPI, started for this process when a launcher started several; finalized when dropped.
 pub struct Session {

@@ -872,6 +872,7 @@ mod tests {
     /// Split over two threads, a product gives the same result as on one (rows are split, each
     /// row's sums are the same sums).
     #[test]
+    #[cfg_attr(target_arch = "wasm32", ignore = "threads: none in WebAssembly here")]
     fn threads_split_rows_without_changing_results() {
         let (n, ic, oc) = (300, 130, 260);
         let mut rng = Rng::new(5);
