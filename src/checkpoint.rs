@@ -234,12 +234,18 @@ pub fn read_tensor_file(path: &Path) -> Result<TensorFile, CheckpointError> {
         path: shown.clone(),
         source,
     })?;
+    parse_tensors(&bytes, &shown)
+}
+
+/// A safetensors file's bytes parsed (`shown` names the file in errors): a checkpoint in memory,
+/// as the page in the browser holds it.
+pub fn parse_tensors(bytes: &[u8], shown: &str) -> Result<TensorFile, CheckpointError> {
     let corrupt = |reason: String| CheckpointError::Corrupt {
-        path: shown.clone(),
+        path: shown.to_string(),
         reason,
     };
-    let parsed = SafeTensors::deserialize(&bytes).map_err(|e| corrupt(e.to_string()))?;
-    let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| corrupt(e.to_string()))?;
+    let parsed = SafeTensors::deserialize(bytes).map_err(|e| corrupt(e.to_string()))?;
+    let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| corrupt(e.to_string()))?;
     let mut tensors = HashMap::new();
     for (name, view) in parsed.iter() {
         if view.dtype() != Dtype::F32 {
@@ -267,10 +273,10 @@ fn gather(
     file: &TensorFile,
     layout: &ParamLayout,
     prefix: &str,
-    path: &Path,
+    shown: &str,
 ) -> Result<Vec<f32>, CheckpointError> {
     let mismatch = |reason: String| CheckpointError::Mismatch {
-        path: path.display().to_string(),
+        path: shown.to_string(),
         reason,
     };
     let mut flat = vec![0.0f32; layout.len];
@@ -331,14 +337,22 @@ pub fn save_model(
     config: &CheckpointConfig,
 ) -> Result<(), CheckpointError> {
     create_dir(dir)?;
+    write_atomic(&dir.join(MODEL_FILE), &model_bytes(model, config.step))?;
+    write_atomic(&dir.join(CONFIG_FILE), &config_bytes(config))
+}
+
+/// What [`MODEL_FILE`] holds for `model` at `step` (the step also goes into the metadata).
+pub fn model_bytes(model: &Model, step: usize) -> Vec<u8> {
     let meta = HashMap::from([
         ("format".to_string(), FORMAT.to_string()),
-        ("step".to_string(), config.step.to_string()),
+        ("step".to_string(), step.to_string()),
     ]);
-    let bytes = tensors_to_bytes(&model_tensors(&model.layout, &model.params, ""), Some(meta));
-    let json = serde_json::to_vec_pretty(config).expect("config serialises");
-    write_atomic(&dir.join(MODEL_FILE), &bytes)?;
-    write_atomic(&dir.join(CONFIG_FILE), &json)
+    tensors_to_bytes(&model_tensors(&model.layout, &model.params, ""), Some(meta))
+}
+
+/// What [`CONFIG_FILE`] holds.
+pub fn config_bytes(config: &CheckpointConfig) -> Vec<u8> {
+    serde_json::to_vec_pretty(config).expect("config serialises")
 }
 
 /// Saves everything a run needs to continue: the optimizer state first, then the model and its
@@ -371,11 +385,15 @@ pub fn exists(dir: &Path) -> bool {
 /// The step recorded in a model file's metadata (None for files without one).
 pub fn model_file_step(dir: &Path) -> Result<Option<usize>, CheckpointError> {
     let path = dir.join(MODEL_FILE);
-    let file = read_tensor_file(&path)?;
+    tensor_file_step(&read_tensor_file(&path)?, &path.display().to_string())
+}
+
+/// The step a model file's metadata records, if it records one.
+fn tensor_file_step(file: &TensorFile, shown: &str) -> Result<Option<usize>, CheckpointError> {
     match file.metadata.get("step") {
         None => Ok(None),
         Some(s) => s.parse().map(Some).map_err(|e| CheckpointError::Corrupt {
-            path: path.display().to_string(),
+            path: shown.to_string(),
             reason: format!("metadata step: {e}"),
         }),
     }
@@ -394,12 +412,17 @@ pub fn load_config(dir: &Path) -> Result<CheckpointConfig, CheckpointError> {
         path: path.display().to_string(),
         source,
     })?;
+    parse_config(&text, &path.display().to_string())
+}
+
+/// A `config.json`'s bytes parsed and checked (`shown` names the file in errors).
+pub fn parse_config(text: &[u8], shown: &str) -> Result<CheckpointConfig, CheckpointError> {
     let corrupt = |reason: String| CheckpointError::Corrupt {
-        path: path.display().to_string(),
+        path: shown.to_string(),
         reason,
     };
     let config: CheckpointConfig =
-        serde_json::from_slice(&text).map_err(|e| corrupt(e.to_string()))?;
+        serde_json::from_slice(text).map_err(|e| corrupt(e.to_string()))?;
     if config.format != FORMAT {
         return Err(corrupt(format!(
             "format {:?}, expected {FORMAT:?}",
@@ -427,9 +450,44 @@ pub fn load_config(dir: &Path) -> Result<CheckpointConfig, CheckpointError> {
 /// Loads a model saved by [`save_model`], checking every tensor against the config.
 pub fn load(dir: &Path) -> Result<Checkpoint, CheckpointError> {
     let config = load_config(dir)?;
-    let path = dir.join(CONFIG_FILE);
+    let model_path = dir.join(MODEL_FILE);
+    if !model_path.exists() {
+        return Err(CheckpointError::Missing {
+            dir: dir.display().to_string(),
+            file: MODEL_FILE,
+        });
+    }
+    let file = read_tensor_file(&model_path)?;
+    assemble(
+        config,
+        &file,
+        &dir.join(CONFIG_FILE).display().to_string(),
+        &model_path.display().to_string(),
+    )
+}
+
+/// A checkpoint from the bytes of its `config.json` and `model.safetensors` (a checkpoint in
+/// memory, or files a page was given), checked as [`load`] checks files.
+pub fn from_bytes(config: &[u8], model: &[u8]) -> Result<Checkpoint, CheckpointError> {
+    let config = parse_config(config, CONFIG_FILE)?;
+    let file = parse_tensors(model, MODEL_FILE)?;
+    assemble(config, &file, CONFIG_FILE, MODEL_FILE)
+}
+
+/// The step recorded in a model file's bytes, if any.
+pub fn model_bytes_step(model: &[u8]) -> Result<Option<usize>, CheckpointError> {
+    tensor_file_step(&parse_tensors(model, MODEL_FILE)?, MODEL_FILE)
+}
+
+/// The model and vocabulary of `config` with the parameters of `file`, every tensor checked.
+fn assemble(
+    config: CheckpointConfig,
+    file: &TensorFile,
+    config_shown: &str,
+    model_shown: &str,
+) -> Result<Checkpoint, CheckpointError> {
     let corrupt = |reason: String| CheckpointError::Corrupt {
-        path: path.display().to_string(),
+        path: config_shown.to_string(),
         reason,
     };
     let mut chars = Vec::with_capacity(config.vocab.len());
@@ -441,19 +499,11 @@ pub fn load(dir: &Path) -> Result<Checkpoint, CheckpointError> {
         }
     }
     let tokenizer = Tokenizer::from_chars(chars).map_err(|e| corrupt(e.to_string()))?;
-    let model_path = dir.join(MODEL_FILE);
-    if !model_path.exists() {
-        return Err(CheckpointError::Missing {
-            dir: dir.display().to_string(),
-            file: MODEL_FILE,
-        });
-    }
-    let file = read_tensor_file(&model_path)?;
     let layout = ParamLayout::new(&config.model);
-    let params = gather(&file, &layout, "", &model_path)?;
+    let params = gather(file, &layout, "", model_shown)?;
     if let Some(i) = params.iter().position(|p| !p.is_finite()) {
         return Err(CheckpointError::Corrupt {
-            path: model_path.display().to_string(),
+            path: model_shown.to_string(),
             reason: format!("parameter {i} is {}", params[i]),
         });
     }
@@ -472,6 +522,14 @@ pub fn save_optimizer(
     adamw: &AdamW,
     state: &RunCounters,
 ) -> Result<(), CheckpointError> {
+    write_atomic(
+        &dir.join(OPTIMIZER_FILE),
+        &optimizer_bytes(layout, adamw, state),
+    )
+}
+
+/// What [`OPTIMIZER_FILE`] holds: AdamW's moments and step, and the run's counters.
+pub fn optimizer_bytes(layout: &ParamLayout, adamw: &AdamW, state: &RunCounters) -> Vec<u8> {
     let mut tensors = model_tensors(layout, &adamw.m, "m.");
     tensors.extend(model_tensors(layout, &adamw.v, "v."));
     let mut meta = HashMap::from([
@@ -491,10 +549,7 @@ pub fn save_optimizer(
     }
     // `{:?}` prints the shortest text that parses back to the same f64.
     meta.insert("elapsed_s".into(), format!("{:?}", state.elapsed_s));
-    write_atomic(
-        &dir.join(OPTIMIZER_FILE),
-        &tensors_to_bytes(&tensors, Some(meta)),
-    )
+    tensors_to_bytes(&tensors, Some(meta))
 }
 
 pub fn load_optimizer(dir: &Path, layout: &ParamLayout) -> Result<OptimizerState, CheckpointError> {
@@ -506,6 +561,23 @@ pub fn load_optimizer(dir: &Path, layout: &ParamLayout) -> Result<OptimizerState
         });
     }
     let file = read_tensor_file(&path)?;
+    optimizer_from_tensors(&file, layout, &path.display().to_string())
+}
+
+/// The optimizer state from the bytes of an [`OPTIMIZER_FILE`], for a model of `layout`.
+pub fn optimizer_from_bytes(
+    bytes: &[u8],
+    layout: &ParamLayout,
+) -> Result<OptimizerState, CheckpointError> {
+    let file = parse_tensors(bytes, OPTIMIZER_FILE)?;
+    optimizer_from_tensors(&file, layout, OPTIMIZER_FILE)
+}
+
+fn optimizer_from_tensors(
+    file: &TensorFile,
+    layout: &ParamLayout,
+    shown: &str,
+) -> Result<OptimizerState, CheckpointError> {
     let mut m_only = TensorFile {
         tensors: HashMap::new(),
         metadata: HashMap::new(),
@@ -522,10 +594,10 @@ pub fn load_optimizer(dir: &Path, layout: &ParamLayout) -> Result<OptimizerState
         };
         target.tensors.insert(name.clone(), t.clone());
     }
-    let m = gather(&m_only, layout, "m.", &path)?;
-    let v = gather(&v_only, layout, "v.", &path)?;
+    let m = gather(&m_only, layout, "m.", shown)?;
+    let v = gather(&v_only, layout, "v.", shown)?;
     let corrupt = |reason: String| CheckpointError::Corrupt {
-        path: path.display().to_string(),
+        path: shown.to_string(),
         reason,
     };
     let number = |key: &str| -> Result<u64, CheckpointError> {

@@ -144,6 +144,51 @@ fn shard_rows(batch: usize, parts: usize) -> Vec<Range<usize>> {
         .collect()
 }
 
+/// The forward pass of shard `s`'s rows of the batch (B, T) `inputs`, `targets`, and with
+/// `backward` its gradient, scaled by its share of the batch, into its buffer.
+#[allow(clippy::too_many_arguments)]
+fn shard_pass(
+    model: &Model,
+    engine: Engine,
+    s: &mut Shard,
+    inputs: &[TokenId],
+    targets: &[TokenId],
+    dropout_seed: Option<u64>,
+    t: usize,
+    batch: usize,
+    backward: bool,
+) {
+    let rows = s.rows.start * t..s.rows.end * t;
+    let (inputs, targets) = (&inputs[rows.clone()], &targets[rows]);
+    // The masks of this shard's rows of the batch: the same whatever the sharding.
+    let seed = dropout_seed.map(|d| DropoutSeed::new(d).rows_from(s.rows.start));
+    let share = s.rows.len() as f32 / batch as f32;
+    match engine {
+        Engine::Fast => {
+            s.loss = model
+                .forward(&mut s.acts, inputs, Some(targets), s.rows.len(), t, seed)
+                .expect("targets given");
+            if backward {
+                model.backward_scaled(&mut s.acts, &mut s.grads, share);
+            }
+        }
+        Engine::Reference => {
+            let pass = crate::reference::forward(
+                model.weights(),
+                inputs,
+                Some(targets),
+                s.rows.len(),
+                t,
+                seed,
+            );
+            s.loss = pass.loss.expect("targets given");
+            if backward {
+                crate::reference::backward(model.weights(), &pass, &mut s.grads, share);
+            }
+        }
+    }
+}
+
 impl Trainer {
     /// A trainer whose steps use every thread of the current rayon pool (build it inside
     /// `pool.install`); results are reproducible for a given thread count.
@@ -318,35 +363,17 @@ impl Trainer {
         let model = &self.model;
         let engine = self.engine;
         let one = |s: &mut Shard| {
-            let rows = s.rows.start * t..s.rows.end * t;
-            let (inputs, targets) = (&inputs[rows.clone()], &targets[rows]);
-            // The masks of this shard's rows of the batch: the same whatever the sharding.
-            let seed = dropout_seed.map(|d| DropoutSeed::new(d).rows_from(s.rows.start));
-            let share = s.rows.len() as f32 / batch as f32;
-            match engine {
-                Engine::Fast => {
-                    s.loss = model
-                        .forward(&mut s.acts, inputs, Some(targets), s.rows.len(), t, seed)
-                        .expect("targets given");
-                    if backward {
-                        model.backward_scaled(&mut s.acts, &mut s.grads, share);
-                    }
-                }
-                Engine::Reference => {
-                    let pass = crate::reference::forward(
-                        model.weights(),
-                        inputs,
-                        Some(targets),
-                        s.rows.len(),
-                        t,
-                        seed,
-                    );
-                    s.loss = pass.loss.expect("targets given");
-                    if backward {
-                        crate::reference::backward(model.weights(), &pass, &mut s.grads, share);
-                    }
-                }
-            }
+            shard_pass(
+                model,
+                engine,
+                s,
+                inputs,
+                targets,
+                dropout_seed,
+                t,
+                batch,
+                backward,
+            )
         };
         if backward {
             std::mem::swap(&mut self.grads, &mut self.shards[0].grads);
@@ -381,25 +408,36 @@ impl Trainer {
                 .with_min_len(crate::kernels::min_items(GRAD_CHUNK))
                 .for_each(|(g, squares)| *squares = sum_squares(g));
         } else if backward {
-            // One pass over memory: the shards' gradients summed into shard 0's buffer, and
-            // the squares of the sum (for the clipping norm) while it is in registers.
-            let (first, rest) = self.shards.split_first_mut().expect("at least one shard");
-            first
-                .grads
-                .par_chunks_mut(GRAD_CHUNK)
-                .zip(self.chunk_squares.par_iter_mut())
-                .enumerate()
-                .with_min_len(crate::kernels::min_items(GRAD_CHUNK * (rest.len() + 1)))
-                .for_each(|(i, (g, squares))| {
-                    for other in rest.iter() {
-                        let o = &other.grads[i * GRAD_CHUNK..i * GRAD_CHUNK + g.len()];
-                        add_assign(g, o);
-                    }
-                    *squares = sum_squares(g);
-                });
-            std::mem::swap(&mut self.grads, &mut self.shards[0].grads);
+            self.sum_shards();
         }
-        // The batch mean is the rows-weighted mean of the shard means, in shard order.
+        self.batch_loss()
+    }
+
+    /// The shards' gradients summed into shard 0's in one pass over memory, with the squares of
+    /// the sum (for the clipping norm) taken while it is in registers; during a pass shard 0's
+    /// gradient is the trainer's `grads`, lent to the shard, and this gives it back.
+    fn sum_shards(&mut self) {
+        let (first, rest) = self.shards.split_first_mut().expect("at least one shard");
+        first
+            .grads
+            .par_chunks_mut(GRAD_CHUNK)
+            .zip(self.chunk_squares.par_iter_mut())
+            .enumerate()
+            .with_min_len(crate::kernels::min_items(GRAD_CHUNK * (rest.len() + 1)))
+            .for_each(|(i, (g, squares))| {
+                for other in rest.iter() {
+                    let o = &other.grads[i * GRAD_CHUNK..i * GRAD_CHUNK + g.len()];
+                    add_assign(g, o);
+                }
+                *squares = sum_squares(g);
+            });
+        std::mem::swap(&mut self.grads, &mut self.shards[0].grads);
+    }
+
+    /// The batch's mean loss: the rows-weighted mean of the shard means, in shard order (with
+    /// several ranks, gathered from all of them).
+    fn batch_loss(&mut self) -> f32 {
+        let batch = self.batch_shards.last().map_or(0, |r| r.end);
         if self.group.size() > 1 {
             for (mine, s) in self.local_losses.iter_mut().zip(&self.shards) {
                 *mine = s.loss;
@@ -421,6 +459,102 @@ impl Trainer {
             .map(|(&loss, rows)| loss as f64 * rows.len() as f64)
             .sum::<f64>() as f32
             / batch as f32
+    }
+
+    // ---- A step whose shards run elsewhere: the page's Web Workers, one shard each ----
+    //
+    // Every worker of a run holds a trainer with the same shards and the same state. Each draws
+    // the step's batch, runs its own shard's pass ([`Trainer::shard_pass`]) and sends the
+    // gradient to the first, which takes the others' ([`Trainer::set_shard`]) and ends the step
+    // ([`Trainer::finish_step`]): the sum in shard order, the norm, clipping and the optimizer,
+    // exactly as one trainer with these shards on one thread; the others apply the same sum
+    // ([`Trainer::apply_sum`]), so every replica takes the same step, bit for bit.
+
+    /// Draws the batch of the next step (every worker draws the same, from the same generator).
+    pub fn draw_batch(&mut self, data: &[TokenId]) {
+        let t = self.model.config.block_size;
+        sample_batch(
+            data,
+            t,
+            &mut self.data_rng,
+            &mut self.inputs,
+            &mut self.targets,
+        );
+    }
+
+    /// The forward and backward pass of shard `k` of the drawn batch alone, on this thread, into
+    /// that shard's gradient; returns its mean loss.
+    pub fn shard_pass(&mut self, k: usize) -> f32 {
+        let (t, step) = (self.model.config.block_size, self.step);
+        let batch = self.batch_shards.last().map_or(0, |r| r.end);
+        let seed = crate::rng::mix(self.config.seed ^ crate::rng::mix(step as u64 + 1));
+        if k == 0 {
+            std::mem::swap(&mut self.grads, &mut self.shards[0].grads);
+        }
+        let (model, engine) = (&self.model, self.engine);
+        let (inputs, targets) = (&self.inputs, &self.targets);
+        let shard = &mut self.shards[k];
+        sequentially(|| {
+            shard_pass(
+                model,
+                engine,
+                shard,
+                inputs,
+                targets,
+                Some(seed),
+                t,
+                batch,
+                true,
+            )
+        });
+        if k == 0 {
+            std::mem::swap(&mut self.grads, &mut self.shards[0].grads);
+        }
+        self.shards[k].loss
+    }
+
+    /// Shard `k`'s gradient, as [`Trainer::shard_pass`] left it.
+    pub fn shard_gradient(&self, k: usize) -> &[f32] {
+        if k == 0 {
+            &self.grads
+        } else {
+            &self.shards[k].grads
+        }
+    }
+
+    /// Shard `k`'s gradient and mean loss, computed by another worker.
+    pub fn set_shard(&mut self, k: usize, grads: &[f32], loss: f32) {
+        let buffer = if k == 0 {
+            &mut self.grads
+        } else {
+            &mut self.shards[k].grads
+        };
+        buffer.copy_from_slice(grads);
+        self.shards[k].loss = loss;
+    }
+
+    /// Ends the step once every shard's gradient is in (see above); `gradient` then holds the
+    /// sum the other workers apply, and the stats' loss is the batch's.
+    pub fn finish_step(&mut self) -> Result<StepStats, TrainError> {
+        std::mem::swap(&mut self.grads, &mut self.shards[0].grads);
+        self.sum_shards();
+        let loss = self.batch_loss();
+        self.update(loss)
+    }
+
+    /// The step [`Trainer::finish_step`] took elsewhere: its summed gradient and the batch's
+    /// loss, applied here the same way.
+    pub fn apply_sum(&mut self, sum: &[f32], loss: f32) -> Result<StepStats, TrainError> {
+        self.grads.copy_from_slice(sum);
+        for (g, squares) in self.grads.chunks(GRAD_CHUNK).zip(&mut self.chunk_squares) {
+            *squares = sum_squares(g);
+        }
+        self.update(loss)
+    }
+
+    /// The gradient of the last step (the batch's, after [`Trainer::finish_step`]).
+    pub fn gradient(&self) -> &[f32] {
+        &self.grads
     }
 
     /// One optimizer step on a random batch of `data`.
@@ -448,6 +582,13 @@ impl Trainer {
         let step = self.step;
         let seed = crate::rng::mix(self.config.seed ^ crate::rng::mix(step as u64 + 1));
         let loss = self.run_shards(inputs, targets, Some(seed), true);
+        self.update(loss)
+    }
+
+    /// The rest of a step once `grads` holds the batch's gradient and `chunk_squares` its
+    /// squares: the norm, the learning rate, clipping, the optimizer; `loss` is the batch's.
+    fn update(&mut self, loss: f32) -> Result<StepStats, TrainError> {
+        let step = self.step;
         if !loss.is_finite() {
             return Err(TrainError::NonFiniteLoss { step, loss });
         }
@@ -701,4 +842,54 @@ fn exact_loss(
         tokens,
         windows,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::preset;
+
+    /// Three replicas each running one shard (the page's workers) take the same steps, bit for
+    /// bit, as one trainer running the three shards itself: every loss, every parameter.
+    #[test]
+    fn shards_run_elsewhere_take_the_same_steps_bit_for_bit() {
+        let pool = crate::runtime::thread_pool(Some(1)).unwrap();
+        pool.install(|| {
+            let mut model_cfg = preset("layernorm").unwrap().model;
+            model_cfg.vocab_size = 20;
+            model_cfg.dropout = 0.1;
+            let mut cfg = preset("layernorm").unwrap().train;
+            cfg.batch_size = 6;
+            let data: Vec<TokenId> = (0..2000)
+                .map(|i| ((i * 7 + i / 13) % 20) as TokenId)
+                .collect();
+            let n = 3;
+            let make = || Trainer::with_shards(Model::new(model_cfg.clone(), 3), cfg.clone(), n);
+            let mut one = make();
+            let mut workers: Vec<Trainer> = (0..n).map(|_| make()).collect();
+            for _ in 0..4 {
+                let want = one.train_step(&data).unwrap();
+                let mut losses = Vec::new();
+                let mut grads = Vec::new();
+                for (k, w) in workers.iter_mut().enumerate() {
+                    w.draw_batch(&data);
+                    losses.push(w.shard_pass(k));
+                    grads.push(w.shard_gradient(k).to_vec());
+                }
+                let (leader, others) = workers.split_first_mut().unwrap();
+                for k in 1..n {
+                    leader.set_shard(k, &grads[k], losses[k]);
+                }
+                let got = leader.finish_step().unwrap();
+                assert_eq!(got, want);
+                let sum = leader.gradient().to_vec();
+                for w in others.iter_mut() {
+                    assert_eq!(w.apply_sum(&sum, got.loss).unwrap(), want);
+                }
+                for w in &workers {
+                    assert!(w.model.params == one.model.params, "parameters differ");
+                }
+            }
+        });
+    }
 }

@@ -180,3 +180,79 @@ fn optimizer_state_round_trips_exactly() {
         .unwrap_err();
     assert!(err.to_string().contains("has shape"), "{err}");
 }
+
+/// The page in a browser tab has no files: it keeps a run's checkpoint as bytes. Those bytes are
+/// exactly the files a native run writes, so a download opens natively and a native run opens in
+/// the page, and bad bytes are the same one-line errors as a bad file.
+#[test]
+fn checkpoint_bytes_are_the_files_bytes() {
+    let p = preset("layernorm").unwrap();
+    let tokenizer = Tokenizer::from_text(TINY_SHAKESPEARE).unwrap();
+    let mut cfg = p.model;
+    cfg.vocab_size = tokenizer.vocab_size();
+    let model = Model::new(cfg.clone(), 9);
+    let n = model.num_params();
+    let adamw = AdamW {
+        m: (0..n).map(|i| (i as f32 * 0.3).sin() * 1e-3).collect(),
+        v: (0..n)
+            .map(|i| (i as f32 * 0.7).cos().abs() * 1e-6)
+            .collect(),
+        step: 5,
+    };
+    let counters = RunCounters {
+        step: 5,
+        data_rng_state: 42,
+        best_val_loss: Some(3.5),
+        best_val_step: Some(5),
+        elapsed_s: 1.25,
+    };
+    let mut config = CheckpointConfig::new(&cfg, &tokenizer, &p.train);
+    config.step = 5;
+    let dir = tempfile::tempdir().unwrap();
+    checkpoint::save_checkpoint(dir.path(), &model, &config, &adamw, &counters).unwrap();
+    let read = |name: &str| std::fs::read(dir.path().join(name)).unwrap();
+    let (model_file, config_file, optimizer_file) = (
+        read("model.safetensors"),
+        read("config.json"),
+        read("optimizer.safetensors"),
+    );
+    // The metadata's order in a safetensors header follows a hash map, so the bytes are
+    // compared as what they hold: the same tensors and the same counters as the files.
+    assert_eq!(checkpoint::config_bytes(&config), config_file);
+    let from_memory = checkpoint::from_bytes(
+        &checkpoint::config_bytes(&config),
+        &checkpoint::model_bytes(&model, 5),
+    )
+    .unwrap();
+    assert!(from_memory.model.params == model.params);
+    assert_eq!(
+        checkpoint::model_bytes_step(&checkpoint::model_bytes(&model, 5)).unwrap(),
+        Some(5)
+    );
+    let from_memory = checkpoint::optimizer_from_bytes(
+        &checkpoint::optimizer_bytes(&model.layout, &adamw, &counters),
+        &model.layout,
+    )
+    .unwrap();
+    assert!(from_memory.adamw == adamw);
+    assert_eq!(from_memory.counters, counters);
+
+    let loaded = checkpoint::from_bytes(&config_file, &model_file).unwrap();
+    assert!(loaded.model.params == model.params);
+    assert_eq!(loaded.tokenizer, tokenizer);
+    assert_eq!(loaded.config, config);
+    assert_eq!(checkpoint::model_bytes_step(&model_file).unwrap(), Some(5));
+    let state = checkpoint::optimizer_from_bytes(&optimizer_file, &model.layout).unwrap();
+    assert!(state.adamw == adamw);
+    assert_eq!(state.counters, counters);
+
+    let err = checkpoint::from_bytes(&config_file, &model_file[..model_file.len() / 2])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("model.safetensors"), "{err}");
+    assert!(!err.contains('\n'), "{err}");
+    let err = checkpoint::from_bytes(b"{not json", &model_file)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("config.json"), "{err}");
+}

@@ -1,0 +1,568 @@
+//! The run loop: [`run_training`] takes a prepared run to its last step (or a stop), evaluating,
+//! recording and saving as it goes, and reports every step and evaluation as one event stream
+//! that the command line, the server and any other front end read.
+
+use super::clock::Clock;
+use super::error::RunError;
+use super::prepare::Prepared;
+use super::probe::{append_probe, default_probe, probe_record, ProbeRecord, PROBES_FILE};
+use super::records::{
+    append, begin_records, eval_sample, final_record, sample_record, MetricsRow, StepRow,
+    StepsWriter, EVAL_SAMPLE, FINAL_SAMPLE, METRICS_FILE, SAMPLES_FILE, STEPS_FILE,
+};
+use super::run::Run;
+use crate::checkpoint::{save_checkpoint, CheckpointConfig, RunCounters};
+use crate::data::window_count;
+use crate::model::Model;
+use crate::optimizer::learning_rate;
+use crate::tokenizer::{TokenId, Tokenizer};
+use crate::training::{ExactLoss, StepStats, TrainError};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use web_time::Instant;
+
+/// How [`run_training`] runs.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Checkpoint directory (model, config, optimizer, metrics.csv); None keeps the run in memory.
+    pub out: Option<PathBuf>,
+    /// Set from elsewhere (a Ctrl-C handler) to stop after the current step; the state is saved.
+    pub stop: Option<Arc<AtomicBool>>,
+    /// Stop, as if interrupted, once this many steps are done.
+    pub stop_at: Option<usize>,
+    /// Score the final model on the whole val split (`evaluate_exact`).
+    pub exact_eval: bool,
+    /// A probe text (at most `block_size` ids, e.g. [`super::default_probe`]): at every
+    /// evaluation, what the model does on it ([`probe_record`]) goes into the evaluation's event
+    /// and `probes.jsonl` in `out`, so that the page can replay the run.
+    pub probe: Option<Vec<TokenId>>,
+    /// Draw a sample at every evaluation ([`EVAL_SAMPLE`] characters) and a longer one at the
+    /// end ([`FINAL_SAMPLE`]), into the events and `samples.txt` in `out`; the final one is
+    /// recorded under this name (the run's preset, or "fine-tune of DIR").
+    pub samples: Option<String>,
+}
+
+impl RunOptions {
+    /// How a front end trains a prepared run: into its directory, until `stop` is set, with the
+    /// exact val loss at the end, the probe records and the samples.
+    pub fn recorded(prepared: &Prepared, stop: Arc<AtomicBool>) -> Self {
+        let run = &prepared.run;
+        RunOptions {
+            out: Some(prepared.out.clone()),
+            stop: Some(stop),
+            stop_at: None,
+            exact_eval: true,
+            probe: Some(default_probe(
+                &run.tokenizer,
+                &run.dataset.val,
+                run.trainer.model.config.block_size,
+                Some(&run.data),
+            )),
+            samples: Some(prepared.name.clone()),
+        }
+    }
+}
+
+/// What [`run_training`] reports as it goes.
+#[derive(Debug)]
+pub enum RunEvent<'a> {
+    /// A step finished. `tokens_per_s` is the training throughput of this session so far,
+    /// `eta_s` the time left to the end of the run: steps and evaluations, each at its own
+    /// measured pace.
+    Step {
+        stats: StepStats,
+        steps: usize,
+        tokens_per_s: f64,
+        eta_s: f64,
+    },
+    /// The loss estimates at an evaluation (`metrics` ends with `row`).
+    Eval {
+        row: MetricsRow,
+        improved: bool,
+        saved: bool,
+        model: &'a Model,
+        tokenizer: &'a Tokenizer,
+        metrics: &'a [MetricsRow],
+        /// Every training step so far.
+        steps: &'a [StepRow],
+        /// The evaluation's sample, with [`RunOptions::samples`].
+        sample: Option<&'a str>,
+        /// What the model does on the probe text, with [`RunOptions::probe`].
+        probe: Option<&'a ProbeRecord>,
+    },
+    /// The final model's exact val loss is being computed (it takes a moment).
+    ExactEval { windows: usize },
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunOutcome {
+    pub steps_done: usize,
+    /// Stopped early (Ctrl-C or `stop_at`) rather than finished.
+    pub interrupted: bool,
+    pub best: Option<(f32, usize)>,
+    pub final_val: Option<ExactLoss>,
+    /// The step of the checkpoint on disk at the end.
+    pub saved_step: Option<usize>,
+    /// Seconds spent in training steps, this session.
+    pub train_time_s: f64,
+    pub tokens_per_s: f64,
+    /// Wall-clock seconds, all sessions together.
+    pub elapsed_s: f64,
+    /// The final sample of a finished run, with [`RunOptions::samples`].
+    pub final_sample: Option<String>,
+}
+
+/// Trains `run` to its configured number of steps: evaluates (`estimate_losses`) at step 0 of a
+/// new run, every [`TrainConfig::eval_every`] steps and at the last step; records a metrics row
+/// at each and a `steps.csv` row at every step; saves a checkpoint (atomically) when the val
+/// estimate improves, at the end and when stopped; never saves non-finite parameters: a NaN or
+/// infinite loss stops the run with an error naming the step and the checkpoint that is kept.
+///
+/// [`TrainConfig::eval_every`]: crate::config::TrainConfig::eval_every
+pub fn run_training(
+    run: &mut Run,
+    options: &RunOptions,
+    on_event: &mut dyn FnMut(RunEvent<'_>),
+) -> Result<RunOutcome, RunError> {
+    let mut session = Session::start(run, options.clone(), on_event)?;
+    loop {
+        match session.next(run, on_event)? {
+            Due::Step => {
+                let stats = run.trainer.train_step(&run.dataset.train);
+                session.stepped(run, stats, on_event)?;
+            }
+            Due::Done(outcome) => return Ok(outcome),
+        }
+    }
+}
+
+/// What a [`Session`] needs next.
+#[derive(Debug)]
+pub enum Due {
+    /// A training step: the caller takes it (`run.trainer.train_step`, or shards computed
+    /// elsewhere) and reports it with [`Session::stepped`].
+    Step,
+    /// The run is over (finished or stopped), saved and sampled.
+    Done(RunOutcome),
+}
+
+/// The run loop of [`run_training`], one piece at a time, for a caller that cannot hand the
+/// loop its thread (a page in the browser, whose workers compute a step's shards while it waits
+/// for their messages): everything but the step itself (evaluations, records, samples, probe
+/// records, checkpoints, the stop, the ETA) happens here, so every front end runs the same loop.
+pub struct Session {
+    options: RunOptions,
+    start: Instant,
+    steps: usize,
+    eval_interval: usize,
+    tokens_per_step: f64,
+    metrics_path: Option<PathBuf>,
+    steps_file: Option<StepsWriter>,
+    clock: Clock,
+    exact_share: f64,
+    /// Steps and seconds since the last evaluation.
+    window: (usize, f64),
+    /// When the step being taken began.
+    step_began: Instant,
+    interrupted: bool,
+}
+
+impl Session {
+    /// Starts the loop: the records of `options.out` rewritten to the run's, and the evaluation
+    /// of step 0 for a new run.
+    pub fn start(
+        run: &mut Run,
+        options: RunOptions,
+        on_event: &mut dyn FnMut(RunEvent<'_>),
+    ) -> Result<Session, RunError> {
+        let start = Instant::now();
+        let steps = run.trainer.config.steps;
+        if run.trainer.step >= steps {
+            return Err(RunError::AlreadyFinished {
+                dir: options
+                    .out
+                    .as_ref()
+                    .map(|d| d.display().to_string())
+                    .unwrap_or_default(),
+                steps,
+            });
+        }
+        let metrics_path = options.out.as_ref().map(|d| d.join(METRICS_FILE));
+        let mut steps_file = None;
+        if let Some(dir) = &options.out {
+            begin_records(dir, &run.metrics, &run.step_rows)?;
+            steps_file = Some(StepsWriter::open(&dir.join(STEPS_FILE))?);
+        }
+        let mut session = Session {
+            start,
+            steps,
+            eval_interval: run.trainer.config.eval_every(),
+            tokens_per_step: (run.trainer.config.batch_size * run.trainer.model.config.block_size)
+                as f64,
+            metrics_path,
+            steps_file,
+            clock: Clock::default(),
+            exact_share: exact_eval_share(run),
+            window: (0, 0.0),
+            step_began: start,
+            interrupted: false,
+            options,
+        };
+        run.step_rows.reserve(session.rows_ahead(run.trainer.step));
+        if run.trainer.step == 0 {
+            let lr = learning_rate(&run.trainer.config, 0);
+            session.evaluate(run, lr, 0.0, on_event)?;
+        }
+        Ok(session)
+    }
+
+    /// The rows up to the next evaluation, reserved then, so that a step never grows the vector.
+    fn rows_ahead(&self, done: usize) -> usize {
+        self.eval_interval.min(self.steps.saturating_sub(done)) + 1
+    }
+
+    /// Whether the run is asked to stop: between steps and between the batches of an
+    /// evaluation. Several ranks stop at the same point, whichever of them was asked.
+    fn stop_requested(&self, run: &Run) -> bool {
+        let asked = self
+            .options
+            .stop
+            .as_ref()
+            .is_some_and(|s| s.load(Ordering::Relaxed));
+        run.trainer.group().any(asked)
+    }
+
+    /// What comes next: a training step, or the end of the run (the final exact evaluation, the
+    /// save and the final sample happen here first).
+    pub fn next(
+        &mut self,
+        run: &mut Run,
+        on_event: &mut dyn FnMut(RunEvent<'_>),
+    ) -> Result<Due, RunError> {
+        if !self.interrupted && run.trainer.step < self.steps {
+            let at_limit = self.options.stop_at.is_some_and(|n| run.trainer.step >= n);
+            if self.stop_requested(run) || at_limit {
+                self.interrupted = true;
+            } else {
+                self.step_began = Instant::now();
+                return Ok(Due::Step);
+            }
+        }
+        self.finish(run, on_event).map(Due::Done)
+    }
+
+    /// Records the step the caller took (`stats`, or the error it met), and evaluates when one
+    /// is due.
+    pub fn stepped(
+        &mut self,
+        run: &mut Run,
+        stats: Result<StepStats, TrainError>,
+        on_event: &mut dyn FnMut(RunEvent<'_>),
+    ) -> Result<(), RunError> {
+        let stats = stats.map_err(|TrainError::NonFiniteLoss { step, loss }| {
+            non_finite(run, &self.options, "loss", loss, step + 1)
+        })?;
+        let dt = self.step_began.elapsed().as_secs_f64();
+        self.clock.step(dt);
+        self.window.0 += 1;
+        self.window.1 += dt;
+        let (done, steps) = (run.trainer.step, self.steps);
+        let row = StepRow {
+            step: done,
+            loss: stats.loss,
+            lr: stats.lr,
+            grad_norm: stats.grad_norm,
+            elapsed_s: run.elapsed_before_s + self.start.elapsed().as_secs_f64(),
+        };
+        run.step_rows.push(row);
+        if let Some(file) = &mut self.steps_file {
+            file.write(&row)?;
+        }
+        let evals_left = evaluations_after(done, steps, self.eval_interval);
+        debug_assert!(evals_left >= usize::from(done == steps));
+        let exact = self.options.exact_eval.then_some(self.exact_share);
+        on_event(RunEvent::Step {
+            stats,
+            steps,
+            tokens_per_s: self.clock.tokens_per_s(self.tokens_per_step),
+            eta_s: self.clock.eta_s(steps - done, evals_left, exact),
+        });
+        if done.is_multiple_of(self.eval_interval) || done == steps {
+            if let Some(file) = &mut self.steps_file {
+                file.flush()?;
+            }
+            let rate = self.window.0 as f64 * self.tokens_per_step / self.window.1.max(1e-9);
+            self.window = (0, 0.0);
+            self.evaluate(run, stats.lr, rate, on_event)?;
+            run.step_rows.reserve(self.rows_ahead(done));
+        }
+        Ok(())
+    }
+
+    /// An evaluation (see [`evaluate`]), timed for the ETA; a stop during it ends the run.
+    fn evaluate(
+        &mut self,
+        run: &mut Run,
+        lr: f32,
+        tokens_per_s: f64,
+        on_event: &mut dyn FnMut(RunEvent<'_>),
+    ) -> Result<(), RunError> {
+        let t0 = Instant::now();
+        let group = run.trainer.group();
+        let flag = self.options.stop.clone();
+        let stop = move || group.any(flag.as_ref().is_some_and(|s| s.load(Ordering::Relaxed)));
+        let done = evaluate(
+            run,
+            &self.options,
+            self.metrics_path.as_deref(),
+            lr,
+            tokens_per_s,
+            self.start,
+            &stop,
+            on_event,
+        )?;
+        self.interrupted |= !done;
+        self.clock.eval(t0.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    /// The end: the exact val loss of a finished run, the save, the final sample.
+    fn finish(
+        &mut self,
+        run: &mut Run,
+        on_event: &mut dyn FnMut(RunEvent<'_>),
+    ) -> Result<RunOutcome, RunError> {
+        if let Some(file) = &mut self.steps_file {
+            file.flush()?;
+        }
+        let options = &self.options;
+        let mut final_val = None;
+        if !self.interrupted && options.exact_eval {
+            let windows = window_count(run.dataset.val.len(), run.trainer.model.config.block_size);
+            on_event(RunEvent::ExactEval { windows });
+            let group = run.trainer.group();
+            let flag = options.stop.clone();
+            let stop = move || group.any(flag.as_ref().is_some_and(|s| s.load(Ordering::Relaxed)));
+            final_val = run.trainer.exact_loss_unless(&run.dataset.val, &stop);
+            self.interrupted = final_val.is_none();
+        }
+        if options.out.is_some() {
+            save(run, options, final_val.map(|e| e.loss), self.start)?;
+        }
+        let final_sample = match &options.samples {
+            Some(name) if !self.interrupted => {
+                let step = run.trainer.step;
+                let seed = run.trainer.config.seed;
+                let model = &run.trainer.model;
+                let text = eval_sample(model, &run.tokenizer, seed, step + 1, FINAL_SAMPLE);
+                if let Some(dir) = &options.out {
+                    record(&dir.join(SAMPLES_FILE), &final_record(step, name, &text))?;
+                }
+                Some(text)
+            }
+            _ => None,
+        };
+        Ok(RunOutcome {
+            steps_done: run.trainer.step,
+            interrupted: self.interrupted,
+            best: run.best,
+            final_val,
+            saved_step: run.saved_step,
+            train_time_s: self.clock.train_s,
+            tokens_per_s: self.clock.tokens_per_s(self.tokens_per_step),
+            elapsed_s: run.elapsed_before_s + self.start.elapsed().as_secs_f64(),
+            final_sample,
+        })
+    }
+}
+
+/// Evaluations still to come once `done` of `steps` steps are done (the one due at `done`
+/// included): one every `interval` steps, and one at the last step.
+fn evaluations_after(done: usize, steps: usize, interval: usize) -> usize {
+    let regular = steps / interval - done.saturating_sub(1) / interval;
+    regular + usize::from(!steps.is_multiple_of(interval))
+}
+
+/// The cost of the final exact evaluation in units of one loss estimate: both are forward passes
+/// only, over `windows` sequences against `2 * eval_iters * batch_size`.
+fn exact_eval_share(run: &Run) -> f64 {
+    let t = run.trainer.model.config.block_size;
+    let windows = window_count(run.dataset.val.len(), t) as f64;
+    let estimate = 2.0 * (run.trainer.config.eval_iters * run.trainer.config.batch_size) as f64;
+    windows / estimate.max(1.0)
+}
+
+/// The loss estimates at the current step: a metrics row, and a save if val improved (not at
+/// step 0, and not at the last step, where the final save follows). `Ok(false)` if `stop` cut
+/// the estimates short (nothing is recorded then).
+#[allow(clippy::too_many_arguments)]
+fn evaluate(
+    run: &mut Run,
+    options: &RunOptions,
+    metrics_path: Option<&Path>,
+    lr: f32,
+    tokens_per_s: f64,
+    start: Instant,
+    stop: &dyn Fn() -> bool,
+    on_event: &mut dyn FnMut(RunEvent<'_>),
+) -> Result<bool, RunError> {
+    let Some((train_loss, val_loss)) = run.trainer.estimate_losses_unless(&run.dataset, stop)
+    else {
+        return Ok(false);
+    };
+    let step = run.trainer.step;
+    for loss in [train_loss, val_loss] {
+        if !loss.is_finite() {
+            return Err(non_finite(run, options, "loss estimate", loss, step));
+        }
+    }
+    let row = MetricsRow {
+        step,
+        train_loss,
+        val_loss,
+        lr,
+        tokens_per_s,
+        elapsed_s: run.elapsed_before_s + start.elapsed().as_secs_f64(),
+    };
+    run.metrics.push(row);
+    if let Some(path) = metrics_path {
+        append_line(path, &row.to_csv())?;
+    }
+    let probe = options
+        .probe
+        .as_ref()
+        .filter(|p| !p.is_empty())
+        .map(|p| probe_record(&run.trainer.model, &run.tokenizer, p, step, val_loss));
+    if let (Some(dir), Some(probe)) = (&options.out, &probe) {
+        let path = dir.join(PROBES_FILE);
+        append_probe(&path, probe).map_err(|source| RunError::Write {
+            path: path.display().to_string(),
+            source,
+        })?;
+    }
+    let sample = options.samples.is_some().then(|| {
+        let seed = run.trainer.config.seed;
+        eval_sample(&run.trainer.model, &run.tokenizer, seed, step, EVAL_SAMPLE)
+    });
+    if let (Some(dir), Some(text)) = (&options.out, &sample) {
+        record(
+            &dir.join(SAMPLES_FILE),
+            &sample_record(step, val_loss, text),
+        )?;
+    }
+    let improved = run.best.is_none_or(|(best, _)| val_loss < best);
+    if improved {
+        run.best = Some((val_loss, step));
+    }
+    let saved = improved && step > 0 && step < run.trainer.config.steps && options.out.is_some();
+    if saved {
+        save(run, options, None, start)?;
+    }
+    on_event(RunEvent::Eval {
+        row,
+        improved,
+        saved,
+        model: &run.trainer.model,
+        tokenizer: &run.tokenizer,
+        metrics: &run.metrics,
+        steps: &run.step_rows,
+        sample: sample.as_deref(),
+        probe: probe.as_ref(),
+    });
+    Ok(true)
+}
+
+/// Appends `text` to the record at `path`.
+fn record(path: &Path, text: &str) -> Result<(), RunError> {
+    append(path, text).map_err(|source| RunError::Write {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+fn append_line(path: &Path, line: &str) -> Result<(), RunError> {
+    let write = || -> std::io::Result<()> {
+        let mut file = std::fs::OpenOptions::new().append(true).open(path)?;
+        writeln!(file, "{line}")
+    };
+    write().map_err(|source| RunError::Write {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+fn non_finite(
+    run: &Run,
+    options: &RunOptions,
+    what: &'static str,
+    value: f32,
+    step: usize,
+) -> RunError {
+    let kept = match (&options.out, run.saved_step) {
+        (Some(dir), Some(s)) => format!("the checkpoint of step {s} in {} is kept", dir.display()),
+        (Some(_), None) => "nothing was saved yet".to_string(),
+        (None, _) => "nothing is saved in memory-only runs".to_string(),
+    };
+    RunError::NonFinite {
+        what,
+        value,
+        step,
+        kept,
+    }
+}
+
+/// Writes the checkpoint of the current step into `options.out`, refusing non-finite parameters
+/// (the previous checkpoint stays).
+fn save(
+    run: &mut Run,
+    options: &RunOptions,
+    final_val_loss: Option<f64>,
+    start: Instant,
+) -> Result<(), RunError> {
+    let Some(dir) = &options.out else {
+        return Ok(());
+    };
+    let step = run.trainer.step;
+    if let Some(bad) = run.trainer.model.params.iter().find(|p| !p.is_finite()) {
+        return Err(non_finite(run, options, "parameters", *bad, step));
+    }
+    let model = &run.trainer.model;
+    let mut config = CheckpointConfig::new(&model.config, &run.tokenizer, &run.trainer.config);
+    config.step = step;
+    config.best_val_loss = run.best.map(|b| b.0);
+    config.best_val_step = run.best.map(|b| b.1);
+    config.final_val_loss = final_val_loss;
+    config.data = Some(run.data.clone());
+    config.preset = run.preset.clone();
+    config.init_from = run.init_from.clone();
+    let counters = RunCounters {
+        step,
+        data_rng_state: run.trainer.data_rng.state(),
+        best_val_loss: config.best_val_loss,
+        best_val_step: config.best_val_step,
+        elapsed_s: run.elapsed_before_s + start.elapsed().as_secs_f64(),
+    };
+    save_checkpoint(dir, model, &config, &run.trainer.optimizer, &counters)?;
+    run.saved_step = Some(step);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn evaluations_left_count_the_regular_ones_and_the_last() {
+        // 200 steps, every 50: evaluations at 50, 100, 150, 200.
+        assert_eq!(evaluations_after(1, 200, 50), 4);
+        assert_eq!(evaluations_after(50, 200, 50), 4);
+        assert_eq!(evaluations_after(51, 200, 50), 3);
+        assert_eq!(evaluations_after(200, 200, 50), 1);
+        // 210 steps: 50, 100, 150, 200 and the last, 210.
+        assert_eq!(evaluations_after(201, 210, 50), 1);
+        assert_eq!(evaluations_after(1, 210, 50), 5);
+    }
+}
