@@ -29,6 +29,7 @@ pub mod limits;
 pub mod memory;
 pub mod model;
 pub mod optimizer;
+pub mod page;
 pub mod profile;
 pub mod reference;
 pub mod rng;

@@ -50,7 +50,7 @@ fn train(run: &mut Run, out: &Path, stop_at: Option<usize>) -> (Vec<f32>, Vec<(u
     run_training(run, &options, &mut |event| match event {
         RunEvent::Step { stats, .. } => losses.push(stats.loss),
         RunEvent::Eval { row, .. } => evals.push((row.step, row.train_loss, row.val_loss)),
-        RunEvent::ExactEval { .. } => {}
+        RunEvent::ExactEval { .. } | RunEvent::Saved(_) => {}
     })
     .unwrap();
     (losses, evals)

@@ -52,6 +52,7 @@ pub fn train_quietly(
         exact_eval: true,
         probe: None,
         samples: None,
+        save_in_memory: false,
     };
     let mut last_val = None;
     let result = run_training(run, &options, &mut |event| match event {
@@ -72,6 +73,7 @@ pub fn train_quietly(
         }
         RunEvent::Eval { row, .. } => last_val = Some(row.val_loss),
         RunEvent::ExactEval { .. } => bar.set_message("measuring the exact val loss"),
+        RunEvent::Saved(_) => {}
     });
     bar.finish_and_clear();
     let outcome = result?;

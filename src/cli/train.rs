@@ -241,6 +241,7 @@ fn follow(args: &TrainArgs, group: Group) -> Result<ExitCode> {
         exact_eval: true,
         probe: None,
         samples: None,
+        save_in_memory: false,
     };
     let result = run_training(&mut run, &options, &mut |_| {});
     if result.is_ok() {
@@ -419,6 +420,7 @@ pub fn run(args: TrainArgs, group: Group) -> Result<ExitCode> {
             bar.finish_and_clear();
             say!("measuring the exact val loss over {windows} windows...");
         }
+        RunEvent::Saved(_) => {}
     });
     bar.finish_and_clear();
     // The plot also shows the steps after the last evaluation (a run stopped by Ctrl-C).

@@ -183,8 +183,7 @@ pub fn probe_record(
 /// Appends `record` to the probes file `path` as one line.
 pub fn append_probe(path: &Path, record: &ProbeRecord) -> std::io::Result<()> {
     use std::io::Write;
-    let mut line = serde_json::to_string(record).map_err(std::io::Error::other)?;
-    line.push('\n');
+    let line = probe_line(record).map_err(std::io::Error::other)?;
     let mut file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -195,11 +194,21 @@ pub fn append_probe(path: &Path, record: &ProbeRecord) -> std::io::Result<()> {
 /// The records of a probes file, in order (lines that do not parse, e.g. one cut short by a
 /// crash, are left out); none if there is no file.
 pub fn read_probes(path: &Path) -> Vec<ProbeRecord> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
+    parse_probes(&std::fs::read_to_string(path).unwrap_or_default())
+}
+
+/// The records of a probes file's text.
+pub fn parse_probes(text: &str) -> Vec<ProbeRecord> {
+    text.lines()
         .filter_map(|line| serde_json::from_str(line).ok())
         .collect()
+}
+
+/// `record` as a line of [`PROBES_FILE`] (its newline included).
+pub fn probe_line(record: &ProbeRecord) -> Result<String, serde_json::Error> {
+    let mut line = serde_json::to_string(record)?;
+    line.push('\n');
+    Ok(line)
 }
 
 /// The probe text of a `probes.jsonl` (its first record's), without reading the rest.

@@ -82,8 +82,25 @@ impl StepRow {
 /// The rows of a `steps.csv` (the header and unreadable lines skipped; a missing file has none).
 pub fn read_steps(path: &Path) -> Vec<StepRow> {
     std::fs::read_to_string(path)
-        .map(|text| text.lines().filter_map(StepRow::parse).collect())
+        .map(|text| parse_steps(&text))
         .unwrap_or_default()
+}
+
+/// The rows of a `steps.csv`'s text.
+pub fn parse_steps(text: &str) -> Vec<StepRow> {
+    text.lines().filter_map(StepRow::parse).collect()
+}
+
+/// A `steps.csv` of `rows`.
+pub fn steps_csv(rows: &[StepRow]) -> String {
+    let mut text = String::from(STEPS_HEADER);
+    text.push('\n');
+    for row in rows {
+        let mut line = Vec::new();
+        let _ = row.write_csv(&mut line);
+        text.push_str(&String::from_utf8_lossy(&line));
+    }
+    text
 }
 const METRICS_HEADER: &str = "step,train_loss,val_loss,lr,tokens_per_s,elapsed_s";
 
@@ -115,11 +132,17 @@ impl MetricsRow {
 /// none).
 pub fn read_metrics(path: &Path) -> Vec<MetricsRow> {
     std::fs::read_to_string(path)
-        .map(|text| text.lines().filter_map(MetricsRow::parse).collect())
+        .map(|text| parse_metrics(&text))
         .unwrap_or_default()
 }
 
-fn metrics_text(rows: &[MetricsRow]) -> String {
+/// The rows of a `metrics.csv`'s text.
+pub fn parse_metrics(text: &str) -> Vec<MetricsRow> {
+    text.lines().filter_map(MetricsRow::parse).collect()
+}
+
+/// A `metrics.csv` of `rows`.
+pub fn metrics_csv(rows: &[MetricsRow]) -> String {
     let mut text = String::from(METRICS_HEADER);
     text.push('\n');
     for row in rows {
@@ -208,15 +231,8 @@ pub fn begin_records(
         path: dir.display().to_string(),
         source,
     })?;
-    write_atomic(&dir.join(METRICS_FILE), metrics_text(metrics).as_bytes())?;
-    let mut text = String::from(STEPS_HEADER);
-    text.push('\n');
-    for row in steps {
-        let mut line = Vec::new();
-        let _ = row.write_csv(&mut line);
-        text.push_str(&String::from_utf8_lossy(&line));
-    }
-    write_atomic(&dir.join(STEPS_FILE), text.as_bytes())?;
+    write_atomic(&dir.join(METRICS_FILE), metrics_csv(metrics).as_bytes())?;
+    write_atomic(&dir.join(STEPS_FILE), steps_csv(steps).as_bytes())?;
     let last = metrics.last().map(|m| m.step);
     keep_probes_through(&dir.join(PROBES_FILE), last)?;
     keep_samples_through(&dir.join(SAMPLES_FILE), last)
@@ -262,9 +278,13 @@ pub struct EvalSample {
 
 /// The evaluation samples of a [`SAMPLES_FILE`] (the final sample is not one of them).
 pub fn read_samples(path: &Path) -> Vec<EvalSample> {
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return Vec::new();
-    };
+    std::fs::read_to_string(path)
+        .map(|text| parse_samples(&text))
+        .unwrap_or_default()
+}
+
+/// The evaluation samples of a [`SAMPLES_FILE`]'s text.
+pub fn parse_samples(text: &str) -> Vec<EvalSample> {
     // A record is a header line `step N (val X):`, the sample, and a blank line; the next record
     // (an evaluation's or the final one) starts after a blank line.
     let header = |line: &str| -> Option<(usize, f32)> {

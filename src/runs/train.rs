@@ -7,11 +7,12 @@ use super::error::RunError;
 use super::prepare::Prepared;
 use super::probe::{append_probe, default_probe, probe_record, ProbeRecord, PROBES_FILE};
 use super::records::{
-    append, begin_records, eval_sample, final_record, sample_record, MetricsRow, StepRow,
-    StepsWriter, EVAL_SAMPLE, FINAL_SAMPLE, METRICS_FILE, SAMPLES_FILE, STEPS_FILE,
+    append, begin_records, eval_sample, final_record, metrics_csv, sample_record, steps_csv,
+    MetricsRow, StepRow, StepsWriter, EVAL_SAMPLE, FINAL_SAMPLE, METRICS_FILE, SAMPLES_FILE,
+    STEPS_FILE,
 };
 use super::run::Run;
-use crate::checkpoint::{save_checkpoint, CheckpointConfig, RunCounters};
+use crate::checkpoint::{self, save_checkpoint, CheckpointConfig, RunCounters};
 use crate::data::window_count;
 use crate::model::Model;
 use crate::optimizer::learning_rate;
@@ -42,6 +43,9 @@ pub struct RunOptions {
     /// end ([`FINAL_SAMPLE`]), into the events and `samples.txt` in `out`; the final one is
     /// recorded under this name (the run's preset, or "fine-tune of DIR").
     pub samples: Option<String>,
+    /// Without `out`: save in memory, as [`RunEvent::Saved`] with the files' bytes (a run in a
+    /// browser tab, whose page keeps them), where a run with `out` writes its directory.
+    pub save_in_memory: bool,
 }
 
 impl RunOptions {
@@ -61,6 +65,7 @@ impl RunOptions {
                 Some(&run.data),
             )),
             samples: Some(prepared.name.clone()),
+            save_in_memory: false,
         }
     }
 }
@@ -94,6 +99,23 @@ pub enum RunEvent<'a> {
     },
     /// The final model's exact val loss is being computed (it takes a moment).
     ExactEval { windows: usize },
+    /// A checkpoint saved in memory ([`RunOptions::save_in_memory`]).
+    Saved(&'a SavedFiles),
+}
+
+/// A checkpoint as the bytes of the files a run directory holds, so that a run kept elsewhere
+/// (a browser's storage) is a run directory once written out: `chargpt eval`, `sample` and
+/// `train --resume` take it.
+#[derive(Debug, Clone)]
+pub struct SavedFiles {
+    pub step: usize,
+    /// `model.safetensors`, `config.json`, `optimizer.safetensors`.
+    pub model: Vec<u8>,
+    pub config: Vec<u8>,
+    pub optimizer: Vec<u8>,
+    /// `metrics.csv` and `steps.csv` up to this step.
+    pub metrics: String,
+    pub steps: String,
 }
 
 /// How a run ended.
@@ -349,9 +371,13 @@ impl Session {
             final_val = run.trainer.exact_loss_unless(&run.dataset.val, &stop);
             self.interrupted = final_val.is_none();
         }
-        if options.out.is_some() {
-            save(run, options, final_val.map(|e| e.loss), self.start)?;
-        }
+        save(
+            run,
+            options,
+            final_val.map(|e| e.loss),
+            self.start,
+            on_event,
+        )?;
         let final_sample = match &options.samples {
             Some(name) if !self.interrupted => {
                 let step = run.trainer.step;
@@ -457,9 +483,10 @@ fn evaluate(
     if improved {
         run.best = Some((val_loss, step));
     }
-    let saved = improved && step > 0 && step < run.trainer.config.steps && options.out.is_some();
+    let saves = options.out.is_some() || options.save_in_memory;
+    let saved = improved && step > 0 && step < run.trainer.config.steps && saves;
     if saved {
-        save(run, options, None, start)?;
+        save(run, options, None, start, on_event)?;
     }
     on_event(RunEvent::Eval {
         row,
@@ -504,6 +531,7 @@ fn non_finite(
     let kept = match (&options.out, run.saved_step) {
         (Some(dir), Some(s)) => format!("the checkpoint of step {s} in {} is kept", dir.display()),
         (Some(_), None) => "nothing was saved yet".to_string(),
+        (None, Some(s)) if options.save_in_memory => format!("the checkpoint of step {s} is kept"),
         (None, _) => "nothing is saved in memory-only runs".to_string(),
     };
     RunError::NonFinite {
@@ -514,17 +542,19 @@ fn non_finite(
     }
 }
 
-/// Writes the checkpoint of the current step into `options.out`, refusing non-finite parameters
-/// (the previous checkpoint stays).
+/// Writes the checkpoint of the current step into `options.out` (or reports its bytes, with
+/// [`RunOptions::save_in_memory`]), refusing non-finite parameters (the previous checkpoint
+/// stays).
 fn save(
     run: &mut Run,
     options: &RunOptions,
     final_val_loss: Option<f64>,
     start: Instant,
+    on_event: &mut dyn FnMut(RunEvent<'_>),
 ) -> Result<(), RunError> {
-    let Some(dir) = &options.out else {
+    if options.out.is_none() && !options.save_in_memory {
         return Ok(());
-    };
+    }
     let step = run.trainer.step;
     if let Some(bad) = run.trainer.model.params.iter().find(|p| !p.is_finite()) {
         return Err(non_finite(run, options, "parameters", *bad, step));
@@ -545,7 +575,24 @@ fn save(
         best_val_step: config.best_val_step,
         elapsed_s: run.elapsed_before_s + start.elapsed().as_secs_f64(),
     };
-    save_checkpoint(dir, model, &config, &run.trainer.optimizer, &counters)?;
+    match &options.out {
+        Some(dir) => save_checkpoint(dir, model, &config, &run.trainer.optimizer, &counters)?,
+        None => {
+            let files = SavedFiles {
+                step,
+                model: checkpoint::model_bytes(model, step),
+                config: checkpoint::config_bytes(&config),
+                optimizer: checkpoint::optimizer_bytes(
+                    &model.layout,
+                    &run.trainer.optimizer,
+                    &counters,
+                ),
+                metrics: metrics_csv(&run.metrics),
+                steps: steps_csv(&run.step_rows),
+            };
+            on_event(RunEvent::Saved(&files));
+        }
+    }
     run.saved_step = Some(step);
     Ok(())
 }

@@ -7,10 +7,7 @@
 
 use super::error::{json_response, one_line, redact, ApiError, ApiResult};
 use super::live::{self, Plan};
-use super::request::{
-    blocking, check_name, check_sample_settings, no_such_run, parse_json, run_dir, RunName,
-    JSON_LIMIT,
-};
+use super::request::{blocking, check_name, no_such_run, parse_json, run_dir, RunName, JSON_LIMIT};
 use super::{assets, inspect, security, AppState};
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
@@ -21,23 +18,17 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use chargpt::checkpoint::{self, write_atomic};
-use chargpt::config;
-use chargpt::data::{fingerprint, DataError};
-use chargpt::limits;
-use chargpt::model::ParamLayout;
+use chargpt::page::{self, History, ResumeRequest, SampleRequest, StartRequest};
 use chargpt::rng::Rng;
 use chargpt::runs::{self, RunLock, Setting};
 use chargpt::runs::{read_metrics, read_steps};
-use chargpt::sampling::{self, Generator, SampleSettings};
+use chargpt::sampling::{self, Generator};
 use serde::Deserialize;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// The largest text upload.
-pub const UPLOAD_LIMIT: usize = 32 * 1024 * 1024;
-/// The most characters one sample request draws.
-pub const MAX_SAMPLE: usize = limits::MAX_SAMPLE_TOKENS;
+pub use chargpt::page::UPLOAD_LIMIT;
 /// Where uploads are kept, under the runs directory (a name no run can have).
 const UPLOADS: &str = ".uploads";
 
@@ -130,74 +121,11 @@ async fn list(State(state): Shared) -> ApiResult<Response> {
 }
 
 async fn presets() -> Response {
-    let presets: Vec<serde_json::Value> = config::presets()
-        .iter()
-        .map(|p| {
-            let mut model = p.model.clone();
-            model.vocab_size = 65;
-            // Through text, so that an f32 setting shows as typed (0.9, not 0.8999999761581421).
-            let as_value = |config: String| {
-                serde_json::from_str::<serde_json::Value>(&config).unwrap_or_default()
-            };
-            let mut settings = as_value(serde_json::to_string(&p.model).unwrap_or_default());
-            if let Some(map) = settings.as_object_mut() {
-                map.remove("vocab_size");
-                let train = as_value(serde_json::to_string(&p.train).unwrap_or_default());
-                if let serde_json::Value::Object(train) = train {
-                    map.extend(train);
-                }
-            }
-            serde_json::json!({
-                "name": p.name,
-                "description": p.description,
-                "params": ParamLayout::new(&model).len,
-                "settings": settings,
-            })
-        })
-        .collect();
-    json_response(
-        StatusCode::OK,
-        &serde_json::json!({
-            "presets": presets,
-            "default": config::DEFAULT_PRESET,
-            "upload_limit": UPLOAD_LIMIT,
-            "max_sample": MAX_SAMPLE,
-        }),
-    )
+    json_response(StatusCode::OK, &page::presets())
 }
 
-/// Settings from a JSON object: numbers, booleans and strings, as `--set KEY=VALUE` takes them.
 fn settings_from(map: &serde_json::Map<String, serde_json::Value>) -> ApiResult<Vec<Setting>> {
-    map.iter()
-        .map(|(key, value)| {
-            let text = match value {
-                serde_json::Value::String(s) => s.trim().to_string(),
-                serde_json::Value::Number(n) => n.to_string(),
-                serde_json::Value::Bool(b) => b.to_string(),
-                _ => {
-                    return Err(ApiError::bad_request(format!(
-                        "setting {key} must be a number, true/false or a string"
-                    ))
-                    .with_field(key))
-                }
-            };
-            Ok(Setting::field(key, &text))
-        })
-        .collect()
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct StartRequest {
-    name: String,
-    #[serde(default)]
-    preset: Option<String>,
-    /// `{"n_layer": 2, "steps": "300"}`: every key `--set` takes.
-    #[serde(default)]
-    settings: serde_json::Map<String, serde_json::Value>,
-    /// The id `POST /api/uploads` gave; none: the built-in Tiny Shakespeare.
-    #[serde(default)]
-    upload: Option<String>,
+    Ok(page::settings_from(map)?)
 }
 
 async fn start(State(state): Shared, body: Result<Bytes, BytesRejection>) -> ApiResult<Response> {
@@ -208,11 +136,8 @@ async fn start(State(state): Shared, body: Result<Bytes, BytesRejection>) -> Api
         None => None,
         Some(id) => Some(upload_path(&state, id)?),
     };
-    let preset = request
-        .preset
-        .unwrap_or_else(|| config::DEFAULT_PRESET.to_string());
     let plan = Plan::New {
-        preset,
+        preset: request.preset().to_string(),
         settings,
         data,
     };
@@ -263,32 +188,15 @@ async fn metrics(State(state): Shared, RunName(name): RunName) -> ApiResult<Resp
     let found = blocking(move || {
         runs::summarize(&dir, "")?;
         let metrics = read_metrics(&dir.join(runs::METRICS_FILE));
-        // Compact rows: [step, loss, lr] for each training step.
-        let steps: Vec<(usize, f32, f32)> = read_steps(&dir.join(runs::STEPS_FILE))
-            .into_iter()
-            .map(|r| (r.step, r.loss, r.lr))
-            .collect();
+        let steps = read_steps(&dir.join(runs::STEPS_FILE));
         let samples = runs::read_samples(&dir.join(runs::SAMPLES_FILE));
-        Some(History {
-            metrics,
-            steps,
-            samples,
-        })
+        Some(History::new(metrics, &steps, samples))
     })
     .await?;
     match found {
         Some(body) => Ok(json_response(StatusCode::OK, &body)),
         None => Err(no_such_run(&name)),
     }
-}
-
-/// What a run's files hold, for its curves and its feed of samples.
-#[derive(serde::Serialize)]
-struct History {
-    metrics: Vec<runs::MetricsRow>,
-    /// `[step, loss, lr]` of every training step.
-    steps: Vec<(usize, f32, f32)>,
-    samples: Vec<runs::EvalSample>,
 }
 
 #[derive(Deserialize)]
@@ -348,14 +256,6 @@ async fn stop(State(state): Shared, RunName(name): RunName) -> ApiResult<Respons
     )))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ResumeRequest {
-    /// Training settings only, e.g. `{"steps": 3000}` to extend a finished run.
-    #[serde(default)]
-    settings: serde_json::Map<String, serde_json::Value>,
-}
-
 async fn resume(
     State(state): Shared,
     RunName(name): RunName,
@@ -405,31 +305,6 @@ async fn delete(State(state): Shared, RunName(name): RunName) -> ApiResult<Respo
     ))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SampleRequest {
-    #[serde(default)]
-    prompt: String,
-    #[serde(default = "one")]
-    temperature: f32,
-    #[serde(default)]
-    top_k: Option<usize>,
-    #[serde(default = "default_seed")]
-    seed: u64,
-    #[serde(default = "default_tokens")]
-    tokens: usize,
-}
-
-fn one() -> f32 {
-    1.0
-}
-fn default_seed() -> u64 {
-    1337
-}
-fn default_tokens() -> usize {
-    500
-}
-
 /// Streams the characters drawn after the prompt as plain text, as they are drawn, from the
 /// run's latest checkpoint (a training run's too).
 async fn sample(
@@ -438,13 +313,9 @@ async fn sample(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
     let request: SampleRequest = parse_json(body)?;
-    check_sample_settings(request.temperature, request.top_k, &request.prompt)?;
-    if request.tokens > MAX_SAMPLE {
-        return Err(ApiError::bad_request(format!(
-            "tokens must be at most {MAX_SAMPLE}; draw several samples for more"
-        ))
-        .with_field("tokens"));
-    }
+    request.check()?;
+    let settings = request.settings();
+    let (tokens, seed) = (request.tokens, request.seed);
     let dir = run_dir(&state, &name);
     let shown = name.clone();
     let loaded = blocking(move || -> ApiResult<_> {
@@ -452,9 +323,7 @@ async fn sample(
             return Err(no_such_run(&shown));
         }
         if !checkpoint::exists(&dir) {
-            return Err(ApiError::conflict(format!(
-                "run {shown} has no checkpoint yet: a run saves at its first evaluation that improves; try again in a moment"
-            )));
+            return Err(page::no_checkpoint_yet(&shown).into());
         }
         let ckpt = checkpoint::load(&dir).map_err(|e| ApiError::conflict(one_line(&e)))?;
         let prompt = sampling::encode_prompt(&ckpt.tokenizer, &request.prompt)
@@ -464,11 +333,6 @@ async fn sample(
     .await??;
     let (ckpt, prompt) = loaded;
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(32);
-    let settings = SampleSettings {
-        temperature: request.temperature,
-        top_k: request.top_k,
-    };
-    let (tokens, seed) = (request.tokens, request.seed);
     // Generation on a thread of its own, one core at most: each character is one row through
     // the model. Characters go out in small chunks; a closed connection stops the drawing.
     tokio::task::spawn_blocking(move || {
@@ -526,62 +390,33 @@ async fn upload(
     query: Result<Query<UploadQuery>, axum::extract::rejection::QueryRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    let filename = query
-        .ok()
-        .and_then(|Query(q)| q.filename)
-        .map(|f| {
-            let base = f.rsplit(['/', '\\']).next().unwrap_or("").to_string();
-            base.chars().take(100).collect::<String>()
-        })
-        .filter(|f| !f.is_empty())
-        .unwrap_or_else(|| "the upload".to_string());
+    let filename = page::upload_filename(query.ok().and_then(|Query(q)| q.filename).as_deref());
     let bytes = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!(
-                    "{filename} is larger than {} MiB, the most an upload may be; use a shorter text, or train on it with `chargpt train --data FILE`",
-                    UPLOAD_LIMIT >> 20
-                ),
-            )
-            .with_field("upload")
+            let mut e = ApiError::from(page::upload_too_large(&filename));
+            e.status = StatusCode::PAYLOAD_TOO_LARGE;
+            e
         } else {
             ApiError::bad_request(format!("cannot read the upload: {e}")).with_field("upload")
         }
     })?;
-    let refuse = |e: DataError| ApiError::bad_request(e.to_string()).with_field("upload");
-    let text = String::from_utf8(bytes.to_vec()).map_err(|e| {
-        refuse(DataError::NotUtf8 {
-            path: filename.clone(),
-            offset: e.utf8_error().valid_up_to(),
-        })
-    })?;
-    if text.is_empty() {
-        return Err(refuse(DataError::Empty(filename)));
-    }
-    let id = fingerprint(&text);
+    let upload = page::check_upload(bytes.to_vec(), &filename)?;
+    let id = upload.id.clone();
     let dir = state.runs_dir.join(UPLOADS);
     let path = dir.join(format!("{id}.txt"));
-    let characters = text.chars().count();
-    let vocab_size = chargpt::tokenizer::Tokenizer::from_text(&text)
-        .map(|t| t.vocab_size())
-        .unwrap_or(0);
     let name = dir.join(format!("{id}.name"));
     let shown = filename.clone();
+    let answer = serde_json::to_value(&upload).unwrap_or_default();
     blocking(move || -> ApiResult<()> {
         std::fs::create_dir_all(&dir)
             .map_err(|e| ApiError::conflict(format!("cannot write {}: {e}", dir.display())))?;
-        write_atomic(&path, text.as_bytes()).map_err(|e| ApiError::conflict(one_line(&e)))?;
+        write_atomic(&path, upload.text.as_bytes())
+            .map_err(|e| ApiError::conflict(one_line(&e)))?;
         // The name it was uploaded under, for the list of runs (the text is kept by its id).
         write_atomic(&name, shown.as_bytes()).map_err(|e| ApiError::conflict(one_line(&e)))
     })
     .await??;
-    Ok(json_response(
-        StatusCode::CREATED,
-        &serde_json::json!({
-            "id": id, "filename": filename, "characters": characters, "vocab_size": vocab_size,
-        }),
-    ))
+    Ok(json_response(StatusCode::CREATED, &answer))
 }
 
 /// The name an upload was sent under, if `file` is an upload's file (`ID.txt`).

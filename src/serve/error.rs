@@ -4,8 +4,8 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use chargpt::page::Refusal;
 use chargpt::runs::PrepareError;
-use chargpt::runs::RunError;
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -44,43 +44,21 @@ impl ApiError {
 
     /// A refusal of the library's preparation of a run.
     pub fn from_prepare(e: PrepareError) -> Self {
-        let field = e.key().map(str::to_string);
-        let status = match &e {
-            PrepareError::Locked { .. } => StatusCode::CONFLICT,
-            PrepareError::Refused(m) if m.contains("already holds a checkpoint") => {
-                StatusCode::CONFLICT
-            }
-            _ => StatusCode::BAD_REQUEST,
-        };
-        let message = match &e {
-            // The library's words name the command line's flag; the page extends a run instead.
-            PrepareError::Run(RunError::AlreadyFinished { dir, steps }) => format!(
-                "the run in {dir} already finished its {steps} steps; extend it: set steps above {steps}"
-            ),
-            _ => one_line(&e),
-        };
+        Refusal::from_prepare(e).into()
+    }
+}
+
+impl From<Refusal> for ApiError {
+    fn from(r: Refusal) -> Self {
         ApiError {
-            status,
-            message,
-            field,
+            status: StatusCode::from_u16(r.status.code()).unwrap_or(StatusCode::BAD_REQUEST),
+            message: r.message,
+            field: r.field,
         }
     }
 }
 
-/// The error and those of its causes that it does not already show, on one line.
-pub fn one_line(err: &dyn std::error::Error) -> String {
-    let mut message = err.to_string();
-    let mut cause = err.source();
-    while let Some(c) = cause {
-        let text = c.to_string();
-        if !message.contains(&text) {
-            message.push_str(": ");
-            message.push_str(&text);
-        }
-        cause = c.source();
-    }
-    message.replace(['\n', '\r'], " ")
-}
+pub use chargpt::page::one_line;
 
 /// The runs directory as the user gave it and as the system spells it in full, set once when
 /// the server starts.

@@ -38,96 +38,7 @@ pub const PAGE: Wording = Wording {
     give_text: "put the text back there to resume the run",
 };
 
-/// One training step, as the page plots it.
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct StepPoint {
-    /// Steps done, this one included.
-    pub step: usize,
-    pub steps: usize,
-    pub loss: f32,
-    pub lr: f32,
-    pub grad_norm: f32,
-    pub tokens_per_s: f64,
-    pub eta_s: f64,
-    /// When the step ended, in milliseconds since 1970 (for measuring how late a page sees it).
-    pub at_ms: f64,
-}
-
-fn unix_ms() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
-}
-
-/// What a training reports, in order. Each becomes a server-sent event named by [`name`].
-///
-/// [`name`]: LiveEvent::name
-#[derive(Debug, Clone, Serialize)]
-#[serde(untagged)]
-pub enum LiveEvent {
-    Start {
-        step: usize,
-        steps: usize,
-        resumed: bool,
-        preset: Option<String>,
-        params: usize,
-    },
-    Step(StepPoint),
-    Eval {
-        step: usize,
-        train_loss: f32,
-        val_loss: f32,
-        lr: f32,
-        tokens_per_s: f64,
-        elapsed_s: f64,
-        improved: bool,
-        saved: bool,
-        /// The evaluation's sample (the one `chargpt train` prints and writes to samples.txt).
-        sample: String,
-    },
-    Saved {
-        step: usize,
-    },
-    /// The final exact evaluation over `windows` windows has begun.
-    Exact {
-        windows: usize,
-    },
-    Finished {
-        /// "finished" or "stopped".
-        state: &'static str,
-        step: usize,
-        steps: usize,
-        best_val_loss: Option<f32>,
-        best_val_step: Option<usize>,
-        final_val_loss: Option<f64>,
-        tokens_per_s: f64,
-        elapsed_s: f64,
-        /// A longer sample of the final model (finished runs only).
-        sample: Option<String>,
-    },
-    Error {
-        error: String,
-    },
-}
-
-impl LiveEvent {
-    pub fn name(&self) -> &'static str {
-        match self {
-            LiveEvent::Start { .. } => "start",
-            LiveEvent::Step(_) => "step",
-            LiveEvent::Eval { .. } => "eval",
-            LiveEvent::Saved { .. } => "saved",
-            LiveEvent::Exact { .. } => "exact",
-            LiveEvent::Finished { .. } => "finished",
-            LiveEvent::Error { .. } => "error",
-        }
-    }
-
-    /// The last event of a training.
-    fn is_last(&self) -> bool {
-        matches!(self, LiveEvent::Finished { .. } | LiveEvent::Error { .. })
-    }
-}
+pub use chargpt::page::live::{LiveEvent, Started, StepPoint};
 
 /// The parameters of a training at its last evaluation, for the inspection views: a copy, so
 /// that looking never waits for (or slows) a step.
@@ -255,19 +166,6 @@ pub enum Plan {
     Resume {
         settings: Vec<Setting>,
     },
-}
-
-/// What a started training reports at once.
-#[derive(Debug, Serialize)]
-pub struct Started {
-    pub name: String,
-    pub step: usize,
-    pub steps: usize,
-    pub resumed: bool,
-    /// Settings that followed others (`warmup_steps` with `steps`, ...), one line each.
-    pub notes: Vec<String>,
-    /// Settings that are valid but probably not what was meant, one line each.
-    pub warnings: Vec<String>,
 }
 
 /// Starts training run `name` by `plan` on its own thread; answers once the run is prepared
@@ -431,76 +329,29 @@ fn train(state: &AppState, live: &Arc<LiveRun>, prepared: Prepared) {
         ..
     } = prepared;
     let data = run.data.clone();
-    let result = run_training(&mut run, &options, &mut |event| match event {
-        RunEvent::Step {
-            stats,
-            steps,
-            tokens_per_s,
-            eta_s,
-        } => live.push(LiveEvent::Step(StepPoint {
-            step: stats.step + 1,
-            steps,
-            loss: stats.loss,
-            lr: stats.lr,
-            grad_norm: stats.grad_norm,
-            tokens_per_s,
-            eta_s,
-            at_ms: unix_ms(),
-        })),
-        RunEvent::Eval {
+    let result = run_training(&mut run, &options, &mut |event| {
+        if let RunEvent::Eval {
             row,
-            improved,
-            saved,
             model,
             tokenizer,
-            sample,
             ..
-        } => {
+        } = &event
+        {
             // Before the event goes out, so that a page refreshing on it sees these parameters.
             *lock(&live.snapshot) = Some(Arc::new(Snapshot {
-                model: model.clone(),
-                tokenizer: tokenizer.clone(),
+                model: (*model).clone(),
+                tokenizer: (*tokenizer).clone(),
                 step: row.step,
                 data: data.clone(),
                 embeddings: std::sync::OnceLock::new(),
             }));
-            live.push(LiveEvent::Eval {
-                step: row.step,
-                train_loss: row.train_loss,
-                val_loss: row.val_loss,
-                lr: row.lr,
-                tokens_per_s: row.tokens_per_s,
-                elapsed_s: row.elapsed_s,
-                improved,
-                saved,
-                sample: sample.unwrap_or_default().to_string(),
-            });
-            if saved {
-                live.push(LiveEvent::Saved { step: row.step });
-            }
         }
-        RunEvent::ExactEval { windows } => live.push(LiveEvent::Exact { windows }),
+        for e in LiveEvent::from_run(&event) {
+            live.push(e);
+        }
     });
     let last = match result {
-        Ok(outcome) => {
-            let saved = outcome.saved_step.map(|step| LiveEvent::Saved { step });
-            let finished = LiveEvent::Finished {
-                state: if outcome.interrupted {
-                    "stopped"
-                } else {
-                    "finished"
-                },
-                step: outcome.steps_done,
-                steps: run.trainer.config.steps,
-                best_val_loss: outcome.best.map(|b| b.0),
-                best_val_step: outcome.best.map(|b| b.1),
-                final_val_loss: outcome.final_val.map(|e| e.loss),
-                tokens_per_s: outcome.tokens_per_s,
-                elapsed_s: outcome.elapsed_s,
-                sample: outcome.final_sample,
-            };
-            saved.into_iter().chain([finished]).collect()
-        }
+        Ok(outcome) => LiveEvent::ended(outcome, run.trainer.config.steps),
         Err(e) => vec![LiveEvent::Error {
             error: super::error::redact(&one_line(&e)),
         }],
@@ -562,31 +413,12 @@ pub fn events(
     .flatten()
 }
 
-/// The SSE messages for `events`: one per event, but one `step` message per run of steps.
+/// The SSE messages for `events` (see [`chargpt::page::live::messages`]).
 fn messages(events: &[LiveEvent], after: Option<usize>) -> Vec<Result<Event, Infallible>> {
-    let mut out = Vec::new();
-    let mut steps: Vec<StepPoint> = Vec::new();
-    let flush = |steps: &mut Vec<StepPoint>, out: &mut Vec<Result<Event, Infallible>>| {
-        if !steps.is_empty() {
-            out.push(Ok(sse("step", &steps)));
-            steps.clear();
-        }
-    };
-    for event in events {
-        match event {
-            LiveEvent::Step(p) => {
-                if after.is_none_or(|a| p.step > a) {
-                    steps.push(*p);
-                }
-            }
-            other => {
-                flush(&mut steps, &mut out);
-                out.push(Ok(sse(other.name(), other)));
-            }
-        }
-    }
-    flush(&mut steps, &mut out);
-    out
+    chargpt::page::live::messages(events, after)
+        .into_iter()
+        .map(|(name, data)| Ok(Event::default().event(name).data(data)))
+        .collect()
 }
 
 pub fn sse(name: &str, data: &impl Serialize) -> Event {
