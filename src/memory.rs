@@ -58,9 +58,18 @@ pub fn release_free_memory() {
 /// The memory this process can still take, in bytes, where the system says: on Linux the
 /// kernel's estimate of what is available without swapping (`MemAvailable`), or less where a
 /// container's memory limit (cgroup v2 or v1) leaves less; on macOS and Windows what the system
-/// reports available (free plus reclaimable pages); `None` elsewhere ("unknown on this system":
-/// nothing is refused for memory then, and a failed allocation is still only that run's error).
+/// reports available (free plus reclaimable pages); in WebAssembly (a browser tab) what its 32-bit
+/// address space leaves, 4 GiB less the memory the module already has; `None` elsewhere
+/// ("unknown on this system": nothing is refused for memory then, and a failed allocation is
+/// still only that run's error).
 pub fn available() -> Option<u64> {
+    #[cfg(target_arch = "wasm32")]
+    {
+        // memory.size counts 64 KiB pages. The browser may give less than 4 GiB in the end (a
+        // failed grow is then the allocation's error), but never more.
+        let held = core::arch::wasm32::memory_size(0) as u64 * 65_536;
+        Some(WASM32_MEMORY.saturating_sub(held))
+    }
     #[cfg(target_os = "linux")]
     {
         let meminfo = std::fs::read_to_string("/proc/meminfo").ok();
@@ -92,9 +101,17 @@ pub fn available() -> Option<u64> {
             (GlobalMemoryStatusEx(&mut status) != 0).then_some(status.ullAvailPhys)
         }
     }
-    #[cfg(not(any(target_os = "linux", target_os = "macos", windows)))]
+    #[cfg(not(any(
+        target_os = "linux",
+        target_os = "macos",
+        windows,
+        target_arch = "wasm32"
+    )))]
     None
 }
+
+/// The most memory a wasm32 module can have: its addresses are 32 bits.
+pub const WASM32_MEMORY: u64 = 4 << 30;
 
 /// The most memory this process has held resident so far, in bytes: `VmHWM` on Linux, the
 /// maximum resident set size on macOS (`getrusage`), the peak working set on Windows; `None`
@@ -129,7 +146,17 @@ pub fn peak_resident() -> Option<u64> {
                 .then_some(counters.PeakWorkingSetSize as u64)
         }
     }
-    #[cfg(not(any(target_os = "linux", target_os = "macos", windows)))]
+    #[cfg(target_arch = "wasm32")]
+    {
+        // Wasm memory only grows: its size now is its peak.
+        Some(core::arch::wasm32::memory_size(0) as u64 * 65_536)
+    }
+    #[cfg(not(any(
+        target_os = "linux",
+        target_os = "macos",
+        windows,
+        target_arch = "wasm32"
+    )))]
     None
 }
 

@@ -295,3 +295,67 @@ fn the_command_line_resume_matches_a_straight_run() {
     };
     assert_eq!(exact("straight"), exact("split"));
 }
+
+/// A run kept in memory (the page in a browser tab: no directory, its checkpoints handed over
+/// as the files' bytes) stops and resumes from those bytes exactly as a run directory does, and
+/// the bytes written out are a run directory that the command line resumes the same way.
+#[test]
+fn a_run_saved_in_memory_resumes_exactly_from_its_bytes() {
+    use chargpt::runs::{resume_in_memory, SavedFiles, Wording};
+    let text = &TINY_SHAKESPEARE[..100_000];
+    let info = || data_info("test", text);
+    let wording = Wording {
+        change_setting: "",
+        keep_shape: "",
+        another_out: "",
+        existing: "",
+        nothing_to_resume: "",
+        give_text: "",
+    };
+    let in_memory = |run: &mut Run, stop_at: Option<usize>| {
+        let options = RunOptions {
+            stop_at,
+            save_in_memory: true,
+            ..RunOptions::default()
+        };
+        let (mut losses, mut saved) = (Vec::new(), None::<SavedFiles>);
+        run_training(run, &options, &mut |event| match event {
+            RunEvent::Step { stats, .. } => losses.push(stats.loss),
+            RunEvent::Saved(files) => saved = Some(files.clone()),
+            _ => {}
+        })
+        .unwrap();
+        (losses, saved.expect("saved at the stop"))
+    };
+    let mut straight = tiny_run(text);
+    let (straight_losses, _) = in_memory(&mut straight, None);
+
+    let mut first = tiny_run(text);
+    let (mut losses, files) = in_memory(&mut first, Some(30));
+    assert_eq!(files.step, 30);
+    let mut resumed =
+        resume_in_memory(&files, &[], text, info(), &wording, &mut |w| panic!("{w}")).unwrap();
+    assert_eq!(resumed.metrics.len(), 2); // steps 0 and 20
+    assert_eq!(resumed.step_rows.len(), 30);
+    let (more, end) = in_memory(&mut resumed, None);
+    losses.extend(more);
+    assert_eq!(losses, straight_losses);
+    assert_eq!(resumed.trainer.model.params, straight.trainer.model.params);
+
+    // Written out, the bytes of step 30 are a run directory `train --resume` continues.
+    let dir = tempfile::tempdir().unwrap();
+    for (name, bytes) in [
+        ("model.safetensors", &files.model[..]),
+        ("config.json", &files.config[..]),
+        ("optimizer.safetensors", &files.optimizer[..]),
+        ("metrics.csv", files.metrics.as_bytes()),
+        ("steps.csv", files.steps.as_bytes()),
+    ] {
+        std::fs::write(dir.path().join(name), bytes).unwrap();
+    }
+    let saved = checkpoint::load_config(dir.path()).unwrap();
+    let mut from_disk = Run::resume(dir.path(), saved.train, text, info()).unwrap();
+    let (from_disk_losses, _) = train(&mut from_disk, dir.path(), None);
+    assert_eq!(from_disk_losses, straight_losses[30..]);
+    assert_eq!(end.step, 60);
+}

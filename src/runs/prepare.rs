@@ -5,9 +5,12 @@
 
 use super::error::RunError;
 use super::lock::{LockError, RunLock};
-use super::records::{begin_records, METRICS_FILE};
-use super::run::{data_info, Run, UnknownChars};
-use crate::checkpoint::{self, Checkpoint, CheckpointError, DataInfo, InitFrom, EMBEDDED_SOURCE};
+use super::records::{begin_records, parse_metrics, parse_steps, METRICS_FILE};
+use super::run::{data_info, Run, Saved, UnknownChars};
+use super::train::SavedFiles;
+use crate::checkpoint::{
+    self, Checkpoint, CheckpointConfig, CheckpointError, DataInfo, InitFrom, EMBEDDED_SOURCE,
+};
 use crate::config::{self, Architecture, ConfigError, ModelConfig, TrainConfig};
 use crate::data::{self, DataError};
 use crate::distributed::DistributedError;
@@ -349,39 +352,77 @@ pub struct NewRun<'a> {
 /// A new run from a preset and settings: every check before the output directory is touched
 /// (settings, an existing checkpoint, the text, memory), then the directory locked.
 pub fn prepare_new(request: &NewRun<'_>, wording: &Wording) -> Result<Prepared, PrepareError> {
-    let name = request.preset.to_string();
-    let preset = config::preset(&name)?;
-    let (mut model_cfg, mut train_cfg) = (preset.model, preset.train.clone());
-    apply_settings(request.settings, &mut model_cfg, &mut train_cfg)?;
-    let notes =
-        config::derive_settings(&preset.train, &mut train_cfg, &given_keys(request.settings));
+    let configs = new_configs(request.preset, request.settings)?;
     let out = request.out;
     refuse_if_locked(out)?;
     refuse_to_overwrite(out, wording)?;
     let (text, info) = load_text(request.data)?;
-    let invalid = |e: ConfigError| invalid_setting(e, wording);
-    // Settings in their ranges before their memory is estimated (from numbers nobody meant).
-    let mut sized = model_cfg.clone();
-    sized.vocab_size = Tokenizer::from_text(&text).map_or(1, |t| t.vocab_size());
-    sized.validate().map_err(invalid)?;
-    train_cfg.validate().map_err(invalid)?;
-    check_memory(&sized, &train_cfg)?;
-    // Validate settings and data before touching the output directory.
-    let mut run = Run::new(model_cfg, train_cfg, &text, info).map_err(|e| match e {
-        RunError::Config(e) => invalid(e),
-        e => e.into(),
-    })?;
-    run.preset = Some(name.clone());
+    let (run, notes) = new_run(configs, &text, info, wording)?;
     let lock = claim(out, wording)?;
     begin_records(out, &run.metrics, &run.step_rows)?;
     Ok(Prepared {
+        name: request.preset.to_string(),
         run,
         out: out.to_path_buf(),
-        name,
         resumed: false,
         notes,
         lock,
     })
+}
+
+/// A new run's settings, not yet checked against its text: the preset's with `settings`
+/// applied, and what followed from them.
+#[derive(Debug, Clone)]
+pub struct NewConfigs {
+    pub preset: String,
+    pub model: ModelConfig,
+    pub train: TrainConfig,
+    /// Settings changed to follow others (`config::derive_settings`), one line each.
+    pub notes: Vec<String>,
+}
+
+/// The preset's settings with `settings` applied.
+pub fn new_configs(preset: &str, settings: &[Setting]) -> Result<NewConfigs, PrepareError> {
+    let base = config::preset(preset)?;
+    let (mut model, mut train) = (base.model, base.train.clone());
+    apply_settings(settings, &mut model, &mut train)?;
+    let notes = config::derive_settings(&base.train, &mut train, &given_keys(settings));
+    Ok(NewConfigs {
+        preset: preset.to_string(),
+        model,
+        train,
+        notes,
+    })
+}
+
+/// A new run of `configs` on `text`, in memory: the settings checked in their ranges and for
+/// the memory they need, then the model made. [`prepare_new`] without the directory, for a
+/// run kept elsewhere (a browser tab's).
+pub fn new_run(
+    configs: NewConfigs,
+    text: &str,
+    info: DataInfo,
+    wording: &Wording,
+) -> Result<(Run, Vec<String>), PrepareError> {
+    let NewConfigs {
+        preset,
+        model,
+        train,
+        notes,
+    } = configs;
+    let invalid = |e: ConfigError| invalid_setting(e, wording);
+    // Settings in their ranges before their memory is estimated (from numbers nobody meant).
+    let mut sized = model.clone();
+    sized.vocab_size = Tokenizer::from_text(text).map_or(1, |t| t.vocab_size());
+    sized.validate().map_err(invalid)?;
+    train.validate().map_err(invalid)?;
+    check_memory(&sized, &train)?;
+    let mut run = Run::new(model, train, text, info).map_err(|e| match e {
+        RunError::Config(e) => invalid(e),
+        e => e.into(),
+    })?;
+    run.preset = Some(preset);
+    Ok((run, notes))
 }
 
 /// What a fine-tune is made of.
@@ -410,21 +451,7 @@ pub fn prepare_fine_tune(
 ) -> Result<Prepared, PrepareError> {
     let init = request.init_from;
     let ckpt = checkpoint::load(init)?;
-    let base = match request.preset {
-        Some(name) => config::preset(name)?.train,
-        None => ckpt.config.train.clone(),
-    };
-    let mut train_cfg = base.clone();
-    let mut model_cfg = ckpt.model.config.clone();
-    apply_settings(request.settings, &mut model_cfg, &mut train_cfg)?;
-    check_model_unchanged(
-        &ckpt.model.config,
-        &model_cfg,
-        &["dropout"],
-        "fine-tuning",
-        wording,
-    )?;
-    let mut notes = config::derive_settings(&base, &mut train_cfg, &given_keys(request.settings));
+    let configs = fine_tune_configs(&ckpt, request.preset, request.settings, wording)?;
     let out = request.out;
     let same = match (init.canonicalize(), out.canonicalize()) {
         (Ok(a), Ok(b)) => a == b,
@@ -439,12 +466,62 @@ pub fn prepare_fine_tune(
     }
     refuse_if_locked(out)?;
     refuse_to_overwrite(out, wording)?;
+    let (text, info) = load_text(request.data)?;
+    let lock = claim(out, wording)?;
+    let (run, notes) = fine_tune_run(ckpt, configs, &text, info, request.unknown, &absolute(init))?;
+    begin_records(out, &run.metrics, &run.step_rows)?;
+    Ok(Prepared {
+        run,
+        out: out.to_path_buf(),
+        name: format!("fine-tune of {}", init.display()),
+        resumed: false,
+        notes,
+        lock,
+    })
+}
+
+/// A fine-tune's settings: the training settings of the checkpoint (or of `preset`) with
+/// `settings` applied; the model keeps its shape (only `dropout` may change).
+pub fn fine_tune_configs(
+    ckpt: &Checkpoint,
+    preset: Option<&str>,
+    settings: &[Setting],
+    wording: &Wording,
+) -> Result<(ModelConfig, TrainConfig, Vec<String>), PrepareError> {
+    let base = match preset {
+        Some(name) => config::preset(name)?.train,
+        None => ckpt.config.train.clone(),
+    };
+    let mut train_cfg = base.clone();
+    let mut model_cfg = ckpt.model.config.clone();
+    apply_settings(settings, &mut model_cfg, &mut train_cfg)?;
+    check_model_unchanged(
+        &ckpt.model.config,
+        &model_cfg,
+        &["dropout"],
+        "fine-tuning",
+        wording,
+    )?;
+    let notes = config::derive_settings(&base, &mut train_cfg, &given_keys(settings));
     train_cfg
         .validate()
         .map_err(|e| invalid_setting(e, wording))?;
     check_memory(&model_cfg, &train_cfg)?;
-    let (text, info) = load_text(request.data)?;
-    let lock = claim(out, wording)?;
+    Ok((model_cfg, train_cfg, notes))
+}
+
+/// The fine-tune of `ckpt` (see [`Run::fine_tune`]) with `configs` (from
+/// [`fine_tune_configs`]) on `text`, in memory; `init` names where the checkpoint came from in
+/// the records. What `unknown` did is among the notes.
+pub fn fine_tune_run(
+    ckpt: Checkpoint,
+    configs: (ModelConfig, TrainConfig, Vec<String>),
+    text: &str,
+    info: DataInfo,
+    unknown: UnknownChars,
+    init: &str,
+) -> Result<(Run, Vec<String>), PrepareError> {
+    let (model_cfg, train_cfg, mut notes) = configs;
     let model = Model::from_params(model_cfg, ckpt.model.params).ok_or_else(|| {
         PrepareError::Refused("the checkpoint's parameters do not fit its config".into())
     })?;
@@ -455,25 +532,17 @@ pub fn prepare_fine_tune(
         tokenizer: ckpt.tokenizer,
         config: ckpt.config,
     };
-    let (mut run, change) = Run::fine_tune(checkpoint, train_cfg, &text, info, request.unknown)?;
+    let (mut run, change) = Run::fine_tune(checkpoint, train_cfg, text, info, unknown)?;
     notes.extend(change.describe(&run.data.source));
     run.preset = base_preset;
     run.init_from = Some(InitFrom {
-        dir: absolute(init),
+        dir: init.to_string(),
         step: parent_step,
         added_chars: change.added.iter().map(|(c, _)| c.to_string()).collect(),
         dropped_chars: change.dropped.iter().map(|(_, n)| n).sum(),
         dropped_kinds: change.dropped.iter().map(|(c, _)| c.to_string()).collect(),
     });
-    begin_records(out, &run.metrics, &run.step_rows)?;
-    Ok(Prepared {
-        run,
-        out: out.to_path_buf(),
-        name: format!("fine-tune of {}", init.display()),
-        resumed: false,
-        notes,
-        lock,
-    })
+    Ok((run, notes))
 }
 
 /// `dir` as an absolute path where it can be resolved, for the records in `config.json`.
@@ -511,25 +580,12 @@ pub fn prepare_resume(
         )));
     }
     let saved = checkpoint::load_config(out)?;
-    let (mut model_cfg, mut train_cfg) = (saved.model.clone(), saved.train.clone());
-    apply_settings(request.settings, &mut model_cfg, &mut train_cfg)?;
-    check_model_unchanged(&saved.model, &model_cfg, &[], "resuming", wording)?;
-    train_cfg
-        .validate()
-        .map_err(|e| invalid_setting(e, wording))?;
-    check_memory(&model_cfg, &train_cfg)?;
+    let train_cfg = resume_configs(&saved, request.settings, wording)?;
     let (text, info) = match request.data {
         Some(path) => load_text(Some(path))?,
         None => load_recorded_text(saved.data.as_ref(), wording.give_text)?,
     };
-    if let Some(recorded) = &saved.data {
-        if recorded.fingerprint != info.fingerprint {
-            warn(&format!(
-                "warning: {} is not the text this run started on ({}); the continuation will not match an uninterrupted run",
-                info.source, recorded.source
-            ));
-        }
-    }
+    warn_other_text(&saved, &info, warn);
     let lock = claim(out, wording)?;
     let run = Run::resume(out, train_cfg, &text, info)?;
     begin_records(out, &run.metrics, &run.step_rows)?;
@@ -545,6 +601,67 @@ pub fn prepare_resume(
         notes: Vec::new(),
         lock,
     })
+}
+
+/// A resumed run's training settings: the saved ones with `settings` applied (training
+/// settings only: the model keeps its shape), checked.
+pub fn resume_configs(
+    saved: &CheckpointConfig,
+    settings: &[Setting],
+    wording: &Wording,
+) -> Result<TrainConfig, PrepareError> {
+    let (mut model_cfg, mut train_cfg) = (saved.model.clone(), saved.train.clone());
+    apply_settings(settings, &mut model_cfg, &mut train_cfg)?;
+    check_model_unchanged(&saved.model, &model_cfg, &[], "resuming", wording)?;
+    train_cfg
+        .validate()
+        .map_err(|e| invalid_setting(e, wording))?;
+    check_memory(&model_cfg, &train_cfg)?;
+    Ok(train_cfg)
+}
+
+/// Warns when a run resumes on another text than the one it started on.
+pub fn warn_other_text(saved: &CheckpointConfig, info: &DataInfo, warn: &mut dyn FnMut(&str)) {
+    if let Some(recorded) = &saved.data {
+        if recorded.fingerprint != info.fingerprint {
+            warn(&format!(
+                "warning: {} is not the text this run started on ({}); the continuation will not match an uninterrupted run",
+                info.source, recorded.source
+            ));
+        }
+    }
+}
+
+/// Continues a run saved in memory ([`SavedFiles`]: a browser tab's) on `text`, exactly as
+/// [`prepare_resume`] continues a directory.
+pub fn resume_in_memory(
+    files: &SavedFiles,
+    settings: &[Setting],
+    text: &str,
+    info: DataInfo,
+    wording: &Wording,
+    warn: &mut dyn FnMut(&str),
+) -> Result<Run, PrepareError> {
+    let saved = checkpoint::parse_config(&files.config, checkpoint::CONFIG_FILE)?;
+    let train_cfg = resume_configs(&saved, settings, wording)?;
+    warn_other_text(&saved, &info, warn);
+    let ckpt = checkpoint::from_bytes(&files.config, &files.model)?;
+    let state = checkpoint::optimizer_from_bytes(&files.optimizer, &ckpt.model.layout)?;
+    let model_step = checkpoint::model_bytes_step(&files.model)?.unwrap_or(ckpt.config.step);
+    let saved_files = Saved {
+        checkpoint: ckpt,
+        state,
+        model_step,
+        metrics: parse_metrics(&files.metrics),
+        steps: parse_steps(&files.steps),
+    };
+    Ok(Run::resume_from(
+        saved_files,
+        train_cfg,
+        text,
+        info,
+        "the run",
+    )?)
 }
 
 /// Creates and locks `dir` for training, then checks that it takes files.

@@ -287,10 +287,36 @@ impl Run {
         let checkpoint = crate::checkpoint::load(dir)?;
         let state = crate::checkpoint::load_optimizer(dir, &checkpoint.model.layout)?;
         let model_step = crate::checkpoint::model_file_step(dir)?.unwrap_or(checkpoint.config.step);
+        let saved = Saved {
+            checkpoint,
+            state,
+            model_step,
+            metrics: read_metrics(&dir.join(METRICS_FILE)),
+            steps: read_steps(&dir.join(STEPS_FILE)),
+        };
+        Run::resume_from(saved, train, text, data, &dir.display().to_string())
+    }
+
+    /// [`Run::resume`] from a checkpoint read elsewhere (files or bytes); `shown` names where it
+    /// came from in errors.
+    pub fn resume_from(
+        saved: Saved,
+        train: TrainConfig,
+        text: &str,
+        data: DataInfo,
+        shown: &str,
+    ) -> Result<Self, RunError> {
+        let Saved {
+            checkpoint,
+            state,
+            model_step,
+            mut metrics,
+            steps: mut step_rows,
+        } = saved;
         let counters = state.counters;
         if model_step != counters.step || checkpoint.config.step != counters.step {
             return Err(CheckpointError::Torn {
-                dir: dir.display().to_string(),
+                dir: shown.to_string(),
                 model_step,
                 optimizer_step: counters.step,
             }
@@ -298,7 +324,7 @@ impl Run {
         }
         if counters.step >= train.steps {
             return Err(RunError::AlreadyFinished {
-                dir: dir.display().to_string(),
+                dir: shown.to_string(),
                 steps: train.steps,
             });
         }
@@ -314,10 +340,8 @@ impl Run {
         trainer.optimizer = state.adamw;
         trainer.data_rng = Rng::from_state(counters.data_rng_state);
         trainer.step = counters.step;
-        let mut metrics = read_metrics(&dir.join(METRICS_FILE));
         // Rows after the checkpoint belong to steps that will be run again.
         metrics.retain(|r| r.step <= counters.step);
-        let mut step_rows = read_steps(&dir.join(STEPS_FILE));
         step_rows.retain(|r| r.step <= counters.step);
         Ok(Run {
             trainer,
@@ -333,6 +357,17 @@ impl Run {
             saved_step: Some(counters.step),
         })
     }
+}
+
+/// A saved run, read: what [`Run::resume_from`] continues.
+#[derive(Debug)]
+pub struct Saved {
+    pub checkpoint: Checkpoint,
+    pub state: crate::checkpoint::OptimizerState,
+    /// The step the model's file records (a torn save has another than the optimizer's).
+    pub model_step: usize,
+    pub metrics: Vec<MetricsRow>,
+    pub steps: Vec<StepRow>,
 }
 
 #[cfg(test)]
