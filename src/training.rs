@@ -269,6 +269,25 @@ impl Trainer {
         })
     }
 
+    /// This trainer with each batch split into `shards` parts instead (the page in a browser
+    /// tab: one shard per worker), its parameters, moments, batch stream and step kept.
+    pub fn with_shard_count(self, shards: usize) -> Result<Self, OutOfMemory> {
+        let Trainer {
+            model,
+            config,
+            optimizer,
+            data_rng,
+            step,
+            engine,
+            ..
+        } = self;
+        let mut trainer = Self::try_with_shards_on(model, config, shards, engine)?;
+        trainer.optimizer = optimizer;
+        trainer.data_rng = data_rng;
+        trainer.step = step;
+        Ok(trainer)
+    }
+
     /// Splits every batch over the ranks of `group` as well as over this process's threads.
     /// A collective: every rank of the group calls it, once the run's state is the same on all.
     ///

@@ -333,8 +333,10 @@ fn a_run_saved_in_memory_resumes_exactly_from_its_bytes() {
     let mut first = tiny_run(text);
     let (mut losses, files) = in_memory(&mut first, Some(30));
     assert_eq!(files.step, 30);
-    let mut resumed =
-        resume_in_memory(&files, &[], text, info(), &wording, &mut |w| panic!("{w}")).unwrap();
+    let mut resumed = resume_in_memory("tiny", &files, &[], text, info(), &wording, &mut |w| {
+        panic!("{w}")
+    })
+    .unwrap();
     assert_eq!(resumed.metrics.len(), 2); // steps 0 and 20
     assert_eq!(resumed.step_rows.len(), 30);
     let (more, end) = in_memory(&mut resumed, None);

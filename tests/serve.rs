@@ -174,7 +174,7 @@ fn a_run_streams_every_step_and_evaluation_to_its_end_then_samples_as_the_cli_do
     assert_eq!(page.status, 200);
     assert!(page
         .text()
-        .contains("<script type=\"module\" src=\"/app.js\">"));
+        .contains("<script type=\"module\" src=\"app.js\">"));
     for asset in ["/app.js", "/views/training.js", "/vendor/uPlot.esm.js"] {
         let r = server.get(asset);
         assert_eq!(r.status, 200, "{asset}");

@@ -22,7 +22,7 @@ function extent(lines, start) {
 
 async function main() {
   document.querySelector('#read-file').textContent = file;
-  const response = await fetch(`/source/${file}`);
+  const response = await fetch(`source/${file}`);
   const pre = document.querySelector('#read-text');
   if (!response.ok) {
     document.querySelector('#read-note').textContent = `cannot show ${file} (${response.status})`;

@@ -103,6 +103,12 @@ impl Refusal {
             ),
             _ => one_line(&e),
         };
+        // A fine-tune's text with characters the model lacks: the form's choice of what to do.
+        let field = field.or_else(|| {
+            message
+                .contains("--unknown-chars")
+                .then(|| "unknown_chars".to_string())
+        });
         Refusal {
             status,
             message,
@@ -241,11 +247,33 @@ pub struct StartRequest {
     /// The id `POST /api/uploads` gave; none: the built-in Tiny Shakespeare.
     #[serde(default)]
     pub upload: Option<String>,
+    /// Fine-tune this run's checkpoint instead of starting a new model (`--init-from`): its
+    /// shape and vocabulary, the training settings of `preset` if given, else its own.
+    #[serde(default)]
+    pub init_from: Option<String>,
+    /// With `init_from`: what to do with characters of the text that the model's vocabulary
+    /// lacks, as `--unknown-chars`: "error" (the default), "drop" or "extend".
+    #[serde(default)]
+    pub unknown_chars: Option<String>,
 }
 
 impl StartRequest {
     pub fn preset(&self) -> &str {
         self.preset.as_deref().unwrap_or(config::DEFAULT_PRESET)
+    }
+
+    /// `unknown_chars` as the library takes it.
+    pub fn unknown_chars(&self) -> Answer<crate::runs::UnknownChars> {
+        use crate::runs::UnknownChars;
+        match self.unknown_chars.as_deref() {
+            None | Some("error") => Ok(UnknownChars::Error),
+            Some("drop") => Ok(UnknownChars::Drop),
+            Some("extend") => Ok(UnknownChars::Extend),
+            Some(other) => Err(Refusal::bad_request(format!(
+                "unknown_chars must be error, drop or extend, not {other:?}"
+            ))
+            .with_field("unknown_chars")),
+        }
     }
 }
 

@@ -2,7 +2,7 @@
 
 use super::lock::{RunLock, LOCK_FILE};
 use super::records::{read_metrics, StepRow, METRICS_FILE, STEPS_FILE};
-use crate::checkpoint::{self, CheckpointError, DataInfo, EMBEDDED_SOURCE};
+use crate::checkpoint::{self, CheckpointConfig, CheckpointError, DataInfo, EMBEDDED_SOURCE};
 use crate::model::ParamLayout;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -118,41 +118,55 @@ pub fn summarize(dir: &Path, name: &str) -> Option<RunSummary> {
         Err(e) => (None, Some(e.to_string())),
     };
     let last_step = last_step_row(&dir.join(STEPS_FILE)).map(|r| r.step);
-    let metrics = read_metrics(&dir.join(METRICS_FILE));
-    let saved_step = config.as_ref().map(|c| c.step);
+    let last_val = read_metrics(&dir.join(METRICS_FILE))
+        .last()
+        .map(|m| m.val_loss);
+    let mut summary = summary_of(name, config.as_ref(), last_step, last_val, pid.is_some());
+    summary.pid = pid;
+    summary.problem = problem;
+    Some(summary)
+}
+
+/// A run's summary from its saved config (none before its first checkpoint), its last step
+/// and last val estimate recorded, and whether it is training now.
+pub fn summary_of(
+    name: &str,
+    config: Option<&CheckpointConfig>,
+    last_step: Option<usize>,
+    last_val_loss: Option<f32>,
+    training: bool,
+) -> RunSummary {
+    let saved_step = config.map(|c| c.step);
     let step = last_step.max(saved_step).unwrap_or(0);
-    let steps = config.as_ref().map(|c| c.train.steps);
-    let state = if pid.is_some() {
+    let steps = config.map(|c| c.train.steps);
+    let state = if training {
         RunState::Training
     } else if saved_step.is_some() && saved_step >= steps {
         RunState::Finished
     } else {
         RunState::Stopped
     };
-    Some(RunSummary {
+    RunSummary {
         name: name.to_string(),
-        preset: config.as_ref().and_then(|c| c.preset.clone()),
-        step: if pid.is_some() {
+        preset: config.and_then(|c| c.preset.clone()),
+        step: if training {
             step
         } else {
             saved_step.unwrap_or(step)
         },
         steps,
         saved_step,
-        params: config.as_ref().map(|c| ParamLayout::new(&c.model).len),
-        best_val_loss: config.as_ref().and_then(|c| c.best_val_loss),
-        best_val_step: config.as_ref().and_then(|c| c.best_val_step),
-        final_val_loss: config.as_ref().and_then(|c| c.final_val_loss),
-        last_val_loss: metrics.last().map(|m| m.val_loss),
-        vocab_size: config.as_ref().map(|c| c.model.vocab_size),
-        text: config
-            .as_ref()
-            .and_then(|c| c.data.as_ref())
-            .map(TextSummary::of),
+        params: config.map(|c| ParamLayout::new(&c.model).len),
+        best_val_loss: config.and_then(|c| c.best_val_loss),
+        best_val_step: config.and_then(|c| c.best_val_step),
+        final_val_loss: config.and_then(|c| c.final_val_loss),
+        last_val_loss,
+        vocab_size: config.map(|c| c.model.vocab_size),
+        text: config.and_then(|c| c.data.as_ref()).map(TextSummary::of),
         state,
-        pid,
-        problem,
-    })
+        pid: None,
+        problem: None,
+    }
 }
 
 /// The last complete row of a `steps.csv`, read from the end of the file.

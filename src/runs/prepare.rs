@@ -240,8 +240,14 @@ fn check_memory_against(
     match available {
         Some(free) if needed > MEMORY_MARGIN * free as f64 => {
             let text = |b: f64| crate::memory::bytes_text(b.min(u64::MAX as f64) as u64);
+            // A browser tab's WebAssembly has 4 GiB of addresses, whatever the machine has.
+            let room = if cfg!(target_arch = "wasm32") {
+                "a WebAssembly module in this tab has (4 GiB at most)"
+            } else {
+                "this machine has"
+            };
             Err(PrepareError::Refused(format!(
-                "these settings need about {} of memory and this machine has {} free; choose a smaller n_embd, n_layer, block_size or batch_size{}",
+                "these settings need about {} of memory and {room} {} free; choose a smaller n_embd, n_layer, block_size or batch_size{}",
                 text(needed),
                 text(free as f64),
                 if model.vocab_size > 10_000 {
@@ -633,8 +639,9 @@ pub fn warn_other_text(saved: &CheckpointConfig, info: &DataInfo, warn: &mut dyn
 }
 
 /// Continues a run saved in memory ([`SavedFiles`]: a browser tab's) on `text`, exactly as
-/// [`prepare_resume`] continues a directory.
+/// [`prepare_resume`] continues a directory; `shown` names the run in errors.
 pub fn resume_in_memory(
+    shown: &str,
     files: &SavedFiles,
     settings: &[Setting],
     text: &str,
@@ -655,13 +662,7 @@ pub fn resume_in_memory(
         metrics: parse_metrics(&files.metrics),
         steps: parse_steps(&files.steps),
     };
-    Ok(Run::resume_from(
-        saved_files,
-        train_cfg,
-        text,
-        info,
-        "the run",
-    )?)
+    Ok(Run::resume_from(saved_files, train_cfg, text, info, shown)?)
 }
 
 /// Creates and locks `dir` for training, then checks that it takes files.

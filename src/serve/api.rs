@@ -136,10 +136,31 @@ async fn start(State(state): Shared, body: Result<Bytes, BytesRejection>) -> Api
         None => None,
         Some(id) => Some(upload_path(&state, id)?),
     };
-    let plan = Plan::New {
-        preset: request.preset().to_string(),
-        settings,
-        data,
+    let plan = match &request.init_from {
+        Some(init) => {
+            check_name(init).map_err(|e| e.with_field("init_from"))?;
+            let unknown = request.unknown_chars()?;
+            let from = run_dir(&state, init);
+            let found = blocking(move || checkpoint::exists(&from)).await?;
+            if !found {
+                return Err(ApiError::bad_request(format!(
+                    "run {init} has no checkpoint to fine-tune from; pick a run that has saved"
+                ))
+                .with_field("init_from"));
+            }
+            Plan::FineTune {
+                init_from: run_dir(&state, init),
+                preset: request.preset.clone(),
+                settings,
+                data,
+                unknown,
+            }
+        }
+        None => Plan::New {
+            preset: request.preset().to_string(),
+            settings,
+            data,
+        },
     };
     let started = live::start(state, request.name, plan)
         .await

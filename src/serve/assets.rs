@@ -18,6 +18,12 @@ const FILES: &[(&str, &str, &str)] = &[
     ),
     ("/app.js", JS, include_str!("../../assets/web/app.js")),
     ("/api.js", JS, include_str!("../../assets/web/api.js")),
+    (
+        "/api-error.js",
+        JS,
+        include_str!("../../assets/web/api-error.js"),
+    ),
+    ("/server.js", JS, include_str!("../../assets/web/server.js")),
     ("/charts.js", JS, include_str!("../../assets/web/charts.js")),
     (
         "/views/util.js",

@@ -166,6 +166,15 @@ pub enum Plan {
     Resume {
         settings: Vec<Setting>,
     },
+    /// A fine-tune of another run's checkpoint.
+    FineTune {
+        init_from: PathBuf,
+        /// Training settings from this preset; `None`: the checkpoint's.
+        preset: Option<String>,
+        settings: Vec<Setting>,
+        data: Option<PathBuf>,
+        unknown: runs::UnknownChars,
+    },
 }
 
 /// Starts training run `name` by `plan` on its own thread; answers once the run is prepared
@@ -280,6 +289,23 @@ fn prepare(dir: &std::path::Path, plan: Plan, ready: Ready, live: &LiveRun) -> O
                 settings,
                 out: dir,
                 data: data.as_deref(),
+            },
+            &PAGE,
+        ),
+        Plan::FineTune {
+            init_from,
+            preset,
+            settings,
+            data,
+            unknown,
+        } => runs::prepare_fine_tune(
+            &runs::FineTune {
+                init_from,
+                preset: preset.as_deref(),
+                settings,
+                out: dir,
+                data: data.as_deref(),
+                unknown: *unknown,
             },
             &PAGE,
         ),

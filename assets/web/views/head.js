@@ -29,7 +29,7 @@ let box; // the prompt per run: its own, or the one the user typed for it
 // computes a step. `find` is text the file contains (src/serve/assets.rs's tests check every
 // one against the files the server embeds).
 function link(file, find, label) {
-  const href = `/read.html?file=${encodeURIComponent(file)}&find=${encodeURIComponent(find)}`;
+  const href = `read.html?file=${encodeURIComponent(file)}&find=${encodeURIComponent(find)}`;
   return el('a', { href, target: '_blank', className: 'source-link', dataset: { file, find } }, label);
 }
 
