@@ -102,6 +102,33 @@ function build() {
   app.show(VIEWS.some((v) => v.id === wanted) ? wanted : VIEWS[0].id);
 }
 
+// The header says where the engine runs (`chargpt serve`, or this tab with its workers) and,
+// while the selected run trains, its speed.
+function showBackend() {
+  const spot = document.getElementById('backend');
+  const b = api.backend;
+  const base = b.kind === 'tab'
+    ? `${b.label} · up to ${b.workers} worker${b.workers === 1 ? '' : 's'} (${b.cores} cores)`
+    : b.label;
+  spot.textContent = base;
+  let last = 0;
+  app.on('live:step', (steps) => {
+    const now = performance.now();
+    if (!steps.length || now - last < 500) return;
+    last = now;
+    const p = steps[steps.length - 1];
+    const running = b.kind === 'tab' && api.training ? api.training(app.run) : null;
+    const workers = running
+      ? ` · ${running.workers} worker${running.workers === 1 ? '' : 's'}, ${running.shards} shard${running.shards === 1 ? '' : 's'}`
+      : '';
+    spot.textContent = `${b.label}${workers} · ${Math.round(p.tokens_per_s).toLocaleString()} tokens/s`;
+  });
+  for (const type of ['live:finished', 'live:error', 'live:idle', 'run-selected']) {
+    app.on(type, () => { spot.textContent = base; });
+  }
+}
+
 // For the browser tests and for anyone curious in the console.
 window.chargpt = app;
 build();
+showBackend();

@@ -153,10 +153,16 @@ impl Browser {
         let script =
             format!("try {{ return Boolean({condition}); }} catch (e) {{ return false; }}");
         while self.run(&script) != json!(true) {
-            assert!(
-                started.elapsed() < Duration::from_secs(seconds),
-                "timed out waiting for {what} ({condition})"
-            );
+            if started.elapsed() > Duration::from_secs(seconds) {
+                // What the page says went wrong, if it says.
+                let errors = self.run(
+                    "return [...document.querySelectorAll('.error, .field-error')].map((e) => e.textContent).filter((t) => t).join(' | ')",
+                );
+                let shown = self.run(
+                    "return [...document.querySelectorAll('.view')].filter((v) => !v.hidden).map((v) => v.innerText.slice(0, 400)).join()",
+                );
+                panic!("timed out waiting for {what} ({condition}); errors shown: {errors}; the view shows: {shown}");
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
     }

@@ -1,4 +1,5 @@
-// Runs: the runs under --runs, and a form to start a new one from a preset.
+// Runs: the runs under --runs (or, in the tab, the runs this browser keeps), and a form to
+// start a new one from a preset or fine-tune one.
 //
 // The form shows every setting of the chosen preset (the keys `chargpt train --set` takes) and
 // sends only those you change, so that settings which follow others (warmup_steps with steps,
@@ -44,6 +45,21 @@ async function refresh() {
       el('td', { className: 'actions' }, ...actions(run)));
     body.append(row);
   }
+  fillStartFrom(list);
+}
+
+// The form's "start from": a new model, or any run with a checkpoint to fine-tune.
+function fillStartFrom(list) {
+  const select = form?.querySelector('#new-init');
+  if (!select) return;
+  const kept = select.value;
+  clear(select);
+  select.append(el('option', { value: '' }, 'a new model (the preset\'s)'));
+  for (const run of list.filter((r) => r.saved_step != null)) {
+    select.append(el('option', { value: run.name }, `fine-tune run ${run.name} (step ${run.saved_step})`));
+  }
+  select.value = [...select.options].some((o) => o.value === kept) ? kept : '';
+  form.querySelector('#unknown-row').hidden = select.value === '';
 }
 
 function actions(run) {
@@ -61,6 +77,10 @@ function actions(run) {
     },
   }, label);
   const list = [act('Open', () => open(run.name))];
+  // The tab keeps its runs in the browser: Download gives the run directory's files.
+  if (app.api.downloadRun && run.saved_step != null) {
+    list.push(act('Download', () => app.api.downloadRun(run.name)));
+  }
   if (run.state === 'training') {
     list.push(act('Stop', () => app.api.stopRun(run.name)));
   } else {
@@ -157,6 +177,11 @@ async function start(event) {
     preset: form.querySelector('#new-preset').value,
     settings: changedSettings(),
   };
+  const initFrom = form.querySelector('#new-init').value;
+  if (initFrom) {
+    request.init_from = initFrom;
+    request.unknown_chars = form.querySelector('#new-unknown').value;
+  }
   const button = form.querySelector('#start');
   button.disabled = true;
   try {
@@ -179,6 +204,34 @@ async function start(event) {
   }
 }
 
+// The tab's back end: a run directory from `chargpt train` (or a download) opened in the page.
+function openFiles() {
+  const note = el('span', { className: 'error', id: 'open-error' });
+  const opened = async (input) => {
+    note.textContent = '';
+    try {
+      const name = document.getElementById('open-name').value.trim() || null;
+      const { name: run } = await app.api.openRunFiles([...input.files], name);
+      app.emit('runs-changed');
+      await open(run);
+    } catch (e) {
+      note.textContent = e.message;
+    } finally {
+      input.value = '';
+    }
+  };
+  return el('details', { id: 'open-run' },
+    el('summary', {}, 'Open a run\'s files (a run directory from chargpt train, or a download)'),
+    el('div', { className: 'row' },
+      el('label', {}, 'as run ', el('input', { id: 'open-name', placeholder: 'its folder\'s name',
+        size: 14 })),
+      el('label', {}, ' a run directory: ', el('input', { type: 'file', id: 'open-dir',
+        webkitdirectory: true, onchange: (e) => opened(e.target) })),
+      el('label', {}, ' or its files: ', el('input', { type: 'file', id: 'open-files',
+        multiple: true, onchange: (e) => opened(e.target) }))),
+    note);
+}
+
 function buildForm(limit) {
   form = el('form', { id: 'new-run', onsubmit: start },
     el('h2', {}, 'New run'),
@@ -191,6 +244,17 @@ function buildForm(limit) {
         ...presets.map((p) => el('option', { value: p.name }, p.name))),
         el('span', { className: 'field-error', dataset: { for: 'preset' } })),
       el('span', { id: 'preset-about', className: 'muted' })),
+    el('div', { className: 'row' },
+      el('label', {}, 'start from ', el('select', { id: 'new-init', name: 'init_from',
+        onchange: (e) => { form.querySelector('#unknown-row').hidden = e.target.value === ''; } })),
+      el('span', { className: 'field-error', dataset: { for: 'init_from' } }),
+      el('span', { id: 'unknown-row', hidden: true },
+        el('label', {}, ' characters the model has not seen ', el('select', { id: 'new-unknown',
+          name: 'unknown_chars' },
+          el('option', { value: 'error' }, 'refuse the text (error)'),
+          el('option', { value: 'drop' }, 'drop them from the text (drop)'),
+          el('option', { value: 'extend' }, 'give them new embeddings (extend)'))),
+        el('span', { className: 'field-error', dataset: { for: 'unknown_chars' } }))),
     el('fieldset', {},
       el('legend', {}, 'text'),
       el('label', {}, el('input', { type: 'radio', name: 'text', id: 'text-builtin', checked: true }),
@@ -224,6 +288,7 @@ export default {
         'state', ''].map((h) => el('th', {}, h)))),
       el('tbody'));
     element.append(el('h2', {}, 'Runs'), table, message);
+    if (app.api.openRunFiles) element.append(openFiles());
     app.on('runs-changed', refresh);
     const answer = await app.api.presets();
     presets = answer.presets;

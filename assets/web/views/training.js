@@ -95,7 +95,11 @@ function setProgress(step, of, extra) {
 }
 
 function addSample(sample, label) {
-  const card = el('article', { className: 'sample', dataset: { step: sample.step } },
+  // An evaluation's sample can come twice: from the records read, and from a live stream that
+  // replays the training's events from its start.
+  if (!label && feed.querySelector(`.sample[data-step="${sample.step}"]:not([data-final])`)) return;
+  const card = el('article', { className: 'sample',
+    dataset: label ? { step: sample.step, final: 'true' } : { step: sample.step } },
     el('h3', {}, label ?? `step ${sample.step} · val loss ${fmt(sample.val_loss)}`),
     el('pre', {}, sample.text));
   feed.prepend(card); // newest first: gibberish at the bottom, play-like text at the top
