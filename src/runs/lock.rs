@@ -92,6 +92,10 @@ mod tests {
     use super::*;
 
     #[test]
+    #[cfg_attr(
+        target_arch = "wasm32",
+        ignore = "a file on disk: std's temp_dir has none on wasm32 (the tab keeps runs in IndexedDB)"
+    )]
     fn a_held_lock_names_its_process_and_dies_with_its_file() {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(RunLock::holder(dir.path()), None);

@@ -357,6 +357,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        target_arch = "wasm32",
+        ignore = "a file on disk: std's temp_dir has none on wasm32 (the tab keeps runs in IndexedDB)"
+    )]
     fn probes_files_keep_the_records_of_the_evaluations_kept() {
         let dir = std::env::temp_dir().join(format!("chargpt-probes-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

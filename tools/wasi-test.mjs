@@ -1,0 +1,22 @@
+// Runs a test binary built for wasm32-wasip1 under Node's WASI, as cargo's runner:
+//   CARGO_TARGET_WASM32_WASIP1_RUNNER="node tools/wasi-test.mjs" \
+//   RUSTFLAGS="-C target-feature=+simd128" \
+//   cargo test --release --lib --no-default-features --target wasm32-wasip1
+// Node runs WebAssembly's SIMD128 as a browser does (V8), so the engine's unit tests (every
+// kernel against its reference twin) check the vector code the tab runs.
+import { readFile } from 'node:fs/promises';
+import { WASI } from 'node:wasi';
+import process from 'node:process';
+
+const [file, ...args] = process.argv.slice(2);
+const wasi = new WASI({
+  version: 'preview1',
+  args: [file, ...args],
+  env: process.env,
+  // The tests' temporary files: the whole file system, as a native test sees it.
+  preopens: { '/tmp': '/tmp' },
+  returnOnExit: true,
+});
+const module = await WebAssembly.compile(await readFile(file));
+const instance = await WebAssembly.instantiate(module, wasi.getImportObject());
+process.exitCode = wasi.start(instance);
