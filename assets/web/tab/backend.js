@@ -86,6 +86,7 @@ async function take(name, entry, report) {
       run.steps = report.saved.steps;
     }
   });
+  if (report.memory) entry.memory = report.memory;
   if (report.saved) bump(name);
   if (report.snapshot) {
     entry.snapshot = report.snapshot;
@@ -483,8 +484,9 @@ export async function openRunFiles(files, name = null) {
   return { name };
 }
 
-// What the header shows while run `name` trains: workers and shards.
+// What the header shows while run `name` trains: workers and shards, and the bytes of the
+// leader worker's WebAssembly memory (each helper holds about as much).
 export function training(name) {
   const entry = live.get(name);
-  return entry ? { workers: entry.workers, shards: entry.shards } : null;
+  return entry ? { workers: entry.workers, shards: entry.shards, memory: entry.memory ?? null } : null;
 }

@@ -7,7 +7,7 @@
 //                 {op: 'report', events, samples, probes, saved, snapshot}  (as they come)
 //                 {op: 'ended'}                                            (after the last)
 
-import init, { Training } from '../pkg/chargpt_web.js';
+import init, { Training, memoryBytes } from '../pkg/chargpt_web.js';
 
 let training = null;
 let helpers = [];
@@ -34,7 +34,8 @@ function report(force = false) {
   const transfer = [];
   if (saved) transfer.push(saved.model.buffer, saved.config.buffer, saved.optimizer.buffer);
   if (snapshot) transfer.push(snapshot.config.buffer, snapshot.model.buffer);
-  postMessage({ op: 'report', events, samples, probes, saved, snapshot }, transfer);
+  postMessage({ op: 'report', events, samples, probes, saved, snapshot, memory: memoryBytes() },
+    transfer);
 }
 
 // A helper worker with a queue of answers, in order.
