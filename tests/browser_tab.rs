@@ -510,7 +510,19 @@ fn train_look_inside_download_and_open_runs_in_the_tab() {
     assert_eq!(ft["text"]["name"], "fables.txt", "{ft}");
     assert!(ft["vocab_size"].as_u64().unwrap() > vocab, "{ft}");
 
-    // 7. The runs survive a reload.
+    // 7. A model too big for the tab is refused before it starts, in words that say why.
+    let big = run_async(
+        &browser,
+        "try { await window.chargpt.api.startRun({ name: 'big', preset: 'lecture', settings: { batch_size: 512 } }); return null; } catch (e) { return [e.message, e.status]; }",
+    );
+    let message = big[0].as_str().unwrap_or_default();
+    assert!(
+        message.contains("a WebAssembly module in this tab has (4 GiB at most)")
+            && message.contains("choose a smaller"),
+        "{big}"
+    );
+
+    // 8. The runs survive a reload.
     browser.open(&format!("http://127.0.0.1:{port}/"));
     browser.wait_until(
         "the runs after a reload",

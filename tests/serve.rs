@@ -673,3 +673,55 @@ fn a_host_other_than_loopback_warns() {
         "--host localhost is not an IP address",
     );
 }
+
+/// `init_from` fine-tunes a run of the runs directory on another text, as `train --init-from`
+/// does: characters the model lacks are refused by default (beside the `unknown_chars` field),
+/// and `extend` gives them new embeddings.
+#[test]
+fn a_run_fine_tunes_another_runs_model_on_an_upload() {
+    let dir = workspace();
+    let d = dir.path();
+    let server = Server::start(d, &[]);
+    start(&server, "base", tiny(20), None);
+    wait_for("the base run finished", || {
+        run_summary(&server, "base")["state"] == "finished"
+    });
+    // The base model knows Tiny Shakespeare's 65 characters...
+    let text = "Ünïcode fables: the fox, the crow and the cheese.\n".repeat(100);
+    let r = server.call("POST", "/api/uploads?filename=fables.txt", text.as_bytes());
+    assert_eq!(r.status, 201, "{}", r.text());
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    let body = |unknown: Option<&str>| {
+        let mut b = json!({ "name": "ft", "preset": "layernorm", "settings": tiny(20),
+            "upload": id, "init_from": "base" });
+        if let Some(u) = unknown {
+            b["unknown_chars"] = u.into();
+        }
+        b
+    };
+    // ... this one has Ü and ï, which Tiny Shakespeare has not.
+    let refused = server.post("/api/runs", body(None));
+    assert_eq!(refused.status, 400, "{}", refused.text());
+    assert_eq!(
+        refused.json()["field"],
+        "unknown_chars",
+        "{}",
+        refused.text()
+    );
+    let missing = server.post(
+        "/api/runs",
+        json!({ "name": "ft", "preset": "layernorm", "init_from": "nothing" }),
+    );
+    assert_eq!(missing.json()["field"], "init_from", "{}", missing.text());
+    let r = server.post("/api/runs", body(Some("extend")));
+    assert_eq!(r.status, 201, "{}", r.text());
+    wait_for("the fine-tune finished", || {
+        run_summary(&server, "ft")["state"] == "finished"
+    });
+    let ft = run_summary(&server, "ft");
+    assert_eq!(
+        ft["vocab_size"],
+        run_summary(&server, "base")["vocab_size"].as_u64().unwrap() + 2
+    );
+    assert_eq!(ft["text"]["name"], "fables.txt");
+}

@@ -111,7 +111,11 @@ for (let r = 0; r < rounds; r++) {
   memory = Math.max(memory, two.memory ?? 0);
   results.tab1.push((await tab(1)).rate);
 }
-const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+const median = (xs) => {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = Math.floor(s.length / 2);
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+};
 const cpu = cpus()[0]?.model ?? 'unknown CPU';
 console.log(`\n${preset}, tokens/s of training, ${rounds} rounds round robin on ${cpu} (${cpus().length} cores), Chromium headless`);
 const nat = median(results.native);
