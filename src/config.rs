@@ -286,6 +286,125 @@ pub struct TrainConfig {
     /// Decoupled weight decay on the matrices Muon updates: `W *= 1 - muon_lr * wd` per step.
     #[serde(default)]
     pub muon_weight_decay: f32,
+    /// Train for this long, in seconds (0: no budget; `steps` decides): `--time 20m`, or
+    /// `time_budget = "1h"`. The run times its first steps and evaluations, then sets `steps` to
+    /// what fits in the budget with the final exact evaluation ([`budget_steps`]); the schedule
+    /// (warm-up, decay) then follows those steps. Setting `steps` turns the budget off.
+    #[serde(default, deserialize_with = "duration_seconds")]
+    pub time_budget: f64,
+    /// With `time_budget`: the step at which `steps` was set from the budget (recorded, so that
+    /// a resume goes on with those steps, and `--set steps=N` repeats the run). Not a setting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_fixed_at: Option<usize>,
+}
+
+/// A duration as a number of seconds or text: `90`, `90s`, `20m`, `1h`, `1h30m`, `1.5h`; `0` or
+/// `none` is no budget.
+pub fn parse_duration(text: &str) -> Result<f64, String> {
+    let text = text.trim();
+    if text.eq_ignore_ascii_case("none") {
+        return Ok(0.0);
+    }
+    if let Ok(seconds) = text.parse::<f64>() {
+        return check_duration(seconds, text);
+    }
+    let mut total = 0.0;
+    let mut number = String::new();
+    let mut any = false;
+    for c in text.chars() {
+        match c {
+            '0'..='9' | '.' => number.push(c),
+            'h' | 'm' | 's' if !number.is_empty() => {
+                let value: f64 = number.parse().map_err(|_| duration_help(text))?;
+                total += value
+                    * match c {
+                        'h' => 3600.0,
+                        'm' => 60.0,
+                        _ => 1.0,
+                    };
+                number.clear();
+                any = true;
+            }
+            _ => return Err(duration_help(text)),
+        }
+    }
+    if !number.is_empty() || !any {
+        return Err(duration_help(text));
+    }
+    check_duration(total, text)
+}
+
+fn check_duration(seconds: f64, text: &str) -> Result<f64, String> {
+    if seconds.is_finite() && seconds >= 0.0 {
+        Ok(seconds)
+    } else {
+        Err(duration_help(text))
+    }
+}
+
+fn duration_help(text: &str) -> String {
+    format!("{text:?} is not a duration; write e.g. 90s, 20m, 1h or 1h30m")
+}
+
+/// Seconds as [`parse_duration`] reads them: `20m`, `1h30m`, `45s`.
+pub fn duration_text(seconds: f64) -> String {
+    let s = seconds.round() as u64;
+    let (h, m, sec) = (s / 3600, s % 3600 / 60, s % 60);
+    let mut out = String::new();
+    if h > 0 {
+        out.push_str(&format!("{h}h"));
+    }
+    if m > 0 {
+        out.push_str(&format!("{m}m"));
+    }
+    if sec > 0 || out.is_empty() {
+        out.push_str(&format!("{sec}s"));
+    }
+    out
+}
+
+/// `time_budget` from a number of seconds or a duration's text.
+fn duration_seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Given {
+        Seconds(f64),
+        Text(String),
+    }
+    match Given::deserialize(d)? {
+        Given::Seconds(s) => check_duration(s, &s.to_string()),
+        Given::Text(t) => parse_duration(&t),
+    }
+    .map_err(serde::de::Error::custom)
+}
+
+/// The steps that fit in a time budget: `done` steps taken and `elapsed` seconds spent (all
+/// sessions, evaluations included), `step_s` seconds a step and `eval_s` an evaluation, whose
+/// interval `interval(steps)` follows the steps, and `end_s` for the final exact evaluation and
+/// sample. The remaining time goes to steps and the evaluations among them; at least `done + 1`.
+pub fn budget_steps(
+    budget: f64,
+    elapsed: f64,
+    done: usize,
+    step_s: f64,
+    eval_s: f64,
+    end_s: f64,
+    interval: &dyn Fn(usize) -> usize,
+) -> usize {
+    let left = budget - elapsed - end_s;
+    if left <= 0.0 || step_s <= 0.0 {
+        return done + 1;
+    }
+    // The evaluations depend on the steps and the steps on the time the evaluations leave: a
+    // few rounds settle it (the count of evaluations changes by at most one or two).
+    let mut steps = done + (left / step_s) as usize;
+    for _ in 0..4 {
+        let every = interval(steps.max(1)).max(1);
+        let evals = (steps / every).saturating_sub(done / every) + 1;
+        let for_steps = left - evals as f64 * eval_s;
+        steps = done + (for_steps.max(0.0) / step_s) as usize;
+    }
+    steps.max(done + 1)
 }
 
 fn default_decay_fraction() -> f32 {
@@ -325,7 +444,16 @@ impl TrainConfig {
             muon_lr: default_muon_lr(),
             muon_momentum: default_muon_momentum(),
             muon_weight_decay: 0.0,
+            time_budget: 0.0,
+            budget_fixed_at: None,
         }
+    }
+
+    /// Steps timed before a time budget is turned into steps: enough for a steady pace, and
+    /// within the warm-up where there is one, whose learning rates do not depend on the steps (so
+    /// that the run is the one `--set steps=N` makes).
+    pub fn calibration_steps(&self) -> usize {
+        self.warmup_steps.clamp(3, 20)
     }
 
     /// The steps between two evaluations: `eval_interval`, or when that is 0,
@@ -377,6 +505,9 @@ impl TrainConfig {
         }
         if !(self.muon_weight_decay.is_finite() && self.muon_weight_decay >= 0.0) {
             return bad("muon_weight_decay must be zero or positive");
+        }
+        if !(self.time_budget.is_finite() && self.time_budget >= 0.0) {
+            return bad("time_budget must be a duration such as 20m, or 0 for none");
         }
         crate::limits::check_fields(self)
             .map_err(|(key, message)| ConfigError::OutOfRange { key, message })?;
@@ -550,12 +681,16 @@ pub fn presets() -> Vec<Preset> {
         // About 20 evaluations of 10 batches each: 7% of the run's time.
         eval_interval: 0,
         eval_iters: 10,
+        // Five minutes on any machine: the steps are set from the machine's pace as it goes;
+        // 1900 is the first guess (about five minutes of 2 Zen 4 cores).
+        time_budget: 300.0,
         ..nanogpt_train
     };
     // `fast`'s training: `default`'s AdamW settings for the embeddings and gains, Muon on the
     // blocks' matrices, the wsd schedule, an evaluation every 250 steps, and bf16 products where
     // the CPU has them.
     let modern_train = TrainConfig {
+        time_budget: 0.0,
         lr_schedule: LrSchedule::Wsd,
         optimizer: OptimizerKind::Muon,
         muon_lr: 0.02,
@@ -632,13 +767,13 @@ pub fn presets() -> Vec<Preset> {
         },
         Preset {
             name: DEFAULT_PRESET,
-            description: "the best model for 5 to 11 minutes of a 2-core CPU (AVX-512 to AVX2)",
+            description: "the best model for 5 minutes of a 2-core CPU: 4 x 192, its steps set by the machine's pace",
             model: default_model.clone(),
             train: default_train.clone(),
         },
         Preset {
             name: "fast",
-            description: "every modern idea (`ladder --modern`) at 6 x 256, dropout 0.1: 17-19 min on 2 Zen 5 cores",
+            description: "every modern idea (`ladder --modern`) at 6 x 256, dropout 0.1, for 20 minutes (4200 steps on 2 Zen 5 cores)",
             // Every modern idea at 6 x 256 (block 128, B16), 4200 steps: they fit in 20 minutes of
             // 2 Zen 5 cores in bf16 at the machine's slower pace too (0.27 s a step with the
             // evaluations; 0.24 at its faster one), since Newton-Schulz runs in bf16. From a fresh
@@ -651,12 +786,13 @@ pub fn presets() -> Vec<Preset> {
             train: TrainConfig {
                 steps: 4200,
                 warmup_steps: 210,
+                time_budget: 1200.0,
                 ..modern_train.clone()
             },
         },
         Preset {
             name: "best-1h",
-            description: "every modern idea at 6 x 256, block 256, Muon weight decay: 40-49 min on 2 Zen 5 cores",
+            description: "every modern idea at 6 x 256, block 256, Muon weight decay, for an hour",
             // `fast`'s model for an hour needs two changes (`chargpt sweep`, exact val):
             // - Block 256 at batch 8 (the same characters a step): at 4200 steps 1.4548 against
             //   1.4679 at block 128. A character later in a window sees more text before it, and
@@ -674,6 +810,7 @@ pub fn presets() -> Vec<Preset> {
                 steps: 11000,
                 warmup_steps: 210,
                 muon_weight_decay: 0.05,
+                time_budget: 3600.0,
                 ..modern_train
             },
         },
@@ -727,6 +864,13 @@ pub fn auto_eval_interval(steps: usize, eval_iters: usize) -> usize {
 pub fn derive_settings(base: &TrainConfig, train: &mut TrainConfig, given: &[&str]) -> Vec<String> {
     let set = |k: &str| given.contains(&k);
     let mut notes = Vec::new();
+    if set("steps") && !set("time_budget") && base.time_budget > 0.0 {
+        notes.push(format!(
+            "time_budget {} -> none: the {} steps you set decide the run's length (set time_budget to train for a time)",
+            duration_text(base.time_budget),
+            train.steps
+        ));
+    }
     if set("steps") && !set("warmup_steps") && base.steps > 0 && train.steps != base.steps {
         let scaled =
             (base.warmup_steps as f64 * train.steps as f64 / base.steps as f64).round() as usize;
@@ -907,7 +1051,22 @@ pub fn apply_to_configs(
             reason: "the vocabulary comes from the data".into(),
         });
     }
+    if key == "budget_fixed_at" {
+        return Err(ConfigError::InvalidValue {
+            key: key.into(),
+            value: value.into(),
+            reason: "a run records it; set time_budget or steps".into(),
+        });
+    }
     if apply_override(model, key, value)? || apply_override(train, key, value)? {
+        // A number of steps asked for is the run's length: no budget decides it then (set
+        // time_budget after steps to have both, the steps as a first guess).
+        if key == "steps" {
+            train.time_budget = 0.0;
+        }
+        if key == "time_budget" {
+            train.budget_fixed_at = None;
+        }
         return Ok(());
     }
     Err(ConfigError::UnknownKey {
@@ -1180,6 +1339,70 @@ mod tests {
     }
 
     #[test]
+    fn durations_read_as_seconds_and_print_back() {
+        for (text, seconds) in [
+            ("90", 90.0),
+            ("90s", 90.0),
+            ("20m", 1200.0),
+            ("1h", 3600.0),
+            ("1h30m", 5400.0),
+            ("1.5h", 5400.0),
+            ("2m30s", 150.0),
+            ("0", 0.0),
+            ("none", 0.0),
+        ] {
+            assert_eq!(parse_duration(text), Ok(seconds), "{text}");
+        }
+        for bad in ["", "m", "20x", "1h30", "-5m", "fast"] {
+            let e = parse_duration(bad).unwrap_err();
+            assert!(e.contains("write e.g. 90s, 20m, 1h or 1h30m"), "{bad}: {e}");
+        }
+        assert_eq!(duration_text(1200.0), "20m");
+        assert_eq!(duration_text(5400.0), "1h30m");
+        assert_eq!(duration_text(45.0), "45s");
+        assert_eq!(duration_text(0.0), "0s");
+    }
+
+    #[test]
+    fn a_budget_is_a_setting_that_steps_turn_off() {
+        let p = preset("fast").unwrap();
+        let (mut m, mut t) = (p.model, p.train);
+        assert_eq!(t.time_budget, 1200.0);
+        apply_to_configs(&mut m, &mut t, "time_budget", "1h").unwrap();
+        assert_eq!(t.time_budget, 3600.0);
+        apply_to_configs(&mut m, &mut t, "steps", "500").unwrap();
+        assert_eq!((t.steps, t.time_budget), (500, 0.0));
+        // Set after the steps, the budget decides and the steps are its first guess.
+        apply_to_configs(&mut m, &mut t, "time_budget", "90s").unwrap();
+        assert_eq!((t.steps, t.time_budget), (500, 90.0));
+        let e = apply_to_configs(&mut m, &mut t, "time_budget", "soon").unwrap_err();
+        assert!(e.to_string().contains("write e.g. 90s"), "{e}");
+        assert!(apply_to_configs(&mut m, &mut t, "budget_fixed_at", "3").is_err());
+        // The record survives config.json: a number of seconds, and the step it was fixed at.
+        t.budget_fixed_at = Some(20);
+        let back: TrainConfig = serde_json::from_str(&serde_json::to_string(&t).unwrap()).unwrap();
+        assert_eq!((back.time_budget, back.budget_fixed_at), (90.0, Some(20)));
+        // A checkpoint from before budgets has none.
+        let mut old = serde_json::to_value(preset("nanogpt-cpu").unwrap().train).unwrap();
+        old.as_object_mut().unwrap().remove("time_budget");
+        let old: TrainConfig = serde_json::from_value(old).unwrap();
+        assert_eq!((old.time_budget, old.budget_fixed_at), (0.0, None));
+    }
+
+    #[test]
+    fn a_budget_buys_the_steps_that_fit_with_their_evaluations() {
+        // 100 s left after 10 s and a 5 s end: 85 s; steps of 0.1 s and an evaluation of 1 s
+        // every 100 steps: n steps cost 0.1 n + (n / 100 - 0 + 1) s = 85 -> n = 770.
+        let every = |_: usize| 100;
+        let n = budget_steps(100.0, 10.0, 20, 0.1, 1.0, 5.0, &every);
+        assert!((760..=790).contains(&n), "{n}");
+        let spent = 10.0 + (n - 20) as f64 * 0.1 + (n / 100 + 1) as f64 * 1.0 + 5.0;
+        assert!(spent <= 100.0 + 0.2, "{spent}");
+        // No time left: one more step.
+        assert_eq!(budget_steps(10.0, 12.0, 7, 0.1, 1.0, 1.0, &every), 8);
+    }
+
+    #[test]
     fn companions_of_a_changed_setting_follow_it_unless_given() {
         let base = preset(DEFAULT_PRESET).unwrap().train;
         let mut t = base.clone();
@@ -1188,9 +1411,13 @@ mod tests {
         let notes = derive_settings(&base, &mut t, &["steps", "learning_rate"]);
         assert_eq!(t.warmup_steps, 11, "100 of 1900 is 11 of 200");
         assert!((t.min_lr - 3e-5).abs() < 1e-9, "{}", t.min_lr);
-        assert_eq!(notes.len(), 2, "{notes:?}");
-        assert!(notes[0].starts_with("warmup_steps 100 -> 11"), "{notes:?}");
-        assert!(notes[1].starts_with("min_lr 2e-4 -> 3e-5: "), "{notes:?}");
+        assert_eq!(notes.len(), 3, "{notes:?}");
+        assert!(
+            notes[0].starts_with("time_budget 5m -> none: the 200 steps you set"),
+            "{notes:?}"
+        );
+        assert!(notes[1].starts_with("warmup_steps 100 -> 11"), "{notes:?}");
+        assert!(notes[2].starts_with("min_lr 2e-4 -> 3e-5: "), "{notes:?}");
         // A checkpoint's explicit interval goes back to automatic when steps change.
         let old = TrainConfig {
             eval_interval: 500,

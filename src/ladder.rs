@@ -180,6 +180,9 @@ pub fn with_steps(train: &TrainConfig, steps: usize) -> TrainConfig {
         } else {
             interval.clamp(1, steps.max(1))
         },
+        // Steps asked for decide the length: no time budget.
+        time_budget: 0.0,
+        budget_fixed_at: None,
         ..train.clone()
     }
 }

@@ -139,6 +139,12 @@ pub const SETTINGS: &[Limit] = &[
         why: "0.05 is best-1h's",
     },
     Limit {
+        key: "time_budget",
+        min: 0.0,
+        max: 604_800.0,
+        why: "a week, in seconds (or 90s, 20m, 1h30m); a longer run resumes",
+    },
+    Limit {
         key: "grad_clip",
         min: 0.0,
         max: f64::INFINITY,

@@ -111,7 +111,8 @@ fn run_async(browser: &Browser, body: &str) -> Value {
         "return (async () => {{ try {{ return {{ ok: await (async () => {{ {body} }})() }}; }} catch (e) {{ return {{ error: String(e.message ?? e) }}; }} }})()"
     ));
     if let Some(error) = value.get("error") {
-        panic!("in the page: {error} (running {body})");
+        let shown: String = body.chars().take(300).collect();
+        panic!("in the page: {error} (running {shown}...)");
     }
     value["ok"].clone()
 }

@@ -1092,3 +1092,38 @@ fn without_the_mpi_feature_mpirun_gets_a_one_line_refusal() {
     assert!(!output.status.success());
     assert!(output.stderr.is_empty());
 }
+
+/// `--time` trains for a duration: the steps are set from the pace after the first few, the run
+/// ends inside the budget (its final exact evaluation included), and config.json records the
+/// budget and the steps; a duration that is not one is a one-line error.
+#[test]
+fn train_for_a_time_budget() {
+    let dir = workspace();
+    let t0 = std::time::Instant::now();
+    let args = train_args(&["--data", "small.txt", "--out", "timed", "--time", "3s"]);
+    let out = chargpt(dir.path()).args(&args).assert().success();
+    let seconds = t0.elapsed().as_secs_f64();
+    let stdout = String::from_utf8_lossy(&out.get_output().stdout).to_string();
+    assert!(stdout.contains("time budget 3s: "), "{stdout}");
+    // (The process's start and the final sample are outside the run's own clock; a slack for a
+    // machine busy with other tests.)
+    assert!(seconds < 3.0 + 2.0, "{seconds} s for --time 3s");
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("timed/config.json")).unwrap())
+            .unwrap();
+    let train = &config["train"];
+    assert_eq!(train["time_budget"], 3.0, "{train}");
+    // The layernorm rung has no warm-up: its steps are set after 3 timed steps.
+    assert_eq!(train["budget_fixed_at"], 3, "{train}");
+    assert!(
+        train["steps"].as_u64().unwrap() > 10,
+        "--time wins over --set steps=10: {train}"
+    );
+    assert_eq!(config["step"], train["steps"]);
+    let shown = common::fails(
+        dir.path(),
+        &["train", "--time", "soon", "--out", "never"],
+        "write e.g. 90s, 20m, 1h or 1h30m",
+    );
+    assert!(shown.starts_with("error: --time soon: "), "{shown}");
+}

@@ -361,3 +361,84 @@ fn a_run_saved_in_memory_resumes_exactly_from_its_bytes() {
     assert_eq!(from_disk_losses, straight_losses[30..]);
     assert_eq!(end.step, 60);
 }
+
+/// A run with a time budget turns it into steps after timing its first steps (inside the
+/// warm-up), records them, ends inside its budget, resumes exactly, and is repeated bit for
+/// bit by a run set to those steps.
+#[test]
+fn a_budgeted_run_records_its_steps_resumes_exactly_and_repeats_with_them() {
+    use chargpt::runs::{resume_in_memory, SavedFiles, Wording};
+    let text = &TINY_SHAKESPEARE[..100_000];
+    let info = || data_info("test", text);
+    let wording = Wording {
+        change_setting: "",
+        keep_shape: "",
+        another_out: "",
+        existing: "",
+        nothing_to_resume: "",
+        give_text: "",
+    };
+    let budgeted = |seconds: f64| {
+        let mut run = tiny_run(text);
+        run.trainer.config.time_budget = seconds;
+        run.trainer.config.eval_interval = 0;
+        run
+    };
+    let in_memory = |run: &mut Run, stop_at: Option<usize>| {
+        let options = RunOptions {
+            stop_at,
+            save_in_memory: true,
+            exact_eval: true,
+            ..RunOptions::default()
+        };
+        let (mut losses, mut saved) = (Vec::new(), None::<SavedFiles>);
+        let t0 = std::time::Instant::now();
+        let outcome = run_training(run, &options, &mut |event| match event {
+            RunEvent::Step { stats, .. } => losses.push(stats.loss),
+            RunEvent::Saved(files) => saved = Some(files.clone()),
+            _ => {}
+        })
+        .unwrap();
+        (
+            losses,
+            saved.expect("saved"),
+            outcome,
+            t0.elapsed().as_secs_f64(),
+        )
+    };
+    // Uninterrupted, it ends inside its 3 seconds, the final exact evaluation included (with
+    // room for a machine busy with other tests), its steps set at step 10: the end of the
+    // warm-up, within which the learning rate does not depend on the steps.
+    let mut whole = budgeted(3.0);
+    let (_, files, outcome, seconds) = in_memory(&mut whole, None);
+    let train = &whole.trainer.config;
+    assert_eq!(train.budget_fixed_at, Some(10));
+    assert!(!outcome.interrupted && outcome.steps_done == train.steps);
+    assert!(train.steps > 20, "{} steps in 3 s", train.steps);
+    assert!(seconds < 3.0 + 1.5, "{seconds} s for a 3 s budget");
+    let recorded = checkpoint::parse_config(&files.config, "config.json").unwrap();
+    assert_eq!(recorded.train.budget_fixed_at, Some(10));
+    assert_eq!(recorded.train.steps, train.steps);
+
+    // An hour's budget, stopped at step 30 (its steps set at 10), resumed to step 60: it goes
+    // on with the recorded steps, and a run set to those steps without a budget takes the same
+    // 60 steps bit for bit (the same learning rates: the schedule is the steps').
+    let mut first = budgeted(3600.0);
+    let (mut losses, files, _, _) = in_memory(&mut first, Some(30));
+    let steps = first.trainer.config.steps;
+    assert_eq!(first.trainer.config.budget_fixed_at, Some(10));
+    let mut resumed = resume_in_memory("tiny", &files, &[], text, info(), &wording, &mut |w| {
+        panic!("{w}")
+    })
+    .unwrap();
+    assert_eq!(resumed.trainer.config.steps, steps);
+    let (more, _, _, _) = in_memory(&mut resumed, Some(60));
+    losses.extend(more);
+    assert_eq!(losses.len(), 60);
+    let mut repeat = tiny_run(text);
+    repeat.trainer.config.steps = steps;
+    repeat.trainer.config.eval_interval = 0;
+    let (again, _, _, _) = in_memory(&mut repeat, Some(60));
+    assert_eq!(losses, again);
+    assert_eq!(resumed.trainer.model.params, repeat.trainer.model.params);
+}

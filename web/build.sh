@@ -28,10 +28,11 @@ fi
 # which every browser of the last few years runs.
 RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+simd128" \
     cargo build --release -p chargpt-web --target wasm32-unknown-unknown
+target_dir=${CARGO_TARGET_DIR:-target}
 rm -rf "$dist"
 mkdir -p "$dist/pkg" "$dist/source"
 wasm-bindgen --target web --no-typescript --out-dir "$dist/pkg" \
-    target/wasm32-unknown-unknown/release/chargpt_web.wasm
+    "$target_dir/wasm32-unknown-unknown/release/chargpt_web.wasm"
 
 cp -r assets/web/. "$dist/"
 # The same page as `chargpt serve`'s; this line tells api.js to run the engine in the tab.

@@ -56,6 +56,11 @@ pub struct TrainArgs {
     /// Override a setting, e.g. --set n_layer=4 --set learning_rate=3e-4 (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     overrides: Vec<String>,
+    /// Train for this long: 90s, 20m, 1h, 1h30m (the setting time_budget). The steps are set
+    /// from the machine's pace after the first few, the schedule follows them, and the final
+    /// evaluation and checkpoint fit inside. It wins over --set steps.
+    #[arg(long, value_name = "DURATION")]
+    time: Option<String>,
     /// Continue the run saved in --out exactly where it stopped.
     #[arg(long, conflicts_with = "init_from")]
     resume: bool,
@@ -139,6 +144,14 @@ fn gather_settings(args: &TrainArgs) -> Result<Settings> {
             origin: SettingOrigin::Flag("--seed".into()),
             key: "seed".into(),
             value: seed.to_string(),
+        });
+    }
+    // Last, so that the budget decides the length whatever steps the settings give.
+    if let Some(time) = &args.time {
+        list.push(Setting {
+            origin: SettingOrigin::Flag("--time".into()),
+            key: "time_budget".into(),
+            value: time.clone(),
         });
     }
     Ok(Settings {
@@ -303,14 +316,14 @@ pub fn run(args: TrainArgs, group: Group) -> Result<ExitCode> {
         );
     } else {
         say!(
-            "training {} ({} parameters: {} layers, {} heads, n_embd {}, block {}) for {} steps of {}x{} characters; checkpoints in {}",
+            "training {} ({} parameters: {} layers, {} heads, n_embd {}, block {}) for {} of {}x{} characters; checkpoints in {}",
             name,
             thousands(run.trainer.model.num_params()),
             model_cfg.n_layer,
             model_cfg.n_head,
             model_cfg.n_embd,
             model_cfg.block_size,
-            train_cfg.steps,
+            length(&train_cfg),
             train_cfg.batch_size,
             model_cfg.block_size,
             out.display()
@@ -442,7 +455,41 @@ pub fn run(args: TrainArgs, group: Group) -> Result<ExitCode> {
             );
         }
     }
+    report_budget(&run.trainer.config);
     report(&outcome, &out)
+}
+
+/// How long a run trains: its steps, or its time budget (whose steps the pace will set).
+fn length(train: &config::TrainConfig) -> String {
+    if train.time_budget > 0.0 && train.budget_fixed_at.is_none() {
+        format!(
+            "{} (its steps set from this machine's pace after the first {})",
+            config::duration_text(train.time_budget),
+            train.calibration_steps()
+        )
+    } else {
+        format!("{} steps", thousands(train.steps))
+    }
+}
+
+/// A budgeted run: the steps its budget became, and where its schedule's decay began.
+fn report_budget(train: &config::TrainConfig) {
+    let Some(at) = train.budget_fixed_at else {
+        return;
+    };
+    let decay = match train.lr_schedule {
+        config::LrSchedule::Wsd => format!(
+            "; the learning rate decayed from step {}",
+            chargpt::optimizer::wsd_decay(train).0
+        ),
+        _ => String::new(),
+    };
+    say!(
+        "time budget {}: {} steps, set at step {at} from the pace measured{decay} (`--set steps={}` repeats the schedule)",
+        config::duration_text(train.time_budget),
+        train.steps,
+        train.steps
+    );
 }
 
 /// Which part of the text each split is, so that a val loss on a small text can be read.

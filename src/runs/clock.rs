@@ -42,6 +42,11 @@ impl Clock {
         self.eval_s += seconds;
     }
 
+    /// The mean seconds of an evaluation this session, once one is measured.
+    pub(super) fn eval_mean_s(&self) -> Option<f64> {
+        (self.evals > 0).then(|| self.eval_s / self.evals as f64)
+    }
+
     /// Seconds per training step, measured on training steps only.
     pub(super) fn step_s(&self) -> f64 {
         self.pace_s

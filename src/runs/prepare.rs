@@ -116,6 +116,7 @@ pub fn apply_settings(
     for Setting { origin, key, value } in settings {
         config::apply_to_configs(model, train, key, value).map_err(|e| {
             let message = match origin {
+                SettingOrigin::Flag(flag) if flag == "--time" => format!("--time {value}: {e}"),
                 SettingOrigin::Flag(flag) => format!("{flag} {key}={value}: {e}"),
                 SettingOrigin::File(file) => format!("{file}: {e}"),
                 SettingOrigin::Field => format!("{key}={value}: {e}"),

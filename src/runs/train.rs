@@ -190,7 +190,14 @@ pub struct Session {
     /// When the step being taken began.
     step_began: Instant,
     interrupted: bool,
+    /// With a time budget not yet turned into steps: the step after which it is
+    /// ([`Session::fix_steps`]).
+    calibrate_at: Option<usize>,
 }
+
+/// The most steps a run may have ([`crate::limits::SETTINGS`]), which a long budget on a small
+/// model would pass.
+const MAX_STEPS: usize = 10_000_000;
 
 impl Session {
     /// Starts the loop: the records of `options.out` rewritten to the run's, and the evaluation
@@ -231,8 +238,18 @@ impl Session {
             window: (0, 0.0),
             step_began: start,
             interrupted: false,
+            calibrate_at: None,
             options,
         };
+        let train = &mut run.trainer.config;
+        if train.time_budget > 0.0 && train.budget_fixed_at.is_none() {
+            // `steps` is a first guess until the pace is known; the run lasts past the timing.
+            let at = run.trainer.step + train.calibration_steps();
+            train.steps = train.steps.max(at + 1);
+            session.steps = train.steps;
+            session.eval_interval = train.eval_every();
+            session.calibrate_at = Some(at);
+        }
         run.step_rows.reserve(session.rows_ahead(run.trainer.step));
         if run.trainer.step == 0 {
             let lr = learning_rate(&run.trainer.config, 0);
@@ -264,6 +281,12 @@ impl Session {
         run: &mut Run,
         on_event: &mut dyn FnMut(RunEvent<'_>),
     ) -> Result<Due, RunError> {
+        if !self.interrupted && run.trainer.step < self.steps && self.out_of_time(run) {
+            // The machine slowed down after the budget was turned into steps: the run ends
+            // here, inside its budget, as if it had been set to this many steps.
+            self.steps = run.trainer.step;
+            run.trainer.config.steps = run.trainer.step;
+        }
         if !self.interrupted && run.trainer.step < self.steps {
             let at_limit = self.options.stop_at.is_some_and(|n| run.trainer.step >= n);
             if self.stop_requested(run) || at_limit {
@@ -291,7 +314,7 @@ impl Session {
         self.clock.step(dt);
         self.window.0 += 1;
         self.window.1 += dt;
-        let (done, steps) = (run.trainer.step, self.steps);
+        let done = run.trainer.step;
         let row = StepRow {
             step: done,
             loss: stats.loss,
@@ -303,14 +326,24 @@ impl Session {
         if let Some(file) = &mut self.steps_file {
             file.write(&row)?;
         }
+        if self.calibrate_at.is_some_and(|at| done >= at) {
+            self.fix_steps(run);
+        }
+        let steps = self.steps;
         let evals_left = evaluations_after(done, steps, self.eval_interval);
         debug_assert!(evals_left >= usize::from(done == steps));
         let exact = self.options.exact_eval.then_some(self.exact_share);
+        let budget = run.trainer.config.time_budget;
+        let eta_s = if budget > 0.0 {
+            (budget - self.elapsed(run)).max(0.0)
+        } else {
+            self.clock.eta_s(steps - done, evals_left, exact)
+        };
         on_event(RunEvent::Step {
             stats,
             steps,
             tokens_per_s: self.clock.tokens_per_s(self.tokens_per_step),
-            eta_s: self.clock.eta_s(steps - done, evals_left, exact),
+            eta_s,
         });
         if done.is_multiple_of(self.eval_interval) || done == steps {
             if let Some(file) = &mut self.steps_file {
@@ -322,6 +355,71 @@ impl Session {
             run.step_rows.reserve(self.rows_ahead(done));
         }
         Ok(())
+    }
+
+    /// Seconds of the run so far, all sessions.
+    fn elapsed(&self, run: &Run) -> f64 {
+        run.elapsed_before_s + self.start.elapsed().as_secs_f64()
+    }
+
+    /// The time still to spend after the last step: the final exact evaluation (at the measured
+    /// pace of an estimate), the final sample and saves, and a margin of 1% of the budget.
+    fn end_s(&self, run: &Run, eval_s: f64) -> f64 {
+        let exact = if self.options.exact_eval {
+            self.exact_share * eval_s
+        } else {
+            0.0
+        };
+        exact + 1.0 + 0.01 * run.trainer.config.time_budget
+    }
+
+    /// An evaluation's seconds: measured, or before one is, its forward passes at a third of
+    /// a training step's time per batch.
+    fn eval_s(&self, run: &Run) -> f64 {
+        self.clock.eval_mean_s().unwrap_or_else(|| {
+            2.0 * run.trainer.config.eval_iters as f64 * self.clock.step_s() / 3.0
+        })
+    }
+
+    /// Turns the time budget into steps at the measured pace ([`budget_steps`]): the run's
+    /// `steps` from here on, recorded with the step at which they were set.
+    ///
+    /// [`budget_steps`]: crate::config::budget_steps
+    fn fix_steps(&mut self, run: &mut Run) {
+        let done = run.trainer.step;
+        let eval_s = self.eval_s(run);
+        let train = run.trainer.config.clone();
+        let steps = crate::config::budget_steps(
+            train.time_budget,
+            self.elapsed(run),
+            done,
+            self.clock.step_s(),
+            eval_s,
+            self.end_s(run, eval_s),
+            &|steps| {
+                crate::config::TrainConfig {
+                    steps,
+                    ..train.clone()
+                }
+                .eval_every()
+            },
+        )
+        .min(MAX_STEPS);
+        run.trainer.config.steps = steps;
+        run.trainer.config.budget_fixed_at = Some(done);
+        self.steps = steps;
+        self.eval_interval = run.trainer.config.eval_every();
+        self.calibrate_at = None;
+    }
+
+    /// Whether a run with a budget turned into steps has no time left for another step.
+    fn out_of_time(&self, run: &Run) -> bool {
+        let train = &run.trainer.config;
+        if train.time_budget <= 0.0 || train.budget_fixed_at.is_none() {
+            return false;
+        }
+        let left = train.time_budget - self.elapsed(run) - self.end_s(run, self.eval_s(run));
+        left < self.clock.step_s()
     }
 
     /// An evaluation (see [`evaluate`]), timed for the ETA; a stop during it ends the run.
