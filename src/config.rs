@@ -449,11 +449,11 @@ impl TrainConfig {
         }
     }
 
-    /// Steps timed before a time budget is turned into steps: enough for a steady pace, and
-    /// within the warm-up where there is one, whose learning rates do not depend on the steps (so
-    /// that the run is the one `--set steps=N` makes).
+    /// Steps timed before a time budget is turned into steps: the warm-up (at least 3, at most
+    /// 200), whose learning rates do not depend on the steps (so that the run is the one
+    /// `--set steps=N` makes), and long enough to see a machine settle to its sustained pace.
     pub fn calibration_steps(&self) -> usize {
-        self.warmup_steps.clamp(3, 20)
+        self.warmup_steps.clamp(3, 200)
     }
 
     /// The steps between two evaluations: `eval_interval`, or when that is 0,
@@ -682,7 +682,11 @@ pub fn presets() -> Vec<Preset> {
         eval_interval: 0,
         eval_iters: 10,
         // Five minutes on any machine: the steps are set from the machine's pace as it goes;
-        // 1900 is the first guess (about five minutes of 2 Zen 4 cores).
+        // 1900 is the first guess (about five minutes of 2 Zen 4 cores). WSD rather than cosine:
+        // its flat learning rate lets the steps follow the machine's pace until the decay (a
+        // cosine run's are set once, after the warm-up). On 2 Zen 3 cores, 5 minutes: cosine
+        // 1.6733 (its steps set at step 20, then cut short as the machine slowed), WSD 1.6721.
+        lr_schedule: LrSchedule::Wsd,
         time_budget: 300.0,
         ..nanogpt_train
     };
@@ -767,7 +771,7 @@ pub fn presets() -> Vec<Preset> {
         },
         Preset {
             name: DEFAULT_PRESET,
-            description: "the best model for 5 minutes of a 2-core CPU: 4 x 192, its steps set by the machine's pace",
+            description: "the first command's model: 4 x 192, WSD, for 5 minutes, its steps set by the machine's pace",
             model: default_model.clone(),
             train: default_train.clone(),
         },

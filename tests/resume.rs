@@ -442,3 +442,55 @@ fn a_budgeted_run_records_its_steps_resumes_exactly_and_repeats_with_them() {
     assert_eq!(losses, again);
     assert_eq!(resumed.trainer.model.params, repeat.trainer.model.params);
 }
+
+/// A budgeted WSD run refits its steps to the machine's pace at each evaluation until its decay
+/// begins (its learning rate is flat until then), decays to the end inside its budget, and a run
+/// set to its recorded steps repeats it bit for bit.
+#[test]
+fn a_budgeted_wsd_run_follows_the_pace_until_its_decay() {
+    let text = &TINY_SHAKESPEARE[..100_000];
+    let wsd = |budget: f64, steps: usize| {
+        let mut run = tiny_run(text);
+        let train = &mut run.trainer.config;
+        train.lr_schedule = LrSchedule::Wsd;
+        train.eval_interval = 0;
+        train.steps = steps;
+        train.time_budget = budget;
+        run
+    };
+    let train_all = |run: &mut Run| {
+        let options = RunOptions {
+            exact_eval: true,
+            ..RunOptions::default()
+        };
+        let mut steps = Vec::new();
+        let t0 = std::time::Instant::now();
+        let outcome = run_training(run, &options, &mut |event| {
+            if let RunEvent::Step { stats, .. } = event {
+                steps.push((stats.loss, stats.lr));
+            }
+        })
+        .unwrap();
+        (steps, outcome, t0.elapsed().as_secs_f64())
+    };
+    let mut timed = wsd(3.0, 60);
+    let (steps, outcome, seconds) = train_all(&mut timed);
+    let train = timed.trainer.config.clone();
+    assert!(seconds < 3.0 + 1.5, "{seconds} s for a 3 s budget");
+    assert_eq!(outcome.steps_done, train.steps);
+    let fixed = train.budget_fixed_at.expect("steps set from the budget");
+    let (decay_start, _) = chargpt::optimizer::wsd_decay(&train);
+    assert!(
+        fixed >= 10 && fixed < decay_start,
+        "set at {fixed}, decay from {decay_start}"
+    );
+    // The decay ran to its end: the last step's learning rate is the floor.
+    let last_lr = steps.last().unwrap().1;
+    assert!(
+        (last_lr - train.min_lr).abs() < 0.02 * train.learning_rate,
+        "{last_lr}"
+    );
+    let mut repeat = wsd(0.0, train.steps);
+    let (again, _, _) = train_all(&mut repeat);
+    assert_eq!(steps, again, "the run set to its {} steps", train.steps);
+}

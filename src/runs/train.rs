@@ -326,7 +326,13 @@ impl Session {
         if let Some(file) = &mut self.steps_file {
             file.write(&row)?;
         }
+        // (Before a budget changes the steps and with them the interval.)
+        let at_interval = done.is_multiple_of(self.eval_interval);
         if self.calibrate_at.is_some_and(|at| done >= at) {
+            self.fix_steps(run);
+        } else if self.refits(run) {
+            // A WSD run's learning rate is flat until its decay: its steps can follow the
+            // machine's pace until then without changing a step taken.
             self.fix_steps(run);
         }
         let steps = self.steps;
@@ -345,7 +351,7 @@ impl Session {
             tokens_per_s: self.clock.tokens_per_s(self.tokens_per_step),
             eta_s,
         });
-        if done.is_multiple_of(self.eval_interval) || done == steps {
+        if at_interval || done == steps {
             if let Some(file) = &mut self.steps_file {
                 file.flush()?;
             }
@@ -389,6 +395,7 @@ impl Session {
         let done = run.trainer.step;
         let eval_s = self.eval_s(run);
         let train = run.trainer.config.clone();
+        let before = (self.steps, run.trainer.config.budget_fixed_at);
         let steps = crate::config::budget_steps(
             train.time_budget,
             self.elapsed(run),
@@ -405,11 +412,27 @@ impl Session {
             },
         )
         .min(MAX_STEPS);
+        self.calibrate_at = None;
         run.trainer.config.steps = steps;
+        if before.1.is_some() && crate::optimizer::wsd_decay(&run.trainer.config).0 <= done {
+            // Refitted so late that the decay would have begun already: keep the plan.
+            (run.trainer.config.steps, run.trainer.config.budget_fixed_at) = before;
+            return;
+        }
         run.trainer.config.budget_fixed_at = Some(done);
         self.steps = steps;
         self.eval_interval = run.trainer.config.eval_every();
-        self.calibrate_at = None;
+    }
+
+    /// Whether a budgeted WSD run refits its steps now: at an evaluation, before its decay.
+    fn refits(&self, run: &Run) -> bool {
+        let train = &run.trainer.config;
+        let done = run.trainer.step;
+        train.time_budget > 0.0
+            && train.lr_schedule == crate::config::LrSchedule::Wsd
+            && train.budget_fixed_at.is_some()
+            && done.is_multiple_of(self.eval_interval)
+            && done < crate::optimizer::wsd_decay(train).0
     }
 
     /// Whether a run with a budget turned into steps has no time left for another step.
