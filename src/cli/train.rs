@@ -485,10 +485,11 @@ fn report_budget(train: &config::TrainConfig) {
         _ => String::new(),
     };
     say!(
-        "time budget {}: {} steps, set at step {at} from the pace measured{decay} (`--set steps={}` repeats the schedule)",
+        "time budget {}: {} steps, set at step {at} from the pace measured{decay} (`--set steps={} --set warmup_steps={}` repeats the schedule)",
         config::duration_text(train.time_budget),
         train.steps,
-        train.steps
+        train.steps,
+        train.warmup_steps
     );
 }
 
