@@ -373,8 +373,10 @@ pub fn run(args: TrainArgs, group: Group) -> Result<ExitCode> {
 
     let mut plot_warning = false;
     let title = format!("{name}: loss");
+    // The run's length: a time budget sets it after the first steps.
+    let total_steps = std::cell::Cell::new(train_cfg.steps);
     let mut draw_plot = |run_metrics: &[MetricsRow], steps: &[StepRow], bar: &ProgressBar| {
-        if let Err(e) = loss_plot(&plot_path, &title, run_metrics, steps, train_cfg.steps) {
+        if let Err(e) = loss_plot(&plot_path, &title, run_metrics, steps, total_steps.get()) {
             if !plot_warning {
                 bar.suspend(|| note!("warning: {}", super::one_line(&e)));
                 plot_warning = true;
@@ -384,10 +386,12 @@ pub fn run(args: TrainArgs, group: Group) -> Result<ExitCode> {
     let result = run_training(&mut run, &options, &mut |event| match event {
         RunEvent::Step {
             stats,
+            steps,
             tokens_per_s,
             eta_s,
-            ..
         } => {
+            total_steps.set(steps);
+            bar.set_length(steps as u64);
             bar.set_position(stats.step as u64 + 1);
             bar.set_message(format!(
                 "loss {:.4}  lr {:.2e}  {}  ETA {}",
@@ -437,6 +441,7 @@ pub fn run(args: TrainArgs, group: Group) -> Result<ExitCode> {
     });
     bar.finish_and_clear();
     // The plot also shows the steps after the last evaluation (a run stopped by Ctrl-C).
+    total_steps.set(run.trainer.config.steps);
     draw_plot(&run.metrics, &run.step_rows, &bar);
     let outcome = match result {
         // The other ranks may be waiting for this one in the next step: end them too.
