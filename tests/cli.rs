@@ -1107,7 +1107,7 @@ fn train_for_a_time_budget() {
     assert!(stdout.contains("time budget 3s: "), "{stdout}");
     // (The process's start and the final sample are outside the run's own clock; a slack for a
     // machine busy with other tests.)
-    assert!(seconds < 3.0 + 2.0, "{seconds} s for --time 3s");
+    assert!(seconds < 3.0 + 3.0, "{seconds} s for --time 3s");
     let config: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.path().join("timed/config.json")).unwrap())
             .unwrap();
@@ -1119,7 +1119,11 @@ fn train_for_a_time_budget() {
         train["steps"].as_u64().unwrap() > 10,
         "--time wins over --set steps=10: {train}"
     );
-    assert_eq!(config["step"], train["steps"]);
+    // (At most: a machine that slows after the steps are set ends the run early.)
+    assert!(
+        config["step"].as_u64() <= train["steps"].as_u64(),
+        "{config}"
+    );
     let shown = common::fails(
         dir.path(),
         &["train", "--time", "soon", "--out", "never"],

@@ -413,7 +413,9 @@ fn a_budgeted_run_records_its_steps_resumes_exactly_and_repeats_with_them() {
     let (_, files, outcome, seconds) = in_memory(&mut whole, None);
     let train = &whole.trainer.config;
     assert_eq!(train.budget_fixed_at, Some(10));
-    assert!(!outcome.interrupted && outcome.steps_done == train.steps);
+    // (A machine that slows down after the steps are set ends the run early, its steps as
+    // planned.)
+    assert!(!outcome.interrupted && outcome.steps_done <= train.steps);
     assert!(train.steps > 20, "{} steps in 3 s", train.steps);
     assert!(seconds < 3.0 + 1.5, "{seconds} s for a 3 s budget");
     let recorded = checkpoint::parse_config(&files.config, "config.json").unwrap();
@@ -458,9 +460,10 @@ fn a_budgeted_wsd_run_follows_the_pace_until_its_decay() {
         train.time_budget = budget;
         run
     };
-    let train_all = |run: &mut Run| {
+    let train_all = |run: &mut Run, stop_at: Option<usize>| {
         let options = RunOptions {
             exact_eval: true,
+            stop_at,
             ..RunOptions::default()
         };
         let mut steps = Vec::new();
@@ -474,23 +477,30 @@ fn a_budgeted_wsd_run_follows_the_pace_until_its_decay() {
         (steps, outcome, t0.elapsed().as_secs_f64())
     };
     let mut timed = wsd(3.0, 60);
-    let (steps, outcome, seconds) = train_all(&mut timed);
+    let (steps, outcome, seconds) = train_all(&mut timed, None);
     let train = timed.trainer.config.clone();
     assert!(seconds < 3.0 + 1.5, "{seconds} s for a 3 s budget");
-    assert_eq!(outcome.steps_done, train.steps);
     let fixed = train.budget_fixed_at.expect("steps set from the budget");
     let (decay_start, _) = chargpt::optimizer::wsd_decay(&train);
     assert!(
         fixed >= 10 && fixed < decay_start,
         "set at {fixed}, decay from {decay_start}"
     );
-    // The decay ran to its end: the last step's learning rate is the floor.
-    let last_lr = steps.last().unwrap().1;
-    assert!(
-        (last_lr - train.min_lr).abs() < 0.02 * train.learning_rate,
-        "{last_lr}"
-    );
+    assert!(!outcome.interrupted && outcome.steps_done <= train.steps);
+    if outcome.steps_done == train.steps {
+        // The decay ran to its end: the last step's learning rate is one decay step above the
+        // floor. (A machine much slower in the decay than before it, as under other tests, can
+        // cut it short.)
+        let (_, decay) = chargpt::optimizer::wsd_decay(&train);
+        let last_lr = steps.last().unwrap().1;
+        let one_step = (train.learning_rate - train.min_lr) / decay as f32;
+        assert!(
+            last_lr >= train.min_lr && last_lr <= train.min_lr + one_step * 1.001,
+            "{last_lr}: min_lr {} and {one_step} a step over {decay} steps",
+            train.min_lr
+        );
+    }
     let mut repeat = wsd(0.0, train.steps);
-    let (again, _, _) = train_all(&mut repeat);
+    let (again, _, _) = train_all(&mut repeat, Some(outcome.steps_done));
     assert_eq!(steps, again, "the run set to its {} steps", train.steps);
 }

@@ -460,7 +460,7 @@ pub fn run(args: TrainArgs, group: Group) -> Result<ExitCode> {
             );
         }
     }
-    report_budget(&run.trainer.config);
+    report_budget(&run.trainer.config, run.trainer.step, &out);
     report(&outcome, &out)
 }
 
@@ -478,7 +478,7 @@ fn length(train: &config::TrainConfig) -> String {
 }
 
 /// A budgeted run: the steps its budget became, and where its schedule's decay began.
-fn report_budget(train: &config::TrainConfig) {
+fn report_budget(train: &config::TrainConfig, done: usize, out: &Path) {
     let Some(at) = train.budget_fixed_at else {
         return;
     };
@@ -496,6 +496,13 @@ fn report_budget(train: &config::TrainConfig) {
         train.steps,
         train.warmup_steps
     );
+    if done < train.steps {
+        say!(
+            "the budget ran out at step {done} of {}: the machine slowed down after the steps were set; `chargpt train --out {} --resume --set time_budget=0` finishes them",
+            train.steps,
+            out.display()
+        );
+    }
 }
 
 /// Which part of the text each split is, so that a val loss on a small text can be read.

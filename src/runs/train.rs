@@ -283,9 +283,10 @@ impl Session {
     ) -> Result<Due, RunError> {
         if !self.interrupted && run.trainer.step < self.steps && self.out_of_time(run) {
             // The machine slowed down after the budget was turned into steps: the run ends
-            // here, inside its budget, as if it had been set to this many steps.
+            // here, inside its budget, with its final evaluation. Its steps stay as planned, so
+            // that the record still says what schedule each step had, and a resume with
+            // `time_budget=0` finishes them.
             self.steps = run.trainer.step;
-            run.trainer.config.steps = run.trainer.step;
         }
         if !self.interrupted && run.trainer.step < self.steps {
             let at_limit = self.options.stop_at.is_some_and(|n| run.trainer.step >= n);
