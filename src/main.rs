@@ -35,7 +35,7 @@ enum FrontEnd {
 fn parse() -> Result<cli::Parsed<serve::ServeArgs>, clap::Error> {
     let args = Args::try_parse()?;
     Ok(match args.command {
-        FrontEnd::Cli(command) => cli::Parsed::Command(args.threads, command),
+        FrontEnd::Cli(command) => cli::Parsed::Command(args.threads, Box::new(command)),
         FrontEnd::Serve(serve) => cli::Parsed::Other(args.threads, serve),
     })
 }

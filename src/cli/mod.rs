@@ -70,7 +70,8 @@ pub enum Command {
 /// What the binary parsed: `--threads` and a command of the command line, or another front
 /// end's (`T`), which runs outside the worker pool and never under mpirun.
 pub enum Parsed<T> {
-    Command(Option<usize>, Command),
+    /// (Boxed: `train`'s arguments make a command ten times the size of the server's.)
+    Command(Option<usize>, Box<Command>),
     Other(Option<usize>, T),
 }
 
@@ -161,11 +162,9 @@ fn run_in<T>(
     }
     if group.size() > 1
         && !matches!(
-            parsed,
-            Parsed::Command(
-                _,
-                Command::Train(_) | Command::Sweep(_) | Command::Ladder(_)
-            )
+            &parsed,
+            Parsed::Command(_, command)
+                if matches!(**command, Command::Train(_) | Command::Sweep(_) | Command::Ladder(_))
         )
     {
         return quiet_unless_root(
@@ -179,7 +178,7 @@ fn run_in<T>(
     // trainings share the cores instead of one waiting inside the other's fork-join).
     let command = match parsed {
         Parsed::Other(_, args) => return other(args, threads),
-        Parsed::Command(_, command) => command,
+        Parsed::Command(_, command) => *command,
     };
     // Ranks on one machine share its cores.
     let threads = threads.or_else(|| {
