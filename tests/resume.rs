@@ -296,36 +296,57 @@ fn the_command_line_resume_matches_a_straight_run() {
     assert_eq!(exact("straight"), exact("split"));
 }
 
+/// The "what to do" clauses of a refusal, which these tests never show.
+const QUIET: chargpt::runs::Wording = chargpt::runs::Wording {
+    change_setting: "",
+    keep_shape: "",
+    another_out: "",
+    existing: "",
+    nothing_to_resume: "",
+    give_text: "",
+};
+
+/// Trains `run` in memory to `stop_at` (or its end): every step's loss, the last checkpoint's
+/// bytes, the outcome and the seconds it took.
+fn train_in_memory(
+    run: &mut Run,
+    stop_at: Option<usize>,
+    exact_eval: bool,
+) -> (
+    Vec<f32>,
+    chargpt::runs::SavedFiles,
+    chargpt::runs::RunOutcome,
+    f64,
+) {
+    let options = RunOptions {
+        stop_at,
+        save_in_memory: true,
+        exact_eval,
+        ..RunOptions::default()
+    };
+    let (mut losses, mut saved) = (Vec::new(), None);
+    let t0 = std::time::Instant::now();
+    let outcome = run_training(run, &options, &mut |event| match event {
+        RunEvent::Step { stats, .. } => losses.push(stats.loss),
+        RunEvent::Saved(files) => saved = Some(files.clone()),
+        _ => {}
+    })
+    .unwrap();
+    let seconds = t0.elapsed().as_secs_f64();
+    (losses, saved.expect("saved"), outcome, seconds)
+}
+
 /// A run kept in memory (the page in a browser tab: no directory, its checkpoints handed over
 /// as the files' bytes) stops and resumes from those bytes exactly as a run directory does, and
 /// the bytes written out are a run directory that the command line resumes the same way.
 #[test]
 fn a_run_saved_in_memory_resumes_exactly_from_its_bytes() {
-    use chargpt::runs::{resume_in_memory, SavedFiles, Wording};
+    use chargpt::runs::resume_in_memory;
     let text = &TINY_SHAKESPEARE[..100_000];
     let info = || data_info("test", text);
-    let wording = Wording {
-        change_setting: "",
-        keep_shape: "",
-        another_out: "",
-        existing: "",
-        nothing_to_resume: "",
-        give_text: "",
-    };
-    let in_memory = |run: &mut Run, stop_at: Option<usize>| {
-        let options = RunOptions {
-            stop_at,
-            save_in_memory: true,
-            ..RunOptions::default()
-        };
-        let (mut losses, mut saved) = (Vec::new(), None::<SavedFiles>);
-        run_training(run, &options, &mut |event| match event {
-            RunEvent::Step { stats, .. } => losses.push(stats.loss),
-            RunEvent::Saved(files) => saved = Some(files.clone()),
-            _ => {}
-        })
-        .unwrap();
-        (losses, saved.expect("saved at the stop"))
+    let in_memory = |run: &mut Run, stop_at| {
+        let (losses, saved, _, _) = train_in_memory(run, stop_at, false);
+        (losses, saved)
     };
     let mut straight = tiny_run(text);
     let (straight_losses, _) = in_memory(&mut straight, None);
@@ -333,7 +354,7 @@ fn a_run_saved_in_memory_resumes_exactly_from_its_bytes() {
     let mut first = tiny_run(text);
     let (mut losses, files) = in_memory(&mut first, Some(30));
     assert_eq!(files.step, 30);
-    let mut resumed = resume_in_memory("tiny", &files, &[], text, info(), &wording, &mut |w| {
+    let mut resumed = resume_in_memory("tiny", &files, &[], text, info(), &QUIET, &mut |w| {
         panic!("{w}")
     })
     .unwrap();
@@ -367,45 +388,16 @@ fn a_run_saved_in_memory_resumes_exactly_from_its_bytes() {
 /// bit by a run set to those steps.
 #[test]
 fn a_budgeted_run_records_its_steps_resumes_exactly_and_repeats_with_them() {
-    use chargpt::runs::{resume_in_memory, SavedFiles, Wording};
+    use chargpt::runs::resume_in_memory;
     let text = &TINY_SHAKESPEARE[..100_000];
     let info = || data_info("test", text);
-    let wording = Wording {
-        change_setting: "",
-        keep_shape: "",
-        another_out: "",
-        existing: "",
-        nothing_to_resume: "",
-        give_text: "",
-    };
     let budgeted = |seconds: f64| {
         let mut run = tiny_run(text);
         run.trainer.config.time_budget = seconds;
         run.trainer.config.eval_interval = 0;
         run
     };
-    let in_memory = |run: &mut Run, stop_at: Option<usize>| {
-        let options = RunOptions {
-            stop_at,
-            save_in_memory: true,
-            exact_eval: true,
-            ..RunOptions::default()
-        };
-        let (mut losses, mut saved) = (Vec::new(), None::<SavedFiles>);
-        let t0 = std::time::Instant::now();
-        let outcome = run_training(run, &options, &mut |event| match event {
-            RunEvent::Step { stats, .. } => losses.push(stats.loss),
-            RunEvent::Saved(files) => saved = Some(files.clone()),
-            _ => {}
-        })
-        .unwrap();
-        (
-            losses,
-            saved.expect("saved"),
-            outcome,
-            t0.elapsed().as_secs_f64(),
-        )
-    };
+    let in_memory = |run: &mut Run, stop_at| train_in_memory(run, stop_at, true);
     // Uninterrupted, it ends inside its 3 seconds, the final exact evaluation included (with
     // room for a machine busy with other tests), its steps set at step 10: the end of the
     // warm-up, within which the learning rate does not depend on the steps.
@@ -429,7 +421,7 @@ fn a_budgeted_run_records_its_steps_resumes_exactly_and_repeats_with_them() {
     let (mut losses, files, _, _) = in_memory(&mut first, Some(30));
     let steps = first.trainer.config.steps;
     assert_eq!(first.trainer.config.budget_fixed_at, Some(10));
-    let mut resumed = resume_in_memory("tiny", &files, &[], text, info(), &wording, &mut |w| {
+    let mut resumed = resume_in_memory("tiny", &files, &[], text, info(), &QUIET, &mut |w| {
         panic!("{w}")
     })
     .unwrap();

@@ -551,14 +551,15 @@ pub fn forward_head_slices(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::config::preset;
     use crate::config::Activation;
     use crate::rng::Rng;
     use crate::training::evaluate_exact;
 
-    fn model(name: &str, seed: u64) -> Model {
+    /// A small model of preset `name` (vocabulary 11), for the tests here and of the probes.
+    pub(crate) fn model(name: &str, seed: u64) -> Model {
         let mut cfg = preset(name).unwrap().model;
         cfg.vocab_size = 11;
         if cfg.architecture == Architecture::Transformer {
@@ -570,7 +571,8 @@ mod tests {
         Model::new(cfg, seed)
     }
 
-    fn ids(n: usize, seed: u64) -> Vec<TokenId> {
+    /// `n` random ids of that vocabulary.
+    pub(crate) fn ids(n: usize, seed: u64) -> Vec<TokenId> {
         let mut rng = Rng::new(seed);
         (0..n).map(|_| rng.below(11) as TokenId).collect()
     }

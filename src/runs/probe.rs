@@ -249,28 +249,11 @@ pub fn keep_probes_through(path: &Path, last: Option<usize>) -> Result<(), Check
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::preset;
     use crate::inspect::{attention, next_char_logits, next_char_probs};
-    use crate::rng::Rng;
     use crate::runs::data_info;
     use crate::sampling::SampleSettings;
 
-    fn model(name: &str, seed: u64) -> Model {
-        let mut cfg = preset(name).unwrap().model;
-        cfg.vocab_size = 11;
-        if cfg.architecture == Architecture::Transformer {
-            cfg.block_size = 16;
-            cfg.n_embd = 16;
-            cfg.n_head = 4;
-            cfg.n_layer = 2;
-        }
-        Model::new(cfg, seed)
-    }
-
-    fn ids(n: usize, seed: u64) -> Vec<TokenId> {
-        let mut rng = Rng::new(seed);
-        (0..n).map(|_| rng.below(11) as TokenId).collect()
-    }
+    use crate::inspect::tests::{ids, model};
 
     #[test]
     fn base64_of_known_bytes() {
