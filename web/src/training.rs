@@ -103,6 +103,14 @@ fn settings(
     page::settings_from(map).map_err(refusal)
 }
 
+/// A `POST /api/runs` body, its run name checked, and its settings.
+fn start_request(request: &str) -> Result<(StartRequest, Vec<runs::Setting>), JsValue> {
+    let request: StartRequest = page::parse_request(request.as_bytes()).map_err(refusal)?;
+    page::check_name(&request.name).map_err(refusal)?;
+    let settings = settings(&request.settings)?;
+    Ok((request, settings))
+}
+
 fn preset_refusal(e: PrepareError) -> JsValue {
     let mut r = Refusal::from_prepare(e);
     if r.field.is_none() && r.message.starts_with("unknown preset") {
@@ -126,9 +134,7 @@ impl Training {
         text_name: Option<String>,
         shards: usize,
     ) -> Result<Training, JsValue> {
-        let request: StartRequest = page::parse_request(request.as_bytes()).map_err(refusal)?;
-        page::check_name(&request.name).map_err(refusal)?;
-        let settings = settings(&request.settings)?;
+        let (request, settings) = start_request(request)?;
         let configs = runs::new_configs(request.preset(), &settings).map_err(preset_refusal)?;
         let (text, source) = text_of(text, text_name);
         let info = data_info(&source, &text);
@@ -150,10 +156,8 @@ impl Training {
         text_name: Option<String>,
         shards: usize,
     ) -> Result<Training, JsValue> {
-        let request: StartRequest = page::parse_request(request.as_bytes()).map_err(refusal)?;
-        page::check_name(&request.name).map_err(refusal)?;
+        let (request, settings) = start_request(request)?;
         let unknown = request.unknown_chars().map_err(refusal)?;
-        let settings = settings(&request.settings)?;
         let ckpt = checkpoint::from_bytes(config, model)
             .map_err(|e| refusal(Refusal::conflict(page::one_line(&e))))?;
         let configs = runs::fine_tune_configs(&ckpt, request.preset.as_deref(), &settings, &TAB)
