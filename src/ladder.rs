@@ -498,13 +498,13 @@ mod tests {
         assert_eq!(Spread::of(&[2.0]).sd, 0.0);
     }
 
-    /// The README says `fast` and `best-1h` use every idea of `ladder --modern`: adding every
+    /// The README says `default`, `fast` and `best-1h` use every idea of `ladder --modern`: adding every
     /// modern rung's settings to them must change nothing. `config::modern` restates the rungs'
     /// model settings (config sits below the ladder), so a rung added to the ladder, or a preset
     /// edited, cannot leave the two apart.
     #[test]
     fn the_modern_presets_have_every_modern_rung() {
-        for name in ["fast", "best-1h"] {
+        for name in [config::DEFAULT_PRESET, "fast", "best-1h"] {
             let preset = config::preset(name).unwrap();
             let (mut model, mut train) = (preset.model.clone(), preset.train.clone());
             for rung in MODERN_RUNGS {
@@ -526,8 +526,8 @@ mod tests {
         let long = with_steps(&train, 10_000);
         assert_eq!((long.steps, long.eval_interval), (10_000, 1000));
         assert_eq!(long.learning_rate, train.learning_rate);
-        // The default preset's automatic interval must not become "every step".
-        let auto = config::preset(config::DEFAULT_PRESET).unwrap().train;
+        // An automatic interval (lecture-5m's) must not become "every step".
+        let auto = config::preset("lecture-5m").unwrap().train;
         assert_eq!(auto.eval_interval, 0);
         assert_eq!(with_steps(&auto, 1200).eval_interval, 0);
     }

@@ -76,6 +76,7 @@ fn presets_lists_every_preset_with_its_parameter_count() {
         "layernorm",
         "lecture",
         "nanogpt-cpu",
+        "lecture-5m",
         "default",
         "fast",
         "best-1h",
