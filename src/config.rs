@@ -811,7 +811,10 @@ pub fn presets() -> Vec<Preset> {
             // Newton-Schulz) dropout 0.1: 1.4573, 0.2: 1.4834; at 4600 steps, decay_fraction 0.2:
             // 1.4579 in 18 min 41 s, 0.35: 1.4539 in 20 min 53 s (the slower pace), too close to
             // 20 minutes. Earlier, at 4 x 192 on a Zen 3: muon_lr 0.02 (3200 steps: 1.4798) beat
-            // 0.04 (2950: 1.4935); block 128 beat 256.
+            // 0.04 (2950: 1.4935); block 128 beat 256. As a 20-minute budget on 2 Zen 3 cores
+            // (fp32, a quarter of the pace): 1176 steps, 1.5577; `default` for 20 minutes there
+            // learns the text by heart (1.5267; 1.4806 in 10), so a 20-minute recipe for CPUs
+            // without bf16 is still to find.
             model: modern(gpt(256, 8, 6, 128, 0.1)),
             train: TrainConfig {
                 steps: 4200,

@@ -758,12 +758,12 @@ fn fine_tuning_extends_or_drops_unknown_characters() {
         "evaluate on a text of the model's characters only (`chargpt vocab --model base",
     );
 
-    let ft = |policy: &str, out: &str| {
+    let ft_from = |from: &str, policy: &str, out: &str| {
         let output = chargpt(d)
             .args([
                 "train",
                 "--init-from",
-                "base",
+                from,
                 "--data",
                 "foreign.txt",
                 "--out",
@@ -784,6 +784,7 @@ fn fine_tuning_extends_or_drops_unknown_characters() {
                 .unwrap();
         (stderr, config)
     };
+    let ft = |policy: &str, out: &str| ft_from("base", policy, out);
     let (stderr, config) = ft("extend", "ext");
     assert!(
         stderr.contains("extending the vocabulary by 6 characters"),
@@ -815,7 +816,7 @@ fn fine_tuning_extends_or_drops_unknown_characters() {
     assert_eq!(config["vocab"], base["vocab"]);
     assert_eq!(config["init_from"]["dropped_chars"], 240);
 
-    // A tied model has no lm_head rows of its own to start new characters from.
+    // A tied model (the default's head) extends too: its new rows are the mean of the old ones.
     let args = train_args(&[
         "--data",
         "small.txt",
@@ -825,21 +826,13 @@ fn fine_tuning_extends_or_drops_unknown_characters() {
         "tie_embeddings=true",
     ]);
     chargpt(d).args(&args).assert().success();
-    fails(
-        d,
-        &[
-            "train",
-            "--init-from",
-            "tied",
-            "--data",
-            "foreign.txt",
-            "--out",
-            "tied-ext",
-            "--unknown-chars",
-            "extend",
-        ],
-        "has tie_embeddings=true; use --unknown-chars drop",
-    );
+    let tied: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("tied/config.json")).unwrap()).unwrap();
+    let tied_vocab = tied["vocab"].as_array().unwrap().len();
+    let (stderr, config) = ft_from("tied", "extend", "tied-ext");
+    assert!(stderr.contains("extending the vocabulary by"), "{stderr}");
+    assert!(config["vocab"].as_array().unwrap().len() > tied_vocab);
+    common::succeeds(d, &["eval", "--model", "tied-ext"]);
 }
 
 #[test]

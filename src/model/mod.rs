@@ -143,18 +143,30 @@ impl Model {
         })
     }
 
+    /// Whether [`Model::extend_vocabulary`] starts new characters at logits the caller chooses:
+    /// the bigram's table, or an `lm_head` with rows and a bias of its own. A head tied to the
+    /// embedding, or one without a bias, has no context-free constant to hold a chosen logit.
+    pub fn sets_new_logits(&self) -> bool {
+        self.config.architecture == crate::config::Architecture::Bigram
+            || (!self.config.tie_embeddings && self.config.bias)
+    }
+
     /// The model with `new_logits.len()` more characters at the end of its vocabulary. Every
     /// tensor is copied by name; the rows (and, in the bigram's (V, V) table, the columns) of the
     /// new ids are filled so that the model starts where it was for the old characters:
     /// - `token_embedding`: a new character's row is the mean of the old rows (an "average
     ///   character", which training then tells apart);
-    /// - `lm_head.weight`: zero, so a new character's logit does not depend on the context at
-    ///   first; `lm_head.bias`: `new_logits[j]`;
-    /// - the bigram table: new rows are the mean of the old rows, new columns `new_logits[j]`.
+    /// - where [`Model::sets_new_logits`]: `lm_head.weight`'s new rows are zero, so a new
+    ///   character's logit does not depend on the context at first, and `lm_head.bias` is
+    ///   `new_logits[j]`; in the bigram table the new columns are `new_logits[j]`;
+    /// - otherwise (tied, or no biases) `new_logits` is not read: a new character's head row
+    ///   (the new embedding row when tied) and bias are the means of the old ones, so, logits
+    ///   being linear in them, its logit starts as the mean of the old characters' logits.
     ///
     /// Choosing `new_logits` (see [`crate::runs::Run::fine_tune`]) sets how likely the new
     /// characters are before any training.
     pub fn extend_vocabulary(&self, new_logits: &[f32]) -> Model {
+        let mean_start = !self.sets_new_logits();
         let (v_old, added) = (self.config.vocab_size, new_logits.len());
         let v = v_old + added;
         let config = ModelConfig {
@@ -190,25 +202,32 @@ impl Model {
                     .copy_from_slice(&src[r * cols_old..(r + 1) * cols_old]);
             }
             let bigram = spec.shape.len() == 2 && cols == v;
+            // The mean of the old rows, for the new ones.
+            let fill_mean = |dst: &mut [f32]| {
+                let mut mean = vec![0.0f32; cols_old];
+                for r in 0..v_old {
+                    for (m, &x) in mean.iter_mut().zip(&src[r * cols_old..]) {
+                        *m += x / v_old as f32;
+                    }
+                }
+                for r in v_old..v {
+                    dst[r * cols..r * cols + cols_old].copy_from_slice(&mean);
+                }
+            };
             match spec.role {
                 Role::Embedding => {
-                    let mut mean = vec![0.0f32; cols_old];
-                    for r in 0..v_old {
-                        for (m, &x) in mean.iter_mut().zip(&src[r * cols_old..]) {
-                            *m += x / v_old as f32;
-                        }
-                    }
-                    for r in v_old..v {
-                        dst[r * cols..r * cols + cols_old].copy_from_slice(&mean);
-                    }
+                    fill_mean(dst);
                     if bigram {
                         for r in 0..v {
                             dst[r * cols + v_old..(r + 1) * cols].copy_from_slice(new_logits);
                         }
                     }
                 }
+                Role::LinearBias { .. } if mean_start => fill_mean(dst),
                 Role::LinearBias { .. } => dst[v_old..].copy_from_slice(new_logits),
-                // lm_head's new rows stay zero.
+                // lm_head.weight, the only linear weight with a vocabulary-sized dimension.
+                Role::LinearWeight { .. } if mean_start => fill_mean(dst),
+                // With a bias of its own, lm_head's new rows stay zero.
                 _ => {}
             }
         }
@@ -305,6 +324,34 @@ impl Model {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tied_or_biasless_head_starts_new_characters_at_the_mean_logit() {
+        for (tied, bias) in [(true, false), (true, true), (false, false)] {
+            let mut cfg = preset("fast").unwrap().model;
+            (cfg.vocab_size, cfg.n_embd, cfg.n_head, cfg.n_layer) = (6, 16, 2, 2);
+            (cfg.tie_embeddings, cfg.bias) = (tied, bias);
+            let model = Model::new(cfg, 3);
+            assert!(!model.sets_new_logits());
+            let ext = model.extend_vocabulary(&[9.0, 9.0]);
+            let x: Vec<TokenId> = vec![0, 3, 5, 2, 1, 4, 0, 2];
+            let mut a = Activations::new(&model.config, 1, 8, false);
+            let mut b = Activations::new(&ext.config, 1, 8, false);
+            model.forward(&mut a, &x, None, 1, 8, None);
+            ext.forward(&mut b, &x, None, 1, 8, None);
+            for t in 0..8 {
+                let (old, new) = (&a.logits()[t * 6..t * 6 + 6], &b.logits()[t * 8..t * 8 + 8]);
+                let mean = old.iter().sum::<f32>() / 6.0;
+                let at = format!("tied {tied}, bias {bias}, position {t}");
+                for (o, n) in old.iter().zip(&new[..6]) {
+                    assert!((o - n).abs() < 1e-5, "{at}: old logits kept");
+                }
+                for n in &new[6..] {
+                    assert!((n - mean).abs() < 1e-4, "{at}: {n} against the mean {mean}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn extending_the_vocabulary_keeps_the_old_characters_logits() {

@@ -4,7 +4,7 @@
 use super::error::RunError;
 use super::records::{read_metrics, read_steps, MetricsRow, StepRow, METRICS_FILE, STEPS_FILE};
 use crate::checkpoint::{Checkpoint, CheckpointError, DataInfo, InitFrom};
-use crate::config::{ConfigError, ModelConfig, TrainConfig};
+use crate::config::{ModelConfig, TrainConfig};
 use crate::data::{
     char_counts, fill_windows, fingerprint, window_count, DataError, Dataset, FINE_TUNE_ADVICE,
 };
@@ -229,21 +229,17 @@ impl Run {
                 Dataset::new(&kept, &tokenizer)?
             }
             UnknownChars::Extend => {
-                // A new character starts at a chosen constant logit: that needs lm_head rows of
-                // its own (zero) and a bias to hold the constant.
-                let cfg = &model.config;
-                if cfg.tie_embeddings || !cfg.bias {
-                    return Err(ConfigError::Invalid(format!(
-                        "--unknown-chars extend needs an lm_head with its own weights and a bias, and this model has {}; use --unknown-chars drop",
-                        if cfg.tie_embeddings { "tie_embeddings=true" } else { "bias=false" }
-                    ))
-                    .into());
-                }
                 change.added = char_counts(text, &missing);
                 tokenizer = tokenizer.extended(&missing).map_err(DataError::from)?;
                 let dataset = Dataset::new(text, &tokenizer)?;
                 dataset.check_block_size(model.config.block_size)?;
-                let logits = new_character_logits(&model, &dataset, text, &change.added);
+                // A head with rows and a bias of its own starts a new character at its
+                // frequency; a tied or biasless one at the mean of the old logits.
+                let logits = if model.sets_new_logits() {
+                    new_character_logits(&model, &dataset, text, &change.added)
+                } else {
+                    vec![0.0; change.added.len()]
+                };
                 model = model.extend_vocabulary(&logits);
                 dataset
             }
