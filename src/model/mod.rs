@@ -325,6 +325,17 @@ impl Model {
 mod tests {
     use super::*;
 
+    /// The logits of a 6-character model and of its 8-character extension on one window of 8.
+    fn logits_of_both(model: &Model, ext: &Model) -> (Vec<f32>, Vec<f32>) {
+        let x: Vec<TokenId> = vec![0, 3, 5, 2, 1, 4, 0, 2];
+        let logits = |m: &Model| {
+            let mut acts = Activations::new(&m.config, 1, 8, false);
+            m.forward(&mut acts, &x, None, 1, 8, None);
+            acts.logits().to_vec()
+        };
+        (logits(model), logits(ext))
+    }
+
     #[test]
     fn a_tied_or_biasless_head_starts_new_characters_at_the_mean_logit() {
         for (tied, bias) in [(true, false), (true, true), (false, false)] {
@@ -334,13 +345,9 @@ mod tests {
             let model = Model::new(cfg, 3);
             assert!(!model.sets_new_logits());
             let ext = model.extend_vocabulary(&[9.0, 9.0]);
-            let x: Vec<TokenId> = vec![0, 3, 5, 2, 1, 4, 0, 2];
-            let mut a = Activations::new(&model.config, 1, 8, false);
-            let mut b = Activations::new(&ext.config, 1, 8, false);
-            model.forward(&mut a, &x, None, 1, 8, None);
-            ext.forward(&mut b, &x, None, 1, 8, None);
+            let (a, b) = logits_of_both(&model, &ext);
             for t in 0..8 {
-                let (old, new) = (&a.logits()[t * 6..t * 6 + 6], &b.logits()[t * 8..t * 8 + 8]);
+                let (old, new) = (&a[t * 6..t * 6 + 6], &b[t * 8..t * 8 + 8]);
                 let mean = old.iter().sum::<f32>() / 6.0;
                 let at = format!("tied {tied}, bias {bias}, position {t}");
                 for (o, n) in old.iter().zip(&new[..6]) {
@@ -361,13 +368,9 @@ mod tests {
             let model = Model::new(cfg.clone(), 3);
             let ext = model.extend_vocabulary(&[-1.5, 0.25]);
             assert_eq!(ext.config.vocab_size, 8);
-            let x: Vec<TokenId> = vec![0, 3, 5, 2, 1, 4, 0, 2];
-            let mut a = Activations::new(&model.config, 1, 8, false);
-            let mut b = Activations::new(&ext.config, 1, 8, false);
-            model.forward(&mut a, &x, None, 1, 8, None);
-            ext.forward(&mut b, &x, None, 1, 8, None);
+            let (a, b) = logits_of_both(&model, &ext);
             for t in 0..8 {
-                let (old, new) = (&a.logits()[t * 6..t * 6 + 6], &b.logits()[t * 8..t * 8 + 8]);
+                let (old, new) = (&a[t * 6..t * 6 + 6], &b[t * 8..t * 8 + 8]);
                 assert_eq!(old, &new[..6], "{name}: old logits kept");
                 assert_eq!(&new[6..], &[-1.5, 0.25], "{name}: new logits as given");
             }
