@@ -407,6 +407,33 @@ pub fn budget_steps(
     steps.max(done + 1)
 }
 
+/// What to tell a learner whose machine is much slower than the one a budgeted recipe was sized
+/// on: `guess` is the recipe's `steps` (its first guess, about what the budget buys on the
+/// machine it was swept on) and `planned` what the budget buys here. Under half of it, the model
+/// is probably too large for this machine and this time: in a fixed time a smaller model that
+/// sees more characters won every sweep (`default` for 5 minutes; on 2 Zen 3 cores without bf16,
+/// `fast`'s 20 minutes bought its model 1212 steps of a planned 4200 and reached 1.5577, where
+/// `default` with dropout 0.1 reached 1.4785).
+pub fn budget_advice(budget_s: f64, guess: usize, planned: usize) -> Option<String> {
+    (budget_s > 0.0 && planned.saturating_mul(2) < guess).then(|| {
+        format!(
+            "{} buys this model {planned} steps on this machine, under half the {guess} its recipe was sized for (about {} of that pace): a smaller model that sees more characters may do better in this time (what did on a CPU without bf16: docs/beyond-the-lecture.md, \"The presets fast and best-1h\")",
+            duration_text(budget_s),
+            ratio_text(planned as f64 / guess as f64),
+        )
+    })
+}
+
+/// A ratio below 1 as a reader says it: "a third", "a quarter", or a percentage.
+fn ratio_text(r: f64) -> String {
+    match (1.0 / r).round() as usize {
+        3 if (r - 1.0 / 3.0).abs() < 0.04 => "a third".into(),
+        4 if (r - 0.25).abs() < 0.03 => "a quarter".into(),
+        5 if (r - 0.2).abs() < 0.02 => "a fifth".into(),
+        _ => format!("{:.0}%", r * 100.0),
+    }
+}
+
 fn default_decay_fraction() -> f32 {
     0.2
 }
@@ -889,6 +916,9 @@ pub fn auto_eval_interval(steps: usize, eval_iters: usize) -> usize {
 ///   of 200);
 /// - `min_lr` keeps its ratio to `learning_rate` when `learning_rate` is given (2e-4 for 2e-3
 ///   becomes 3e-5 for 3e-4);
+/// - `muon_lr` keeps its ratio to `learning_rate` too, with the Muon optimizer: `learning_rate`
+///   is the rate a learner lowers to fine-tune gently or to get past a NaN, and left alone Muon's
+///   matrices (most of a modern model's parameters) would go on at their full rate;
 /// - `eval_interval` goes back to automatic (about 20 evaluations) when `steps` is given.
 ///
 /// `base` holds the values before any explicit setting (a preset's, or a checkpoint's for a
@@ -932,6 +962,25 @@ pub fn derive_settings(base: &TrainConfig, train: &mut TrainConfig, given: &[&st
                 short(base.learning_rate)
             ));
             train.min_lr = scaled;
+        }
+    }
+    if set("learning_rate")
+        && !set("muon_lr")
+        && train.optimizer == OptimizerKind::Muon
+        && base.learning_rate > 0.0
+        && train.learning_rate != base.learning_rate
+    {
+        let scaled = base.muon_lr * train.learning_rate / base.learning_rate;
+        if scaled != train.muon_lr {
+            notes.push(format!(
+                "muon_lr {} -> {}: the same ratio to learning_rate {} as {} to {} (set muon_lr to choose)",
+                short(train.muon_lr),
+                short(scaled),
+                short(train.learning_rate),
+                short(base.muon_lr),
+                short(base.learning_rate)
+            ));
+            train.muon_lr = scaled;
         }
     }
     if set("steps") && !set("eval_interval") && train.eval_interval != 0 {
@@ -1472,6 +1521,54 @@ mod tests {
         assert!(warnings[0].contains("every step is warm-up"));
         assert!(warnings[1].contains("never decays"));
         assert!(setting_warnings(&base).is_empty());
+    }
+
+    #[test]
+    fn a_budget_far_short_of_its_recipe_suggests_a_smaller_model() {
+        // `fast` on 2 Zen 3 cores in fp32: 1212 of 4200 steps.
+        let advice = budget_advice(1200.0, 4200, 1212).unwrap();
+        assert!(
+            advice
+                .starts_with("20m buys this model 1212 steps on this machine, under half the 4200"),
+            "{advice}"
+        );
+        assert!(advice.contains("(about 29% of that pace)"), "{advice}");
+        assert!(budget_advice(3600.0, 11000, 2750)
+            .unwrap()
+            .contains("about a quarter of that pace"));
+        // Half the guess or more, or no budget: nothing to say.
+        assert_eq!(budget_advice(1200.0, 4200, 2100), None);
+        assert_eq!(budget_advice(300.0, 1000, 925), None);
+        assert_eq!(budget_advice(0.0, 4200, 100), None);
+    }
+
+    #[test]
+    fn a_lower_learning_rate_lowers_muons_too_unless_muon_lr_is_given() {
+        // Fine-tuning the first command's model: 2e-3 -> 3e-4 takes Muon's 0.02 to 0.003.
+        let base = preset(DEFAULT_PRESET).unwrap().train;
+        assert_eq!(base.optimizer, OptimizerKind::Muon);
+        let mut t = base.clone();
+        t.learning_rate = 3e-4;
+        let notes = derive_settings(&base, &mut t, &["learning_rate"]);
+        assert!((t.muon_lr - 3e-3).abs() < 1e-9, "{}", t.muon_lr);
+        assert!(
+            notes
+                .iter()
+                .any(|n| n.starts_with("muon_lr 2e-2 -> 3e-3: ")),
+            "{notes:?}"
+        );
+        let mut t = base.clone();
+        t.learning_rate = 3e-4;
+        t.muon_lr = 0.01;
+        derive_settings(&base, &mut t, &["learning_rate", "muon_lr"]);
+        assert_eq!(t.muon_lr, 0.01);
+        // With AdamW alone muon_lr is unused, and stays as it was.
+        let base = preset("lecture-5m").unwrap().train;
+        let mut t = base.clone();
+        t.learning_rate = 3e-4;
+        let notes = derive_settings(&base, &mut t, &["learning_rate"]);
+        assert_eq!(t.muon_lr, base.muon_lr);
+        assert!(!notes.iter().any(|n| n.contains("muon_lr")), "{notes:?}");
     }
 
     #[test]

@@ -50,7 +50,7 @@ fn train(run: &mut Run, out: &Path, stop_at: Option<usize>) -> (Vec<f32>, Vec<(u
     run_training(run, &options, &mut |event| match event {
         RunEvent::Step { stats, .. } => losses.push(stats.loss),
         RunEvent::Eval { row, .. } => evals.push((row.step, row.train_loss, row.val_loss)),
-        RunEvent::ExactEval { .. } | RunEvent::Saved(_) => {}
+        RunEvent::ExactEval { .. } | RunEvent::Saved(_) | RunEvent::BudgetSet { .. } => {}
     })
     .unwrap();
     (losses, evals)
@@ -495,4 +495,40 @@ fn a_budgeted_wsd_run_follows_the_pace_until_its_decay() {
     let mut repeat = wsd(0.0, train.steps);
     let (again, _, _) = train_all(&mut repeat, Some(outcome.steps_done));
     assert_eq!(steps, again, "the run set to its {} steps", train.steps);
+}
+
+/// A budget that buys under half the steps its recipe planned for it (a recipe sized for a
+/// faster machine) says so once, when its steps are set; one that buys more says nothing.
+#[test]
+fn a_budget_far_short_of_its_recipes_steps_says_so_once() {
+    let text = &TINY_SHAKESPEARE[..100_000];
+    let budget_set = |guess: usize| {
+        let mut run = tiny_run(text);
+        run.trainer.config.time_budget = 1.0;
+        run.trainer.config.steps = guess;
+        run.budget_guess = Some(guess);
+        let mut set = Vec::new();
+        run_training(&mut run, &RunOptions::default(), &mut |event| {
+            if let RunEvent::BudgetSet { steps, advice } = event {
+                set.push((steps, advice));
+            }
+        })
+        .unwrap();
+        (set, run.trainer.config.steps)
+    };
+    // A million steps do not fit in a second on any machine.
+    let (set, steps) = budget_set(1_000_000);
+    assert_eq!(set.len(), 1, "{set:?}");
+    assert_eq!(set[0].0, steps);
+    let advice = set[0].1.as_deref().expect("a line of advice");
+    assert!(
+        advice.contains(&format!(
+            "buys this model {steps} steps on this machine, under half the 1000000"
+        )),
+        "{advice}"
+    );
+    // The steps are set at step 10 (the warm-up), at least one more: over half of 12.
+    let (set, _) = budget_set(12);
+    assert_eq!(set.len(), 1, "{set:?}");
+    assert_eq!(set[0].1, None);
 }

@@ -11,7 +11,7 @@
 //   'runs-changed'  ()           a run was started, stopped, resumed, deleted or finished
 //   'history'       ({name, metrics, steps, samples})  what the selected run's files hold
 //   'live:TYPE'     (data)       its live events while it trains: live:start, live:step (an
-//                                array of steps), live:eval, live:saved, live:exact,
+//                                array of steps), live:eval, live:note, live:saved, live:exact,
 //                                live:finished, live:error, live:idle
 
 import * as api from './api.js';

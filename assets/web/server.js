@@ -77,13 +77,13 @@ export async function sample(name, request, onText, signal) {
 }
 
 // The live events of a training (server-sent events): `start`, `step` (an array of steps),
-// `eval` (with its sample), `saved`, `exact`, `finished`, `error`, or a single `idle` for a run
+// `eval` (with its sample), `note` (a line for the learner), `saved`, `exact`, `finished`, `error`, or a single `idle` for a run
 // that is not training. `on(type, data)` receives each; the stream closes itself after the last.
 // Returns a function that closes it.
 export function follow(name, after, on) {
   const query = after == null ? '' : `?after=${after}`;
   const source = new EventSource(`/api/runs/${encodeURIComponent(name)}/events${query}`);
-  const types = ['start', 'step', 'eval', 'saved', 'exact', 'finished', 'error', 'idle'];
+  const types = ['start', 'step', 'eval', 'note', 'saved', 'exact', 'finished', 'error', 'idle'];
   for (const type of types) {
     source.addEventListener(type, (event) => {
       on(type, JSON.parse(event.data));

@@ -73,7 +73,7 @@ pub fn train_quietly(
         }
         RunEvent::Eval { row, .. } => last_val = Some(row.val_loss),
         RunEvent::ExactEval { .. } => bar.set_message("measuring the exact val loss"),
-        RunEvent::Saved(_) => {}
+        RunEvent::Saved(_) | RunEvent::BudgetSet { .. } => {}
     });
     bar.finish_and_clear();
     let outcome = result?;
@@ -86,7 +86,8 @@ pub fn train_quietly(
         .map_or("run".into(), |n| n.to_string_lossy());
     let title = format!("{name}: loss");
     let plot = out.join(super::train::PLOT_FILE);
-    if let Err(e) = loss_plot(&plot, &title, &run.metrics, &run.step_rows, steps) {
+    let exact = outcome.final_val.map(|e| (outcome.steps_done, e.loss));
+    if let Err(e) = loss_plot(&plot, &title, &run.metrics, &run.step_rows, steps, exact) {
         note!("{label} warning: {}", one_line(&e));
     }
     let val_estimate = run

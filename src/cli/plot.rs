@@ -41,6 +41,9 @@ pub enum Style {
     Faint,
     /// A line without dots, for a value at every step.
     Curve,
+    /// A large dot at each point (joined if there are several), for a value that stands out: a
+    /// run's final exact loss.
+    Mark,
 }
 
 /// One named line.
@@ -454,13 +457,21 @@ where
             ),
             Style::Faint => (colour.mix(0.3).stroke_width(1), 0),
             Style::Curve => (colour.stroke_width(2), 0),
+            Style::Mark => (colour.filled().stroke_width(2), 6),
         };
         let legend_stroke = stroke;
+        let mark = series.style == Style::Mark;
         chart
             .draw_series(LineSeries::new(points, stroke).point_size(size))
             .map_err(|e| err(&e))?
             .label(series.label.as_str())
-            .legend(move |(lx, ly)| PathElement::new(vec![(lx, ly), (lx + 24, ly)], legend_stroke));
+            .legend(move |(lx, ly)| {
+                if mark {
+                    Circle::new((lx + 12, ly), 5, legend_stroke).into_dyn()
+                } else {
+                    PathElement::new(vec![(lx, ly), (lx + 24, ly)], legend_stroke).into_dyn()
+                }
+            });
     }
     chart
         .configure_series_labels()
@@ -493,25 +504,57 @@ pub fn smoothed(points: &[(f64, f64)], half: usize) -> Vec<(f64, f64)> {
         .collect()
 }
 
-/// A run's losses against the step: the training loss of every step (faint) and smoothed, and
-/// the train and val estimates of each evaluation, up to the last step done; a run that has not
-/// reached its `total_steps` says how far it got in the title.
+/// A run's losses against the step: the training loss of every step (faint) and smoothed, the
+/// train and val estimates of each evaluation, and the final exact val loss (`exact_val`, at its
+/// step) where the run measured one, up to the last step done; a run that has not reached its
+/// `total_steps` says how far it got in the title.
 pub fn loss_plot(
     path: &Path,
     title: &str,
     metrics: &[MetricsRow],
     steps: &[StepRow],
     total_steps: usize,
+    exact_val: Option<(usize, f64)>,
 ) -> Result<()> {
-    let raw: Vec<(f64, f64)> = steps
-        .iter()
-        .map(|r| (r.step as f64, r.loss as f64))
-        .collect();
+    let series = loss_series(metrics, steps, exact_val);
     let done = steps
         .last()
         .map(|r| r.step)
         .max(metrics.last().map(|r| r.step))
+        .max(exact_val.map(|(step, _)| step))
         .unwrap_or(0);
+    let title = if done < total_steps {
+        format!("{title} (step {done} of {total_steps})")
+    } else {
+        title.to_string()
+    };
+    draw_line_plot(
+        path,
+        &LinePlot {
+            x_span: Some((0.0, done.max(1) as f64)),
+            ..LinePlot::new(
+                &title,
+                "step",
+                "loss (cross-entropy, nats per character)",
+                &series,
+            )
+        },
+    )
+}
+
+/// The lines of [`loss_plot`]. The exact val loss is one large dot of its own colour, labelled
+/// with its value: the estimates before it are means over a few batches, it is the mean over
+/// every window of the val split (the number a run reports and a ladder compares), and a run
+/// that ran out of time had no estimate at its last step.
+fn loss_series(
+    metrics: &[MetricsRow],
+    steps: &[StepRow],
+    exact_val: Option<(usize, f64)>,
+) -> Vec<Series> {
+    let raw: Vec<(f64, f64)> = steps
+        .iter()
+        .map(|r| (r.step as f64, r.loss as f64))
+        .collect();
     // Average over about 2% of the steps on each side: enough to see the trend through the noise
     // of single batches, little enough to keep the bend of the first hundred steps.
     let half = raw.len() / 100;
@@ -548,23 +591,15 @@ pub fn loss_plot(
         style: Style::Line,
         colour: Some(1),
     });
-    let title = if done < total_steps {
-        format!("{title} (step {done} of {total_steps})")
-    } else {
-        title.to_string()
-    };
-    draw_line_plot(
-        path,
-        &LinePlot {
-            x_span: Some((0.0, done.max(1) as f64)),
-            ..LinePlot::new(
-                &title,
-                "step",
-                "loss (cross-entropy, nats per character)",
-                &series,
-            )
-        },
-    )
+    if let Some((step, loss)) = exact_val {
+        series.push(Series {
+            label: format!("val (exact, all of val): {loss:.4}"),
+            points: vec![(step as f64, loss)],
+            style: Style::Mark,
+            colour: Some(3),
+        });
+    }
+    series
 }
 
 /// One (T, T) map of attention weights, row-major: row = query position (the character that
@@ -993,12 +1028,25 @@ mod tests {
             (&rows[..1], &steps[..0]),
             (&rows[..1], &steps[..30]),
         ] {
-            loss_plot(&path, "test", m, s, 2000).unwrap();
+            loss_plot(&path, "test", m, s, 2000, None).unwrap();
             let bytes = std::fs::read(&path).unwrap();
             assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
         }
+        loss_plot(&path, "test", &rows, &steps, 2000, Some((400, 1.95))).unwrap();
         // Nothing left behind but the plot.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        // The final exact val loss is one dot of its own, at its step, with its value.
+        let with_exact = loss_series(&rows, &steps, Some((400, 1.95)));
+        let exact: Vec<_> = with_exact
+            .iter()
+            .filter(|s| s.style == Style::Mark)
+            .collect();
+        assert_eq!(exact.len(), 1);
+        assert_eq!(exact[0].points, vec![(400.0, 1.95)]);
+        assert_eq!(exact[0].label, "val (exact, all of val): 1.9500");
+        let without = loss_series(&rows, &steps, None);
+        assert_eq!(without.len() + 1, with_exact.len());
+        assert!(without.iter().all(|s| s.style != Style::Mark));
         let smooth = smoothed(&[(1.0, 2.0), (2.0, 2.0), (3.0, 5.0), (4.0, 3.0)], 1);
         let close = |a: &[(f64, f64)], b: &[f64]| {
             a.len() == b.len() && a.iter().zip(b).all(|(p, y)| (p.1 - y).abs() < 1e-12)

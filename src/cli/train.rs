@@ -375,8 +375,18 @@ pub fn run(args: TrainArgs, group: Group) -> Result<ExitCode> {
     let title = format!("{name}: loss");
     // The run's length: a time budget sets it after the first steps.
     let total_steps = std::cell::Cell::new(train_cfg.steps);
-    let mut draw_plot = |run_metrics: &[MetricsRow], steps: &[StepRow], bar: &ProgressBar| {
-        if let Err(e) = loss_plot(&plot_path, &title, run_metrics, steps, total_steps.get()) {
+    let mut draw_plot = |run_metrics: &[MetricsRow],
+                         steps: &[StepRow],
+                         exact: Option<(usize, f64)>,
+                         bar: &ProgressBar| {
+        if let Err(e) = loss_plot(
+            &plot_path,
+            &title,
+            run_metrics,
+            steps,
+            total_steps.get(),
+            exact,
+        ) {
             if !plot_warning {
                 bar.suspend(|| note!("warning: {}", super::one_line(&e)));
                 plot_warning = true;
@@ -431,7 +441,12 @@ pub fn run(args: TrainArgs, group: Group) -> Result<ExitCode> {
                     out.display()
                 ));
             }
-            draw_plot(metrics, steps, &bar);
+            draw_plot(metrics, steps, None, &bar);
+        }
+        RunEvent::BudgetSet { advice, .. } => {
+            if let Some(advice) = advice {
+                bar.suspend(|| note!("note: {advice}"));
+            }
         }
         RunEvent::ExactEval { windows } => {
             bar.finish_and_clear();
@@ -440,9 +455,14 @@ pub fn run(args: TrainArgs, group: Group) -> Result<ExitCode> {
         RunEvent::Saved(_) => {}
     });
     bar.finish_and_clear();
-    // The plot also shows the steps after the last evaluation (a run stopped by Ctrl-C).
+    // The plot also shows the steps after the last evaluation (a run stopped by Ctrl-C or out
+    // of time), and the final exact val loss.
     total_steps.set(run.trainer.config.steps);
-    draw_plot(&run.metrics, &run.step_rows, &bar);
+    let exact = result
+        .as_ref()
+        .ok()
+        .and_then(|o| o.final_val.map(|e| (o.steps_done, e.loss)));
+    draw_plot(&run.metrics, &run.step_rows, exact, &bar);
     let outcome = match result {
         // The other ranks may be waiting for this one in the next step: end them too.
         Err(e) if group.size() > 1 => super::abort_job(group, &e.into()),

@@ -52,6 +52,11 @@ pub enum LiveEvent {
     Saved {
         step: usize,
     },
+    /// A line for the learner while it trains (a time budget far short of its recipe's steps:
+    /// `RunEvent::BudgetSet`'s advice).
+    Note {
+        note: String,
+    },
     /// The final exact evaluation over `windows` windows has begun.
     Exact {
         windows: usize,
@@ -81,6 +86,7 @@ impl LiveEvent {
             LiveEvent::Step(_) => "step",
             LiveEvent::Eval { .. } => "eval",
             LiveEvent::Saved { .. } => "saved",
+            LiveEvent::Note { .. } => "note",
             LiveEvent::Exact { .. } => "exact",
             LiveEvent::Finished { .. } => "finished",
             LiveEvent::Error { .. } => "error",
@@ -133,6 +139,10 @@ impl LiveEvent {
                 }
                 out
             }
+            RunEvent::BudgetSet { advice, .. } => advice
+                .iter()
+                .map(|note| LiveEvent::Note { note: note.clone() })
+                .collect(),
             RunEvent::ExactEval { windows } => vec![LiveEvent::Exact { windows: *windows }],
             RunEvent::Saved { .. } => Vec::new(),
         }
@@ -204,4 +214,29 @@ pub fn messages(events: &[LiveEvent], after: Option<usize>) -> Vec<(&'static str
 
 fn json(value: &impl Serialize) -> String {
     serde_json::to_string(value).unwrap_or_else(|_| "null".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_budgets_advice_reaches_the_page_as_a_note_and_nothing_else_does() {
+        let advice = RunEvent::BudgetSet {
+            steps: 1212,
+            advice: Some("20m buys this model 1212 steps".into()),
+        };
+        let events = LiveEvent::from_run(&advice);
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].name(), "note");
+        let sent = messages(&events, None);
+        assert_eq!(sent[0].0, "note");
+        let json: serde_json::Value = serde_json::from_str(&sent[0].1).unwrap();
+        assert_eq!(json["note"], "20m buys this model 1212 steps");
+        let quiet = RunEvent::BudgetSet {
+            steps: 4200,
+            advice: None,
+        };
+        assert!(LiveEvent::from_run(&quiet).is_empty());
+    }
 }

@@ -386,6 +386,8 @@ pub struct NewConfigs {
     pub train: TrainConfig,
     /// Settings changed to follow others (`config::derive_settings`), one line each.
     pub notes: Vec<String>,
+    /// [`Run::budget_guess`].
+    pub budget_guess: Option<usize>,
 }
 
 /// The preset's settings with `settings` applied.
@@ -393,12 +395,22 @@ pub fn new_configs(preset: &str, settings: &[Setting]) -> Result<NewConfigs, Pre
     let base = config::preset(preset)?;
     let (mut model, mut train) = (base.model, base.train.clone());
     apply_settings(settings, &mut model, &mut train)?;
-    let notes = config::derive_settings(&base.train, &mut train, &given_keys(settings));
+    let given = given_keys(settings);
+    let notes = config::derive_settings(&base.train, &mut train, &given);
+    // A preset with a budget has its steps sized for it on the machine it was swept on: the
+    // same pace for another budget. Steps given are the learner's, not a recipe's.
+    let budget_guess =
+        (base.train.time_budget > 0.0 && train.time_budget > 0.0 && !given.contains(&"steps"))
+            .then(|| {
+                let scaled = base.train.steps as f64 * train.time_budget / base.train.time_budget;
+                (scaled.round() as usize).max(1)
+            });
     Ok(NewConfigs {
         preset: preset.to_string(),
         model,
         train,
         notes,
+        budget_guess,
     })
 }
 
@@ -416,6 +428,7 @@ pub fn new_run(
         model,
         train,
         notes,
+        budget_guess,
     } = configs;
     let invalid = |e: ConfigError| invalid_setting(e, wording);
     // Settings in their ranges before their memory is estimated (from numbers nobody meant).
@@ -429,6 +442,7 @@ pub fn new_run(
         e => e.into(),
     })?;
     run.preset = Some(preset);
+    run.budget_guess = budget_guess;
     Ok((run, notes))
 }
 
@@ -694,6 +708,28 @@ pub fn refuse_if_locked(dir: &Path) -> Result<(), PrepareError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_presets_budget_carries_the_steps_it_buys_at_the_recipes_pace() {
+        let guess = |preset: &str, settings: &[(&str, &str)]| {
+            let settings: Vec<Setting> =
+                settings.iter().map(|(k, v)| Setting::field(k, v)).collect();
+            new_configs(preset, &settings).unwrap().budget_guess
+        };
+        assert_eq!(guess("fast", &[]), Some(4200));
+        assert_eq!(guess("fast", &[("time_budget", "10m")]), Some(2100));
+        assert_eq!(
+            guess(config::DEFAULT_PRESET, &[("time_budget", "20m")]),
+            Some(4000)
+        );
+        // The learner's steps, or a preset sized in steps only, are no recipe's pace.
+        assert_eq!(
+            guess("fast", &[("steps", "500"), ("time_budget", "20m")]),
+            None
+        );
+        assert_eq!(guess("fast", &[("steps", "500")]), None);
+        assert_eq!(guess("nanogpt-cpu", &[("time_budget", "90s")]), None);
+    }
 
     #[test]
     fn memory_is_checked_against_what_is_free_with_a_margin() {

@@ -35,6 +35,13 @@ pub struct Run {
     pub step_rows: Vec<StepRow>,
     /// The step of the checkpoint on disk, if any.
     pub saved_step: Option<usize>,
+    /// With a time budget: the steps it buys at the pace its recipe was swept at (a preset's
+    /// own `steps` for its own budget, scaled to another `--time`). A budget that buys under
+    /// half of them here says so ([`RunEvent::BudgetSet`]). `None`: no recipe to compare with
+    /// (steps given, a preset without a budget, a resume).
+    ///
+    /// [`RunEvent::BudgetSet`]: crate::runs::RunEvent::BudgetSet
+    pub budget_guess: Option<usize>,
 }
 
 /// What a fine-tune does with characters of its text that the model's vocabulary lacks.
@@ -267,6 +274,7 @@ impl Run {
             metrics: Vec::new(),
             step_rows: Vec::new(),
             saved_step: None,
+            budget_guess: None,
         })
     }
 
@@ -351,6 +359,7 @@ impl Run {
             metrics,
             step_rows,
             saved_step: Some(counters.step),
+            budget_guess: None,
         })
     }
 }

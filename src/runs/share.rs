@@ -110,6 +110,7 @@ pub fn share_run(group: Group, run: Option<&mut Run>) -> Result<Option<Run>, Pre
         metrics: Vec::new(),
         step_rows: Vec::new(),
         saved_step: None,
+        budget_guess: None,
     }))
 }
 

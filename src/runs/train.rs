@@ -103,6 +103,16 @@ pub enum RunEvent<'a> {
         /// What the model does on the probe text, with [`RunOptions::probe`].
         probe: Option<&'a ProbeRecord>,
     },
+    /// A time budget became steps at the pace measured (once a run, after its first steps).
+    /// `advice`: a line for the learner when they are under half of what the budget buys at
+    /// its recipe's pace ([`Run::budget_guess`], [`budget_advice`]): its model is probably too
+    /// large for this machine and this time.
+    ///
+    /// [`budget_advice`]: crate::config::budget_advice
+    BudgetSet {
+        steps: usize,
+        advice: Option<String>,
+    },
     /// The final model's exact val loss is being computed (it takes a moment).
     ExactEval { windows: usize },
     /// A checkpoint saved in memory ([`RunOptions::save_in_memory`]).
@@ -337,6 +347,14 @@ impl Session {
         let at_interval = done.is_multiple_of(self.eval_interval);
         if self.calibrate_at.is_some_and(|at| done >= at) {
             self.fix_steps(run);
+            let budget = run.trainer.config.time_budget;
+            let advice = run
+                .budget_guess
+                .and_then(|guess| crate::config::budget_advice(budget, guess, self.steps));
+            on_event(RunEvent::BudgetSet {
+                steps: self.steps,
+                advice,
+            });
         } else if self.refits(run) {
             // A WSD run's learning rate is flat until its decay: its steps can follow the
             // machine's pace until then without changing a step taken.

@@ -68,7 +68,7 @@ impl Collected {
                 }
             }
             RunEvent::Saved(files) => self.saved = Some(files.clone()),
-            RunEvent::Step { .. } | RunEvent::ExactEval { .. } => {}
+            RunEvent::Step { .. } | RunEvent::BudgetSet { .. } | RunEvent::ExactEval { .. } => {}
         }
     }
 }

@@ -140,6 +140,10 @@ const live = {
     addSample({ step: data.step, val_loss: data.val_loss, text: data.sample });
     scheduleDraw();
   },
+  note(data) {
+    // A time budget far short of its recipe's steps: what a smaller model might do instead.
+    root.querySelector('#run-note').textContent = `note: ${data.note}`;
+  },
   saved(data) {
     root.querySelector('#saved').textContent = `checkpoint saved at step ${data.step}`;
   },
@@ -209,6 +213,7 @@ export default {
         el('span', { id: 'progress-text', className: 'muted' }),
         el('span', { id: 'saved', className: 'muted' })),
       el('div', { id: 'run-error', className: 'error' }),
+      el('p', { id: 'run-note', className: 'muted' }),
       el('div', { className: 'charts', hidden: true },
         el('div', { id: 'loss-chart', className: 'chart' }),
         el('div', { id: 'lr-chart', className: 'chart small' })),
@@ -237,6 +242,7 @@ export default {
       bar.max = 1;
       bar.value = 0;
       root.querySelector('#run-error').textContent = '';
+      root.querySelector('#run-note').textContent = '';
       root.querySelector('#saved').textContent = '';
       root.querySelector('#run-name').textContent = name ?? 'no run selected';
       root.querySelector('#progress-row').hidden = !name;
