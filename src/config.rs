@@ -946,43 +946,25 @@ pub fn derive_settings(base: &TrainConfig, train: &mut TrainConfig, given: &[&st
             train.warmup_steps = scaled;
         }
     }
-    if set("learning_rate")
-        && !set("min_lr")
-        && base.learning_rate > 0.0
-        && train.learning_rate != base.learning_rate
-        && train.lr_schedule != LrSchedule::Constant
-    {
-        let scaled = base.min_lr * train.learning_rate / base.learning_rate;
-        if scaled != train.min_lr {
-            notes.push(format!(
-                "min_lr {} -> {}: the same ratio to learning_rate {} as {} to {} (set min_lr to choose)",
-                short(train.min_lr),
-                short(scaled),
-                short(train.learning_rate),
-                short(base.min_lr),
-                short(base.learning_rate)
-            ));
-            train.min_lr = scaled;
-        }
+    let (lr, base_lr) = (train.learning_rate, base.learning_rate);
+    let lr_changed = set("learning_rate") && base_lr > 0.0 && lr != base_lr;
+    if lr_changed && !set("min_lr") && train.lr_schedule != LrSchedule::Constant {
+        notes.extend(keep_ratio_to_lr(
+            "min_lr",
+            &mut train.min_lr,
+            base.min_lr,
+            base_lr,
+            lr,
+        ));
     }
-    if set("learning_rate")
-        && !set("muon_lr")
-        && train.optimizer == OptimizerKind::Muon
-        && base.learning_rate > 0.0
-        && train.learning_rate != base.learning_rate
-    {
-        let scaled = base.muon_lr * train.learning_rate / base.learning_rate;
-        if scaled != train.muon_lr {
-            notes.push(format!(
-                "muon_lr {} -> {}: the same ratio to learning_rate {} as {} to {} (set muon_lr to choose)",
-                short(train.muon_lr),
-                short(scaled),
-                short(train.learning_rate),
-                short(base.muon_lr),
-                short(base.learning_rate)
-            ));
-            train.muon_lr = scaled;
-        }
+    if lr_changed && !set("muon_lr") && train.optimizer == OptimizerKind::Muon {
+        notes.extend(keep_ratio_to_lr(
+            "muon_lr",
+            &mut train.muon_lr,
+            base.muon_lr,
+            base_lr,
+            lr,
+        ));
     }
     if set("steps") && !set("eval_interval") && train.eval_interval != 0 {
         // The same interval either way needs no note.
@@ -1001,6 +983,31 @@ pub fn derive_settings(base: &TrainConfig, train: &mut TrainConfig, given: &[&st
         train.eval_interval = 0;
     }
     notes
+}
+
+/// Sets `value` (the setting `key`) to keep the ratio of `base_value` to `base_lr` at the
+/// learning rate `lr`; the note for the learner when that changed it.
+fn keep_ratio_to_lr(
+    key: &str,
+    value: &mut f32,
+    base_value: f32,
+    base_lr: f32,
+    lr: f32,
+) -> Option<String> {
+    let scaled = base_value * lr / base_lr;
+    if scaled == *value {
+        return None;
+    }
+    let note = format!(
+        "{key} {} -> {}: the same ratio to learning_rate {} as {} to {} (set {key} to choose)",
+        short(*value),
+        short(scaled),
+        short(lr),
+        short(base_value),
+        short(base_lr)
+    );
+    *value = scaled;
+    Some(note)
 }
 
 /// A learning rate as a person writes it: `3e-5`, `2.5e-4`, `0.1` (4 significant digits at most,

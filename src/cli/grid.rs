@@ -3,7 +3,7 @@
 //! the ranks of an mpirun job ([`train_divided`]).
 
 use super::format::duration;
-use super::plot::loss_plot;
+use super::plot::{exact_point, loss_plot};
 use super::{one_line, Quiet};
 use anyhow::{anyhow, Result};
 use chargpt::config::{ConfigError, ModelConfig, TrainConfig};
@@ -86,7 +86,7 @@ pub fn train_quietly(
         .map_or("run".into(), |n| n.to_string_lossy());
     let title = format!("{name}: loss");
     let plot = out.join(super::train::PLOT_FILE);
-    let exact = outcome.final_val.map(|e| (outcome.steps_done, e.loss));
+    let exact = exact_point(&outcome);
     if let Err(e) = loss_plot(&plot, &title, &run.metrics, &run.step_rows, steps, exact) {
         note!("{label} warning: {}", one_line(&e));
     }

@@ -4,7 +4,7 @@
 //! Text is drawn with DejaVu Sans, built into the binary, so plots look the same on any machine.
 
 use anyhow::{anyhow, Context, Result};
-use chargpt::runs::{MetricsRow, StepRow};
+use chargpt::runs::{MetricsRow, RunOutcome, StepRow};
 use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
 use plotters::coord::Shift;
 use plotters::prelude::*;
@@ -540,6 +540,11 @@ pub fn loss_plot(
             )
         },
     )
+}
+
+/// Where [`loss_plot`] marks a run's final exact val loss: its last step, if it measured one.
+pub fn exact_point(outcome: &RunOutcome) -> Option<(usize, f64)> {
+    outcome.final_val.map(|e| (outcome.steps_done, e.loss))
 }
 
 /// The lines of [`loss_plot`]. The exact val loss is one large dot of its own colour, labelled

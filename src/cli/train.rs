@@ -2,7 +2,7 @@
 //! a short sample at each evaluation, and the run's files in the output directory.
 
 use super::format::{duration, eta, rate, thousands};
-use super::plot::loss_plot;
+use super::plot::{exact_point, loss_plot};
 use super::{agree, Quiet, UsageError};
 use anyhow::Result;
 use chargpt::checkpoint::{DataInfo, EMBEDDED_SOURCE};
@@ -458,10 +458,7 @@ pub fn run(args: TrainArgs, group: Group) -> Result<ExitCode> {
     // The plot also shows the steps after the last evaluation (a run stopped by Ctrl-C or out
     // of time), and the final exact val loss.
     total_steps.set(run.trainer.config.steps);
-    let exact = result
-        .as_ref()
-        .ok()
-        .and_then(|o| o.final_val.map(|e| (o.steps_done, e.loss)));
+    let exact = result.as_ref().ok().and_then(exact_point);
     draw_plot(&run.metrics, &run.step_rows, exact, &bar);
     let outcome = match result {
         // The other ranks may be waiting for this one in the next step: end them too.
