@@ -20,17 +20,21 @@
 //! `u32` (element 2p in the low half): A into panels of [`MR`] rows, `[pair][row]`, one element
 //! broadcast at a time; B into panels of [`NR`] columns, `[pair][column]`, two vectors at a time.
 //! Where k runs along a row (the forward and input-gradient A), a pair is two neighbours of one
-//! row; where it runs down the columns (the weight gradient's A and B, and W read as B of the
-//! input gradient), a pair is the same column of two consecutive rows, so two rows are interleaved.
-//! The weight is rounded and packed once per optimizer step, for both products that read it
-//! ([`PackedWeight`]); activations and gradients are rounded while they are packed.
+//! row: 16 rows' 32 floats are converted a row at a time and transposed in registers
+//! ([`avx512::pack_rows`]). Where it runs down the columns (the weight gradient's A and B, and W
+//! read as B of the input gradient), a pair is the same column of two consecutive rows, so two
+//! rows are interleaved ([`avx512::pack_columns`]). The weight is rounded and packed once per
+//! optimizer step, for both products that read it ([`PackedWeight`]); activations and gradients
+//! are rounded while they are packed.
 //!
 //! Blocking (per thread): k in blocks of [`KC_PAIRS`] pairs, so that a B micro-panel (KC x NR) stays
 //! in L1 while the [`MC`] rows of an A block (in L2) stream past it; the micro-kernel keeps an
 //! MR x NR tile of C in 24 vector registers. Odd k, and m and Nc that are not multiples of the
 //! blocking, are zero-padded in the packed panels and masked at the store. Large products split
 //! their rows of C over the rayon pool; products on a thread that runs its kernels
-//! [`super::sequentially`] (a data-parallel shard) stay on it.
+//! [`super::sequentially`] (a data-parallel shard) stay on it. On 2 Zen 4 cores the micro-kernel
+//! alone runs at about 220 GFLOP/s a core (95% of `VDPBF16PS`'s rate) and the lecture's products
+//! at 175 to 200 (`cargo run --release --example bf16_products`).
 //!
 //! Two engines compute the same thing: the AVX512_BF16 one ([`avx512`]), and a portable twin in
 //! plain Rust for CPUs without it (tests, and `CHARGPT_BF16_EMULATE=1`, which lets a machine
@@ -160,78 +164,119 @@ impl PackedWeight {
         let (oc, ic) = (self.out_channels, self.in_channels);
         assert_eq!(w.len(), oc * ic);
         let (kp_ic, kp_oc) = (ic.div_ceil(2), oc.div_ceil(2));
-        // W^T: row o of W holds output channel o's k (= ic) run; its pairs go to column o % NR
-        // of panel o / NR.
-        for (o, row) in w.chunks_exact(ic).enumerate() {
-            let base = (o / NR) * kp_ic * NR + o % NR;
-            pairs_of_row(path, &mut self.transposed[base..], NR, row);
+        // W^T: row o of W holds output channel o's k (= ic) run, column o % NR of panel o / NR.
+        for (j, panel) in self.transposed.chunks_exact_mut(kp_ic * NR).enumerate() {
+            let nrows = NR.min(oc - j * NR);
+            pack_rows(path, panel, NR, &w[j * NR * ic..], ic, nrows, ic);
         }
         // W: k (= oc) runs down the columns; pair p of panel j interleaves rows 2p and 2p + 1.
-        for j in 0..ic.div_ceil(NR) {
-            let (c0, width) = (j * NR, NR.min(ic - j * NR));
-            for p in 0..kp_oc {
-                let r0 = &w[2 * p * ic + c0..][..width];
-                let r1 = (2 * p + 1 < oc).then(|| &w[(2 * p + 1) * ic + c0..][..width]);
-                let dst = &mut self.plain[(j * kp_oc + p) * NR..][..width];
-                interleave_rows(path, dst, r0, r1);
-            }
-        }
+        pack_columns(path, &mut self.plain, NR, kp_oc * NR, w, ic, ic, oc);
     }
 }
 
-/// `dst[p * stride] = pair(x[2p], x[2p + 1])` for every pair of `x` (zero past an odd end).
-fn pairs_of_row(path: Bf16Path, dst: &mut [u32], stride: usize, x: &[f32]) {
-    let pairs = x.len().div_ceil(2);
-    if pairs == 0 {
-        return;
-    }
-    assert!(dst.len() > (pairs - 1) * stride);
+/// A packed panel `[pair][stride]` of `nrows` rows whose reduced dimension runs along the row
+/// (`x[r * ld + 0..k]`): `dst[p * stride + r] = pair(x[r][2p], x[r][2p + 1])`, zero past an odd
+/// k and in lanes `nrows..stride`.
+fn pack_rows(
+    path: Bf16Path,
+    dst: &mut [u32],
+    stride: usize,
+    x: &[f32],
+    ld: usize,
+    nrows: usize,
+    k: usize,
+) {
+    let pairs = k.div_ceil(2);
+    assert!(nrows <= stride && stride <= 32 && dst.len() >= pairs * stride);
+    assert!(nrows == 0 || x.len() >= (nrows - 1) * ld + k);
     #[cfg(target_arch = "x86_64")]
-    if path == Bf16Path::Avx512 && stride * 16 <= i32::MAX as usize {
+    if path == Bf16Path::Avx512 {
         // SAFETY: the path is only chosen where the CPU has AVX512_BF16 (Bf16Path::detect); the
-        // assert above bounds every written index, x.len() bounds the reads.
-        unsafe { avx512::pairs_of_row(dst.as_mut_ptr(), stride, x.as_ptr(), x.len()) };
+        // asserts above bound every read and write.
+        unsafe { avx512::pack_rows(dst.as_mut_ptr(), stride, x.as_ptr(), ld, nrows, k) };
         return;
     }
     let _ = path;
-    let mut chunks = x.chunks_exact(2);
-    for (p, two) in chunks.by_ref().enumerate() {
-        dst[p * stride] = pair(two[0], two[1]);
-    }
-    if let [last] = chunks.remainder() {
-        dst[(pairs - 1) * stride] = pair(*last, 0.0);
+    for (p, out) in dst.chunks_exact_mut(stride).take(pairs).enumerate() {
+        for (r, o) in out.iter_mut().enumerate() {
+            *o = match r < nrows {
+                true => {
+                    let row = &x[r * ld..][..k];
+                    pair(row[2 * p], row.get(2 * p + 1).copied().unwrap_or(0.0))
+                }
+                false => 0,
+            };
+        }
     }
 }
 
-/// `dst[j] = pair(r0[j], r1[j])` (zero high halves without `r1`).
-fn interleave_rows(path: Bf16Path, dst: &mut [u32], r0: &[f32], r1: Option<&[f32]>) {
-    let n = dst.len();
-    assert!(r0.len() >= n && r1.is_none_or(|r| r.len() >= n));
+/// Packed panels `[pair][stride]`, each `panel_len` long, of `width` columns whose reduced
+/// dimension runs down the rows (`x[kk * ld + j]`): column j in lane j % stride of panel
+/// j / stride, `pair(x[2p][j], x[2p + 1][j])`, zero past an odd k and past `width`.
+#[allow(clippy::too_many_arguments)]
+fn pack_columns(
+    path: Bf16Path,
+    dst: &mut [u32],
+    stride: usize,
+    panel_len: usize,
+    x: &[f32],
+    ld: usize,
+    width: usize,
+    k: usize,
+) {
+    let (pairs, panels) = (k.div_ceil(2), width.div_ceil(stride));
+    assert!(stride <= 32 && pairs * stride <= panel_len);
+    assert!(panels == 0 || dst.len() >= (panels - 1) * panel_len + pairs * stride);
+    assert!(k == 0 || x.len() >= (k - 1) * ld + width);
     #[cfg(target_arch = "x86_64")]
     if path == Bf16Path::Avx512 {
-        // SAFETY: the CPU has AVX512_BF16 (Bf16Path::detect); lengths checked above.
+        // SAFETY: the CPU has AVX512_BF16 (Bf16Path::detect); the asserts bound every access.
         unsafe {
-            avx512::interleave_rows(dst.as_mut_ptr(), r0.as_ptr(), r1.map(|r| r.as_ptr()), n)
+            avx512::pack_columns(
+                dst.as_mut_ptr(),
+                stride,
+                panel_len,
+                x.as_ptr(),
+                ld,
+                width,
+                k,
+            )
         };
         return;
     }
     let _ = path;
-    interleave_portable(dst, r0, r1);
+    for q in 0..panels {
+        let panel = &mut dst[q * panel_len..][..pairs * stride];
+        let cols = stride.min(width - q * stride);
+        pack_columns_portable(panel, stride, &x[q * stride..], ld, cols, k);
+    }
 }
 
 super::simd_fn! {
-    fn interleave_portable(dst: &mut [u32], r0: &[f32], r1: Option<&[f32]>) {
-        match r1 {
-            Some(r1) => {
-                for ((d, &a), &b) in dst.iter_mut().zip(r0).zip(r1) {
-                    *d = pair(a, b);
+    fn pack_columns_portable(
+        dst: &mut [u32],
+        stride: usize,
+        x: &[f32],
+        ld: usize,
+        width: usize,
+        k: usize,
+    ) {
+        for (p, out) in dst.chunks_exact_mut(stride).take(k.div_ceil(2)).enumerate() {
+            let r0 = &x[2 * p * ld..][..width];
+            let (data, pad) = out.split_at_mut(width);
+            match (2 * p + 1 < k).then(|| &x[(2 * p + 1) * ld..][..width]) {
+                Some(r1) => {
+                    for ((d, &a), &b) in data.iter_mut().zip(r0).zip(r1) {
+                        *d = pair(a, b);
+                    }
+                }
+                None => {
+                    for (d, &a) in data.iter_mut().zip(r0) {
+                        *d = pair(a, 0.0);
+                    }
                 }
             }
-            None => {
-                for (d, &a) in dst.iter_mut().zip(r0) {
-                    *d = pair(a, 0.0);
-                }
-            }
+            pad.fill(0);
         }
     }
 }
@@ -337,103 +382,116 @@ fn run(prod: Product, path: Bf16Path, parallel: bool) {
 }
 
 /// The rows `rows` of `prod` on the calling thread: the blocked loops around the micro-kernel.
+///
+/// The loop order depends on where B comes from. A pre-packed B (a weight) needs no packing, so
+/// each block of MC rows runs through all of k before the next: its tile of C (at most 96 rows
+/// of the output) stays in L2 from one k-block to the next, where k-blocks outermost would write
+/// all of a tall C (the forward's 8192 x 1152 floats) and read it back from memory once per
+/// k-block. A B packed here is packed once per k-block for every row block, so there k-blocks go
+/// outermost (C is then a weight's gradient, small enough for the caches).
 fn run_rows(prod: Product, path: Bf16Path, rows: std::ops::Range<usize>) {
     BUFFERS.with(|buffers| {
         let mut buffers = buffers.borrow_mut();
         let (abuf, bbuf) = &mut *buffers;
-        let Product {
-            n,
-            k,
-            a,
-            b,
-            c,
-            ldc,
-            accumulate,
-            ..
-        } = prod;
+        let (k, n) = (prod.k, prod.n);
         let kp_total = k.div_ceil(2);
-        let panels = n.div_ceil(NR);
-        let mut pc = 0;
         // k = 0: the product is zero (written, or nothing added).
-        if kp_total == 0 && !accumulate {
+        if kp_total == 0 && !prod.accumulate {
             for i in rows.clone() {
                 // SAFETY: row i of C (n floats at stride ldc) belongs to this call.
-                unsafe { std::slice::from_raw_parts_mut(c.get().add(i * ldc), n) }.fill(0.0);
+                unsafe { std::slice::from_raw_parts_mut(prod.c.get().add(i * prod.ldc), n) }
+                    .fill(0.0);
             }
         }
-        while pc < kp_total {
-            let kpb = KC_PAIRS.min(kp_total - pc);
-            // The B block: either slices of the pre-packed panels or packed here.
-            let (bdata, panel_stride, panel_offset): (&[u32], usize, usize) = match b {
-                BSource::Packed(data) => (data, kp_total * NR, pc * NR),
-                BSource::KDownColumns { x, ld } => {
-                    grow(bbuf, panels * kpb * NR);
-                    for j in 0..panels {
-                        let (c0, width) = (j * NR, NR.min(n - j * NR));
-                        for p in 0..kpb {
-                            let k0 = 2 * (pc + p);
-                            let r0 = &x[k0 * ld + c0..][..width];
-                            let r1 = (k0 + 1 < k).then(|| &x[(k0 + 1) * ld + c0..][..width]);
-                            let dst = &mut bbuf[(j * kpb + p) * NR..][..NR];
-                            interleave_rows(path, &mut dst[..width], r0, r1);
-                            dst[width..].fill(0);
-                        }
+        let row_blocks = rows.clone().step_by(MC).map(|i| i..(i + MC).min(rows.end));
+        let k_blocks = (0..kp_total)
+            .step_by(KC_PAIRS)
+            .map(|pc| (pc, KC_PAIRS.min(kp_total - pc)));
+        match prod.b {
+            BSource::Packed(data) => {
+                for block in row_blocks {
+                    for (pc, kpb) in k_blocks.clone() {
+                        let b = PackedB {
+                            data,
+                            panel_stride: kp_total * NR,
+                            offset: pc * NR,
+                        };
+                        run_block(&prod, path, abuf, b, block.clone(), pc, kpb);
                     }
-                    (&bbuf[..], kpb * NR, 0)
                 }
-                BSource::KAlongRows { x, ld } => {
+            }
+            BSource::KDownColumns { x, ld } | BSource::KAlongRows { x, ld } => {
+                let panels = n.div_ceil(NR);
+                for (pc, kpb) in k_blocks {
                     grow(bbuf, panels * kpb * NR);
                     let (k0, k1) = (2 * pc, (2 * (pc + kpb)).min(k));
-                    for j in 0..panels {
-                        let panel = &mut bbuf[j * kpb * NR..][..kpb * NR];
-                        let width = NR.min(n - j * NR);
-                        for c in 0..width {
-                            let col = &x[(j * NR + c) * ld + k0..][..k1 - k0];
-                            pairs_of_row(path, &mut panel[c..], NR, col);
-                        }
-                        if width < NR {
-                            for p in 0..kpb {
-                                panel[p * NR + width..(p + 1) * NR].fill(0);
+                    let bblock = &mut bbuf[..panels * kpb * NR];
+                    match prod.b {
+                        BSource::KAlongRows { .. } => {
+                            for (j, panel) in bblock.chunks_exact_mut(kpb * NR).enumerate() {
+                                let (c0, width) = (j * NR, NR.min(n - j * NR));
+                                let x = &x[c0 * ld + k0..];
+                                pack_rows(path, panel, NR, x, ld, width, k1 - k0);
                             }
                         }
+                        _ => {
+                            let x = &x[k0 * ld..];
+                            pack_columns(path, bblock, NR, kpb * NR, x, ld, n, k1 - k0)
+                        }
                     }
-                    (&bbuf[..], kpb * NR, 0)
-                }
-            };
-            let acc = accumulate || pc > 0;
-            let mut ic = rows.start;
-            while ic < rows.end {
-                let mc = MC.min(rows.end - ic);
-                let row_panels = mc.div_ceil(MR);
-                grow(abuf, row_panels * kpb * MR);
-                pack_a(
-                    path,
-                    a,
-                    ic,
-                    mc,
-                    k,
-                    pc,
-                    kpb,
-                    &mut abuf[..row_panels * kpb * MR],
-                );
-                for j in 0..panels {
-                    let bp = &bdata[j * panel_stride + panel_offset..][..kpb * NR];
-                    let cols = NR.min(n - j * NR);
-                    for ir in 0..row_panels {
-                        let r0 = ic + ir * MR;
-                        let nrows = MR.min(rows.end - r0);
-                        let ap = &abuf[ir * kpb * MR..][..kpb * MR];
-                        // SAFETY: the tile (r0.., j * NR..) of C, nrows x cols, lies inside the
-                        // caller's output, and these rows belong to this call alone.
-                        let tile = SharedMut(unsafe { c.get().add(r0 * ldc + j * NR) });
-                        micro_kernel(path, kpb, ap, bp, tile, ldc, nrows, cols, acc);
+                    let b = PackedB {
+                        data: bbuf,
+                        panel_stride: kpb * NR,
+                        offset: 0,
+                    };
+                    for block in row_blocks.clone() {
+                        run_block(&prod, path, abuf, b, block, pc, kpb);
                     }
                 }
-                ic += mc;
             }
-            pc += kpb;
         }
     })
+}
+
+/// One k-block of B's panels: panel j's pairs of the block at `data[j * panel_stride + offset..]`.
+#[derive(Clone, Copy)]
+struct PackedB<'a> {
+    data: &'a [u32],
+    panel_stride: usize,
+    offset: usize,
+}
+
+/// Rows `block` (at most MC) of C (+)= their A rows' pairs `pc..pc + kpb` times B's block: A's
+/// block packed into `abuf`, then every panel of B past every micro-panel of A.
+fn run_block(
+    prod: &Product,
+    path: Bf16Path,
+    abuf: &mut Vec<u32>,
+    b: PackedB,
+    block: std::ops::Range<usize>,
+    pc: usize,
+    kpb: usize,
+) {
+    let (n, ldc, c) = (prod.n, prod.ldc, prod.c);
+    let acc = prod.accumulate || pc > 0;
+    let mc = block.len();
+    let row_panels = mc.div_ceil(MR);
+    grow(abuf, row_panels * kpb * MR);
+    let abuf = &mut abuf[..row_panels * kpb * MR];
+    pack_a(path, prod.a, block.start, mc, prod.k, pc, kpb, abuf);
+    for j in 0..n.div_ceil(NR) {
+        let bp = &b.data[j * b.panel_stride + b.offset..][..kpb * NR];
+        let cols = NR.min(n - j * NR);
+        for ir in 0..row_panels {
+            let r0 = block.start + ir * MR;
+            let nrows = MR.min(block.end - r0);
+            let ap = &abuf[ir * kpb * MR..][..kpb * MR];
+            // SAFETY: the tile (r0.., j * NR..) of C, nrows x cols, lies inside the caller's
+            // output, and these rows belong to this call alone.
+            let tile = SharedMut(unsafe { c.get().add(r0 * ldc + j * NR) });
+            micro_kernel(path, kpb, ap, bp, tile, ldc, nrows, cols, acc);
+        }
+    }
 }
 
 /// Grows the calling thread's packing buffers to what any product with outputs at most `max_n`
@@ -507,28 +565,17 @@ fn pack_a(
 ) {
     let k0 = 2 * pc;
     let k1 = (k0 + 2 * kpb).min(k);
-    for (panel, dst) in dst.chunks_exact_mut(kpb * MR).enumerate() {
-        let r0 = panel * MR;
-        let nrows = MR.min(mc - r0);
-        if nrows < MR {
-            dst.fill(0);
+    match a {
+        ASource::KAlongRows { x, ld } => {
+            for (panel, dst) in dst.chunks_exact_mut(kpb * MR).enumerate() {
+                let r0 = i0 + panel * MR;
+                let nrows = MR.min(mc - panel * MR);
+                pack_rows(path, dst, MR, &x[r0 * ld + k0..], ld, nrows, k1 - k0)
+            }
         }
-        match a {
-            ASource::KAlongRows { x, ld } => {
-                for r in 0..nrows {
-                    let row = &x[(i0 + r0 + r) * ld..][k0..k1];
-                    pairs_of_row(path, &mut dst[r..], MR, row);
-                }
-            }
-            ASource::KDownColumns { x, ld } => {
-                for p in 0..kpb {
-                    let kk = k0 + 2 * p;
-                    let c0 = i0 + r0;
-                    let row0 = &x[kk * ld + c0..][..nrows];
-                    let row1 = (kk + 1 < k).then(|| &x[(kk + 1) * ld + c0..][..nrows]);
-                    interleave_rows(path, &mut dst[p * MR..][..nrows], row0, row1);
-                }
-            }
+        ASource::KDownColumns { x, ld } => {
+            // Rows past mc: the last panel's lanes past mc are zeroed by the packer.
+            pack_columns(path, dst, MR, kpb * MR, &x[k0 * ld + i0..], ld, mc, k1 - k0)
         }
     }
 }

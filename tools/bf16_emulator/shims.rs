@@ -8,12 +8,13 @@ pub unsafe extern "C" fn emu_kernel(a: *const u32, b: *const u32, c: *mut f32, p
     avx512::kernel(p[0] as usize, a, b, c, p[1] as usize, p[2] as usize, p[3] as usize, p[4] != 0)
 }
 #[no_mangle]
-pub unsafe extern "C" fn emu_interleave(dst: *mut u32, r0: *const f32, r1: *const f32, params: *const u64) {
-    let p = core::slice::from_raw_parts(params, 2);
-    avx512::interleave_rows(dst, r0, if p[1] != 0 { Some(r1) } else { None }, p[0] as usize)
+pub unsafe extern "C" fn emu_pack_columns(dst: *mut u32, x: *const f32, params: *const u64) {
+    let p = core::slice::from_raw_parts(params, 5);
+    let (stride, panel_len, ld, width, k) = (p[0] as usize, p[1] as usize, p[2] as usize, p[3] as usize, p[4] as usize);
+    avx512::pack_columns(dst, stride, panel_len, x, ld, width, k)
 }
 #[no_mangle]
-pub unsafe extern "C" fn emu_pairs(dst: *mut u32, x: *const f32, params: *const u64) {
-    let p = core::slice::from_raw_parts(params, 2);
-    avx512::pairs_of_row(dst, p[0] as usize, x, p[1] as usize)
+pub unsafe extern "C" fn emu_pack_rows(dst: *mut u32, x: *const f32, params: *const u64) {
+    let p = core::slice::from_raw_parts(params, 4);
+    avx512::pack_rows(dst, p[0] as usize, x, p[1] as usize, p[2] as usize, p[3] as usize)
 }

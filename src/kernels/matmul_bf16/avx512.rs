@@ -68,59 +68,144 @@ pub unsafe fn kernel(
     }
 }
 
-/// `dst[j] = (bf16(r0[j]), bf16(r1[j]))` for j < n: two rows interleaved into k-pairs (a B panel
-/// row, or an A panel row of a transposed operand, whose reduced dimension runs across rows).
-/// `r1 = None` pairs with zeros (an odd k). 16 columns per `VCVTNE2PS2BF16` + `VPERMW`.
-///
-/// # Safety
-/// As [`kernel`] for the CPU; `r0` (and `r1`) readable for `n` floats, `dst` writable for `n`.
-#[target_feature(enable = "avx512bf16,avx512f,avx512bw,avx512vl")]
-pub unsafe fn interleave_rows(dst: *mut u32, r0: *const f32, r1: Option<*const f32>, n: usize) {
-    // Word 2j <- word j (row 0), word 2j + 1 <- word 16 + j (row 1).
+/// Word 2j <- word j (the first source's bf16), word 2j + 1 <- word 16 + j (the second's): the
+/// `VPERMW` that turns one `VCVTNE2PS2BF16` of two 16-float rows into 16 k-pairs.
+static INTERLEAVE: [i16; 32] = {
     let mut idx = [0i16; 32];
-    for j in 0..16 {
+    let mut j = 0;
+    while j < 16 {
         idx[2 * j] = j as i16;
         idx[2 * j + 1] = 16 + j as i16;
+        j += 1;
     }
-    let idx = _mm512_loadu_si512(idx.as_ptr() as *const _);
-    let mut j = 0;
-    while j < n {
-        let m = lanes(n - j);
-        let x0 = _mm512_maskz_loadu_ps(m, r0.add(j));
-        let x1 = match r1 {
-            Some(r1) => _mm512_maskz_loadu_ps(m, r1.add(j)),
-            None => _mm512_setzero_ps(),
-        };
-        // Words 0..16 from x0, 16..32 from x1.
-        let w: __m512i = core::mem::transmute(_mm512_cvtne2ps_pbh(x1, x0));
-        let pairs = _mm512_permutexvar_epi16(idx, w);
-        _mm512_mask_storeu_epi32(dst.add(j) as *mut i32, m, pairs);
-        j += 16;
+    idx
+};
+
+/// Panels `[pair][stride]` (panel q at `dst + q * panel_len`) from `width` columns whose reduced
+/// dimension runs down the rows of `x` (row stride `ld`): column j goes to lane j % stride of
+/// panel j / stride, `(bf16(x[2p][j]), bf16(x[2p + 1][j]))` at pair p < ceil(k / 2), the high
+/// half zero past an odd k, and the last panel's lanes past `width` zero. Two rows interleaved,
+/// 16 columns per `VCVTNE2PS2BF16` + `VPERMW`: B panels read from k-major rows, or A panels of a
+/// transposed operand. Pairs go outermost, so each pair of rows is read once, left to right, for
+/// all the panels (a panel at a time would revisit every row, and its page, once per panel).
+///
+/// # Safety
+/// As [`kernel`] for the CPU; `stride <= 32`; rows `0..k` of `x` readable for `width` floats at
+/// stride `ld`; `dst` writable for `ceil(width / stride) - 1` panels of `panel_len` elements
+/// plus `ceil(k / 2) * stride`.
+#[target_feature(enable = "avx512bf16,avx512f,avx512bw,avx512vl")]
+pub unsafe fn pack_columns(
+    dst: *mut u32,
+    stride: usize,
+    panel_len: usize,
+    x: *const f32,
+    ld: usize,
+    width: usize,
+    k: usize,
+) {
+    debug_assert!(stride <= 32);
+    let idx = _mm512_loadu_si512(INTERLEAVE.as_ptr() as *const _);
+    for p in 0..k.div_ceil(2) {
+        let r0 = x.add(2 * p * ld);
+        let second = 2 * p + 1 < k;
+        for q in 0..width.div_ceil(stride) {
+            for j in (0..stride).step_by(16) {
+                let col = q * stride + j;
+                let load = lanes(width.saturating_sub(col).min(stride - j));
+                let x0 = _mm512_maskz_loadu_ps(load, r0.add(col));
+                let x1 = if second {
+                    _mm512_maskz_loadu_ps(load, r0.add(ld + col))
+                } else {
+                    _mm512_setzero_ps()
+                };
+                // Words 0..16 from x0, 16..32 from x1.
+                let w: __m512i = core::mem::transmute(_mm512_cvtne2ps_pbh(x1, x0));
+                let pairs = _mm512_permutexvar_epi16(idx, w);
+                let out = dst.add(q * panel_len + p * stride + j) as *mut i32;
+                _mm512_mask_storeu_epi32(out, lanes(stride - j), pairs);
+            }
+        }
     }
 }
 
-/// One row whose reduced dimension is contiguous (`x[0..k]`) into k-pairs written `stride`
-/// elements apart: `dst[p * stride] = (bf16(x[2p]), bf16(x[2p + 1]))` for p < ceil(k / 2), the
-/// last pair's high half zero when k is odd. 32 floats per `VCVTNE2PS2BF16`, then a scatter.
+/// `rows[i]` lane j -> `rows[j]` lane i: a 16 x 16 transpose of 32-bit lanes (within 128-bit
+/// lanes by unpacking 32- then 64-bit halves, then across them by shuffling 128-bit blocks).
+#[inline(always)]
+unsafe fn transpose16(r: &mut [__m512i; 16]) {
+    let mut t = [_mm512_setzero_si512(); 16];
+    for i in 0..8 {
+        t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+    }
+    // u[4g + c]: in 128-bit block b, element 4b + c of rows 4g..4g + 4.
+    let mut u = [_mm512_setzero_si512(); 16];
+    for g in 0..4 {
+        u[4 * g] = _mm512_unpacklo_epi64(t[4 * g], t[4 * g + 2]);
+        u[4 * g + 1] = _mm512_unpackhi_epi64(t[4 * g], t[4 * g + 2]);
+        u[4 * g + 2] = _mm512_unpacklo_epi64(t[4 * g + 1], t[4 * g + 3]);
+        u[4 * g + 3] = _mm512_unpackhi_epi64(t[4 * g + 1], t[4 * g + 3]);
+    }
+    // Element 4b + c of all 16 rows: block b of u[c], u[4 + c], u[8 + c], u[12 + c].
+    for c in 0..4 {
+        let v0 = _mm512_shuffle_i32x4::<0x44>(u[c], u[4 + c]);
+        let v1 = _mm512_shuffle_i32x4::<0xEE>(u[c], u[4 + c]);
+        let w0 = _mm512_shuffle_i32x4::<0x44>(u[8 + c], u[12 + c]);
+        let w1 = _mm512_shuffle_i32x4::<0xEE>(u[8 + c], u[12 + c]);
+        r[c] = _mm512_shuffle_i32x4::<0x88>(v0, w0);
+        r[4 + c] = _mm512_shuffle_i32x4::<0xDD>(v0, w0);
+        r[8 + c] = _mm512_shuffle_i32x4::<0x88>(v1, w1);
+        r[12 + c] = _mm512_shuffle_i32x4::<0xDD>(v1, w1);
+    }
+}
+
+/// A panel `[pair][stride]` from `nrows` (<= stride <= 32) rows whose reduced dimension is
+/// contiguous (`x[r * ld + 0..k]`): `dst[p * stride + r] = (bf16(x[r][2p]), bf16(x[r][2p + 1]))`
+/// for p < ceil(k / 2), the high half zero past an odd k, and lanes `nrows..stride` zero. For
+/// each 32 floats of 16 rows: one `VCVTNE2PS2BF16` per row gives its 16 pairs, and a 16 x 16
+/// transpose turns rows of pairs into the panel's rows of rows (an A panel of a row-major
+/// operand, or W^T's panels).
 ///
 /// # Safety
-/// As [`kernel`] for the CPU; `x` readable for `k` floats, `dst + p * stride` writable for every
-/// pair p; `stride * 16` must fit an i32.
+/// As [`kernel`] for the CPU; rows `0..nrows` of `x` readable for `k` floats at stride `ld`;
+/// `dst` writable for `ceil(k / 2) * stride` elements.
 #[target_feature(enable = "avx512bf16,avx512f,avx512bw,avx512vl")]
-pub unsafe fn pairs_of_row(dst: *mut u32, stride: usize, x: *const f32, k: usize) {
-    let offsets = _mm512_mullo_epi32(
-        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-        _mm512_set1_epi32(stride as i32),
-    );
+pub unsafe fn pack_rows(
+    dst: *mut u32,
+    stride: usize,
+    x: *const f32,
+    ld: usize,
+    nrows: usize,
+    k: usize,
+) {
+    debug_assert!(nrows <= stride && stride <= 32);
+    let pairs = k.div_ceil(2);
     let mut i = 0;
     while i < k {
         let rest = k - i;
-        let lo = _mm512_maskz_loadu_ps(lanes(rest), x.add(i));
-        let hi = _mm512_maskz_loadu_ps(lanes(rest.saturating_sub(16)), x.add(i + 16));
-        // Words 0..32 are x[i..i + 32] in order: lane q holds the pair (x[i + 2q], x[i + 2q + 1]).
-        let w: __m512i = core::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
-        let pairs = lanes(rest.div_ceil(2));
-        _mm512_mask_i32scatter_epi32(dst.add((i / 2) * stride) as *mut i32, pairs, offsets, w, 4);
+        let (lo, hi) = (lanes(rest), lanes(rest.saturating_sub(16)));
+        let count = rest.div_ceil(2).min(16);
+        for g in 0..stride.div_ceil(16) {
+            let r0 = 16 * g;
+            let mut v = [_mm512_setzero_si512(); 16];
+            for (r, v) in v
+                .iter_mut()
+                .enumerate()
+                .take(nrows.saturating_sub(r0).min(16))
+            {
+                let row = x.add((r0 + r) * ld + i);
+                let a = _mm512_maskz_loadu_ps(lo, row);
+                let b = _mm512_maskz_loadu_ps(hi, row.add(16));
+                // Words 0..32 are row[i..i + 32] in order: lane q the pair (2q, 2q + 1).
+                *v = core::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(b, a));
+            }
+            transpose16(&mut v);
+            let store = lanes(stride - r0);
+            for (q, v) in v.iter().enumerate().take(count) {
+                let out = dst.add((i / 2 + q) * stride + r0) as *mut i32;
+                _mm512_mask_storeu_epi32(out, store, *v);
+            }
+        }
         i += 32;
     }
+    debug_assert!(i / 2 >= pairs);
 }
