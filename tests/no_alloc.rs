@@ -119,6 +119,17 @@ fn training_steps_do_not_allocate() {
                 "nanogpt-cpu",
                 &[("dropout", "0.1"), ("n_layer", "2"), ("precision", "bf16")][..],
             ),
+            // bf16 attention (heads of 64): its products share the linear layers' packing buffers.
+            (
+                "nanogpt-cpu",
+                &[
+                    ("dropout", "0.1"),
+                    ("n_layer", "1"),
+                    ("n_head", "2"),
+                    ("block_size", "128"),
+                    ("precision", "bf16"),
+                ][..],
+            ),
             // Every modern setting and Muon: Newton-Schulz scratch is made in the first step.
             (
                 "nanogpt-cpu",

@@ -347,6 +347,25 @@ struct Product<'a> {
     c: SharedMut,
     ldc: usize,
     accumulate: bool,
+    causal: Causal,
+}
+
+/// Which part of a square product attention needs (its m = n or m = k is the sequence length):
+/// whole tiles outside it are skipped, and what the tiles that straddle the diagonal compute
+/// beyond it is the caller's to ignore (attention's softmax overwrites it) or is zero.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Causal {
+    /// The whole product.
+    Full,
+    /// Only `C[i][j]` for `j <= i` (the scores `Q K^T`): a row panel skips the column panels
+    /// past its last row, and leaves them as they were.
+    Output,
+    /// A is lower triangular, `A[i][k] = 0` for `k > i` (the weights in `A V`): a row panel sums
+    /// only k up to its last row.
+    ALower,
+    /// A is upper triangular, `A[i][k] = 0` for `k < i` (the transposed weights in `A^T dY`): a
+    /// row panel sums only k from its first row.
+    AUpper,
 }
 
 thread_local! {
@@ -485,11 +504,20 @@ fn run_block(
         for ir in 0..row_panels {
             let r0 = block.start + ir * MR;
             let nrows = MR.min(block.end - r0);
-            let ap = &abuf[ir * kpb * MR..][..kpb * MR];
+            // The pairs of this k-block the row panel sums (all but under a causal A).
+            let (lo, hi) = match prod.causal {
+                Causal::Output if j * NR >= r0 + nrows => continue,
+                Causal::Full | Causal::Output => (0, kpb),
+                Causal::ALower => (0, ((r0 + nrows).div_ceil(2).saturating_sub(pc)).min(kpb)),
+                Causal::AUpper => ((r0 / 2).saturating_sub(pc).min(kpb), kpb),
+            };
+            let ap = &abuf[ir * kpb * MR..][lo * MR..hi * MR];
+            let bp = &bp[lo * NR..hi * NR];
             // SAFETY: the tile (r0.., j * NR..) of C, nrows x cols, lies inside the caller's
             // output, and these rows belong to this call alone.
             let tile = SharedMut(unsafe { c.get().add(r0 * ldc + j * NR) });
-            micro_kernel(path, kpb, ap, bp, tile, ldc, nrows, cols, acc);
+            // No pairs (hi == lo): the tile is written zero, or left as it is when accumulating.
+            micro_kernel(path, hi - lo, ap, bp, tile, ldc, nrows, cols, acc);
         }
     }
 }
@@ -598,6 +626,7 @@ fn forward_with(out: &mut [f32], inp: &[f32], weight: &PackedWeight, path: Bf16P
         c: SharedMut(out.as_mut_ptr()),
         ldc: oc,
         accumulate: false,
+        causal: Causal::Full,
     };
     run(prod, path, true);
 }
@@ -626,6 +655,7 @@ fn input_grad_with(
         c: SharedMut(dinp.as_mut_ptr()),
         ldc: ic,
         accumulate,
+        causal: Causal::Full,
     };
     run(prod, path, true);
 }
@@ -661,6 +691,7 @@ fn weight_grad_shaped(
         c: SharedMut(dweight.as_mut_ptr()),
         ldc: ic,
         accumulate,
+        causal: Causal::Full,
     };
     run(prod, path, true);
 }
@@ -689,6 +720,7 @@ fn gram_of_rows_with(gram: &mut [f32], x: &[f32], cols: usize, path: Bf16Path) {
         c: SharedMut(gram.as_mut_ptr()),
         ldc: rows,
         accumulate: false,
+        causal: Causal::Full,
     };
     run(prod, path, false);
 }
@@ -705,6 +737,7 @@ fn gram_of_columns_with(gram: &mut [f32], x: &[f32], cols: usize, path: Bf16Path
         c: SharedMut(gram.as_mut_ptr()),
         ldc: cols,
         accumulate: false,
+        causal: Causal::Full,
     };
     run(prod, path, false);
 }
@@ -734,6 +767,127 @@ fn matmul_row_major_with(
         c: SharedMut(c.as_mut_ptr()),
         ldc: n,
         accumulate,
+        causal: Causal::Full,
+    };
+    run(prod, path, false);
+}
+
+/// One attention head's scores on the calling thread: `s[t * lds + u] = x_t . y_u` for u <= t,
+/// x and y (t_n, k) with rows at strides `ld_x` and `ld_y` (the queries and keys in place in the
+/// q/k/v rows, or the output gradient and the values). Entries above the diagonal are computed
+/// where a tile straddles it and left as they were elsewhere.
+///
+/// # Safety
+/// `s` is valid for t_n rows of t_n floats at stride `lds` that no other thread touches.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn causal_scores(
+    s: *mut f32,
+    lds: usize,
+    x: &[f32],
+    ld_x: usize,
+    y: &[f32],
+    ld_y: usize,
+    t_n: usize,
+    k: usize,
+) {
+    causal_scores_with(s, lds, x, ld_x, y, ld_y, t_n, k, Bf16Path::best())
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn causal_scores_with(
+    s: *mut f32,
+    lds: usize,
+    x: &[f32],
+    ld_x: usize,
+    y: &[f32],
+    ld_y: usize,
+    t_n: usize,
+    k: usize,
+    path: Bf16Path,
+) {
+    if t_n == 0 {
+        return;
+    }
+    assert!(x.len() >= (t_n - 1) * ld_x + k && y.len() >= (t_n - 1) * ld_y + k);
+    let prod = Product {
+        m: t_n,
+        n: t_n,
+        k,
+        a: ASource::KAlongRows { x, ld: ld_x },
+        b: BSource::KAlongRows { x: y, ld: ld_y },
+        c: SharedMut(s),
+        ldc: lds,
+        accumulate: false,
+        causal: Causal::Output,
+    };
+    run(prod, path, false);
+}
+
+/// One attention head's weighted sums on the calling thread: `out (t_n, n) = W Y` for a lower
+/// triangular W (`w[t * ld_w + u]`, zero for u > t: a query's weights over the keys), or with
+/// `transposed` `W^T Y` (row u sums over t >= u: a key's weights from the queries after it),
+/// y (t_n, n) with rows at stride `ld_y`, out's rows at stride `ld_out`. The triangle W leaves
+/// out must be zero in `w` (attention's softmax writes it so).
+///
+/// # Safety
+/// `out` is valid for t_n rows of n floats at stride `ld_out` that no other thread touches.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn causal_weighted(
+    out: *mut f32,
+    ld_out: usize,
+    w: &[f32],
+    ld_w: usize,
+    transposed: bool,
+    y: &[f32],
+    ld_y: usize,
+    t_n: usize,
+    n: usize,
+) {
+    causal_weighted_with(
+        out,
+        ld_out,
+        w,
+        ld_w,
+        transposed,
+        y,
+        ld_y,
+        t_n,
+        n,
+        Bf16Path::best(),
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn causal_weighted_with(
+    out: *mut f32,
+    ld_out: usize,
+    w: &[f32],
+    ld_w: usize,
+    transposed: bool,
+    y: &[f32],
+    ld_y: usize,
+    t_n: usize,
+    n: usize,
+    path: Bf16Path,
+) {
+    if t_n == 0 {
+        return;
+    }
+    assert!(w.len() >= (t_n - 1) * ld_w + t_n && y.len() >= (t_n - 1) * ld_y + n);
+    let (a, causal) = match transposed {
+        false => (ASource::KAlongRows { x: w, ld: ld_w }, Causal::ALower),
+        true => (ASource::KDownColumns { x: w, ld: ld_w }, Causal::AUpper),
+    };
+    let prod = Product {
+        m: t_n,
+        n,
+        k: t_n,
+        a,
+        b: BSource::KDownColumns { x: y, ld: ld_y },
+        c: SharedMut(out),
+        ldc: ld_out,
+        accumulate: false,
+        causal,
     };
     run(prod, path, false);
 }
@@ -911,6 +1065,84 @@ mod tests {
                 matmul_row_major_with(&mut c, true, &a, &b, k, path);
                 for (d, c) in c.iter().zip(&copy) {
                     assert_eq!(*d, 2.0 * c, "accumulated matmul {what}");
+                }
+            }
+        }
+    }
+
+    /// Attention's causal products: the scores' lower triangle, and the weighted sums with a
+    /// lower triangular W and with W^T, on shapes that straddle every tile and block boundary.
+    #[test]
+    fn the_causal_products_match_an_fp32_reference() {
+        let mut rng = Rng::new(12);
+        for path in engines() {
+            for (t_n, k) in [
+                (1, 1),
+                (5, 3),
+                (13, 7),
+                (40, 64),
+                (97, 33),
+                (300, 16),
+                (33, 300),
+            ] {
+                let what = format!("{path:?} t={t_n} k={k}");
+                // Rows at a stride wider than k, as q, k and v sit in their rows.
+                let (ld_x, ld_y) = (k + 3, 2 * k + 1);
+                let x = random_vec(t_n * ld_x, &mut rng, 1.0);
+                let y = random_vec(t_n * ld_y, &mut rng, 1.0);
+                let (rx, ry) = (rounded(&x), rounded(&y));
+                let mut s = vec![f32::NAN; t_n * t_n];
+                // SAFETY: s holds t_n rows of t_n.
+                unsafe {
+                    causal_scores_with(s.as_mut_ptr(), t_n, &x, ld_x, &y, ld_y, t_n, k, path)
+                };
+                let (want, scale) = reference(
+                    t_n,
+                    t_n,
+                    k,
+                    |t, d| rx[t * ld_x + d],
+                    |d, u| ry[u * ld_y + d],
+                );
+                // Only the lower triangle is defined.
+                let lower: Vec<usize> = (0..t_n * t_n).filter(|i| i % t_n <= i / t_n).collect();
+                let pick = |m: &[f64]| lower.iter().map(|&i| m[i]).collect::<Vec<f64>>();
+                let got: Vec<f32> = lower.iter().map(|&i| s[i]).collect();
+                let what_s = format!("scores {what}");
+                assert_close(&what_s, &got, &pick(&want), &pick(&scale), k);
+
+                // A lower triangular W (t_n, t_n), zero above the diagonal, at a wider stride.
+                let ld_w = t_n + 5;
+                let mut w = random_vec(t_n * ld_w, &mut rng, 1.0);
+                for t in 0..t_n {
+                    w[t * ld_w + t + 1..(t + 1) * ld_w].fill(0.0);
+                }
+                let rw = rounded(&w);
+                let (n, ld_out) = (k, k + 2);
+                for transposed in [false, true] {
+                    let mut out = vec![f32::NAN; t_n * ld_out];
+                    // SAFETY: out holds t_n rows of n at stride ld_out.
+                    unsafe {
+                        causal_weighted_with(
+                            out.as_mut_ptr(),
+                            ld_out,
+                            &w,
+                            ld_w,
+                            transposed,
+                            &y,
+                            ld_y,
+                            t_n,
+                            n,
+                            path,
+                        )
+                    };
+                    let a = |i: usize, j: usize| match transposed {
+                        false => rw[i * ld_w + j],
+                        true => rw[j * ld_w + i],
+                    };
+                    let (want, scale) = reference(t_n, n, t_n, a, |j, c| ry[j * ld_y + c]);
+                    let got: Vec<f32> = (0..t_n * n).map(|i| out[i / n * ld_out + i % n]).collect();
+                    let what = format!("weighted {what} transposed={transposed}");
+                    assert_close(&what, &got, &want, &scale, t_n);
                 }
             }
         }

@@ -343,6 +343,7 @@ impl Model {
             has_dropout.then(|| (&a.att_mask[..att_len], dropout_p)),
             shape,
             cfg.attention_scale_factor(),
+            self.bf16.is_some(),
         );
         // Back through RoPE (turning the gradient back) and QK-norm, in place: d_qkv becomes
         // the gradient of the product's output.

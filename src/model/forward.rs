@@ -364,6 +364,7 @@ impl Model {
                 &a.qkv[..n * 3 * c],
                 shape,
                 cfg.attention_scale_factor(),
+                self.bf16.is_some(),
             );
         } else {
             // Extending one sequence: each new row attends over the cached keys and values of

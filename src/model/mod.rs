@@ -248,11 +248,13 @@ impl Model {
     pub fn set_precision(&mut self, precision: Precision) {
         let precision = precision.resolve();
         if precision == Precision::Bf16 {
-            // Every thread's packing buffers at their largest now, not in some later step.
+            // Every thread's packing buffers at their largest now, not in some later step: for the
+            // widest linear layer, or attention's (T, T) scores if wider.
             let widest = self
                 .layout
                 .linear_weights()
                 .map(|(_, oc, ic)| oc.max(ic))
+                .chain([self.config.block_size])
                 .max()
                 .unwrap_or(0);
             rayon::broadcast(|_| crate::kernels::matmul_bf16::reserve_buffers(widest));
@@ -508,10 +510,17 @@ mod tests {
     /// back when switched back.
     #[test]
     fn bf16_loss_and_gradient_are_close_to_fp32() {
+        // Heads of 16 (fp32 attention) and of 64 (bf16 attention where the CPU has it).
+        for (n_embd, n_head) in [(64, 4), (128, 2)] {
+            bf16_close_to_fp32(n_embd, n_head);
+        }
+    }
+
+    fn bf16_close_to_fp32(n_embd: usize, n_head: usize) {
         let mut cfg = preset("nanogpt-cpu").unwrap().model;
         cfg.vocab_size = 65;
-        cfg.n_embd = 64;
-        cfg.n_head = 4;
+        cfg.n_embd = n_embd;
+        cfg.n_head = n_head;
         cfg.n_layer = 2;
         cfg.block_size = 32;
         cfg.dropout = 0.1;
@@ -544,7 +553,10 @@ mod tests {
         let (loss_back, grad_back) = run(&model);
         assert_eq!((loss_back, &grad_back), (loss32, &grad32));
 
-        assert!((loss16 - loss32).abs() < 2e-3, "loss {loss16} vs {loss32}");
+        assert!(
+            (loss16 - loss32).abs() < 2e-3,
+            "{n_embd}/{n_head}: loss {loss16} vs {loss32}"
+        );
         assert_ne!(loss16, loss32, "the bf16 products were not used");
         let dot = |a: &[f32], b: &[f32]| {
             a.iter()
@@ -564,7 +576,11 @@ mod tests {
         for spec in &model.layout.specs {
             let (a, b) = (&grad16[spec.range()], &grad32[spec.range()]);
             let cosine = dot(a, b) / (dot(a, a) * dot(b, b)).sqrt().max(1e-30);
-            assert!(cosine > 0.99, "{}: cosine {cosine:.5}", spec.name);
+            assert!(
+                cosine > 0.99,
+                "{n_embd}/{n_head}: {}: cosine {cosine:.5}",
+                spec.name
+            );
         }
     }
 }

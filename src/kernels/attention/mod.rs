@@ -15,8 +15,13 @@
 //! then `dq_t = scale * sum_u ds[t, u] k_u` and `dk_u = scale * sum_t ds[t, u] q_t`.
 //!
 //! Each (batch row, head) is an independent problem, so threads take whole heads and the work
-//! inside a head runs on one thread. Three implementations of a head, chosen by size ([`Path`]):
-//! - large heads whose size and length are multiples of 8, on CPUs with AVX2 and FMA: the
+//! inside a head runs on one thread. Four implementations of a head, chosen by size and precision
+//! ([`Path`]):
+//! - heads of 64 or more of a model whose products are bf16 (`precision=bf16`, or `auto` on a CPU
+//!   with AVX512_BF16): the six products in bf16 with fp32 sums, through `matmul_bf16`'s causal
+//!   products, which skip the masked triangle a tile at a time; the scale, softmax and dropout
+//!   stay fp32, as do the weights kept for the backward pass;
+//! - other large heads whose size and length are multiples of 8, on CPUs with vectors: the
 //!   products (`Q K^T`, `A V`, and in the backward `dY V^T`, `A'^T dY`, `dS K`, `dS^T Q`) as the
 //!   register-tiled loops of [`tiles`], which skip the masked triangle 8 columns at a time;
 //! - other large heads: the same products through `gemm`, in blocks of rows so that the upper
@@ -25,6 +30,7 @@
 //!   gemm would cost more than the arithmetic.
 
 use super::matmul::gemm_ptr;
+use super::matmul_bf16::{self, Bf16Path};
 use super::{axpy, dot, simd_fn, weighted_rows, SharedMut};
 pub use crate::layout::AttentionShape;
 use crate::rng::{RowMask, SiteMasks};
@@ -33,12 +39,20 @@ use std::cell::RefCell;
 
 mod tiles;
 
-/// How each head of `shape` is computed.
-fn path(shape: &AttentionShape) -> Path {
+/// How each head of `shape` is computed: in bf16 when the model's products are (`bf16`).
+fn path(shape: &AttentionShape, bf16: bool) -> Path {
     let (t_n, hs) = (shape.seq_len, shape.head_size());
     // Below this size a head is a handful of short rows, where loops beat any product.
     if t_n < 32 || hs < 16 {
         return Path::Rows;
+    }
+    // bf16 where a head's products are long enough to pay for packing their operands: on 2 Zen 4
+    // cores the lecture's heads (T 256, hs 64) went from 1.20 to 0.83 s of thread time a step,
+    // while heads of 32 (`default`, `nanogpt-cpu`, `fast`) ran no faster than the fp32 tiles.
+    if hs >= 64 {
+        if let Some(engine) = bf16.then(Bf16Path::detect).flatten() {
+            return Path::Bf16(engine);
+        }
     }
     if super::simd::vectors() && t_n.is_multiple_of(8) && hs.is_multiple_of(8) {
         Path::Tiles
@@ -53,6 +67,9 @@ enum Path {
     Rows,
     Gemm,
     Tiles,
+    /// The four products in bf16 with fp32 sums (`matmul_bf16`'s causal products), the softmax
+    /// in fp32: mixed precision, as the linear layers under `precision=bf16`.
+    Bf16(Bf16Path),
 }
 
 thread_local! {
@@ -359,6 +376,43 @@ unsafe fn head_forward_tiles(
     );
 }
 
+/// One head's q, k, v (or output gradient) rows from `p`, `ld` apart, as a slice: T rows of hs.
+///
+/// # Safety
+/// `p` points at row 0 of a live buffer holding those rows.
+#[inline(always)]
+unsafe fn head_rows<'a>(p: *const f32, ld: usize, t_n: usize, hs: usize) -> &'a [f32] {
+    std::slice::from_raw_parts(p, (t_n - 1) * ld + hs)
+}
+
+/// `out` for one head with bf16 products. Same contract as [`head_forward_gemm`].
+#[inline(always)]
+unsafe fn head_forward_bf16(
+    head: Head,
+    out: *mut f32,
+    att: &mut [f32],
+    dropped: Option<(&mut [f32], &mut [u8], HeadMask, f32)>,
+    scale: f32,
+    engine: Bf16Path,
+) {
+    let Head { q, t_n, c, hs, .. } = head;
+    let ld = 3 * c;
+    let (qs, ks) = (head_rows(q, ld, t_n, hs), head_rows(q.add(c), ld, t_n, hs));
+    // S = Q K^T, scaled in the softmax's pass.
+    matmul_bf16::causal_scores_with(att.as_mut_ptr(), t_n, qs, ld, ks, ld, t_n, hs, engine);
+    for t in 0..t_n {
+        let row = &mut att[t * t_n..(t + 1) * t_n];
+        for s in &mut row[..=t] {
+            *s *= scale;
+        }
+        softmax_causal(row, t);
+    }
+    let weights = dropout_weights(att, dropped, t_n);
+    // out = A' V
+    let vs = head_rows(q.add(2 * c), ld, t_n, hs);
+    matmul_bf16::causal_weighted_with(out, c, weights, t_n, false, vs, ld, t_n, hs, engine);
+}
+
 /// `out` for one head, row by row (small heads). Same contract as [`head_forward_gemm`].
 #[inline(always)]
 unsafe fn head_forward_rows(
@@ -412,10 +466,11 @@ simd_fn! {
             _ => None,
         };
         // SAFETY: `forward` built `head` and `out` for this (batch row, head) alone, and chose
-        // `Path::Tiles` only where its conditions hold.
+        // `Path::Tiles` and `Path::Bf16` only where their conditions hold.
         unsafe {
             match path {
                 Path::Tiles => head_forward_tiles(head, out.get(), att, dropped, scale),
+                Path::Bf16(engine) => head_forward_bf16(head, out.get(), att, dropped, scale, engine),
                 Path::Gemm => head_forward_gemm(head, out.get(), att, dropped, scale),
                 Path::Rows => head_forward_rows(head, out.get(), att, dropped, scale),
             }
@@ -437,6 +492,7 @@ pub fn forward(
     qkv: &[f32],
     shape: AttentionShape,
     scale: f32,
+    bf16: bool,
 ) {
     let _timer = crate::profile::scope(crate::profile::Kernel::Attention, false);
     let AttentionShape {
@@ -451,7 +507,7 @@ pub fn forward(
     assert!(qkv.len() >= b_n * t_n * 3 * c && out.len() >= b_n * t_n * c);
     let att = &mut att[..heads * square];
     let out_ptr = SharedMut(out.as_mut_ptr());
-    let path = path(&shape);
+    let path = path(&shape, bf16);
     let (mask, p, masks) = match dropout {
         Some(d) => (
             Some(&mut d.mask[..heads * square]),
@@ -769,6 +825,45 @@ unsafe fn head_backward_tiles(
     );
 }
 
+/// The backward pass of one head with bf16 products. Same contract as [`head_backward_gemm`].
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn head_backward_bf16(
+    head: Head,
+    dhead: *mut f32,
+    att: &[f32],
+    d: &mut [f32],
+    mask: Option<&[u8]>,
+    keep: f32,
+    scale: f32,
+    engine: Bf16Path,
+) {
+    let Head {
+        q,
+        o: dout,
+        t_n,
+        c,
+        hs,
+    } = head;
+    let ld = 3 * c;
+    let (qs, ks, vs) = (
+        head_rows(q, ld, t_n, hs),
+        head_rows(q.add(c), ld, t_n, hs),
+        head_rows(q.add(2 * c), ld, t_n, hs),
+    );
+    let dys = head_rows(dout, c, t_n, hs);
+    let (dq, dk, dv) = (dhead, dhead.add(c), dhead.add(2 * c));
+    let weights = forward_weights(att, d, mask, keep);
+    // dV_u = sum_{t >= u} A'[t, u] dY_t
+    matmul_bf16::causal_weighted_with(dv, ld, weights, t_n, true, dys, c, t_n, hs, engine);
+    // dA' = dY V^T, then softmax backward row by row (d then holds scale * dS).
+    matmul_bf16::causal_scores_with(d.as_mut_ptr(), t_n, dys, c, vs, ld, t_n, hs, engine);
+    softmax_backward_rows(d, att, mask, keep, scale, t_n, 0..t_n);
+    // dQ_t = sum_{u <= t} dS[t, u] K_u;  dK_u = sum_{t >= u} dS[t, u] Q_t
+    matmul_bf16::causal_weighted_with(dq, ld, d, t_n, false, ks, ld, t_n, hs, engine);
+    matmul_bf16::causal_weighted_with(dk, ld, d, t_n, true, qs, ld, t_n, hs, engine);
+}
+
 /// The backward pass of one head, row by row (small heads). `d` holds at least T floats.
 #[inline(always)]
 unsafe fn head_backward_rows(
@@ -816,10 +911,13 @@ simd_fn! {
     /// One (batch row, head) of the backward pass; see [`backward`].
     fn head_backward(head: Head, dhead: SharedMut, att: &[f32], d: &mut [f32], mask: Option<&[u8]>, keep: f32, scale: f32, path: Path) {
         // SAFETY: `backward` built `head` and `dhead` for this (batch row, head) alone, and
-        // chose `Path::Tiles` only where its conditions hold.
+        // chose `Path::Tiles` and `Path::Bf16` only where their conditions hold.
         unsafe {
             match path {
                 Path::Tiles => head_backward_tiles(head, dhead.get(), att, d, mask, keep, scale),
+                Path::Bf16(engine) => {
+                    head_backward_bf16(head, dhead.get(), att, d, mask, keep, scale, engine)
+                }
                 Path::Gemm => head_backward_gemm(head, dhead.get(), att, d, mask, keep, scale),
                 Path::Rows => head_backward_rows(head, dhead.get(), att, d, mask, keep, scale),
             }
@@ -839,6 +937,7 @@ pub fn backward(
     dropout: Option<(&[u8], f32)>,
     shape: AttentionShape,
     scale: f32,
+    bf16: bool,
 ) {
     let _timer = crate::profile::scope(crate::profile::Kernel::Attention, true);
     let AttentionShape {
@@ -857,7 +956,7 @@ pub fn backward(
         assert!(m.len() >= heads * square);
     }
     let dqkv_ptr = SharedMut(dqkv.as_mut_ptr());
-    let path = path(&shape);
+    let path = path(&shape, bf16);
     let keep = dropout.map_or(1.0, |(_, p)| 1.0 / (1.0 - p));
     (0..heads)
         .into_par_iter()
@@ -912,7 +1011,7 @@ mod tests {
             mask: &mut mask,
             dropout: d,
         });
-        forward(&mut out, &mut att, buffers, qkv, shape, scale);
+        forward(&mut out, &mut att, buffers, qkv, shape, scale, false);
         (out, att, mask)
     }
 
@@ -934,6 +1033,7 @@ mod tests {
             drop.map(|d| (&mask[..], d.p)),
             shape,
             scale,
+            false,
         );
         dqkv
     }
@@ -1038,6 +1138,55 @@ mod tests {
         (out, att, mask, dqkv)
     }
 
+    /// The bf16 heads (on each engine this machine runs) compute what the fp32 heads do, to
+    /// within bf16's rounding of the products' operands, with the same dropout mask; and a
+    /// model in bf16 takes them for heads of 64 where the CPU has AVX512_BF16, not for heads of
+    /// 32, nor in fp32.
+    #[test]
+    fn bf16_heads_agree_with_fp32_to_within_bf16_rounding() {
+        let mut rng = Rng::new(12);
+        let shape = AttentionShape {
+            batch: 2,
+            seq_len: 70,
+            channels: 128,
+            n_head: 2,
+        };
+        let n = 2 * 70 * 128;
+        let qkv = random_vec(3 * n, &mut rng, 1.0);
+        let w = random_vec(n, &mut rng, 1.0);
+        let (o32, a32, m32, d32) = run_path(Path::Gemm, &qkv, &w, shape, 0.2, 4, 0.3);
+        let mut engines = vec![Bf16Path::Portable];
+        if crate::runtime::has_avx512_bf16() {
+            engines.push(Bf16Path::Avx512);
+            assert_eq!(path(&shape, true), Path::Bf16(Bf16Path::Avx512));
+        }
+        assert_ne!(path(&shape, false), Path::Bf16(Bf16Path::Avx512));
+        let small = AttentionShape {
+            channels: 64,
+            ..shape
+        };
+        assert!(!matches!(path(&small, true), Path::Bf16(_)));
+        for engine in engines {
+            let (o, a, m, d) = run_path(Path::Bf16(engine), &qkv, &w, shape, 0.2, 4, 0.3);
+            assert_eq!(m, m32, "{engine:?}: dropout mask");
+            for (name, x, y) in [("out", &o, &o32), ("att", &a, &a32), ("dqkv", &d, &d32)] {
+                // Relative to the tensor's scale: each operand is rounded by up to 2^-9.
+                let scale = y.iter().map(|v| v.abs()).fold(0.0f32, f32::max);
+                let worst = x
+                    .iter()
+                    .zip(y.iter())
+                    .map(|(x, y)| (x - y).abs())
+                    .fold(0.0, f32::max);
+                assert!(
+                    worst < 2e-2 * scale,
+                    "{engine:?} {name}: {worst} (scale {scale})"
+                );
+                // And they are not the fp32 numbers: the products did round.
+                assert!(worst > 0.0, "{engine:?} {name}: identical to fp32");
+            }
+        }
+    }
+
     /// The tiled, matrix-product and row-by-row heads compute the same thing, and `forward` and
     /// `backward` use the path `path` picks.
     #[test]
@@ -1059,9 +1208,9 @@ mod tests {
         // and chosen where the CPU has vectors.
         let paths = vec![Path::Rows, Path::Gemm, Path::Tiles];
         if crate::kernels::simd::vectors() {
-            assert_eq!(path(&shape), Path::Tiles);
+            assert_eq!(path(&shape, false), Path::Tiles);
         } else {
-            assert_eq!(path(&shape), Path::Gemm);
+            assert_eq!(path(&shape, false), Path::Gemm);
         }
         for path in paths {
             let (o, a, m, d) = run_path(path, &qkv, &w, shape, 0.2, 4, 0.3);
@@ -1172,7 +1321,7 @@ mod tests {
                 n_head: shape.n_head,
             };
             for drop in [None, dropout(0.25, 9)] {
-                let name = format!("{:?} {shape:?} {drop:?}", path(&shape));
+                let name = format!("{:?} {shape:?} {drop:?}", path(&shape, false));
                 let (out, att, mask) = run_forward(&qkv, shape, 0.5, drop);
                 let dqkv = run_backward(&qkv, &dout, shape, 0.5, drop);
                 let mut want = vec![0.0; n];
