@@ -532,3 +532,38 @@ fn a_budget_far_short_of_its_recipes_steps_says_so_once() {
     assert_eq!(set.len(), 1, "{set:?}");
     assert_eq!(set[0].1, None);
 }
+
+/// A budget that buys a model without dropout many passes over a short text says so once, when
+/// the steps are set; with dropout it says nothing.
+#[test]
+fn a_budget_of_many_passes_without_dropout_says_so_once() {
+    let text = &TINY_SHAKESPEARE[..4000];
+    let advice = |dropout: f32| {
+        let mut run = tiny_run(text);
+        run.trainer.model.config.dropout = dropout;
+        run.trainer.config.time_budget = 1.0;
+        let train_len = run.dataset.train.len();
+        let mut set = Vec::new();
+        run_training(&mut run, &RunOptions::default(), &mut |event| {
+            if let RunEvent::BudgetSet { steps, advice } = event {
+                set.push((steps, advice));
+            }
+        })
+        .unwrap();
+        assert_eq!(set.len(), 1, "{set:?}");
+        let (steps, advice) = set.pop().unwrap();
+        // Batch 32 x block 8 characters a step, over the 3600 of the training split.
+        let passes = steps as f64 * 256.0 / train_len as f64;
+        (passes, advice)
+    };
+    let (passes, said) = advice(0.0);
+    if passes > chargpt::config::PASSES_WITHOUT_DROPOUT {
+        let said = said.expect("a line of advice");
+        assert!(said.contains("passes over its training text"), "{said}");
+    } else {
+        // A machine too slow for a second to buy that many passes over 3600 characters.
+        println!("skipped: {passes:.1} passes in a second on this machine");
+        assert_eq!(said, None);
+    }
+    assert_eq!(advice(0.1).1, None);
+}

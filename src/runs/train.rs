@@ -106,9 +106,11 @@ pub enum RunEvent<'a> {
     /// A time budget became steps at the pace measured (once a run, after its first steps).
     /// `advice`: a line for the learner when they are under half of what the budget buys at
     /// its recipe's pace ([`Run::budget_guess`], [`budget_advice`]): its model is probably too
-    /// large for this machine and this time.
+    /// large for this machine and this time; or when they are so many passes over the text that
+    /// a model without dropout may learn it by heart ([`overfit_advice`]).
     ///
     /// [`budget_advice`]: crate::config::budget_advice
+    /// [`overfit_advice`]: crate::config::overfit_advice
     BudgetSet {
         steps: usize,
         advice: Option<String>,
@@ -348,9 +350,13 @@ impl Session {
         if self.calibrate_at.is_some_and(|at| done >= at) {
             self.fix_steps(run);
             let budget = run.trainer.config.time_budget;
+            let passes =
+                self.steps as f64 * self.tokens_per_step / run.dataset.train.len().max(1) as f64;
+            let dropout = run.trainer.model.config.dropout;
             let advice = run
                 .budget_guess
-                .and_then(|guess| crate::config::budget_advice(budget, guess, self.steps));
+                .and_then(|guess| crate::config::budget_advice(budget, guess, self.steps))
+                .or_else(|| crate::config::overfit_advice(budget, passes, dropout));
             on_event(RunEvent::BudgetSet {
                 steps: self.steps,
                 advice,
