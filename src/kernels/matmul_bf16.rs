@@ -772,29 +772,15 @@ fn matmul_row_major_with(
     run(prod, path, false);
 }
 
-/// One attention head's scores on the calling thread: `s[t * lds + u] = x_t . y_u` for u <= t,
-/// x and y (t_n, k) with rows at strides `ld_x` and `ld_y` (the queries and keys in place in the
-/// q/k/v rows, or the output gradient and the values). Entries above the diagonal are computed
+/// One attention head's scores on the calling thread, by `path`: `s[t * lds + u] = x_t . y_u`
+/// for u <= t, x and y (t_n, k) with rows at strides `ld_x` and `ld_y` (the queries and keys in
+/// place in the q/k/v rows, or the output gradient and the values). Entries above the diagonal are computed
 /// where a tile straddles it and left as they were elsewhere.
 ///
 /// # Safety
 /// `s` is valid for t_n rows of t_n floats at stride `lds` that no other thread touches.
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn causal_scores(
-    s: *mut f32,
-    lds: usize,
-    x: &[f32],
-    ld_x: usize,
-    y: &[f32],
-    ld_y: usize,
-    t_n: usize,
-    k: usize,
-) {
-    causal_scores_with(s, lds, x, ld_x, y, ld_y, t_n, k, Bf16Path::best())
-}
-
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn causal_scores_with(
+pub(crate) unsafe fn causal_scores(
     s: *mut f32,
     lds: usize,
     x: &[f32],
@@ -823,42 +809,16 @@ pub(crate) unsafe fn causal_scores_with(
     run(prod, path, false);
 }
 
-/// One attention head's weighted sums on the calling thread: `out (t_n, n) = W Y` for a lower
-/// triangular W (`w[t * ld_w + u]`, zero for u > t: a query's weights over the keys), or with
-/// `transposed` `W^T Y` (row u sums over t >= u: a key's weights from the queries after it),
-/// y (t_n, n) with rows at stride `ld_y`, out's rows at stride `ld_out`. The triangle W leaves
+/// One attention head's weighted sums on the calling thread, by `path`: `out (t_n, n) = W Y` for
+/// a lower triangular W (`w[t * ld_w + u]`, zero for u > t: a query's weights over the keys),
+/// or with `transposed` `W^T Y` (row u sums over t >= u: a key's weights from the queries after
+/// it), y (t_n, n) with rows at stride `ld_y`, out's rows at stride `ld_out`. The triangle W leaves
 /// out must be zero in `w` (attention's softmax writes it so).
 ///
 /// # Safety
 /// `out` is valid for t_n rows of n floats at stride `ld_out` that no other thread touches.
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn causal_weighted(
-    out: *mut f32,
-    ld_out: usize,
-    w: &[f32],
-    ld_w: usize,
-    transposed: bool,
-    y: &[f32],
-    ld_y: usize,
-    t_n: usize,
-    n: usize,
-) {
-    causal_weighted_with(
-        out,
-        ld_out,
-        w,
-        ld_w,
-        transposed,
-        y,
-        ld_y,
-        t_n,
-        n,
-        Bf16Path::best(),
-    )
-}
-
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn causal_weighted_with(
+pub(crate) unsafe fn causal_weighted(
     out: *mut f32,
     ld_out: usize,
     w: &[f32],
@@ -1093,9 +1053,7 @@ mod tests {
                 let (rx, ry) = (rounded(&x), rounded(&y));
                 let mut s = vec![f32::NAN; t_n * t_n];
                 // SAFETY: s holds t_n rows of t_n.
-                unsafe {
-                    causal_scores_with(s.as_mut_ptr(), t_n, &x, ld_x, &y, ld_y, t_n, k, path)
-                };
+                unsafe { causal_scores(s.as_mut_ptr(), t_n, &x, ld_x, &y, ld_y, t_n, k, path) };
                 let (want, scale) = reference(
                     t_n,
                     t_n,
@@ -1122,7 +1080,7 @@ mod tests {
                     let mut out = vec![f32::NAN; t_n * ld_out];
                     // SAFETY: out holds t_n rows of n at stride ld_out.
                     unsafe {
-                        causal_weighted_with(
+                        causal_weighted(
                             out.as_mut_ptr(),
                             ld_out,
                             &w,

@@ -399,7 +399,7 @@ unsafe fn head_forward_bf16(
     let ld = 3 * c;
     let (qs, ks) = (head_rows(q, ld, t_n, hs), head_rows(q.add(c), ld, t_n, hs));
     // S = Q K^T, scaled in the softmax's pass.
-    matmul_bf16::causal_scores_with(att.as_mut_ptr(), t_n, qs, ld, ks, ld, t_n, hs, engine);
+    matmul_bf16::causal_scores(att.as_mut_ptr(), t_n, qs, ld, ks, ld, t_n, hs, engine);
     for t in 0..t_n {
         let row = &mut att[t * t_n..(t + 1) * t_n];
         for s in &mut row[..=t] {
@@ -410,7 +410,7 @@ unsafe fn head_forward_bf16(
     let weights = dropout_weights(att, dropped, t_n);
     // out = A' V
     let vs = head_rows(q.add(2 * c), ld, t_n, hs);
-    matmul_bf16::causal_weighted_with(out, c, weights, t_n, false, vs, ld, t_n, hs, engine);
+    matmul_bf16::causal_weighted(out, c, weights, t_n, false, vs, ld, t_n, hs, engine);
 }
 
 /// `out` for one head, row by row (small heads). Same contract as [`head_forward_gemm`].
@@ -855,13 +855,13 @@ unsafe fn head_backward_bf16(
     let (dq, dk, dv) = (dhead, dhead.add(c), dhead.add(2 * c));
     let weights = forward_weights(att, d, mask, keep);
     // dV_u = sum_{t >= u} A'[t, u] dY_t
-    matmul_bf16::causal_weighted_with(dv, ld, weights, t_n, true, dys, c, t_n, hs, engine);
+    matmul_bf16::causal_weighted(dv, ld, weights, t_n, true, dys, c, t_n, hs, engine);
     // dA' = dY V^T, then softmax backward row by row (d then holds scale * dS).
-    matmul_bf16::causal_scores_with(d.as_mut_ptr(), t_n, dys, c, vs, ld, t_n, hs, engine);
+    matmul_bf16::causal_scores(d.as_mut_ptr(), t_n, dys, c, vs, ld, t_n, hs, engine);
     softmax_backward_rows(d, att, mask, keep, scale, t_n, 0..t_n);
     // dQ_t = sum_{u <= t} dS[t, u] K_u;  dK_u = sum_{t >= u} dS[t, u] Q_t
-    matmul_bf16::causal_weighted_with(dq, ld, d, t_n, false, ks, ld, t_n, hs, engine);
-    matmul_bf16::causal_weighted_with(dk, ld, d, t_n, true, qs, ld, t_n, hs, engine);
+    matmul_bf16::causal_weighted(dq, ld, d, t_n, false, ks, ld, t_n, hs, engine);
+    matmul_bf16::causal_weighted(dk, ld, d, t_n, true, qs, ld, t_n, hs, engine);
 }
 
 /// The backward pass of one head, row by row (small heads). `d` holds at least T floats.
