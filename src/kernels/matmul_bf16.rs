@@ -774,8 +774,8 @@ fn matmul_row_major_with(
 
 /// One attention head's scores on the calling thread, by `path`: `s[t * lds + u] = x_t . y_u`
 /// for u <= t, x and y (t_n, k) with rows at strides `ld_x` and `ld_y` (the queries and keys in
-/// place in the q/k/v rows, or the output gradient and the values). Entries above the diagonal are computed
-/// where a tile straddles it and left as they were elsewhere.
+/// place in the q/k/v rows, or the output gradient and the values). Entries above the diagonal
+/// are computed where a tile straddles it and left as they were elsewhere.
 ///
 /// # Safety
 /// `s` is valid for t_n rows of t_n floats at stride `lds` that no other thread touches.
