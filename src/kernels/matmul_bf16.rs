@@ -165,47 +165,51 @@ impl PackedWeight {
         assert_eq!(w.len(), oc * ic);
         let (kp_ic, kp_oc) = (ic.div_ceil(2), oc.div_ceil(2));
         // W^T: row o of W holds output channel o's k (= ic) run, column o % NR of panel o / NR.
-        for (j, panel) in self.transposed.chunks_exact_mut(kp_ic * NR).enumerate() {
-            let nrows = NR.min(oc - j * NR);
-            pack_rows(path, panel, NR, &w[j * NR * ic..], ic, nrows, ic);
-        }
+        pack_rows(path, &mut self.transposed, NR, kp_ic * NR, w, ic, oc, ic);
         // W: k (= oc) runs down the columns; pair p of panel j interleaves rows 2p and 2p + 1.
         pack_columns(path, &mut self.plain, NR, kp_oc * NR, w, ic, ic, oc);
     }
 }
 
-/// A packed panel `[pair][stride]` of `nrows` rows whose reduced dimension runs along the row
-/// (`x[r * ld + 0..k]`): `dst[p * stride + r] = pair(x[r][2p], x[r][2p + 1])`, zero past an odd
-/// k and in lanes `nrows..stride`.
+/// Packed panels `[pair][stride]`, each `panel_len` long, of `rows` rows whose reduced dimension
+/// runs along the row (`x[r * ld + 0..k]`): row r in lane r % stride of panel r / stride,
+/// `pair(x[r][2p], x[r][2p + 1])`, zero past an odd k and past `rows`.
+#[allow(clippy::too_many_arguments)]
 fn pack_rows(
     path: Bf16Path,
     dst: &mut [u32],
     stride: usize,
+    panel_len: usize,
     x: &[f32],
     ld: usize,
-    nrows: usize,
+    rows: usize,
     k: usize,
 ) {
-    let pairs = k.div_ceil(2);
-    assert!(nrows <= stride && stride <= 32 && dst.len() >= pairs * stride);
-    assert!(nrows == 0 || x.len() >= (nrows - 1) * ld + k);
-    #[cfg(target_arch = "x86_64")]
-    if path == Bf16Path::Avx512 {
-        // SAFETY: the path is only chosen where the CPU has AVX512_BF16 (Bf16Path::detect); the
-        // asserts above bound every read and write.
-        unsafe { avx512::pack_rows(dst.as_mut_ptr(), stride, x.as_ptr(), ld, nrows, k) };
-        return;
-    }
-    let _ = path;
-    for (p, out) in dst.chunks_exact_mut(stride).take(pairs).enumerate() {
-        for (r, o) in out.iter_mut().enumerate() {
-            *o = match r < nrows {
-                true => {
-                    let row = &x[r * ld..][..k];
-                    pair(row[2 * p], row.get(2 * p + 1).copied().unwrap_or(0.0))
-                }
-                false => 0,
-            };
+    let (pairs, panels) = (k.div_ceil(2), rows.div_ceil(stride));
+    assert!(stride <= 32 && pairs * stride <= panel_len);
+    assert!(panels == 0 || dst.len() >= (panels - 1) * panel_len + pairs * stride);
+    assert!(rows == 0 || x.len() >= (rows - 1) * ld + k);
+    for q in 0..panels {
+        let panel = &mut dst[q * panel_len..][..pairs * stride];
+        let (x, nrows) = (&x[q * stride * ld..], stride.min(rows - q * stride));
+        #[cfg(target_arch = "x86_64")]
+        if path == Bf16Path::Avx512 {
+            // SAFETY: the path is only chosen where the CPU has AVX512_BF16 (Bf16Path::detect);
+            // the asserts above bound every read and write.
+            unsafe { avx512::pack_rows(panel.as_mut_ptr(), stride, x.as_ptr(), ld, nrows, k) };
+            continue;
+        }
+        let _ = path;
+        for (p, out) in panel.chunks_exact_mut(stride).enumerate() {
+            for (r, o) in out.iter_mut().enumerate() {
+                *o = match r < nrows {
+                    true => {
+                        let row = &x[r * ld..][..k];
+                        pair(row[2 * p], row.get(2 * p + 1).copied().unwrap_or(0.0))
+                    }
+                    false => 0,
+                };
+            }
         }
     }
 }
@@ -447,11 +451,8 @@ fn run_rows(prod: Product, path: Bf16Path, rows: std::ops::Range<usize>) {
                     let bblock = &mut bbuf[..panels * kpb * NR];
                     match prod.b {
                         BSource::KAlongRows { .. } => {
-                            for (j, panel) in bblock.chunks_exact_mut(kpb * NR).enumerate() {
-                                let (c0, width) = (j * NR, NR.min(n - j * NR));
-                                let x = &x[c0 * ld + k0..];
-                                pack_rows(path, panel, NR, x, ld, width, k1 - k0);
-                            }
+                            let x = &x[k0..];
+                            pack_rows(path, bblock, NR, kpb * NR, x, ld, n, k1 - k0)
                         }
                         _ => {
                             let x = &x[k0 * ld..];
@@ -595,11 +596,7 @@ fn pack_a(
     let k1 = (k0 + 2 * kpb).min(k);
     match a {
         ASource::KAlongRows { x, ld } => {
-            for (panel, dst) in dst.chunks_exact_mut(kpb * MR).enumerate() {
-                let r0 = i0 + panel * MR;
-                let nrows = MR.min(mc - panel * MR);
-                pack_rows(path, dst, MR, &x[r0 * ld + k0..], ld, nrows, k1 - k0)
-            }
+            pack_rows(path, dst, MR, kpb * MR, &x[i0 * ld + k0..], ld, mc, k1 - k0)
         }
         ASource::KDownColumns { x, ld } => {
             // Rows past mc: the last panel's lanes past mc are zeroed by the packer.
