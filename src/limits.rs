@@ -139,6 +139,12 @@ pub const SETTINGS: &[Limit] = &[
         why: "0.05 is best-1h's",
     },
     Limit {
+        key: "budget_dropout",
+        min: 0.0,
+        max: 1.0,
+        why: "a probability, below 1; 0.1 is default's",
+    },
+    Limit {
         key: "time_budget",
         min: 0.0,
         max: 604_800.0,

@@ -368,6 +368,23 @@ impl Trainer {
         }
     }
 
+    /// Trains the following steps with dropout `p` (a time budget that buys many passes over the
+    /// text turns it on: [`crate::config::TrainConfig::budget_dropout`]). Between steps: the
+    /// fast engine's buffers are made again, with the dropout masks.
+    pub fn set_dropout(&mut self, p: f32) -> Result<(), OutOfMemory> {
+        self.model.config.dropout = p;
+        let t = self.model.config.block_size;
+        for s in &mut self.shards {
+            let rows = if self.engine == Engine::Fast {
+                s.rows.len()
+            } else {
+                0
+            };
+            s.acts = Activations::try_new(&self.model.config, rows, t, true)?;
+        }
+        Ok(())
+    }
+
     /// The forward pass of the batch (B, T) on every shard, and with `backward` the gradient of
     /// the batch's mean loss into `self.grads`. Returns the batch's mean loss.
     fn run_shards(

@@ -568,3 +568,77 @@ fn a_budget_of_many_passes_without_dropout_says_so_once() {
     }
     assert_eq!(advice(0.1).1, None);
 }
+
+/// A budget that buys a model without dropout many passes over its text turns its
+/// `budget_dropout` on when the steps are set, says so, and records the step: a resume goes on
+/// with dropout, exactly, and a run of the recorded steps with dropout turned on at that step
+/// repeats it bit for bit.
+#[test]
+fn a_budget_of_many_passes_turns_dropout_on_and_resumes_exactly() {
+    use chargpt::runs::resume_in_memory;
+    let text = &TINY_SHAKESPEARE[..4000];
+    let plain = || {
+        let mut run = tiny_run(text);
+        run.trainer.set_dropout(0.0).unwrap();
+        run.trainer.config.eval_interval = 0;
+        run
+    };
+    // An hour's budget over 3600 characters: thousands of passes on any machine.
+    let mut first = plain();
+    first.trainer.config.time_budget = 3600.0;
+    first.trainer.config.budget_dropout = 0.1;
+    let options = RunOptions {
+        stop_at: Some(30),
+        save_in_memory: true,
+        ..RunOptions::default()
+    };
+    let (mut losses, mut said, mut saved) = (Vec::new(), Vec::new(), None);
+    run_training(&mut first, &options, &mut |event| match event {
+        RunEvent::Step { stats, .. } => losses.push(stats.loss),
+        RunEvent::BudgetSet { advice, .. } => said.push(advice),
+        RunEvent::Saved(files) => saved = Some(files.clone()),
+        _ => {}
+    })
+    .unwrap();
+    assert_eq!(said.len(), 1, "{said:?}");
+    let note = said[0].as_deref().expect("a note");
+    assert!(note.contains("dropout 0.1 from here on"), "{note}");
+    let train = &first.trainer.config;
+    assert_eq!(
+        (train.budget_fixed_at, train.dropout_from),
+        (Some(10), Some(10))
+    );
+    assert_eq!(first.trainer.model.config.dropout, 0.1);
+    let steps = train.steps;
+    let files = saved.expect("saved");
+    let recorded = checkpoint::parse_config(&files.config, "config.json").unwrap();
+    assert_eq!(recorded.train.dropout_from, Some(10));
+    assert_eq!(recorded.model.dropout, 0.1);
+
+    let info = data_info("test", text);
+    let mut resumed = resume_in_memory("tiny", &files, &[], text, info, &QUIET, &mut |w| {
+        panic!("{w}")
+    })
+    .unwrap();
+    assert_eq!(resumed.trainer.model.config.dropout, 0.1);
+    let (more, _, _, _) = train_in_memory(&mut resumed, Some(60), false);
+    losses.extend(more);
+    assert_eq!(losses.len(), 60);
+
+    // The same steps without a budget, dropout turned on by hand at step 10.
+    let mut repeat = plain();
+    repeat.trainer.config.steps = steps;
+    let (mut again, _, _, _) = train_in_memory(&mut repeat, Some(10), false);
+    repeat.trainer.set_dropout(0.1).unwrap();
+    again.extend(train_in_memory(&mut repeat, Some(60), false).0);
+    assert_eq!(losses, again);
+    assert_eq!(resumed.trainer.model.params, repeat.trainer.model.params);
+
+    // Without dropout the first 10 steps are the same and the others not: dropout was on from
+    // step 10, and only from there.
+    let mut without = plain();
+    without.trainer.config.steps = steps;
+    let (plain_losses, _, _, _) = train_in_memory(&mut without, Some(60), false);
+    assert_eq!(plain_losses[..10], losses[..10]);
+    assert_ne!(plain_losses[10..], losses[10..]);
+}

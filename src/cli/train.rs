@@ -506,8 +506,12 @@ fn report_budget(train: &config::TrainConfig, done: usize, out: &Path) {
         ),
         _ => String::new(),
     };
+    let dropout = match train.dropout_from {
+        Some(from) => format!("; dropout {} from step {from}", train.budget_dropout),
+        None => String::new(),
+    };
     say!(
-        "time budget {}: {} steps, set at step {at} from the pace measured{decay} (`--set steps={} --set warmup_steps={}` repeats the schedule)",
+        "time budget {}: {} steps, set at step {at} from the pace measured{decay}{dropout} (`--set steps={} --set warmup_steps={}` repeats the schedule)",
         config::duration_text(train.time_budget),
         train.steps,
         train.steps,

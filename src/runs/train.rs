@@ -213,6 +213,28 @@ pub struct Session {
     calibrate_at: Option<usize>,
 }
 
+/// Turns on the run's `budget_dropout` from the next step when its budget buys a model without
+/// dropout more than [`PASSES_WITHOUT_DROPOUT`] `passes` over the training text, and records the
+/// step (`dropout_from`). Returns the dropout turned on. Every rank decides alike: the steps, and
+/// so the passes, are the same on all.
+///
+/// [`PASSES_WITHOUT_DROPOUT`]: crate::config::PASSES_WITHOUT_DROPOUT
+fn dropout_for_passes(run: &mut Run, passes: f64) -> Result<Option<f32>, RunError> {
+    let train = &run.trainer.config;
+    let p = train.budget_dropout;
+    if p <= 0.0
+        || train.time_budget <= 0.0
+        || train.dropout_from.is_some()
+        || run.trainer.model.config.dropout > 0.0
+        || passes <= crate::config::PASSES_WITHOUT_DROPOUT
+    {
+        return Ok(None);
+    }
+    run.trainer.set_dropout(p)?;
+    run.trainer.config.dropout_from = Some(run.trainer.step);
+    Ok(Some(p))
+}
+
 /// The most steps a run may have ([`crate::limits::SETTINGS`]), which a long budget on a small
 /// model would pass.
 const MAX_STEPS: usize = 10_000_000;
@@ -352,11 +374,15 @@ impl Session {
             let budget = run.trainer.config.time_budget;
             let passes =
                 self.steps as f64 * self.tokens_per_step / run.dataset.train.len().max(1) as f64;
+            let turned_on = dropout_for_passes(run, passes)?;
             let dropout = run.trainer.model.config.dropout;
             let advice = run
                 .budget_guess
                 .and_then(|guess| crate::config::budget_advice(budget, guess, self.steps))
-                .or_else(|| crate::config::overfit_advice(budget, passes, dropout));
+                .or_else(|| match turned_on {
+                    Some(p) => Some(crate::config::dropout_note(budget, passes, p)),
+                    None => crate::config::overfit_advice(budget, passes, dropout),
+                });
             on_event(RunEvent::BudgetSet {
                 steps: self.steps,
                 advice,
@@ -448,6 +474,11 @@ impl Session {
             },
         )
         .min(MAX_STEPS);
+        // Under mpirun every rank takes every step: they take rank 0's plan, whose clock may
+        // differ from theirs by a step or two.
+        let mut agreed = [steps as u32];
+        run.trainer.group().broadcast_u32(&mut agreed);
+        let steps = agreed[0] as usize;
         self.calibrate_at = None;
         run.trainer.config.steps = steps;
         if before.1.is_some() && crate::optimizer::wsd_decay(&run.trainer.config).0 <= done {
@@ -471,7 +502,8 @@ impl Session {
             && done < crate::optimizer::wsd_decay(train).0
     }
 
-    /// Whether a run with a budget turned into steps has no time left for another step.
+    /// Whether a run with a budget turned into steps has no time left for another step (on any
+    /// rank: they stop together).
     fn out_of_time(&self, run: &Run) -> bool {
         let train = &run.trainer.config;
         if train.time_budget <= 0.0 || train.budget_fixed_at.is_none() {
@@ -479,7 +511,7 @@ impl Session {
         }
         let left =
             train.time_budget - self.elapsed(run) - self.end_s(run, self.eval_s(run), END_SPARE);
-        left < self.clock.step_s()
+        run.trainer.group().any(left < self.clock.step_s())
     }
 
     /// An evaluation (see [`evaluate`]), timed for the ETA; a stop during it ends the run.

@@ -87,6 +87,19 @@ pub struct Training {
     /// The step the helpers' shards are in, once the leader ends it.
     pending: Option<Result<StepStats, TrainError>>,
     done: bool,
+    /// The settings the helpers last got ([`Training::replica_settings`]).
+    replica_sent: String,
+}
+
+/// The settings a run changes as it goes, which its helpers follow: the training config (a time
+/// budget sets its steps, and with them the learning rate of every step) and the model's dropout
+/// (which a budget may turn on).
+fn replica_settings(trainer: &Trainer) -> String {
+    serde_json::json!({
+        "dropout": trainer.model.config.dropout,
+        "train": &trainer.config,
+    })
+    .to_string()
 }
 
 /// The text of a run: the page's (an upload, with its file's name) or the built-in one.
@@ -283,6 +296,7 @@ impl Training {
             collected,
             pending: None,
             done: false,
+            replica_sent: String::new(),
         };
         let Training { run, collected, .. } = &mut training;
         let session =
@@ -471,7 +485,8 @@ impl Training {
     /// The trainer's state as the files' bytes `[config, model, optimizer]`, for the helpers to
     /// start from ([`Replica::new`]).
     #[wasm_bindgen(js_name = replicaFiles)]
-    pub fn replica_files(&self) -> Vec<js_sys::Uint8Array> {
+    pub fn replica_files(&mut self) -> Vec<js_sys::Uint8Array> {
+        self.replica_sent = replica_settings(&self.run.trainer);
         let trainer = &self.run.trainer;
         let mut config =
             CheckpointConfig::new(&trainer.model.config, &self.run.tokenizer, &trainer.config);
@@ -491,6 +506,18 @@ impl Training {
                     [..],
             ),
         ]
+    }
+
+    /// The settings the helpers follow, when they changed since the helpers started
+    /// ([`Training::replica_files`]) or last got them; the leader sends them after a step's
+    /// record, before the next step ([`Replica::follow`]).
+    #[wasm_bindgen(js_name = replicaSettings)]
+    pub fn replica_settings(&mut self) -> Option<String> {
+        let now = replica_settings(&self.run.trainer);
+        (now != self.replica_sent).then(|| {
+            self.replica_sent = now.clone();
+            now
+        })
     }
 
     /// The train split's ids, for the helpers to draw the same batches from.
@@ -542,6 +569,23 @@ impl Replica {
     /// Shard `k`'s gradient, as [`Replica::pass`] left it.
     pub fn gradient(&self, k: usize) -> Vec<f32> {
         self.trainer.shard_gradient(k).to_vec()
+    }
+
+    /// Takes the leader's settings ([`Training::replica_settings`]) for the following steps.
+    pub fn follow(&mut self, settings: &str) -> Result<(), JsValue> {
+        let bad = |e: &dyn std::fmt::Display| refusal(Refusal::conflict(e.to_string()));
+        let value: serde_json::Value = serde_json::from_str(settings).map_err(|e| bad(&e))?;
+        let train: TrainConfig =
+            serde_json::from_value(value["train"].clone()).map_err(|e| bad(&e))?;
+        let dropout = value["dropout"]
+            .as_f64()
+            .ok_or_else(|| bad(&"the leader's settings have no dropout"))?
+            as f32;
+        self.trainer.config = train;
+        if dropout != self.trainer.model.config.dropout {
+            self.trainer.set_dropout(dropout).map_err(|e| bad(&e))?;
+        }
+        Ok(())
     }
 
     /// Takes the step the leader ended: its summed gradient and the batch's loss.

@@ -4,6 +4,8 @@
 // From the leader: {op: 'init', k, shards, config, model, optimizer, tokens} -> {op: 'ready'}
 //                  {op: 'pass'}  -> {op: 'shard', loss, grad}   (the gradient's buffer moved)
 //                  {op: 'apply', sum, loss}                    (no answer)
+//                  {op: 'follow', settings}                    (no answer: the leader's steps
+//                                                               and dropout from the next step)
 
 import init, { Replica } from '../pkg/chargpt_web.js';
 
@@ -24,6 +26,8 @@ onmessage = async (e) => {
       postMessage({ op: 'shard', loss, grad }, [grad.buffer]);
     } else if (m.op === 'apply') {
       replica.apply(m.sum, m.loss);
+    } else if (m.op === 'follow') {
+      replica.follow(m.settings);
     }
   } catch (error) {
     postMessage({ op: 'failed', error: typeof error === 'string' ? error : String(error) });

@@ -77,6 +77,9 @@ async function train() {
       const loss = training.loss();
       for (const h of helpers) h.tell({ op: 'apply', sum, loss });
       training.recorded();
+      // A time budget set the steps (the learning rate of each) or turned dropout on.
+      const settings = training.replicaSettings();
+      if (settings !== undefined) for (const h of helpers) h.tell({ op: 'follow', settings });
       yielded = performance.now();
     }
     report();
