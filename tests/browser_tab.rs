@@ -589,3 +589,94 @@ fn two_workers_train_bit_for_bit_as_one_worker_with_two_shards() {
     let last = |s: &[Value]| s.last().unwrap()[1].as_f64().unwrap();
     assert!((last(&whole) - last(&two)).abs() < 0.05);
 }
+
+/// Starts run `name` of `layernorm` on the page at `query`, waits for its end and returns its
+/// `config.json` as the run recorded it.
+fn budgeted_run(browser: &Browser, port: u16, query: &str, name: &str, request: &str) -> Value {
+    browser.open(&format!("http://127.0.0.1:{port}/?{query}"));
+    browser.wait_until(
+        "the page",
+        "window.chargpt && document.querySelector('#new-preset option')",
+        30,
+    );
+    run_async(
+        browser,
+        &format!(
+            "await window.chargpt.api.startRun({{ name: '{name}', preset: 'layernorm', {request} }});
+             let failed = null;
+             await new Promise((resolve) => window.chargpt.api.follow('{name}', null, (type, data) => {{ if (type === 'error') failed = data; if (type === 'finished' || type === 'error') resolve(); }}));
+             if (failed) throw new Error(JSON.stringify(failed));
+             const files = await window.chargpt.api.runFiles('{name}');
+             const config = files.find((f) => f.name === 'config.json').data;
+             return JSON.parse(typeof config === 'string' ? config : new TextDecoder().decode(config));"
+        ),
+    )
+}
+
+/// A time budget sets a run's steps (and with them every later step's learning rate) after its
+/// warm-up, and may turn dropout on: the helper workers follow the leader, so 2 workers take
+/// the steps 1 worker with 2 shards takes when given those steps, bit for bit; and a budget
+/// that turns dropout on in the middle of a run with helpers trains on to its end.
+#[test]
+fn two_workers_follow_the_steps_and_the_dropout_a_budget_sets() {
+    let Some((chromium, driver)) = ready_or_skip() else {
+        return;
+    };
+    let port = static_server(site());
+    let browser = Browser::start(&chromium, &driver);
+    // 5,000 characters: the final exact evaluation takes a moment, and a budget of a few
+    // seconds buys this model more than 12 passes over the 4,500 of its training split (211
+    // steps) on any machine that runs the page.
+    browser.open(&format!("http://127.0.0.1:{port}/?workers=2"));
+    browser.wait_until("the page", "window.chargpt", 30);
+    let short = &chargpt::data::TINY_SHAKESPEARE[..5_000];
+    let up = run_async(
+        &browser,
+        &format!(
+            "return await window.chargpt.api.upload(new File([{}], 'short.txt'));",
+            serde_json::to_string(short).unwrap()
+        ),
+    );
+    let upload = format!("upload: '{}'", up["id"].as_str().unwrap());
+    // A cosine schedule: the learning rate of every step after the warm-up follows the steps.
+    let common = "lr_schedule: 'cosine', warmup_steps: 10, min_lr: 1e-4, eval_iters: 2, n_layer: 2";
+    let budgeted = budgeted_run(
+        &browser,
+        port,
+        "workers=2",
+        "budget",
+        &format!("{upload}, settings: {{ {common}, time_budget: 4, budget_dropout: 0 }}"),
+    );
+    let steps = budgeted["train"]["steps"].as_u64().unwrap();
+    assert_eq!(budgeted["train"]["budget_fixed_at"], 10, "{budgeted}");
+    // (The first guess was layernorm's 5000.)
+    assert!(steps > 20 && steps != 5000, "{budgeted}");
+    budgeted_run(
+        &browser,
+        port,
+        "workers=1&shards=2",
+        "replay",
+        &format!("{upload}, settings: {{ {common}, steps: {steps} }}"),
+    );
+    // (A machine that slowed down after the plan ends the budgeted run a few steps early.)
+    let two = steps_of(&browser, "budget");
+    let one = steps_of(&browser, "replay");
+    assert!(two.len() > 20 && two.len() <= one.len(), "{budgeted}");
+    assert_eq!(
+        two[..],
+        one[..two.len()],
+        "2 workers on a budget against 1 worker with 2 shards"
+    );
+
+    let dropout = budgeted_run(
+        &browser,
+        port,
+        "workers=2",
+        "dropout",
+        &format!("{upload}, settings: {{ {common}, time_budget: 4, budget_dropout: 0.1 }}"),
+    );
+    assert_eq!(dropout["train"]["dropout_from"], 10, "{dropout}");
+    assert_eq!(dropout["model"]["dropout"], 0.1, "{dropout}");
+    let steps = steps_of(&browser, "dropout");
+    assert_eq!(steps.len() as u64, dropout["step"].as_u64().unwrap());
+}

@@ -449,3 +449,37 @@ extern "C" {
     #[link_name = "kill"]
     fn libc_kill(pid: i32, signal: i32) -> i32;
 }
+
+/// A time budget across 2 ranks: every rank takes rank 0's plan (the steps set from the pace
+/// after the warm-up, and again at each evaluation before the decay) and they stop together, so
+/// the job ends, and its steps are those one process takes with the recorded steps given.
+#[test]
+fn a_budgeted_run_over_two_ranks_follows_rank_0s_plan() {
+    let _alone = one_at_a_time();
+    let dir = workspace();
+    let d = dir.path();
+    if mpirun(d).is_none() {
+        return;
+    }
+    let wsd = ["--set", "lr_schedule=wsd", "--set", "warmup_steps=10"].map(String::from);
+    let mut args = layernorm("budget", 100);
+    args.extend(wsd.clone());
+    args.extend(["--time", "6s"].map(String::from));
+    train(d, true, &strs(&args));
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("budget/config.json")).unwrap())
+            .unwrap();
+    assert!(config["train"]["budget_fixed_at"].is_u64(), "{config}");
+    let steps = config["train"]["steps"].as_u64().unwrap() as usize;
+    let mut replay = layernorm("replay", steps);
+    replay.extend(wsd);
+    train(d, false, &strs(&replay));
+    // (A machine that slowed down after the plan ends the budgeted run a few steps early.)
+    let (ranks, one) = (step_rows(&d.join("budget")), step_rows(&d.join("replay")));
+    assert!(
+        ranks.len() > 12 && ranks.len() <= one.len(),
+        "{}",
+        ranks.len()
+    );
+    assert_eq!(ranks[..], one[..ranks.len()]);
+}
