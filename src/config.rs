@@ -802,6 +802,14 @@ pub fn presets() -> Vec<Preset> {
         time_budget: 300.0,
         ..modern_train.clone()
     };
+    // `fast` and `best-1h`: one recipe (found for an hour, below) for 20 minutes and for 60.
+    let best_model = modern(gpt(256, 8, 6, 256, 0.1));
+    let best_train = TrainConfig {
+        batch_size: 8,
+        warmup_steps: 210,
+        muon_weight_decay: 0.05,
+        ..modern_train.clone()
+    };
     vec![
         Preset {
             name: "bigram",
@@ -901,14 +909,11 @@ pub fn presets() -> Vec<Preset> {
             // 1.4602 against 3593 steps and 1.4734 at block 128; on the Zen 5, at 4200 steps,
             // block 256 had reached 1.4548 against 1.4679. The steps are a first guess, about
             // 20 minutes of 2 Zen 5 cores (11000 of best-1h's took 40 to 49 minutes there).
-            model: modern(gpt(256, 8, 6, 256, 0.1)),
+            model: best_model.clone(),
             train: TrainConfig {
-                batch_size: 8,
                 steps: 4200,
-                warmup_steps: 210,
-                muon_weight_decay: 0.05,
                 time_budget: 1200.0,
-                ..modern_train.clone()
+                ..best_train.clone()
             },
         },
         Preset {
@@ -927,14 +932,11 @@ pub fn presets() -> Vec<Preset> {
             //   was neutral (1.4711) and 0.3 too strong (1.5278).
             // As an hour's budget on 2 Zen 4 cores in bf16, from a fresh clone: 9760 steps in
             // 58 min 04 s, 1.4051.
-            model: modern(gpt(256, 8, 6, 256, 0.1)),
+            model: best_model,
             train: TrainConfig {
-                batch_size: 8,
                 steps: 11000,
-                warmup_steps: 210,
-                muon_weight_decay: 0.05,
                 time_budget: 3600.0,
-                ..modern_train
+                ..best_train
             },
         },
         Preset {
@@ -1203,11 +1205,16 @@ pub fn apply_to_configs(
             reason: "the vocabulary comes from the data".into(),
         });
     }
-    if key == "budget_fixed_at" || key == "dropout_from" {
+    let instead = match key {
+        "budget_fixed_at" => Some("time_budget or steps"),
+        "dropout_from" => Some("budget_dropout, or dropout from the first step"),
+        _ => None,
+    };
+    if let Some(instead) = instead {
         return Err(ConfigError::InvalidValue {
             key: key.into(),
             value: value.into(),
-            reason: "a run records it; set time_budget or steps".into(),
+            reason: format!("a run records it; set {instead}"),
         });
     }
     if apply_override(model, key, value)? || apply_override(train, key, value)? {

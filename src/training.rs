@@ -103,6 +103,16 @@ struct Shard {
     loss: f32,
 }
 
+/// The rows a shard's fast-engine buffers hold: the reference engine allocates per pass, so its
+/// shards need none.
+fn rows_held(engine: Engine, rows: usize) -> usize {
+    if engine == Engine::Fast {
+        rows
+    } else {
+        0
+    }
+}
+
 /// The fast engine's buffers and a gradient buffer (but for the first) for each shard's rows.
 fn build_shards(
     model: &Model,
@@ -110,13 +120,11 @@ fn build_shards(
     rows: &[Range<usize>],
 ) -> Result<Vec<Shard>, OutOfMemory> {
     let t = model.config.block_size;
-    // The reference engine allocates per pass; its shards need no fast buffers.
-    let rows_held = |rows: usize| if engine == Engine::Fast { rows } else { 0 };
     rows.iter()
         .enumerate()
         .map(|(i, rows)| {
             Ok(Shard {
-                acts: Activations::try_new(&model.config, rows_held(rows.len()), t, true)?,
+                acts: Activations::try_new(&model.config, rows_held(engine, rows.len()), t, true)?,
                 grads: if i == 0 {
                     Vec::new()
                 } else {
@@ -356,16 +364,19 @@ impl Trainer {
         if engine == self.engine {
             return;
         }
-        let t = self.model.config.block_size;
         self.engine = engine;
+        self.remake_buffers().unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// Every shard's fast-engine buffers again, for the model's config and engine as they are
+    /// now (between steps: the engine or the dropout changed).
+    fn remake_buffers(&mut self) -> Result<(), OutOfMemory> {
+        let t = self.model.config.block_size;
         for s in &mut self.shards {
-            let rows = if engine == Engine::Fast {
-                s.rows.len()
-            } else {
-                0
-            };
-            s.acts = Activations::new(&self.model.config, rows, t, true);
+            let rows = rows_held(self.engine, s.rows.len());
+            s.acts = Activations::try_new(&self.model.config, rows, t, true)?;
         }
+        Ok(())
     }
 
     /// Trains the following steps with dropout `p` (a time budget that buys many passes over the
@@ -373,16 +384,7 @@ impl Trainer {
     /// fast engine's buffers are made again, with the dropout masks.
     pub fn set_dropout(&mut self, p: f32) -> Result<(), OutOfMemory> {
         self.model.config.dropout = p;
-        let t = self.model.config.block_size;
-        for s in &mut self.shards {
-            let rows = if self.engine == Engine::Fast {
-                s.rows.len()
-            } else {
-                0
-            };
-            s.acts = Activations::try_new(&self.model.config, rows, t, true)?;
-        }
-        Ok(())
+        self.remake_buffers()
     }
 
     /// The forward pass of the batch (B, T) on every shard, and with `backward` the gradient of

@@ -223,7 +223,6 @@ fn dropout_for_passes(run: &mut Run, passes: f64) -> Result<Option<f32>, RunErro
     let train = &run.trainer.config;
     let p = train.budget_dropout;
     if p <= 0.0
-        || train.time_budget <= 0.0
         || train.dropout_from.is_some()
         || run.trainer.model.config.dropout > 0.0
         || passes <= crate::config::PASSES_WITHOUT_DROPOUT

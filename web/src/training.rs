@@ -87,19 +87,23 @@ pub struct Training {
     /// The step the helpers' shards are in, once the leader ends it.
     pending: Option<Result<StepStats, TrainError>>,
     done: bool,
-    /// The settings the helpers last got ([`Training::replica_settings`]).
-    replica_sent: String,
+    /// What the helpers last got ([`Training::replica_settings`]), as [`settings_key`].
+    replica_sent: SettingsKey,
 }
 
-/// The settings a run changes as it goes, which its helpers follow: the training config (a time
-/// budget sets its steps, and with them the learning rate of every step) and the model's dropout
-/// (which a budget may turn on).
-fn replica_settings(trainer: &Trainer) -> String {
-    serde_json::json!({
-        "dropout": trainer.model.config.dropout,
-        "train": &trainer.config,
-    })
-    .to_string()
+/// The settings a run changes as it goes ([`chargpt::runs::Session`]): a time budget sets the
+/// steps, and with them the learning rate of every later step, and may turn dropout on. Compared
+/// after every step, so that the settings are written out only when they change.
+type SettingsKey = (usize, Option<usize>, Option<usize>, u32);
+
+fn settings_key(trainer: &Trainer) -> SettingsKey {
+    let train = &trainer.config;
+    (
+        train.steps,
+        train.budget_fixed_at,
+        train.dropout_from,
+        trainer.model.config.dropout.to_bits(),
+    )
 }
 
 /// The text of a run: the page's (an upload, with its file's name) or the built-in one.
@@ -296,7 +300,7 @@ impl Training {
             collected,
             pending: None,
             done: false,
-            replica_sent: String::new(),
+            replica_sent: (0, None, None, 0),
         };
         let Training { run, collected, .. } = &mut training;
         let session =
@@ -486,7 +490,7 @@ impl Training {
     /// start from ([`Replica::new`]).
     #[wasm_bindgen(js_name = replicaFiles)]
     pub fn replica_files(&mut self) -> Vec<js_sys::Uint8Array> {
-        self.replica_sent = replica_settings(&self.run.trainer);
+        self.replica_sent = settings_key(&self.run.trainer);
         let trainer = &self.run.trainer;
         let mut config =
             CheckpointConfig::new(&trainer.model.config, &self.run.tokenizer, &trainer.config);
@@ -508,15 +512,17 @@ impl Training {
         ]
     }
 
-    /// The settings the helpers follow, when they changed since the helpers started
-    /// ([`Training::replica_files`]) or last got them; the leader sends them after a step's
-    /// record, before the next step ([`Replica::follow`]).
+    /// The settings the helpers follow (the training config and the model's dropout), when they
+    /// changed since the helpers started ([`Training::replica_files`]) or last got them; the
+    /// leader sends them after a step's record, before the next step ([`Replica::follow`]).
     #[wasm_bindgen(js_name = replicaSettings)]
     pub fn replica_settings(&mut self) -> Option<String> {
-        let now = replica_settings(&self.run.trainer);
+        let trainer = &self.run.trainer;
+        let now = settings_key(trainer);
         (now != self.replica_sent).then(|| {
-            self.replica_sent = now.clone();
-            now
+            self.replica_sent = now;
+            serde_json::json!({ "dropout": trainer.model.config.dropout, "train": &trainer.config })
+                .to_string()
         })
     }
 
