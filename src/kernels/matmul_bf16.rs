@@ -695,6 +695,8 @@ fn weight_grad_shaped(
 
 /// `gram (cols, cols) = x^T x` for `x (rows, cols)` row-major, in bf16 on the calling thread: the
 /// Gram matrix of x's columns, as Muon's Newton-Schulz iteration takes it (one matrix per thread).
+/// A Gram matrix is symmetric, so only the tiles on and below the diagonal are computed and the
+/// rest mirrored, about half the product's work.
 pub fn gram_of_columns(gram: &mut [f32], x: &[f32], cols: usize) {
     gram_of_columns_with(gram, x, cols, Bf16Path::best())
 }
@@ -717,9 +719,10 @@ fn gram_of_rows_with(gram: &mut [f32], x: &[f32], cols: usize, path: Bf16Path) {
         c: SharedMut(gram.as_mut_ptr()),
         ldc: rows,
         accumulate: false,
-        causal: Causal::Full,
+        causal: Causal::Output,
     };
     run(prod, path, false);
+    mirror_lower(gram, rows);
 }
 
 fn gram_of_columns_with(gram: &mut [f32], x: &[f32], cols: usize, path: Bf16Path) {
@@ -734,9 +737,51 @@ fn gram_of_columns_with(gram: &mut [f32], x: &[f32], cols: usize, path: Bf16Path
         c: SharedMut(gram.as_mut_ptr()),
         ldc: cols,
         accumulate: false,
-        causal: Causal::Full,
+        causal: Causal::Output,
     };
     run(prod, path, false);
+    mirror_lower(gram, cols);
+}
+
+/// `out (n, n) = s @ s` for a symmetric `s (n, n)`, in bf16 on the calling thread. The square
+/// of a symmetric matrix is symmetric, `(S S)^T = S^T S^T = S S`, so as for a Gram matrix only
+/// the lower triangle's tiles are computed. Element (i, j) sums `s[i][p] s[p][j]` and (j, i) sums
+/// `s[j][p] s[p][i] = s[p][j] s[i][p]`: the same products in the same order, so the mirrored
+/// result equals the whole product's bit for bit when `s` is exactly symmetric.
+pub fn square_of_symmetric(out: &mut [f32], s: &[f32], n: usize) {
+    square_of_symmetric_with(out, s, n, Bf16Path::best())
+}
+
+fn square_of_symmetric_with(out: &mut [f32], s: &[f32], n: usize, path: Bf16Path) {
+    assert!(s.len() == n * n && out.len() == n * n);
+    let prod = Product {
+        m: n,
+        n,
+        k: n,
+        a: ASource::KAlongRows { x: s, ld: n },
+        b: BSource::KDownColumns { x: s, ld: n },
+        c: SharedMut(out.as_mut_ptr()),
+        ldc: n,
+        accumulate: false,
+        causal: Causal::Output,
+    };
+    run(prod, path, false);
+    mirror_lower(out, n);
+}
+
+/// Copies the lower triangle of the square `m` (n x n, row-major) onto its upper triangle, in
+/// 16 x 16 blocks so that the column reads of a block stay in L1.
+fn mirror_lower(m: &mut [f32], n: usize) {
+    const B: usize = 16;
+    for ib in (0..n).step_by(B) {
+        for jb in (ib..n).step_by(B) {
+            for i in ib..(ib + B).min(n) {
+                for j in (jb.max(i + 1))..(jb + B).min(n) {
+                    m[i * n + j] = m[j * n + i];
+                }
+            }
+        }
+    }
 }
 
 /// `c (m, n) (+)= a (m, k) @ b (k, n)`, all row-major, in bf16 on the calling thread.
@@ -1009,6 +1054,23 @@ mod tests {
                     &scale,
                     k,
                 );
+
+                // Both Gram matrices are mirrored from their lower triangles: exactly symmetric.
+                for i in 0..n {
+                    for j in 0..i {
+                        assert_eq!(gram[i * n + j], gram[j * n + i], "gram symmetric {what}");
+                    }
+                }
+                // The square of the (symmetric) Gram matrix, against the whole product of the
+                // same operands, bit for bit, and against an fp32 reference.
+                let mut square = vec![f32::NAN; n * n];
+                square_of_symmetric_with(&mut square, &gram, n, path);
+                let mut whole = vec![f32::NAN; n * n];
+                matmul_row_major_with(&mut whole, false, &gram, &gram, n, path);
+                assert_eq!(square, whole, "square of a symmetric matrix {what}");
+                let rg = rounded(&gram);
+                let (want, scale) = reference(n, n, n, |i, p| rg[i * n + p], |p, j| rg[p * n + j]);
+                assert_close(&format!("square {what}"), &square, &want, &scale, n);
 
                 // c (m, n) = a (m, k) @ b (k, n), then once more onto itself.
                 let a = random_vec(m * k, &mut rng, 1.0);
