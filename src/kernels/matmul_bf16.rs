@@ -498,20 +498,41 @@ fn run_block(
     let row_panels = mc.div_ceil(MR);
     grow(abuf, row_panels * kpb * MR);
     let abuf = &mut abuf[..row_panels * kpb * MR];
-    pack_a(path, prod.a, block.start, mc, prod.k, pc, kpb, abuf);
+    // Row panel ir's rows, and the pairs of this k-block it sums (all but under a causal A).
+    let panel = |ir: usize| {
+        let r0 = block.start + ir * MR;
+        let nrows = MR.min(block.end - r0);
+        let pairs = match prod.causal {
+            Causal::Full | Causal::Output => (0, kpb),
+            Causal::ALower => (0, ((r0 + nrows).div_ceil(2).saturating_sub(pc)).min(kpb)),
+            Causal::AUpper => ((r0 / 2).saturating_sub(pc).min(kpb), kpb),
+        };
+        (r0, nrows, pairs)
+    };
+    match prod.causal {
+        // A triangular A: each row panel packs only the pairs it sums (about half of attention's
+        // T x T weights, which are zero past the diagonal).
+        Causal::ALower | Causal::AUpper => {
+            for ir in 0..row_panels {
+                let (r0, nrows, (lo, hi)) = panel(ir);
+                if hi > lo {
+                    let dst = &mut abuf[ir * kpb * MR..][lo * MR..hi * MR];
+                    pack_a(path, prod.a, r0, nrows, prod.k, pc + lo, hi - lo, dst);
+                }
+            }
+        }
+        Causal::Full | Causal::Output => {
+            pack_a(path, prod.a, block.start, mc, prod.k, pc, kpb, abuf)
+        }
+    }
     for j in 0..n.div_ceil(NR) {
         let bp = &b.data[j * b.panel_stride + b.offset..][..kpb * NR];
         let cols = NR.min(n - j * NR);
         for ir in 0..row_panels {
-            let r0 = block.start + ir * MR;
-            let nrows = MR.min(block.end - r0);
-            // The pairs of this k-block the row panel sums (all but under a causal A).
-            let (lo, hi) = match prod.causal {
-                Causal::Output if j * NR >= r0 + nrows => continue,
-                Causal::Full | Causal::Output => (0, kpb),
-                Causal::ALower => (0, ((r0 + nrows).div_ceil(2).saturating_sub(pc)).min(kpb)),
-                Causal::AUpper => ((r0 / 2).saturating_sub(pc).min(kpb), kpb),
-            };
+            let (r0, nrows, (lo, hi)) = panel(ir);
+            if prod.causal == Causal::Output && j * NR >= r0 + nrows {
+                continue;
+            }
             let ap = &abuf[ir * kpb * MR..][lo * MR..hi * MR];
             let bp = &bp[lo * NR..hi * NR];
             // SAFETY: the tile (r0.., j * NR..) of C, nrows x cols, lies inside the caller's
