@@ -137,7 +137,27 @@ pub fn request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Response {
-    let mut stream = TcpStream::connect(host).unwrap();
+    let raw = exchange(host, method, path, headers, body)
+        .unwrap_or_else(|e| panic!("requesting {path} from {host}: {e}"));
+    parse_response(&raw)
+        .unwrap_or_else(|| panic!("no response head in {:?}", String::from_utf8_lossy(&raw)))
+}
+
+/// [`request`] to a server that may still be starting: `None` where it refuses the connection,
+/// or accepts it and closes it without an answer (as chromedriver can while it starts).
+pub fn try_request(host: &str, method: &str, path: &str) -> Option<Response> {
+    parse_response(&exchange(host, method, path, &[], b"").ok()?)
+}
+
+/// Writes one request and reads the raw response.
+fn exchange(
+    host: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<Vec<u8>> {
+    let mut stream = TcpStream::connect(host)?;
     stream
         .set_read_timeout(Some(Duration::from_secs(120)))
         .unwrap();
@@ -153,10 +173,10 @@ pub fn request(
         head.push_str(&format!("{k}: {v}\r\n"));
     }
     head.push_str("\r\n");
-    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(head.as_bytes())?;
     // The server may answer (413) before reading a large body and close the connection.
     let _ = stream.write_all(body);
-    parse_response(&read_response(&mut stream))
+    Ok(read_response(&mut stream))
 }
 
 /// Reads one response: to the end of its body by Content-Length or the last chunk, or to the
@@ -188,11 +208,8 @@ fn read_response(stream: &mut TcpStream) -> Vec<u8> {
     }
 }
 
-fn parse_response(raw: &[u8]) -> Response {
-    let end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or_else(|| panic!("no response head in {:?}", String::from_utf8_lossy(raw)));
+fn parse_response(raw: &[u8]) -> Option<Response> {
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
     let head = String::from_utf8_lossy(&raw[..end]).into_owned();
     let mut lines = head.split("\r\n");
     let status = lines
@@ -213,11 +230,11 @@ fn parse_response(raw: &[u8]) -> Response {
     } else {
         rest.to_vec()
     };
-    Response {
+    Some(Response {
         status,
         headers,
         body,
-    }
+    })
 }
 
 fn unchunk(mut data: &[u8]) -> Vec<u8> {

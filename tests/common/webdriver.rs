@@ -2,7 +2,7 @@
 //! with the small blocking HTTP client of `server.rs`. Debian's `chromium` and
 //! `chromium-driver` packages provide the two programs.
 
-use super::server::request;
+use super::server::{request, try_request};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -63,8 +63,10 @@ impl Browser {
         let host = format!("127.0.0.1:{port}");
         let started = Instant::now();
         loop {
-            let ready = std::net::TcpStream::connect(&host).is_ok()
-                && request(&host, "GET", "/status", &[], b"").json()["value"]["ready"] == true;
+            // Listening is not answering: while it starts, chromedriver may accept a connection
+            // and close it without a response (seen under CI's load).
+            let ready = try_request(&host, "GET", "/status")
+                .is_some_and(|r| r.json()["value"]["ready"] == true);
             if ready {
                 break;
             }
