@@ -804,7 +804,7 @@ pub fn presets() -> Vec<Preset> {
     };
     // `fast` and `best-1h`: one recipe (found for an hour, below) for 20 minutes and for 60.
     let best_model = modern(gpt(256, 8, 6, 256, 0.1));
-    // Its decay over the last half of the steps: `--preset fast` for 20 minutes on 2 Zen 4 cores in
+    // `fast` decays over the last half of its steps: `--preset fast` for 20 minutes on 2 Zen 4 cores in
     // bf16, from fresh clones one after another: decay_fraction 0.2 1.4602 (3280 steps, a faster
     // session), 0.35 1.4552 (3005 steps), 0.5 1.4527 (3018 steps, 18 min 35 s: the machine sped
     // up after the steps were fixed where the decay began). At batch 8 the gradient is noisy, and

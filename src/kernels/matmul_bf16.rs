@@ -731,37 +731,21 @@ pub fn gram_of_rows(gram: &mut [f32], x: &[f32], cols: usize) {
 fn gram_of_rows_with(gram: &mut [f32], x: &[f32], cols: usize, path: Bf16Path) {
     let rows = x.len() / cols.max(1);
     assert!(x.len() == rows * cols && gram.len() == rows * rows);
-    let prod = Product {
-        m: rows,
-        n: rows,
-        k: cols,
-        a: ASource::KAlongRows { x, ld: cols },
-        b: BSource::KAlongRows { x, ld: cols },
-        c: SharedMut(gram.as_mut_ptr()),
-        ldc: rows,
-        accumulate: false,
-        causal: Causal::Output,
-    };
-    run(prod, path, false);
-    mirror_lower(gram, rows);
+    let (a, b) = (
+        ASource::KAlongRows { x, ld: cols },
+        BSource::KAlongRows { x, ld: cols },
+    );
+    run_symmetric(gram, rows, cols, a, b, path);
 }
 
 fn gram_of_columns_with(gram: &mut [f32], x: &[f32], cols: usize, path: Bf16Path) {
     let rows = x.len() / cols.max(1);
     assert!(x.len() == rows * cols && gram.len() == cols * cols);
-    let prod = Product {
-        m: cols,
-        n: cols,
-        k: rows,
-        a: ASource::KDownColumns { x, ld: cols },
-        b: BSource::KDownColumns { x, ld: cols },
-        c: SharedMut(gram.as_mut_ptr()),
-        ldc: cols,
-        accumulate: false,
-        causal: Causal::Output,
-    };
-    run(prod, path, false);
-    mirror_lower(gram, cols);
+    let (a, b) = (
+        ASource::KDownColumns { x, ld: cols },
+        BSource::KDownColumns { x, ld: cols },
+    );
+    run_symmetric(gram, cols, rows, a, b, path);
 }
 
 /// `out (n, n) = s @ s` for a symmetric `s (n, n)`, in bf16 on the calling thread. The square
@@ -775,19 +759,29 @@ pub fn square_of_symmetric(out: &mut [f32], s: &[f32], n: usize) {
 
 fn square_of_symmetric_with(out: &mut [f32], s: &[f32], n: usize, path: Bf16Path) {
     assert!(s.len() == n * n && out.len() == n * n);
+    let (a, b) = (
+        ASource::KAlongRows { x: s, ld: n },
+        BSource::KDownColumns { x: s, ld: n },
+    );
+    run_symmetric(out, n, n, a, b, path);
+}
+
+/// `c (n, n) = A (n, k) @ B (k, n)` on the calling thread, for operands whose product is
+/// symmetric: only the tiles on and below the diagonal are computed, and the rest mirrored.
+fn run_symmetric(c: &mut [f32], n: usize, k: usize, a: ASource, b: BSource, path: Bf16Path) {
     let prod = Product {
         m: n,
         n,
-        k: n,
-        a: ASource::KAlongRows { x: s, ld: n },
-        b: BSource::KDownColumns { x: s, ld: n },
-        c: SharedMut(out.as_mut_ptr()),
+        k,
+        a,
+        b,
+        c: SharedMut(c.as_mut_ptr()),
         ldc: n,
         accumulate: false,
         causal: Causal::Output,
     };
     run(prod, path, false);
-    mirror_lower(out, n);
+    mirror_lower(c, n);
 }
 
 /// Copies the lower triangle of the square `m` (n x n, row-major) onto its upper triangle, in
@@ -1077,9 +1071,11 @@ mod tests {
                 );
 
                 // Both Gram matrices are mirrored from their lower triangles: exactly symmetric.
-                for i in 0..n {
-                    for j in 0..i {
-                        assert_eq!(gram[i * n + j], gram[j * n + i], "gram symmetric {what}");
+                for g in [&gram, &rows_gram] {
+                    for i in 0..n {
+                        for j in 0..i {
+                            assert_eq!(g[i * n + j], g[j * n + i], "gram symmetric {what}");
+                        }
                     }
                 }
                 // The square of the (symmetric) Gram matrix, against the whole product of the
