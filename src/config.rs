@@ -296,6 +296,14 @@ pub struct TrainConfig {
     /// a resume goes on with those steps, and `--set steps=N` repeats the run). Not a setting.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget_fixed_at: Option<usize>,
+    /// With `time_budget` and the wsd schedule, once its steps were set again inside the decay:
+    /// the decay's pieces, `(from, to)` pairs. From step `from` the learning rate falls linearly
+    /// from the value it had there to `min_lr` at step `to` (the last piece's `to` is `steps`);
+    /// the first piece begins where the decay began, at the peak. So a machine whose pace
+    /// changes in the decay still ends it inside the budget, and no step taken changes.
+    /// Recorded, so that a resume goes on exactly. Not a setting.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub decay_plan: Vec<(usize, usize)>,
     /// With `time_budget`, on a model without dropout: the dropout turned on when the budget
     /// turns out to buy more than [`PASSES_WITHOUT_DROPOUT`] passes over the training text (a
     /// fast machine, a long budget or a short text), where such a model learns the text by heart
@@ -514,6 +522,7 @@ impl TrainConfig {
             muon_weight_decay: 0.0,
             time_budget: 0.0,
             budget_fixed_at: None,
+            decay_plan: Vec::new(),
             budget_dropout: 0.0,
             dropout_from: None,
         }
@@ -581,6 +590,11 @@ impl TrainConfig {
                 "budget_dropout must lie in [0, 1), got {}",
                 self.budget_dropout
             ));
+        }
+        let pieces_in_order = self.decay_plan.windows(2).all(|w| w[0].0 < w[1].0)
+            && self.decay_plan.iter().all(|&(from, to)| from < to);
+        if !pieces_in_order {
+            return bad("decay_plan's pieces must begin at increasing steps, each before its end (a run records it: remove it to start the decay again)");
         }
         if !(self.time_budget.is_finite() && self.time_budget >= 0.0) {
             return bad("time_budget must be a duration such as 20m, or 0 for none");
@@ -765,7 +779,7 @@ pub fn presets() -> Vec<Preset> {
         // 1.6733 (its steps set at step 20, then cut short as the machine slowed), WSD 1.6721.
         lr_schedule: LrSchedule::Wsd,
         time_budget: 300.0,
-        ..nanogpt_train
+        ..nanogpt_train.clone()
     };
     // The modern presets' training: `lecture-5m`'s AdamW settings for the embeddings and gains,
     // Muon on the blocks' matrices, the wsd schedule, an evaluation every 250 steps, and bf16
@@ -1215,7 +1229,7 @@ pub fn apply_to_configs(
         });
     }
     let instead = match key {
-        "budget_fixed_at" => Some("time_budget or steps"),
+        "budget_fixed_at" | "decay_plan" => Some("time_budget or steps"),
         "dropout_from" => Some("budget_dropout, or dropout from the first step"),
         _ => None,
     };
@@ -1229,11 +1243,17 @@ pub fn apply_to_configs(
     if apply_override(model, key, value)? || apply_override(train, key, value)? {
         // A number of steps asked for is the run's length: no budget decides it then (set
         // time_budget after steps to have both, the steps as a first guess).
+        // Both start the schedule's plan again, except `time_budget=0`, which finishes the
+        // steps a budget planned on the decay it recorded.
         if key == "steps" {
             train.time_budget = 0.0;
+            train.decay_plan.clear();
         }
         if key == "time_budget" {
             train.budget_fixed_at = None;
+            if train.time_budget > 0.0 {
+                train.decay_plan.clear();
+            }
         }
         return Ok(());
     }

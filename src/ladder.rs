@@ -183,6 +183,7 @@ pub fn with_steps(train: &TrainConfig, steps: usize) -> TrainConfig {
         // Steps asked for decide the length: no time budget.
         time_budget: 0.0,
         budget_fixed_at: None,
+        decay_plan: Vec::new(),
         ..train.clone()
     }
 }

@@ -420,7 +420,8 @@ pub fn clip_scale(norm: f32, max_norm: f32) -> f32 {
 /// The learning rate at step `step` (0-based): constant, or nanoGPT's linear warm-up
 /// `lr * (step + 1) / (warmup + 1)` followed by cosine decay from `lr` to `min_lr` at the last
 /// step, or (wsd) by `lr` held constant and then a linear decay to `min_lr` over the last
-/// `decay_fraction` of the steps ([`wsd_decay`]).
+/// `decay_fraction` of the steps ([`wsd_decay`]), in the pieces of `decay_plan` where a time
+/// budget set the steps again inside it ([`wsd_decayed`]).
 pub fn learning_rate(cfg: &TrainConfig, step: usize) -> f32 {
     match cfg.lr_schedule {
         LrSchedule::Constant => cfg.learning_rate,
@@ -429,15 +430,14 @@ pub fn learning_rate(cfg: &TrainConfig, step: usize) -> f32 {
             if step < warmup {
                 return cfg.learning_rate * (step + 1) as f32 / (warmup + 1) as f32;
             }
-            let (start, decay) = wsd_decay(cfg);
+            let (start, _) = wsd_decay(cfg);
             if step < start {
                 return cfg.learning_rate;
             }
             if step >= total {
                 return cfg.min_lr;
             }
-            let ratio = (step - start) as f64 / decay as f64;
-            (cfg.learning_rate as f64 + ratio * (cfg.min_lr - cfg.learning_rate) as f64) as f32
+            wsd_decayed(cfg, start, step)
         }
         LrSchedule::Cosine => {
             let (warmup, total) = (cfg.warmup_steps, cfg.steps);
@@ -454,10 +454,39 @@ pub fn learning_rate(cfg: &TrainConfig, step: usize) -> f32 {
     }
 }
 
+/// The wsd decay's learning rate at `step` (from `start` on, before `steps`): a line from the
+/// peak at `start` to `min_lr` at `steps`; or, with `decay_plan`, from each piece's start, at the
+/// value the piece before reached there, to `min_lr` at the piece's `to`. Each value is computed
+/// the same way whether the plan has pieces after it or not, so that a budget setting the steps
+/// again changes no step taken, bit for bit.
+fn wsd_decayed(cfg: &TrainConfig, start: usize, step: usize) -> f32 {
+    let line = |from: usize, at: f32, to: usize, s: usize| {
+        let ratio = s.saturating_sub(from) as f64 / to.saturating_sub(from).max(1) as f64;
+        (at as f64 + ratio * (cfg.min_lr - at) as f64) as f32
+    };
+    let (mut from, mut at, mut to) = (start, cfg.learning_rate, cfg.steps);
+    let begun = cfg.decay_plan.iter().take_while(|&&(f, _)| f <= step);
+    for (i, &(piece_from, piece_to)) in begun.enumerate() {
+        if i > 0 {
+            at = line(from, at, to, piece_from);
+        }
+        (from, to) = (piece_from, piece_to);
+    }
+    if cfg.decay_plan.last().is_none_or(|&(last, _)| last == from) {
+        // The piece in force is the last: it ends where the run's steps end.
+        to = cfg.steps;
+    }
+    line(from, at, to, step)
+}
+
 /// The wsd schedule's decay: (first step of the decay, its length), the last
-/// `decay_fraction` of the steps after the warm-up (at least one step).
+/// `decay_fraction` of the steps after the warm-up (at least one step), or from the first
+/// piece of `decay_plan` to the last step.
 pub fn wsd_decay(cfg: &TrainConfig) -> (usize, usize) {
     let (warmup, total) = (cfg.warmup_steps, cfg.steps);
+    if let Some(&(start, _)) = cfg.decay_plan.first() {
+        return (start, total.saturating_sub(start).max(1));
+    }
     let decay = ((cfg.decay_fraction as f64 * total as f64).round() as usize)
         .clamp(1, total.saturating_sub(warmup).max(1));
     (total.saturating_sub(decay), decay)
@@ -556,6 +585,59 @@ mod tests {
         cfg.warmup_steps = 0;
         cfg.decay_fraction = 0.01;
         assert_eq!(wsd_decay(&cfg), (2, 1), "at least one step of decay");
+    }
+
+    #[test]
+    fn a_wsd_decay_set_again_in_pieces_changes_no_step_taken_and_ends_at_the_floor() {
+        let mut planned = TrainConfig::lecture(1, 1000, 1e-3);
+        planned.lr_schedule = LrSchedule::Wsd;
+        planned.warmup_steps = 100;
+        planned.min_lr = 1e-4;
+        planned.decay_fraction = 0.2;
+        // Set again at step 900 (halfway down: 5.5e-4) to end at 1100, then at 1000 to 1050.
+        let mut longer = planned.clone();
+        longer.steps = 1100;
+        longer.decay_plan = vec![(800, 1000), (900, 1100)];
+        let mut shorter = longer.clone();
+        shorter.steps = 1050;
+        shorter.decay_plan.push((1000, 1050));
+        assert_eq!(wsd_decay(&shorter), (800, 250));
+        for s in 0..900 {
+            let lr = learning_rate(&planned, s);
+            assert_eq!(
+                lr.to_bits(),
+                learning_rate(&longer, s).to_bits(),
+                "step {s}"
+            );
+            assert_eq!(
+                lr.to_bits(),
+                learning_rate(&shorter, s).to_bits(),
+                "step {s}"
+            );
+        }
+        for s in 900..1000 {
+            let lr = learning_rate(&longer, s);
+            assert_eq!(
+                lr.to_bits(),
+                learning_rate(&shorter, s).to_bits(),
+                "step {s}"
+            );
+        }
+        // From 5.5e-4 at 900 to 1e-4 at 1100: 2.25e-6 a step; from 3.25e-4 at 1000 to 1e-4 at
+        // 1050: 4.5e-6 a step.
+        assert!((learning_rate(&longer, 900) - 5.5e-4).abs() < 1e-7);
+        assert!((learning_rate(&longer, 1000) - 3.25e-4).abs() < 1e-7);
+        assert!((learning_rate(&shorter, 1000) - 3.25e-4).abs() < 1e-7);
+        assert!((learning_rate(&shorter, 1025) - 2.125e-4).abs() < 1e-7);
+        assert!((learning_rate(&shorter, 1049) - (1e-4 + 4.5e-6)).abs() < 1e-7);
+        assert_eq!(learning_rate(&shorter, 1050), 1e-4);
+        let lrs: Vec<f32> = (0..=1050).map(|s| learning_rate(&shorter, s)).collect();
+        assert!(lrs[100..].windows(2).all(|w| w[1] <= w[0]), "never rises");
+        // The last piece ends at the run's steps, whatever it recorded.
+        let mut cut = shorter.clone();
+        cut.steps = 1030;
+        assert_eq!(learning_rate(&cut, 1030), 1e-4);
+        assert!((learning_rate(&cut, 1015) - 2.125e-4).abs() < 1e-7);
     }
 
     /// Muon moves the hidden matrices as the plain-loop twin does (two steps: the momentum is

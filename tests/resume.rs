@@ -437,64 +437,175 @@ fn a_budgeted_run_records_its_steps_resumes_exactly_and_repeats_with_them() {
     assert_eq!(resumed.trainer.model.params, repeat.trainer.model.params);
 }
 
-/// A budgeted WSD run refits its steps to the machine's pace at each evaluation until its decay
-/// begins (its learning rate is flat until then), decays to the end inside its budget, and a run
-/// set to its recorded steps repeats it bit for bit.
-#[test]
-fn a_budgeted_wsd_run_follows_the_pace_until_its_decay() {
-    let text = &TINY_SHAKESPEARE[..100_000];
-    let wsd = |budget: f64, steps: usize| {
-        let mut run = tiny_run(text);
-        let train = &mut run.trainer.config;
-        train.lr_schedule = LrSchedule::Wsd;
-        train.eval_interval = 0;
-        train.steps = steps;
-        train.time_budget = budget;
-        run
+/// A budgeted WSD run, trained to its end or to `stop_at`: every step's (loss, learning rate),
+/// the outcome and the seconds it took. `slow_in_decay`: each step of its decay takes twice as
+/// long (a machine that slows down once the decay has begun), by a wait inside the step's time,
+/// as the loop of [`run_training`] times it.
+fn train_wsd(
+    run: &mut Run,
+    stop_at: Option<usize>,
+    slow_in_decay: bool,
+) -> (Vec<(f32, f32)>, chargpt::runs::RunOutcome, f64) {
+    use chargpt::runs::{Due, Session};
+    let options = RunOptions {
+        exact_eval: true,
+        stop_at,
+        ..RunOptions::default()
     };
-    let train_all = |run: &mut Run, stop_at: Option<usize>| {
-        let options = RunOptions {
-            exact_eval: true,
-            stop_at,
-            ..RunOptions::default()
-        };
-        let mut steps = Vec::new();
-        let t0 = std::time::Instant::now();
-        let outcome = run_training(run, &options, &mut |event| {
-            if let RunEvent::Step { stats, .. } = event {
-                steps.push((stats.loss, stats.lr));
+    let (peak, warmup) = (
+        run.trainer.config.learning_rate,
+        run.trainer.config.warmup_steps,
+    );
+    let mut steps = Vec::new();
+    let mut on_event = |event: RunEvent<'_>| {
+        if let RunEvent::Step { stats, .. } = event {
+            steps.push((stats.loss, stats.lr));
+        }
+    };
+    let t0 = std::time::Instant::now();
+    let mut session = Session::start(run, options, &mut on_event).unwrap();
+    let mut step_s = 0.0;
+    let outcome = loop {
+        match session.next(run, &mut on_event).unwrap() {
+            Due::Step => {
+                let began = std::time::Instant::now();
+                let step = run.trainer.step;
+                let stats = run.trainer.train_step(&run.dataset.train);
+                let seconds = began.elapsed().as_secs_f64();
+                let in_decay = step >= warmup
+                    && chargpt::optimizer::learning_rate(&run.trainer.config, step) < peak;
+                if slow_in_decay && in_decay {
+                    std::thread::sleep(std::time::Duration::from_secs_f64(step_s));
+                } else {
+                    step_s += 0.1 * (seconds - step_s);
+                }
+                session.stepped(run, stats, &mut on_event).unwrap();
             }
-        })
-        .unwrap();
-        (steps, outcome, t0.elapsed().as_secs_f64())
+            Due::Done(outcome) => break outcome,
+        }
     };
-    let mut timed = wsd(3.0, 60);
-    let (steps, outcome, seconds) = train_all(&mut timed, None);
+    (steps, outcome, t0.elapsed().as_secs_f64())
+}
+
+fn wsd_run(text: &str, budget: f64, steps: usize) -> Run {
+    let mut run = tiny_run(text);
+    let train = &mut run.trainer.config;
+    train.lr_schedule = LrSchedule::Wsd;
+    train.eval_interval = 0;
+    train.steps = steps;
+    train.time_budget = budget;
+    run
+}
+
+/// A budgeted WSD run refits its steps to the machine's pace at each evaluation (its learning
+/// rate is flat until its decay, and falls in straight pieces in it), decays to the end inside
+/// its budget, and a run set to its recorded steps and decay repeats it bit for bit.
+#[test]
+fn a_budgeted_wsd_run_follows_the_pace_to_its_end() {
+    let text = &TINY_SHAKESPEARE[..100_000];
+    let mut timed = wsd_run(text, 3.0, 60);
+    let (steps, outcome, seconds) = train_wsd(&mut timed, None, false);
     let train = timed.trainer.config.clone();
     assert!(seconds < 3.0 + 1.5, "{seconds} s for a 3 s budget");
     let fixed = train.budget_fixed_at.expect("steps set from the budget");
-    let (decay_start, _) = chargpt::optimizer::wsd_decay(&train);
-    assert!(
-        fixed >= 10 && fixed < decay_start,
-        "set at {fixed}, decay from {decay_start}"
-    );
+    assert!(fixed >= 10 && fixed < train.steps, "set at {fixed}");
     assert!(!outcome.interrupted && outcome.steps_done <= train.steps);
     if outcome.steps_done == train.steps {
-        // The decay ran to its end: the last step's learning rate is one decay step above the
-        // floor. (A machine much slower in the decay than before it, as under other tests, can
+        // The decay ran to its end: the last step's learning rate is one step of the last
+        // piece above the floor. (A machine much slower at the end, as under other tests, can
         // cut it short.)
-        let (_, decay) = chargpt::optimizer::wsd_decay(&train);
+        let (from, at) = match train.decay_plan.last() {
+            Some(&(from, _)) => (from, steps[from].1),
+            None => (chargpt::optimizer::wsd_decay(&train).0, train.learning_rate),
+        };
         let last_lr = steps.last().unwrap().1;
-        let one_step = (train.learning_rate - train.min_lr) / decay as f32;
+        let one_step = (at - train.min_lr) / (train.steps - from) as f32;
         assert!(
             last_lr >= train.min_lr && last_lr <= train.min_lr + one_step * 1.001,
-            "{last_lr}: min_lr {} and {one_step} a step over {decay} steps",
+            "{last_lr}: min_lr {} and {one_step} a step from {at} at step {from}",
             train.min_lr
         );
     }
-    let mut repeat = wsd(0.0, train.steps);
-    let (again, _, _) = train_all(&mut repeat, Some(outcome.steps_done));
+    let mut repeat = wsd_run(text, 0.0, train.steps);
+    repeat.trainer.config.decay_plan = train.decay_plan.clone();
+    let (again, _, _) = train_wsd(&mut repeat, Some(outcome.steps_done), false);
     assert_eq!(steps, again, "the run set to its {} steps", train.steps);
+}
+
+/// A machine that slows down once the decay has begun: the run sets its steps again inside the
+/// decay, recording the pieces (`decay_plan`), and still ends inside its budget with its
+/// learning rate at the floor, never rising, and no step taken changed. A resume goes on with
+/// the pieces; a run given them and the steps repeats it bit for bit.
+#[test]
+fn a_budgeted_wsd_run_sets_its_steps_again_inside_its_decay() {
+    use chargpt::runs::resume_in_memory;
+    let text = &TINY_SHAKESPEARE[..100_000];
+    // Each step of the decay takes twice as long: the plan made before the decay overruns, so
+    // the evaluations in the decay shorten it.
+    let mut timed = wsd_run(text, 4.0, 60);
+    let (steps, outcome, seconds) = train_wsd(&mut timed, None, true);
+    let train = timed.trainer.config.clone();
+    println!(
+        "{} of {} steps in {seconds:.2} s, decay {:?}",
+        outcome.steps_done, train.steps, train.decay_plan
+    );
+    assert!(seconds < 4.0 + 1.5, "{seconds} s for a 4 s budget");
+    assert!(
+        train.decay_plan.len() >= 2,
+        "set again inside the decay: {:?}, {} steps",
+        train.decay_plan,
+        train.steps
+    );
+    let (decay_start, _) = chargpt::optimizer::wsd_decay(&train);
+    assert_eq!(decay_start, train.decay_plan[0].0);
+    assert!(train.budget_fixed_at.unwrap() > decay_start);
+    // The learning rate falls from the peak to the floor without a jump back up.
+    let lrs: Vec<f32> = steps.iter().map(|s| s.1).collect();
+    assert!(
+        lrs[decay_start..].windows(2).all(|w| w[1] <= w[0]),
+        "{lrs:?}"
+    );
+    if outcome.steps_done == train.steps {
+        // To the floor: the last step one step of the last piece above it.
+        let from = train.decay_plan.last().unwrap().0;
+        let one_step = (lrs[from] - train.min_lr) / (train.steps - from) as f32;
+        let last = *lrs.last().unwrap();
+        assert!(
+            last >= train.min_lr && last <= train.min_lr + one_step * 1.001,
+            "{last}: one step {one_step} from {} at step {from}",
+            lrs[from]
+        );
+    }
+    let mut repeat = wsd_run(text, 0.0, train.steps);
+    repeat.trainer.config.decay_plan = train.decay_plan.clone();
+    let (again, _, _) = train_wsd(&mut repeat, Some(outcome.steps_done), false);
+    assert_eq!(
+        steps, again,
+        "the run set to {} steps and {:?}",
+        train.steps, train.decay_plan
+    );
+
+    // Stopped in its decay after a piece began and resumed from its saved files, it goes on
+    // with the recorded pieces: the same learning rates as the run given them.
+    let stop = train.decay_plan[1].0 + 1;
+    println!("resumed at {stop}");
+    if stop < outcome.steps_done {
+        let mut first = wsd_run(text, 0.0, train.steps);
+        first.trainer.config.decay_plan = train.decay_plan.clone();
+        let (files, _) = {
+            let (_, files, outcome, _) = train_in_memory(&mut first, Some(stop), true);
+            (files, outcome)
+        };
+        let recorded = checkpoint::parse_config(&files.config, "config.json").unwrap();
+        assert_eq!(recorded.train.decay_plan, train.decay_plan);
+        let info = data_info("test", text);
+        let mut resumed = resume_in_memory("tiny", &files, &[], text, info, &QUIET, &mut |w| {
+            panic!("{w}")
+        })
+        .unwrap();
+        let (rest, _, _) = train_wsd(&mut resumed, Some(outcome.steps_done), false);
+        assert_eq!(&steps[stop..], &rest[..], "resumed at step {stop}");
+    }
 }
 
 /// A budget that buys under half the steps its recipe planned for it (a recipe sized for a

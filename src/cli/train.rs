@@ -510,12 +510,26 @@ fn report_budget(train: &config::TrainConfig, done: usize, out: &Path) {
         Some(from) => format!("; dropout {} from step {from}", train.budget_dropout),
         None => String::new(),
     };
+    // Pieces of the decay are recorded in config.json, not settings: a resume follows them.
+    let repeat = if train.decay_plan.is_empty() {
+        format!(
+            " (`--set steps={} --set warmup_steps={}` repeats the schedule)",
+            train.steps, train.warmup_steps
+        )
+    } else {
+        let at: Vec<String> = train.decay_plan[1..]
+            .iter()
+            .map(|(from, _)| from.to_string())
+            .collect();
+        format!(
+            " (its decay set again to the pace at step {}: config.json's decay_plan)",
+            at.join(", ")
+        )
+    };
     say!(
-        "time budget {}: {} steps, set at step {at} from the pace measured{decay}{dropout} (`--set steps={} --set warmup_steps={}` repeats the schedule)",
+        "time budget {}: {} steps, set at step {at} from the pace measured{decay}{dropout}{repeat}",
         config::duration_text(train.time_budget),
         train.steps,
-        train.steps,
-        train.warmup_steps
     );
     if done < train.steps {
         say!(

@@ -24,10 +24,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use web_time::Instant;
 
-/// The share of a time budget a plan leaves unused: room for the machine to slow down after the
-/// steps are last set.
+/// The share of the time still to come that a plan leaves unused: room for the machine to slow
+/// down after the steps are set (3% of a budget at its start, less at each refit after).
 const PLAN_SPARE: f64 = 0.03;
 /// The share of a time budget a run may not spend: below it, it stops before its planned steps.
+/// Every plan keeps it too, on top of [`PLAN_SPARE`].
 const END_SPARE: f64 = 0.005;
 
 /// How [`run_training`] runs.
@@ -387,8 +388,9 @@ impl Session {
                 advice,
             });
         } else if self.refits(run) {
-            // A WSD run's learning rate is flat until its decay: its steps can follow the
-            // machine's pace until then without changing a step taken.
+            // A WSD run's learning rate is flat until its decay and falls in straight pieces in
+            // it: its steps can follow the machine's pace to the end without changing a step
+            // taken.
             self.fix_steps(run);
         }
         let steps = self.steps;
@@ -425,19 +427,26 @@ impl Session {
     }
 
     /// The time still to spend after the last step: the final exact evaluation (at the measured
-    /// pace of an estimate), the final sample and saves, and a share of the budget to spare.
-    /// The plan keeps 3% ([`PLAN_SPARE`]); the run stops early only when less than 0.5% would
-    /// be left ([`END_SPARE`]), so the steps planned at the last refit still fit if the machine
-    /// slows by a few percent after it (shared and laptop CPUs do). With one margin for both,
-    /// the margin only moved the end: three of four 5-minute runs and a 20-minute one on a
-    /// shared Zen 3 ran out in their decay.
-    fn end_s(&self, run: &Run, eval_s: f64, spare: f64) -> f64 {
+    /// pace of an estimate), the final sample and saves, and `spare_s` seconds to spare.
+    fn end_s(&self, eval_s: f64, spare_s: f64) -> f64 {
         let exact = if self.options.exact_eval {
             self.exact_share * eval_s
         } else {
             0.0
         };
-        exact + 1.0 + spare * run.trainer.config.time_budget
+        exact + 1.0 + spare_s
+    }
+
+    /// The seconds a plan keeps spare: 3% of the time still to come ([`PLAN_SPARE`]) and 0.5% of
+    /// the budget ([`END_SPARE`]), below which the run stops short of its plan. A WSD run sets
+    /// its steps again at each evaluation, in its decay too, so the spare shrinks as the end
+    /// comes nearer and the pace is known better: with 3% of the budget kept to the end, `fast`
+    /// on 2 Zen 4 cores, whose machine sped up after its decay began, ended 1 min 25 s inside
+    /// its 20 minutes. With one margin for both plan and stop, the margin only moved the end:
+    /// three of four 5-minute runs and a 20-minute one on a shared Zen 3 ran out in their decay.
+    fn plan_spare_s(&self, run: &Run) -> f64 {
+        let budget = run.trainer.config.time_budget;
+        END_SPARE * budget + PLAN_SPARE * (budget - self.elapsed(run)).max(0.0)
     }
 
     /// An evaluation's seconds: measured, or before one is, its forward passes at a third of
@@ -449,21 +458,22 @@ impl Session {
     }
 
     /// Turns the time budget into steps at the measured pace ([`budget_steps`]): the run's
-    /// `steps` from here on, recorded with the step at which they were set.
+    /// `steps` from here on, recorded with the step at which they were set. Inside a WSD decay
+    /// the piece in force ends here, and a new one runs from this step's learning rate to
+    /// `min_lr` at the new steps (`decay_plan`).
     ///
     /// [`budget_steps`]: crate::config::budget_steps
     fn fix_steps(&mut self, run: &mut Run) {
         let done = run.trainer.step;
         let eval_s = self.eval_s(run);
         let train = run.trainer.config.clone();
-        let before = (self.steps, run.trainer.config.budget_fixed_at);
         let steps = crate::config::budget_steps(
             train.time_budget,
             self.elapsed(run),
             done,
             self.clock.step_s(),
             eval_s,
-            self.end_s(run, eval_s, PLAN_SPARE),
+            self.end_s(eval_s, self.plan_spare_s(run)),
             &|steps| {
                 crate::config::TrainConfig {
                     steps,
@@ -479,18 +489,36 @@ impl Session {
         run.trainer.group().broadcast_u32(&mut agreed);
         let steps = agreed[0] as usize;
         self.calibrate_at = None;
-        run.trainer.config.steps = steps;
-        if before.1.is_some() && crate::optimizer::wsd_decay(&run.trainer.config).0 <= done {
-            // Refitted so late that the decay would have begun already: keep the plan.
-            (run.trainer.config.steps, run.trainer.config.budget_fixed_at) = before;
-            return;
+        let (decay_start, _) = crate::optimizer::wsd_decay(&train);
+        let refit = train.budget_fixed_at.is_some();
+        let config = &mut run.trainer.config;
+        if refit && train.lr_schedule == crate::config::LrSchedule::Wsd && decay_start <= done {
+            if steps == train.steps {
+                return;
+            }
+            if config.decay_plan.is_empty() {
+                config.decay_plan.push((decay_start, train.steps));
+            }
+            match config.decay_plan.last_mut() {
+                Some(last) if last.0 == done => last.1 = steps,
+                _ => config.decay_plan.push((done, steps)),
+            }
+            config.steps = steps;
+        } else {
+            config.steps = steps;
+            if refit && crate::optimizer::wsd_decay(config).0 <= done {
+                // Refitted so late that the decay would have begun already: keep the plan
+                // (its decay, once begun, follows the pace).
+                config.steps = train.steps;
+                return;
+            }
         }
-        run.trainer.config.budget_fixed_at = Some(done);
+        config.budget_fixed_at = Some(done);
         self.steps = steps;
-        self.eval_interval = run.trainer.config.eval_every();
+        self.eval_interval = config.eval_every();
     }
 
-    /// Whether a budgeted WSD run refits its steps now: at an evaluation, before its decay.
+    /// Whether a budgeted WSD run refits its steps now: at an evaluation before its last step.
     fn refits(&self, run: &Run) -> bool {
         let train = &run.trainer.config;
         let done = run.trainer.step;
@@ -498,7 +526,7 @@ impl Session {
             && train.lr_schedule == crate::config::LrSchedule::Wsd
             && train.budget_fixed_at.is_some()
             && done.is_multiple_of(self.eval_interval)
-            && done < crate::optimizer::wsd_decay(train).0
+            && done < train.steps
     }
 
     /// Whether a run with a budget turned into steps has no time left for another step (on any
@@ -508,8 +536,9 @@ impl Session {
         if train.time_budget <= 0.0 || train.budget_fixed_at.is_none() {
             return false;
         }
-        let left =
-            train.time_budget - self.elapsed(run) - self.end_s(run, self.eval_s(run), END_SPARE);
+        let left = train.time_budget
+            - self.elapsed(run)
+            - self.end_s(self.eval_s(run), END_SPARE * train.time_budget);
         run.trainer.group().any(left < self.clock.step_s())
     }
 
