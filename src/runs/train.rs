@@ -24,11 +24,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use web_time::Instant;
 
-/// The share of the time still to come that a plan leaves unused: room for the machine to slow
-/// down after the steps are set (3% of a budget at its start, less at each refit after).
+/// The share of a time budget a plan leaves unused where it is made once (a cosine schedule):
+/// room for the machine to slow down after the steps are set.
 const PLAN_SPARE: f64 = 0.03;
+/// The share of the time still to come that a plan set again at each evaluation (WSD) leaves
+/// unused, on top of [`END_SPARE`]: each evaluation takes back what the one before kept, so only
+/// the last plan's spare is lost (about a tenth of one evaluation interval).
+const REFIT_SPARE: f64 = 0.1;
 /// The share of a time budget a run may not spend: below it, it stops before its planned steps.
-/// Every plan keeps it too, on top of [`PLAN_SPARE`].
 const END_SPARE: f64 = 0.005;
 
 /// How [`run_training`] runs.
@@ -437,16 +440,25 @@ impl Session {
         exact + 1.0 + spare_s
     }
 
-    /// The seconds a plan keeps spare: 3% of the time still to come ([`PLAN_SPARE`]) and 0.5% of
-    /// the budget ([`END_SPARE`]), below which the run stops short of its plan. A WSD run sets
-    /// its steps again at each evaluation, in its decay too, so the spare shrinks as the end
-    /// comes nearer and the pace is known better: with 3% of the budget kept to the end, `fast`
-    /// on 2 Zen 4 cores, whose machine sped up after its decay began, ended 1 min 25 s inside
-    /// its 20 minutes. With one margin for both plan and stop, the margin only moved the end:
-    /// three of four 5-minute runs and a 20-minute one on a shared Zen 3 ran out in their decay.
+    /// The seconds a plan keeps spare. A cosine run's plan is made once: 3% of the budget
+    /// ([`PLAN_SPARE`]). A WSD run sets its steps again at each evaluation, in its decay too, so
+    /// its spare is a tenth of the time still to come ([`REFIT_SPARE`]) and the 0.5% below
+    /// which the run stops short ([`END_SPARE`]): it shrinks as the end comes nearer, and each
+    /// plan can absorb a machine 10% slower until the next. With 3% of the budget kept to the
+    /// end, `fast` on 2 Zen 4 cores, whose machine sped up after its decay began, ended 1 min
+    /// 25 s inside its 20 minutes; with 3% of the time to come, the first command on 2 Zen 3
+    /// cores ran out 3 steps short of its last plan (0.75 s spare for 25 s). With one margin for
+    /// both plan and stop, the margin only moved the end: three of four 5-minute runs and a
+    /// 20-minute one on a shared Zen 3 ran out in their decay.
     fn plan_spare_s(&self, run: &Run) -> f64 {
-        let budget = run.trainer.config.time_budget;
-        END_SPARE * budget + PLAN_SPARE * (budget - self.elapsed(run)).max(0.0)
+        let train = &run.trainer.config;
+        let budget = train.time_budget;
+        match train.lr_schedule {
+            crate::config::LrSchedule::Wsd => {
+                END_SPARE * budget + REFIT_SPARE * (budget - self.elapsed(run)).max(0.0)
+            }
+            _ => PLAN_SPARE * budget,
+        }
     }
 
     /// An evaluation's seconds: measured, or before one is, its forward passes at a third of
