@@ -267,7 +267,7 @@ fn newton_schulz(
     b: usize,
     transposed: bool,
 ) {
-    use crate::kernels::matmul::gemm_strided;
+    use crate::kernels::matmul::{gemm_strided, symmetric_product};
     normalise(x);
     // X's (row, column) strides, and X^T's.
     let xs = if transposed { (1, a) } else { (b, 1) };
@@ -276,26 +276,13 @@ fn newton_schulz(
     for _ in 0..NS_STEPS {
         // SAFETY: every operand's extent follows from the slice lengths a*b and a*a.
         unsafe {
-            // A = X X^T
-            gemm_strided(a, a, b, gram, (a, 1), false, x, xs, x, xts, 1.0, false);
-            // B = c1 A + c2 A A
+            // A = X X^T, symmetric: its lower blocks, mirrored.
+            symmetric_product(a, b, gram, false, x, xs, x, xts, 1.0);
+            // B = c1 A + c2 A A (A A symmetric too)
             for (q, &g) in poly.iter_mut().zip(gram.iter()) {
                 *q = c1 * g;
             }
-            gemm_strided(
-                a,
-                a,
-                a,
-                poly,
-                (a, 1),
-                true,
-                gram,
-                (a, 1),
-                gram,
-                (a, 1),
-                c2,
-                false,
-            );
+            symmetric_product(a, a, poly, true, gram, (a, 1), gram, (a, 1), c2);
             // Y = c0 X + B X
             for (yv, &xv) in y.iter_mut().zip(x.iter()) {
                 *yv = c0 * xv;

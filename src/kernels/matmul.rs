@@ -120,6 +120,52 @@ pub(crate) unsafe fn gemm_ptr(
     );
 }
 
+/// Rows a block of [`symmetric_product`] takes: small enough that the blocks skip most of the
+/// upper triangle, large enough for gemm's kernels to run at speed.
+const SYMMETRIC_BLOCK: usize = 64;
+
+/// `dst (n, n) = [dst +] scale * lhs (n, k) @ rhs (k, n)` for a product known to be symmetric
+/// (a Gram matrix `X X^T`, or `A A` with A symmetric), `dst` row-major. Each block of 64 rows is
+/// computed up to its last column only, and the rest mirrored from below the diagonal: for n =
+/// 256, 10 of 16 blocks of the work ((n/64 + 1) / (2 n/64) of it). Muon's Newton-Schulz in fp32
+/// takes two such products of its three; on one thread each (one matrix per thread), so
+/// `parallel` is off.
+///
+/// # Safety
+/// As [`gemm_strided`], for the shapes stated; `dst` holds n * n values.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn symmetric_product(
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    accumulate: bool,
+    lhs: &[f32],
+    lhs_strides: (usize, usize),
+    rhs: &[f32],
+    rhs_strides: (usize, usize),
+    scale: f32,
+) {
+    assert!(dst.len() >= n * n);
+    for r0 in (0..n).step_by(SYMMETRIC_BLOCK) {
+        let r1 = (r0 + SYMMETRIC_BLOCK).min(n);
+        gemm_ptr(
+            r1 - r0,
+            r1,
+            k,
+            dst.as_mut_ptr().add(r0 * n),
+            (n, 1),
+            accumulate,
+            lhs.as_ptr().add(r0 * lhs_strides.0),
+            lhs_strides,
+            rhs.as_ptr(),
+            rhs_strides,
+            scale,
+            false,
+        );
+    }
+    matmul_bf16::mirror_lower(dst, n);
+}
+
 /// A linear layer's weight (OC, IC): the fp32 values, and the bf16 copy the products use instead
 /// where the model runs in bf16.
 #[derive(Clone, Copy)]
@@ -390,6 +436,54 @@ mod tests {
             let want = naive(&inp, &w, &b, ic, oc);
             for (x, y) in out.iter().zip(&want) {
                 assert!((x - y).abs() < 1e-4 * (1.0 + y.abs()), "{x} vs {y}");
+            }
+        }
+    }
+
+    /// The symmetric products of Newton-Schulz: a Gram matrix `X X^T` (X read row-major and
+    /// through a transpose's strides) and `c A A` added to what `dst` holds, at sizes that are
+    /// one block, several, and not a multiple of it: the naive sums, and exactly symmetric.
+    #[test]
+    fn symmetric_products_compute_the_lower_blocks_and_mirror_them() {
+        let mut rng = Rng::new(64);
+        for (n, k) in [(5, 9), (64, 70), (130, 200), (256, 96)] {
+            let x = random_vec(n * k, &mut rng, 1.0);
+            let mut gram = vec![f32::NAN; n * n];
+            // X (n, k) row-major; then the same X stored as X^T (k, n).
+            unsafe { symmetric_product(n, k, &mut gram, false, &x, (k, 1), &x, (1, k), 1.0) };
+            let xt: Vec<f32> = (0..k * n).map(|i| x[(i % n) * k + i / n]).collect();
+            let mut gram_t = vec![0.0; n * n];
+            unsafe { symmetric_product(n, k, &mut gram_t, false, &xt, (1, n), &xt, (n, 1), 1.0) };
+            let start = random_vec(n * n, &mut rng, 1.0);
+            let mut start_sym = start.clone();
+            crate::kernels::matmul_bf16::mirror_lower(&mut start_sym, n);
+            let mut square = start_sym.clone();
+            unsafe {
+                symmetric_product(n, n, &mut square, true, &gram, (n, 1), &gram, (n, 1), 0.5)
+            };
+            for i in 0..n {
+                for j in 0..n {
+                    let g: f64 = (0..k)
+                        .map(|t| x[i * k + t] as f64 * x[j * k + t] as f64)
+                        .sum();
+                    let tol = 1e-4 * (1.0 + g.abs());
+                    assert!(
+                        (gram[i * n + j] as f64 - g).abs() < tol,
+                        "({i}, {j}) of {n}"
+                    );
+                    assert!(
+                        (gram_t[i * n + j] as f64 - g).abs() < tol,
+                        "({i}, {j}) of {n}"
+                    );
+                    assert_eq!(gram[i * n + j], gram[j * n + i]);
+                    assert_eq!(square[i * n + j], square[j * n + i]);
+                    // (Scaled by the sum of the terms' sizes: the sum itself may cancel.)
+                    let terms = (0..n).map(|t| gram[i * n + t] as f64 * gram[t * n + j] as f64);
+                    let size: f64 = terms.clone().map(f64::abs).sum();
+                    let want = start_sym[i * n + j] as f64 + 0.5 * terms.sum::<f64>();
+                    let tol = 1e-5 * (1.0 + size);
+                    assert!((square[i * n + j] as f64 - want).abs() < tol, "({i}, {j})");
+                }
             }
         }
     }

@@ -786,7 +786,7 @@ fn run_symmetric(c: &mut [f32], n: usize, k: usize, a: ASource, b: BSource, path
 
 /// Copies the lower triangle of the square `m` (n x n, row-major) onto its upper triangle, in
 /// 16 x 16 blocks so that the column reads of a block stay in L1.
-fn mirror_lower(m: &mut [f32], n: usize) {
+pub(crate) fn mirror_lower(m: &mut [f32], n: usize) {
     const B: usize = 16;
     for ib in (0..n).step_by(B) {
         for jb in (ib..n).step_by(B) {
