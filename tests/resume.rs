@@ -438,13 +438,12 @@ fn a_budgeted_run_records_its_steps_resumes_exactly_and_repeats_with_them() {
 }
 
 /// A budgeted WSD run, trained to its end or to `stop_at`: every step's (loss, learning rate),
-/// the outcome and the seconds it took. `slow_in_decay`: each step of its decay takes twice as
-/// long (a machine that slows down once the decay has begun), by a wait inside the step's time,
-/// as the loop of [`run_training`] times it.
+/// the outcome and the seconds it took. `slow` makes steps longer by a wait inside the step's
+/// time, as the loop of [`run_training`] times it.
 fn train_wsd(
     run: &mut Run,
     stop_at: Option<usize>,
-    slow_in_decay: bool,
+    slow: Slow,
 ) -> (Vec<(f32, f32)>, chargpt::runs::RunOutcome, f64) {
     use chargpt::runs::{Due, Session};
     let options = RunOptions {
@@ -474,17 +473,33 @@ fn train_wsd(
                 let seconds = began.elapsed().as_secs_f64();
                 let in_decay = step >= warmup
                     && chargpt::optimizer::learning_rate(&run.trainer.config, step) < peak;
-                if slow_in_decay && in_decay {
-                    std::thread::sleep(std::time::Duration::from_secs_f64(step_s));
-                } else {
+                if !in_decay {
                     step_s += 0.1 * (seconds - step_s);
                 }
+                let wait = match slow {
+                    Slow::No => 0.0,
+                    Slow::InDecay if in_decay => step_s,
+                    Slow::InDecay => 0.0,
+                    Slow::Each(seconds) => seconds,
+                };
+                std::thread::sleep(std::time::Duration::from_secs_f64(wait));
                 session.stepped(run, stats, &mut on_event).unwrap();
             }
             Due::Done(outcome) => break outcome,
         }
     };
     (steps, outcome, t0.elapsed().as_secs_f64())
+}
+
+/// How [`train_wsd`] slows a run's steps down.
+#[derive(Clone, Copy)]
+enum Slow {
+    No,
+    /// Each step of the decay takes twice as long (a machine that slows down once the decay has
+    /// begun).
+    InDecay,
+    /// Each step takes this many seconds more (a large model on a slow machine).
+    Each(f64),
 }
 
 fn wsd_run(text: &str, budget: f64, steps: usize) -> Run {
@@ -504,7 +519,7 @@ fn wsd_run(text: &str, budget: f64, steps: usize) -> Run {
 fn a_budgeted_wsd_run_follows_the_pace_to_its_end() {
     let text = &TINY_SHAKESPEARE[..100_000];
     let mut timed = wsd_run(text, 3.0, 60);
-    let (steps, outcome, seconds) = train_wsd(&mut timed, None, false);
+    let (steps, outcome, seconds) = train_wsd(&mut timed, None, Slow::No);
     let train = timed.trainer.config.clone();
     assert!(seconds < 3.0 + 1.5, "{seconds} s for a 3 s budget");
     let fixed = train.budget_fixed_at.expect("steps set from the budget");
@@ -528,7 +543,7 @@ fn a_budgeted_wsd_run_follows_the_pace_to_its_end() {
     }
     let mut repeat = wsd_run(text, 0.0, train.steps);
     repeat.trainer.config.decay_plan = train.decay_plan.clone();
-    let (again, _, _) = train_wsd(&mut repeat, Some(outcome.steps_done), false);
+    let (again, _, _) = train_wsd(&mut repeat, Some(outcome.steps_done), Slow::No);
     assert_eq!(steps, again, "the run set to its {} steps", train.steps);
 }
 
@@ -543,7 +558,7 @@ fn a_budgeted_wsd_run_sets_its_steps_again_inside_its_decay() {
     // Each step of the decay takes twice as long: the plan made before the decay overruns, so
     // the evaluations in the decay shorten it.
     let mut timed = wsd_run(text, 4.0, 60);
-    let (steps, outcome, seconds) = train_wsd(&mut timed, None, true);
+    let (steps, outcome, seconds) = train_wsd(&mut timed, None, Slow::InDecay);
     let train = timed.trainer.config.clone();
     println!(
         "{} of {} steps in {seconds:.2} s, decay {:?}",
@@ -578,7 +593,7 @@ fn a_budgeted_wsd_run_sets_its_steps_again_inside_its_decay() {
     }
     let mut repeat = wsd_run(text, 0.0, train.steps);
     repeat.trainer.config.decay_plan = train.decay_plan.clone();
-    let (again, _, _) = train_wsd(&mut repeat, Some(outcome.steps_done), false);
+    let (again, _, _) = train_wsd(&mut repeat, Some(outcome.steps_done), Slow::No);
     assert_eq!(
         steps, again,
         "the run set to {} steps and {:?}",
@@ -603,9 +618,35 @@ fn a_budgeted_wsd_run_sets_its_steps_again_inside_its_decay() {
             panic!("{w}")
         })
         .unwrap();
-        let (rest, _, _) = train_wsd(&mut resumed, Some(outcome.steps_done), false);
+        let (rest, _, _) = train_wsd(&mut resumed, Some(outcome.steps_done), Slow::No);
         assert_eq!(&steps[stop..], &rest[..], "resumed at step {stop}");
     }
+}
+
+/// A budget whose warm-up would take more than a quarter of it to time (a large model on a slow
+/// machine, a short budget) sets its steps once a quarter is spent, inside the warm-up, rather
+/// than spend the budget timing it, and ends inside its budget; a run given the recorded steps
+/// repeats it.
+#[test]
+fn a_budget_too_short_to_time_its_whole_warm_up_sets_its_steps_sooner() {
+    let text = &TINY_SHAKESPEARE[..100_000];
+    // 200 steps of warm-up at 10 ms or more each: 2 s or more to time, the whole budget.
+    let slow_run = |budget: f64, steps: usize| {
+        let mut run = wsd_run(text, budget, steps);
+        run.trainer.config.warmup_steps = 200;
+        run
+    };
+    let mut timed = slow_run(2.0, 1000);
+    let (steps, outcome, seconds) = train_wsd(&mut timed, None, Slow::Each(0.01));
+    let train = timed.trainer.config.clone();
+    let fixed = train.budget_fixed_at.expect("steps set from the budget");
+    assert!((3..200).contains(&fixed), "set at step {fixed}");
+    assert!(seconds < 2.0 + 1.5, "{seconds} s for a 2 s budget");
+    assert!(!outcome.interrupted && outcome.steps_done <= train.steps);
+    let mut repeat = slow_run(0.0, train.steps);
+    repeat.trainer.config.decay_plan = train.decay_plan.clone();
+    let (again, _, _) = train_wsd(&mut repeat, Some(outcome.steps_done), Slow::No);
+    assert_eq!(steps, again, "the run set to its {} steps", train.steps);
 }
 
 /// A budget that buys under half the steps its recipe planned for it (a recipe sized for a

@@ -47,6 +47,11 @@ impl Clock {
         (self.evals > 0).then(|| self.eval_s / self.evals as f64)
     }
 
+    /// Training steps this session.
+    pub(super) fn steps(&self) -> usize {
+        self.steps
+    }
+
     /// Seconds per training step, measured on training steps only.
     pub(super) fn step_s(&self) -> f64 {
         self.pace_s

@@ -31,6 +31,8 @@ const PLAN_SPARE: f64 = 0.03;
 /// unused, on top of [`END_SPARE`]: each evaluation takes back what the one before kept, so only
 /// the last plan's spare is lost (about a tenth of one evaluation interval).
 const REFIT_SPARE: f64 = 0.1;
+/// The share of a time budget its first timing may take before the steps are set.
+const CALIBRATION_SHARE: f64 = 0.25;
 /// The share of a time budget a run may not spend: below it, it stops before its planned steps.
 const END_SPARE: f64 = 0.005;
 
@@ -372,7 +374,7 @@ impl Session {
         }
         // (Before a budget changes the steps and with them the interval.)
         let at_interval = done.is_multiple_of(self.eval_interval);
-        if self.calibrate_at.is_some_and(|at| done >= at) {
+        if self.calibrate_at.is_some_and(|at| done >= at) || self.calibration_too_long(run) {
             self.fix_steps(run);
             let budget = run.trainer.config.time_budget;
             let passes =
@@ -422,6 +424,22 @@ impl Session {
             run.step_rows.reserve(self.rows_ahead(done));
         }
         Ok(())
+    }
+
+    /// Whether a budget not yet turned into steps has spent a quarter of itself
+    /// ([`CALIBRATION_SHARE`]) on the timing, with at least 3 steps timed: a short budget for a
+    /// large model (`fast`'s 200-step warm-up takes about 160 s on 2 Zen 3 cores, so `--preset
+    /// fast --time 2m` overran by a minute) then sets its steps before its warm-up ends, rather
+    /// than spend the budget timing it. The learning rate of a
+    /// warm-up step does not depend on the steps, so the run is still the one its recorded
+    /// steps make. Every rank asks at the same steps, and they set theirs together.
+    fn calibration_too_long(&self, run: &Run) -> bool {
+        self.calibrate_at.is_some()
+            && self.clock.steps() >= 3
+            && run
+                .trainer
+                .group()
+                .any(self.elapsed(run) >= CALIBRATION_SHARE * run.trainer.config.time_budget)
     }
 
     /// Seconds of the run so far, all sessions.
