@@ -458,23 +458,26 @@ impl Session {
         exact + 1.0 + spare_s
     }
 
-    /// The seconds a plan keeps spare. A cosine run's plan is made once: 3% of the budget
-    /// ([`PLAN_SPARE`]). A WSD run sets its steps again at each evaluation, in its decay too, so
-    /// its spare is a tenth of the time still to come ([`REFIT_SPARE`]) and the 0.5% below
-    /// which the run stops short ([`END_SPARE`]): it shrinks as the end comes nearer, and each
-    /// plan can absorb a machine 10% slower until the next. With 3% of the budget kept to the
-    /// end, `fast` on 2 Zen 4 cores, whose machine sped up after its decay began, ended 1 min
-    /// 25 s inside its 20 minutes; with 3% of the time to come, the first command on 2 Zen 3
-    /// cores ran out 3 steps short of its last plan (0.75 s spare for 25 s). With one margin for
-    /// both plan and stop, the margin only moved the end: three of four 5-minute runs and a
-    /// 20-minute one on a shared Zen 3 ran out in their decay.
-    fn plan_spare_s(&self, run: &Run) -> f64 {
+    /// The seconds a plan keeps spare, `refit` where another evaluation comes before its end
+    /// (a WSD run sets its steps again there, in its decay too). A plan made for good keeps 3%
+    /// ([`PLAN_SPARE`]): of the budget for a cosine run (set once, after its warm-up), of the
+    /// time still to come for a WSD run's last plan. A plan set again later keeps a tenth of
+    /// the time still to come ([`REFIT_SPARE`]), so it can absorb a machine 10% slower until the
+    /// next, and the next takes the rest back. Each WSD plan also keeps the 0.5% below which
+    /// the run stops short ([`END_SPARE`]). With 3% of the budget kept to the end, `fast` on 2
+    /// Zen 4 cores, whose machine sped up after its decay began, ended 1 min 25 s inside its 20
+    /// minutes; with 3% of the time to come at every plan, the first command on 2 Zen 3 cores
+    /// ran out 3 steps short of its last plan (0.75 s spare for 25 s); with a tenth for every
+    /// plan, `fast --time 2m` there (its one evaluation at its end) ended 14 s early. With one
+    /// margin for both plan and stop, the margin only moved the end: three of four 5-minute runs
+    /// and a 20-minute one on a shared Zen 3 ran out in their decay.
+    fn plan_spare_s(&self, run: &Run, refit: bool) -> f64 {
         let train = &run.trainer.config;
         let budget = train.time_budget;
-        match train.lr_schedule {
-            crate::config::LrSchedule::Wsd => {
-                END_SPARE * budget + REFIT_SPARE * (budget - self.elapsed(run)).max(0.0)
-            }
+        let to_come = (budget - self.elapsed(run)).max(0.0);
+        match (train.lr_schedule, refit) {
+            (crate::config::LrSchedule::Wsd, true) => END_SPARE * budget + REFIT_SPARE * to_come,
+            (crate::config::LrSchedule::Wsd, false) => END_SPARE * budget + PLAN_SPARE * to_come,
             _ => PLAN_SPARE * budget,
         }
     }
@@ -497,22 +500,33 @@ impl Session {
         let done = run.trainer.step;
         let eval_s = self.eval_s(run);
         let train = run.trainer.config.clone();
-        let steps = crate::config::budget_steps(
-            train.time_budget,
-            self.elapsed(run),
-            done,
-            self.clock.step_s(),
-            eval_s,
-            self.end_s(eval_s, self.plan_spare_s(run)),
-            &|steps| {
-                crate::config::TrainConfig {
-                    steps,
-                    ..train.clone()
-                }
-                .eval_every()
-            },
-        )
-        .min(MAX_STEPS);
+        let interval = |steps| {
+            crate::config::TrainConfig {
+                steps,
+                ..train.clone()
+            }
+            .eval_every()
+        };
+        let plan = |refit| {
+            crate::config::budget_steps(
+                train.time_budget,
+                self.elapsed(run),
+                done,
+                self.clock.step_s(),
+                eval_s,
+                self.end_s(eval_s, self.plan_spare_s(run, refit)),
+                &interval,
+            )
+            .min(MAX_STEPS)
+        };
+        // A plan with an evaluation before its end will be set again there; one without is
+        // the last.
+        let steps = plan(true);
+        let every = interval(steps).max(1);
+        let steps = match (done / every + 1) * every < steps {
+            true => steps,
+            false => plan(false),
+        };
         // Under mpirun every rank takes every step: they take rank 0's plan, whose clock may
         // differ from theirs by a step or two.
         let mut agreed = [steps as u32];
