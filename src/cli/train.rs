@@ -532,9 +532,13 @@ fn report_budget(train: &config::TrainConfig, done: usize, out: &Path) {
         train.steps,
     );
     if done < train.steps {
+        // How far down its schedule the run got says whether the steps left matter: a step or
+        // two at the floor of a decay do not.
         say!(
-            "the budget ran out at step {done} of {}: the machine slowed down after the steps were set; `chargpt train --out {} --resume --set time_budget=0` finishes them",
+            "the budget ran out at step {done} of {} (the machine slowed down after the steps were set), the learning rate at {:.3e} (its floor {:.3e}); `chargpt train --out {} --resume --set time_budget=0` finishes them",
             train.steps,
+            chargpt::optimizer::learning_rate(train, done),
+            train.min_lr,
             out.display()
         );
     }
