@@ -428,11 +428,11 @@ impl Session {
 
     /// Whether a budget not yet turned into steps has spent a quarter of itself
     /// ([`CALIBRATION_SHARE`]) on the timing, with at least 3 steps timed: a short budget for a
-    /// large model (`fast`'s 200-step warm-up takes about 160 s on 2 Zen 3 cores, so `--preset
-    /// fast --time 2m` overran by a minute) then sets its steps before its warm-up ends, rather
-    /// than spend the budget timing it. The learning rate of a
-    /// warm-up step does not depend on the steps, so the run is still the one its recorded
-    /// steps make. Every rank asks at the same steps, and they set theirs together.
+    /// large model (`fast` times 200 steps of its warm-up, about 160 s on 2 Zen 3 cores, so
+    /// `--preset fast --time 2m` took 2 min 49 s) then sets its steps before its warm-up ends,
+    /// rather than spend the budget timing it. The learning rate of a warm-up step does not
+    /// depend on the steps, so the run is still the one its recorded steps make. Every rank asks
+    /// at the same steps, and they set theirs together.
     fn calibration_too_long(&self, run: &Run) -> bool {
         self.calibrate_at.is_some()
             && self.clock.steps() >= 3
