@@ -550,13 +550,19 @@ mod tests {
         assert_eq!(learning_rate(&cfg, 5), 1e-3);
     }
 
-    #[test]
-    fn wsd_warms_up_holds_then_decays_linearly_over_its_fraction() {
+    /// 1000 steps of wsd from 1e-3 to 1e-4: 100 of warm-up, the last 200 decaying.
+    fn wsd_1000_steps() -> TrainConfig {
         let mut cfg = TrainConfig::lecture(1, 1000, 1e-3);
         cfg.lr_schedule = LrSchedule::Wsd;
         cfg.warmup_steps = 100;
         cfg.min_lr = 1e-4;
         cfg.decay_fraction = 0.2;
+        cfg
+    }
+
+    #[test]
+    fn wsd_warms_up_holds_then_decays_linearly_over_its_fraction() {
+        let mut cfg = wsd_1000_steps();
         assert_eq!(wsd_decay(&cfg), (800, 200));
         assert!((learning_rate(&cfg, 0) - 1e-3 / 101.0).abs() < 1e-9);
         assert_eq!(learning_rate(&cfg, 100), 1e-3);
@@ -576,11 +582,7 @@ mod tests {
 
     #[test]
     fn a_wsd_decay_set_again_in_pieces_changes_no_step_taken_and_ends_at_the_floor() {
-        let mut planned = TrainConfig::lecture(1, 1000, 1e-3);
-        planned.lr_schedule = LrSchedule::Wsd;
-        planned.warmup_steps = 100;
-        planned.min_lr = 1e-4;
-        planned.decay_fraction = 0.2;
+        let planned = wsd_1000_steps();
         // Set again at step 900 (halfway down: 5.5e-4) to end at 1100, then at 1000 to 1050.
         let mut longer = planned.clone();
         longer.steps = 1100;
