@@ -68,6 +68,16 @@ pub unsafe fn kernel(
     }
 }
 
+/// How many k-pairs ahead [`pack_columns`] asks for its rows.
+const PREFETCH_PAIRS: usize = 4;
+
+/// Asks for the cache line holding `p` (into all levels). A hint: it never faults, so `p` may
+/// lie past the end of the operand.
+#[inline(always)]
+unsafe fn prefetch(p: *const f32) {
+    _mm_prefetch::<_MM_HINT_T0>(p as *const i8);
+}
+
 /// Word 2j <- word j (the first source's bf16), word 2j + 1 <- word 16 + j (the second's): the
 /// `VPERMW` that turns one `VCVTNE2PS2BF16` of two 16-float rows into 16 k-pairs.
 static INTERLEAVE: [i16; 32] = {
@@ -113,7 +123,11 @@ pub unsafe fn pack_columns(
                 let col = q * stride + j;
                 let load = lanes(width.saturating_sub(col).min(stride - j));
                 let x0 = _mm512_maskz_loadu_ps(load, r0.add(col));
+                // The rows PREFETCH_PAIRS pairs on: a block's rows are far apart (a product's
+                // whole k-major operand, often in memory), and the hardware does not follow.
+                prefetch(r0.wrapping_add(2 * PREFETCH_PAIRS * ld + col));
                 let x1 = if second {
+                    prefetch(r0.wrapping_add((2 * PREFETCH_PAIRS + 1) * ld + col));
                     _mm512_maskz_loadu_ps(load, r0.add(ld + col))
                 } else {
                     _mm512_setzero_ps()
@@ -193,6 +207,10 @@ pub unsafe fn pack_rows(
                 .take(nrows.saturating_sub(r0).min(16))
             {
                 let row = x.add((r0 + r) * ld + i);
+                // The same 32 floats of the row `stride` rows on, which the next panel packs.
+                let ahead = row.wrapping_add(stride * ld);
+                prefetch(ahead);
+                prefetch(ahead.wrapping_add(16));
                 let a = _mm512_maskz_loadu_ps(lo, row);
                 let b = _mm512_maskz_loadu_ps(hi, row.add(16));
                 // Words 0..32 are row[i..i + 32] in order: lane q the pair (2q, 2q + 1).
