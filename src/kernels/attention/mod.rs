@@ -853,12 +853,25 @@ unsafe fn head_backward_bf16(
     );
     let dys = head_rows(dout, c, t_n, hs);
     let (dq, dk, dv) = (dhead, dhead.add(c), dhead.add(2 * c));
-    let weights = forward_weights(att, d, mask, keep);
-    // dV_u = sum_{t >= u} A'[t, u] dY_t
-    matmul_bf16::causal_weighted(dv, ld, weights, t_n, true, dys, c, t_n, hs, engine);
-    // dA' = dY V^T, then softmax backward row by row (d then holds scale * dS).
-    matmul_bf16::causal_scores(d.as_mut_ptr(), t_n, dys, c, vs, ld, t_n, hs, engine);
-    softmax_backward_rows(d, att, mask, keep, scale, t_n, 0..t_n);
+    // dV_u = sum_{t >= u} A'[t, u] dY_t, and dA' = dY V^T, then softmax backward row by row (d
+    // then holds scale * dS). Without dropout the weights are `att` itself, and dV goes second:
+    // the softmax's pass reads `att` (a quarter of a megabyte, last written in the forward pass
+    // and long gone to memory) row after row, which the hardware streams into the cache, where
+    // dV's product would first read it down its columns, a row apart, one miss after another.
+    let dv_product = |weights: &[f32]| {
+        matmul_bf16::causal_weighted(dv, ld, weights, t_n, true, dys, c, t_n, hs, engine)
+    };
+    let scores = |d: &mut [f32]| {
+        matmul_bf16::causal_scores(d.as_mut_ptr(), t_n, dys, c, vs, ld, t_n, hs, engine);
+        softmax_backward_rows(d, att, mask, keep, scale, t_n, 0..t_n);
+    };
+    if mask.is_some() {
+        dv_product(forward_weights(att, d, mask, keep));
+        scores(d);
+    } else {
+        scores(d);
+        dv_product(att);
+    }
     // dQ_t = sum_{u <= t} dS[t, u] K_u;  dK_u = sum_{t >= u} dS[t, u] Q_t
     matmul_bf16::causal_weighted(dq, ld, d, t_n, false, ks, ld, t_n, hs, engine);
     matmul_bf16::causal_weighted(dk, ld, d, t_n, true, qs, ld, t_n, hs, engine);
