@@ -52,9 +52,12 @@ use std::cell::RefCell;
 pub const MR: usize = 12;
 /// Columns of C per micro-kernel call.
 pub const NR: usize = 32;
-/// k-pairs per block: a B micro-panel of KC_PAIRS x NR elements is 16 KiB, half of L1.
-pub const KC_PAIRS: usize = 128;
-/// Rows of A per block (8 micro-panels, 48 KiB at KC_PAIRS).
+/// k-pairs per block: a B micro-panel of KC_PAIRS x NR elements is 24 KiB, half of a Zen 5's L1
+/// (and three quarters of a Zen 4's). 192 pairs take the 384 channels of the lecture's model in
+/// one block: on 2 Zen 5 cores its bf16 step took 4% less than at 128 (its second k-block added
+/// to C), and 256 (64 pairs of padding on 384) gained nothing over 192.
+pub const KC_PAIRS: usize = 192;
+/// Rows of A per block (8 micro-panels, 72 KiB at KC_PAIRS).
 pub const MC: usize = 8 * MR;
 
 #[cfg(target_arch = "x86_64")]
@@ -963,6 +966,20 @@ mod tests {
         }
     }
 
+    /// A product accumulated onto its own result: exactly twice it where k is one block (C + C),
+    /// within fp32 rounding where k spans blocks (C + B1 + B2 ... adds in another order).
+    fn assert_doubled(what: &str, got: &[f32], once: &[f32], k: usize) {
+        for (i, (&g, &c)) in got.iter().zip(once).enumerate() {
+            match k <= 2 * KC_PAIRS {
+                true => assert_eq!(g, 2.0 * c, "{what}[{i}]"),
+                false => assert!(
+                    (g - 2.0 * c).abs() <= 1e-5 * c.abs().max(1.0),
+                    "{what}[{i}]"
+                ),
+            }
+        }
+    }
+
     #[test]
     fn rounding_is_to_nearest_even() {
         // 1 + 2^-8 is halfway between 1 and 1 + 2^-7: to the even neighbour, 1.
@@ -985,8 +1002,9 @@ mod tests {
     }
 
     /// Shapes with tails everywhere: m, n and k not multiples of MR, NR and 2 * KC_PAIRS, k odd,
-    /// k spanning several blocks, a single row and a single column.
-    const SHAPES: [(usize, usize, usize); 7] = [
+    /// k spanning several blocks (515 two, 6 * KC_PAIRS + 3 four), a single row and a single
+    /// column.
+    const SHAPES: [(usize, usize, usize); 8] = [
         (1, 1, 1),
         (5, 3, 4),
         (13, 33, 7),
@@ -994,6 +1012,7 @@ mod tests {
         (97, 300, 45),
         (40, 515, 70),
         (12, 32, 256),
+        (7, 40, 6 * KC_PAIRS + 3),
     ];
 
     #[test]
@@ -1024,9 +1043,7 @@ mod tests {
                 assert_close(&format!("dinp {what}"), &dinp, &want, &scale, oc);
                 let copy = dinp.clone();
                 input_grad_with(&mut dinp, true, &dout, &packed, path);
-                for (d, c) in dinp.iter().zip(&copy) {
-                    assert_eq!(*d, 2.0 * c, "accumulated dinp {what}");
-                }
+                assert_doubled(&format!("accumulated dinp {what}"), &dinp, &copy, oc);
 
                 // dW = dout^T @ inp.
                 let mut dw = vec![f32::NAN; oc * ic];
@@ -1036,9 +1053,7 @@ mod tests {
                 assert_close(&format!("dweight {what}"), &dw, &want, &scale, n);
                 let copy = dw.clone();
                 weight_grad_shaped(&mut dw, true, &dout, &inp, n, path);
-                for (d, c) in dw.iter().zip(&copy) {
-                    assert_eq!(*d, 2.0 * c, "accumulated dweight {what}");
-                }
+                assert_doubled(&format!("accumulated dweight {what}"), &dw, &copy, n);
             }
         }
     }
@@ -1099,9 +1114,7 @@ mod tests {
                 assert_close(&format!("matmul {what}"), &c, &want, &scale, k);
                 let copy = c.clone();
                 matmul_row_major_with(&mut c, true, &a, &b, k, path);
-                for (d, c) in c.iter().zip(&copy) {
-                    assert_eq!(*d, 2.0 * c, "accumulated matmul {what}");
-                }
+                assert_doubled(&format!("accumulated matmul {what}"), &c, &copy, k);
             }
         }
     }
