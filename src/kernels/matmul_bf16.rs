@@ -34,7 +34,10 @@
 //! their rows of C over the rayon pool; products on a thread that runs its kernels
 //! [`super::sequentially`] (a data-parallel shard) stay on it. On 2 Zen 4 cores the micro-kernel
 //! alone runs at about 220 GFLOP/s a core (95% of `VDPBF16PS`'s rate) and the lecture's products
-//! at 175 to 200 (`cargo run --release --example bf16_products`).
+//! at 175 to 200 (`cargo run --release --example bf16_products`). A Zen 5 core runs the kernel
+//! twice as fast (539 GFLOP/s on one), and there packing, which reads activations written long
+//! before (from memory), took nearly a third of the product time until the packers asked for the
+//! rows they read next ahead of time (software prefetch, in [`avx512`]).
 //!
 //! Two engines compute the same thing: the AVX512_BF16 one ([`avx512`]), and a portable twin in
 //! plain Rust for CPUs without it (tests, and `CHARGPT_BF16_EMULATE=1`, which lets a machine
