@@ -42,6 +42,15 @@ pub unsafe fn kernel(
     cols: usize,
     accumulate: bool,
 ) {
+    // C's tile, which this call writes or adds to after its kp pair steps: asked for now, so that
+    // its lines arrive while the products run (they are often in memory: a fresh activation that
+    // a store would first have to read, or a weight gradient's C, too large for L2).
+    for r in 0..rows {
+        let p = c.add(r * ldc);
+        prefetch(p);
+        prefetch(p.wrapping_add(16));
+        prefetch(p.wrapping_add(cols.max(1) - 1));
+    }
     let mut acc = [[_mm512_setzero_ps(); 2]; MR];
     let (mut a, mut b) = (a, b);
     for _ in 0..kp {
