@@ -400,7 +400,12 @@ unsafe fn head_forward_bf16(
     let (qs, ks) = (head_rows(q, ld, t_n, hs), head_rows(q.add(c), ld, t_n, hs));
     // S = Q K^T, scaled in the softmax's pass.
     matmul_bf16::causal_scores(att.as_mut_ptr(), t_n, qs, ld, ks, ld, t_n, hs, engine);
+    let vs = head_rows(q.add(2 * c), ld, t_n, hs);
     for t in 0..t_n {
+        // V's row t, which A'V packs after this pass: asked for now, since it is in memory (the
+        // q/k/v rows were written long before) and its rows, 3C floats apart, defeat the
+        // hardware's prefetching.
+        super::prefetch(&vs[t * ld..][..hs]);
         let row = &mut att[t * t_n..(t + 1) * t_n];
         for s in &mut row[..=t] {
             *s *= scale;
@@ -409,7 +414,6 @@ unsafe fn head_forward_bf16(
     }
     let weights = dropout_weights(att, dropped, t_n);
     // out = A' V
-    let vs = head_rows(q.add(2 * c), ld, t_n, hs);
     matmul_bf16::causal_weighted(out, c, weights, t_n, false, vs, ld, t_n, hs, engine);
 }
 
@@ -863,7 +867,12 @@ unsafe fn head_backward_bf16(
     };
     let scores = |d: &mut [f32]| {
         matmul_bf16::causal_scores(d.as_mut_ptr(), t_n, dys, c, vs, ld, t_n, hs, engine);
-        softmax_backward_rows(d, att, mask, keep, scale, t_n, 0..t_n);
+        for t in 0..t_n {
+            // K's and Q's row t, which dQ and dK pack after this pass (as V in the forward).
+            super::prefetch(&ks[t * ld..][..hs]);
+            super::prefetch(&qs[t * ld..][..hs]);
+            softmax_backward_rows(d, att, mask, keep, scale, t_n, t..t + 1);
+        }
     };
     if mask.is_some() {
         dv_product(forward_weights(att, d, mask, keep));
