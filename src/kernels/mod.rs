@@ -187,9 +187,10 @@ pub fn sequentially<R>(f: impl FnOnce() -> R) -> R {
     result
 }
 
-/// Asks for the cache lines of `x[0..len]` (up to 64 floats), which a kernel will read soon: a
-/// hint that never faults and changes no result. x86-64 only (SSE's `PREFETCHT0`, in every
-/// x86-64 CPU); nothing elsewhere.
+/// Asks for the start of `x`, which a kernel will read soon: one cache line for each 16 floats
+/// from `x[0]`, for up to 64 floats (an attention head's row; a row that does not start on a line
+/// leaves its last line to the hardware). A hint that never faults and changes no result. x86-64
+/// only (SSE's `PREFETCHT0`, in every x86-64 CPU); nothing elsewhere.
 #[inline(always)]
 pub(crate) fn prefetch(x: &[f32]) {
     #[cfg(target_arch = "x86_64")]
