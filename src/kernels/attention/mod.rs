@@ -360,20 +360,37 @@ unsafe fn head_forward_tiles(
         softmax_causal(&mut att[t * t_n..(t + 1) * t_n], t);
     }
     let weights = dropout_weights(att, dropped, t_n);
-    // out = A' V
-    tiles::weighted_rows(
-        out,
-        c,
-        weights.as_ptr(),
-        Strides { row: t_n, col: 1 },
-        q.add(2 * c),
-        3 * c,
-        t_n,
-        hs,
-        Triangle::Lower,
-        false,
-        1.0,
-    );
+    // out = A' V, from V's rows gathered side by side (see `gather_rows`).
+    with_scratch(&TRANSPOSED, hs * t_n, |v| {
+        gather_rows(v, q.add(2 * c), 3 * c, t_n, hs);
+        tiles::weighted_rows(
+            out,
+            c,
+            weights.as_ptr(),
+            Strides { row: t_n, col: 1 },
+            v.as_ptr(),
+            hs,
+            t_n,
+            hs,
+            Triangle::Lower,
+            false,
+            1.0,
+        );
+    });
+}
+
+/// Copies one head's `t_n` rows of `hs` floats, `ld` apart in the q/k/v (or output gradient)
+/// rows, into `dst` side by side. The weighted sums read every row of the operand again for each
+/// pair of output rows; in place, rows `3C` floats apart (a multiple of 1 KiB at the presets'
+/// widths) all fall into a few of L1's sets and evict one another, so each read came from L2.
+///
+/// # Safety
+/// Rows t < t_n of `src` are readable for hs floats at stride `ld`; `dst` holds t_n * hs floats.
+#[inline(always)]
+unsafe fn gather_rows(dst: &mut [f32], src: *const f32, ld: usize, t_n: usize, hs: usize) {
+    for (t, row) in dst.chunks_exact_mut(hs).take(t_n).enumerate() {
+        row.copy_from_slice(std::slice::from_raw_parts(src.add(t * ld), hs));
+    }
 }
 
 /// One head's q, k, v (or output gradient) rows from `p`, `ld` apart, as a slice: T rows of hs.
@@ -778,22 +795,27 @@ unsafe fn head_backward_tiles(
     } = head;
     let (by_row, by_column) = (Strides { row: t_n, col: 1 }, Strides { row: 1, col: t_n });
     let weights = forward_weights(att, d, mask, keep);
-    // dV_u = sum_{t >= u} A'[t, u] dY_t
     let (dq, dk, dv) = (dhead, dhead.add(c), dhead.add(2 * c));
     let ld = 3 * c;
-    tiles::weighted_rows(
-        dv,
-        ld,
-        weights.as_ptr(),
-        by_column,
-        dout,
-        c,
-        t_n,
-        hs,
-        Triangle::Upper,
-        false,
-        1.0,
-    );
+    // Each weighted sum reads its operand's rows gathered side by side (see `gather_rows`).
+    with_scratch(&TRANSPOSED, hs * t_n, |y| {
+        // dV_u = sum_{t >= u} A'[t, u] dY_t
+        gather_rows(y, dout, c, t_n, hs);
+        let y = y.as_ptr();
+        tiles::weighted_rows(
+            dv,
+            ld,
+            weights.as_ptr(),
+            by_column,
+            y,
+            hs,
+            t_n,
+            hs,
+            Triangle::Upper,
+            false,
+            1.0,
+        );
+    });
     // dA' = dY V^T, then softmax backward row by row (d then holds scale * dS).
     with_scratch(&TRANSPOSED, hs * t_n, |vt| {
         tiles::transpose(vt, q.add(2 * c), ld, t_n, hs);
@@ -801,32 +823,40 @@ unsafe fn head_backward_tiles(
     });
     softmax_backward_rows(d, att, mask, keep, scale, t_n, 0..t_n);
     // dQ_t = sum_{u <= t} dS[t, u] K_u;  dK_u = sum_{t >= u} dS[t, u] Q_t
-    tiles::weighted_rows(
-        dq,
-        ld,
-        d.as_ptr(),
-        by_row,
-        q.add(c),
-        ld,
-        t_n,
-        hs,
-        Triangle::Lower,
-        false,
-        1.0,
-    );
-    tiles::weighted_rows(
-        dk,
-        ld,
-        d.as_ptr(),
-        by_column,
-        q,
-        ld,
-        t_n,
-        hs,
-        Triangle::Upper,
-        false,
-        1.0,
-    );
+    with_scratch(&TRANSPOSED, hs * t_n, |y| {
+        gather_rows(y, q.add(c), ld, t_n, hs);
+        let (ds, y) = (d.as_ptr(), y.as_ptr());
+        tiles::weighted_rows(
+            dq,
+            ld,
+            ds,
+            by_row,
+            y,
+            hs,
+            t_n,
+            hs,
+            Triangle::Lower,
+            false,
+            1.0,
+        );
+    });
+    with_scratch(&TRANSPOSED, hs * t_n, |y| {
+        gather_rows(y, q, ld, t_n, hs);
+        let (ds, y) = (d.as_ptr(), y.as_ptr());
+        tiles::weighted_rows(
+            dk,
+            ld,
+            ds,
+            by_column,
+            y,
+            hs,
+            t_n,
+            hs,
+            Triangle::Upper,
+            false,
+            1.0,
+        );
+    });
 }
 
 /// The backward pass of one head with bf16 products. Same contract as [`head_backward_gemm`].
