@@ -167,6 +167,77 @@ impl RowMask {
         let uniform = (mix(state) >> 40) as f32 * (1.0 / (1u64 << 24) as f32);
         uniform >= p
     }
+
+    /// `out[i] = keep(first + i, p)` (1 or 0) for every i: the same bits as [`RowMask::keep`],
+    /// eight at a time on CPUs with AVX-512 (DQ's 64-bit products), where drawing a mask element
+    /// by element took 3% of `fast`'s step on 2 Zen 4 cores.
+    pub fn fill(self, out: &mut [u8], first: usize, p: f32) {
+        #[cfg(target_arch = "x86_64")]
+        if crate::runtime::has_avx512_dq() {
+            // SAFETY: the CPU has AVX512F and AVX512DQ (checked just above).
+            let done = unsafe { fill_avx512(self.0, out, first, p) };
+            return self.fill_scalar(&mut out[done..], first + done, p);
+        }
+        self.fill_scalar(out, first, p)
+    }
+
+    fn fill_scalar(self, out: &mut [u8], first: usize, p: f32) {
+        for (i, m) in out.iter_mut().enumerate() {
+            *m = self.keep(first + i, p) as u8;
+        }
+    }
+}
+
+/// Byte j of `SPREAD[bits]` is bit j of `bits`: eight mask bits as eight 0/1 bytes.
+#[cfg(target_arch = "x86_64")]
+static SPREAD: [u64; 256] = {
+    let mut t = [0u64; 256];
+    let mut bits = 0;
+    while bits < 256 {
+        let mut j = 0;
+        while j < 8 {
+            t[bits] |= (((bits >> j) & 1) as u64) << (8 * j);
+            j += 1;
+        }
+        bits += 1;
+    }
+    t
+};
+
+/// [`RowMask::fill`] for the whole groups of eight of `out`; returns how many it wrote. The test
+/// `uniform >= p`, with `uniform = (mix >> 40) * 2^-24` exact in f32, is the integer test
+/// `mix >> 40 >= ceil(p * 2^24)`.
+///
+/// # Safety
+/// The CPU must have AVX512F and AVX512DQ.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512dq")]
+unsafe fn fill_avx512(row: u64, out: &mut [u8], first: usize, p: f32) -> usize {
+    use std::arch::x86_64::*;
+    let threshold = (p.max(0.0) * (1u64 << 24) as f32).ceil() as u64;
+    let splat = |x: u64| _mm512_set1_epi64(x as i64);
+    let (gamma, c1, c2) = (
+        splat(GOLDEN_GAMMA),
+        splat(0xBF58_476D_1CE4_E5B9),
+        splat(0x94D0_49BB_1331_11EB),
+    );
+    let (base, limit, eight) = (splat(row), splat(threshold), splat(8));
+    // Lanes i = 0..8 hold index + 1 of element `first + i` (the stream's counter).
+    let mut counter = _mm512_add_epi64(
+        splat(first as u64 + 1),
+        _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0),
+    );
+    let groups = out.len() / 8;
+    for chunk in out.chunks_exact_mut(8) {
+        let mut z = _mm512_add_epi64(base, _mm512_mullo_epi64(counter, gamma));
+        z = _mm512_mullo_epi64(_mm512_xor_si512(z, _mm512_srli_epi64::<30>(z)), c1);
+        z = _mm512_mullo_epi64(_mm512_xor_si512(z, _mm512_srli_epi64::<27>(z)), c2);
+        z = _mm512_xor_si512(z, _mm512_srli_epi64::<31>(z));
+        let kept = _mm512_cmpge_epu64_mask(_mm512_srli_epi64::<40>(z), limit);
+        chunk.copy_from_slice(&SPREAD[kept as usize].to_le_bytes());
+        counter = _mm512_add_epi64(counter, eight);
+    }
+    groups * 8
 }
 
 #[cfg(test)]
@@ -224,6 +295,46 @@ mod tests {
         assert_eq!(same.site(2, DropoutSite::AttentionOutput).row(0), row);
         let kept = (0..100_000).filter(|&i| row.keep(i, 0.2)).count();
         assert!((kept as f64 / 1e5 - 0.8).abs() < 0.01, "{kept}");
+    }
+
+    /// A whole run of mask elements at once (eight at a time where the CPU has AVX-512) is the
+    /// elements one by one: from any start, with any tail, at probabilities whose threshold
+    /// falls exactly on a 24-bit draw (0.5, 0.25) or between two (0.1, 0.3), and at 0 (all kept).
+    #[test]
+    fn filling_a_run_of_the_mask_draws_each_element_as_keep_does() {
+        let row = DropoutSeed::new(11)
+            .site(1, DropoutSite::FeedForwardOutput)
+            .row(2);
+        for p in [0.0, 0.1, 0.25, 0.3, 0.5, 0.9] {
+            for (first, len) in [
+                (0, 0),
+                (0, 7),
+                (0, 64),
+                (3, 61),
+                (1000, 1003),
+                (1 << 20, 300),
+            ] {
+                let mut got = vec![9u8; len];
+                row.fill(&mut got, first, p);
+                let want: Vec<u8> = (0..len).map(|i| row.keep(first + i, p) as u8).collect();
+                assert_eq!(got, want, "p {p}, first {first}, len {len}");
+            }
+        }
+        // Threshold exactly on a draw: the element whose draw equals p is kept, as with `keep`.
+        let draws: Vec<u32> = (0..4096)
+            .map(|i| {
+                let state = row
+                    .0
+                    .wrapping_add((i as u64 + 1).wrapping_mul(GOLDEN_GAMMA));
+                (mix(state) >> 40) as u32
+            })
+            .collect();
+        let p = draws[100] as f32 / (1u64 << 24) as f32;
+        let mut got = vec![0u8; 4096];
+        row.fill(&mut got, 0, p);
+        assert_eq!(got[100], 1);
+        let want: Vec<u8> = (0..4096).map(|i| row.keep(i, p) as u8).collect();
+        assert_eq!(got, want);
     }
 
     #[test]

@@ -64,6 +64,22 @@ pub fn has_avx512_bf16() -> bool {
     false
 }
 
+/// Whether this CPU has AVX512F with AVX512DQ (64-bit lane products: the dropout masks' hash),
+/// checked once.
+pub fn has_avx512_dq() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::sync::OnceLock;
+        static HAS: OnceLock<bool> = OnceLock::new();
+        *HAS.get_or_init(|| {
+            std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512dq")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
 /// The environment variable that lets `precision=bf16` run on a CPU without AVX512_BF16, with the
 /// portable bf16 kernels: the same rounding, at well below fp32 speed. For checking what bf16
 /// does to training on a machine that lacks the instruction; not for speed.

@@ -23,11 +23,9 @@ pub fn forward(x: &mut [f32], mask: &mut [u8], p: f32, masks: SiteMasks, row_len
         .enumerate()
         .with_min_len(super::min_items(row_len * 8))
         .for_each(|(b, (x, m))| {
-            let row = masks.row(b);
-            for (i, (x, m)) in x.iter_mut().zip(m.iter_mut()).enumerate() {
-                let keep = row.keep(i, p);
-                *m = keep as u8;
-                *x = if keep { *x * scale } else { 0.0 };
+            masks.row(b).fill(m, 0, p);
+            for (x, &m) in x.iter_mut().zip(m.iter()) {
+                *x = if m != 0 { *x * scale } else { 0.0 };
             }
         });
 }

@@ -221,9 +221,7 @@ fn softmax_backward_rows(
 #[inline(always)]
 fn draw_mask_row(mask: HeadMask, mask_row: &mut [u8], t: usize, p: f32) {
     let first = mask.first + t * mask_row.len();
-    for (u, m) in mask_row[..=t].iter_mut().enumerate() {
-        *m = mask.row.keep(first + u, p) as u8;
-    }
+    mask.row.fill(&mut mask_row[..=t], first, p);
     mask_row[t + 1..].fill(0);
 }
 
