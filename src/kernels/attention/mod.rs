@@ -379,8 +379,9 @@ unsafe fn head_forward_tiles(
 
 /// Copies one head's `t_n` rows of `hs` floats, `ld` apart in the q/k/v (or output gradient)
 /// rows, into `dst` side by side. The weighted sums read every row of the operand again for each
-/// pair of output rows; in place, rows `3C` floats apart (a multiple of 1 KiB at the presets'
-/// widths) all fall into a few of L1's sets and evict one another, so each read came from L2.
+/// pair of output rows; in place, rows `3C` (or C) floats apart, a multiple of 512 bytes at
+/// every preset's width, all fall into a few of L1's sets and evict one another, so each read
+/// came from L2.
 ///
 /// # Safety
 /// Rows t < t_n of `src` are readable for hs floats at stride `ld`; `dst` holds t_n * hs floats.
