@@ -358,38 +358,51 @@ unsafe fn head_forward_tiles(
         softmax_causal(&mut att[t * t_n..(t + 1) * t_n], t);
     }
     let weights = dropout_weights(att, dropped, t_n);
-    // out = A' V, from V's rows gathered side by side (see `gather_rows`).
-    with_scratch(&TRANSPOSED, hs * t_n, |v| {
-        gather_rows(v, q.add(2 * c), 3 * c, t_n, hs);
-        tiles::weighted_rows(
-            out,
-            c,
-            weights.as_ptr(),
-            Strides { row: t_n, col: 1 },
-            v.as_ptr(),
-            hs,
-            t_n,
-            hs,
-            Triangle::Lower,
-            false,
-            1.0,
-        );
-    });
+    // out = A' V
+    let by_row = Strides { row: t_n, col: 1 };
+    weighted_gathered(
+        out,
+        c,
+        weights,
+        by_row,
+        q.add(2 * c),
+        3 * c,
+        t_n,
+        hs,
+        Triangle::Lower,
+    );
 }
 
-/// Copies one head's `t_n` rows of `hs` floats, `ld` apart in the q/k/v (or output gradient)
-/// rows, into `dst` side by side. The weighted sums read every row of the operand again for each
-/// pair of output rows; in place, rows `3C` (or C) floats apart, a multiple of 512 bytes at
-/// every preset's width, all fall into a few of L1's sets and evict one another, so each read
-/// came from L2.
+/// `out = W Y` as [`tiles::weighted_rows`] computes it (written, unscaled), with Y's `t_n`
+/// rows of `hs` floats, `ld_y` apart in the q/k/v (or output gradient) rows, first copied side
+/// by side into this thread's scratch. The weighted sum reads every row of Y again for each pair
+/// of output rows; in place, rows `3C` (or C) floats apart, a multiple of 512 bytes at every
+/// preset's width, all fall into a few of L1's sets and evict one another, so each read came
+/// from L2.
 ///
 /// # Safety
-/// Rows t < t_n of `src` are readable for hs floats at stride `ld`; `dst` holds t_n * hs floats.
+/// As [`tiles::weighted_rows`]: rows t < t_n of `y` are readable for hs floats at stride `ld_y`,
+/// and `out` and `w` hold what `ld_out`, `ws` and `triangle` say.
 #[inline(always)]
-unsafe fn gather_rows(dst: &mut [f32], src: *const f32, ld: usize, t_n: usize, hs: usize) {
-    for (t, row) in dst.chunks_exact_mut(hs).take(t_n).enumerate() {
-        row.copy_from_slice(std::slice::from_raw_parts(src.add(t * ld), hs));
-    }
+#[allow(clippy::too_many_arguments)]
+unsafe fn weighted_gathered(
+    out: *mut f32,
+    ld_out: usize,
+    w: &[f32],
+    ws: tiles::Strides,
+    y: *const f32,
+    ld_y: usize,
+    t_n: usize,
+    hs: usize,
+    triangle: tiles::Triangle,
+) {
+    with_scratch(&TRANSPOSED, hs * t_n, |rows| {
+        for (t, row) in rows.chunks_exact_mut(hs).enumerate() {
+            row.copy_from_slice(std::slice::from_raw_parts(y.add(t * ld_y), hs));
+        }
+        let (w, rows) = (w.as_ptr(), rows.as_ptr());
+        tiles::weighted_rows(out, ld_out, w, ws, rows, hs, t_n, hs, triangle, false, 1.0);
+    });
 }
 
 /// One head's q, k, v (or output gradient) rows from `p`, `ld` apart, as a slice: T rows of hs.
@@ -796,25 +809,18 @@ unsafe fn head_backward_tiles(
     let weights = forward_weights(att, d, mask, keep);
     let (dq, dk, dv) = (dhead, dhead.add(c), dhead.add(2 * c));
     let ld = 3 * c;
-    // Each weighted sum reads its operand's rows gathered side by side (see `gather_rows`).
-    with_scratch(&TRANSPOSED, hs * t_n, |y| {
-        // dV_u = sum_{t >= u} A'[t, u] dY_t
-        gather_rows(y, dout, c, t_n, hs);
-        let y = y.as_ptr();
-        tiles::weighted_rows(
-            dv,
-            ld,
-            weights.as_ptr(),
-            by_column,
-            y,
-            hs,
-            t_n,
-            hs,
-            Triangle::Upper,
-            false,
-            1.0,
-        );
-    });
+    // dV_u = sum_{t >= u} A'[t, u] dY_t
+    weighted_gathered(
+        dv,
+        ld,
+        weights,
+        by_column,
+        dout,
+        c,
+        t_n,
+        hs,
+        Triangle::Upper,
+    );
     // dA' = dY V^T, then softmax backward row by row (d then holds scale * dS).
     with_scratch(&TRANSPOSED, hs * t_n, |vt| {
         tiles::transpose(vt, q.add(2 * c), ld, t_n, hs);
@@ -822,40 +828,8 @@ unsafe fn head_backward_tiles(
     });
     softmax_backward_rows(d, att, mask, keep, scale, t_n, 0..t_n);
     // dQ_t = sum_{u <= t} dS[t, u] K_u;  dK_u = sum_{t >= u} dS[t, u] Q_t
-    with_scratch(&TRANSPOSED, hs * t_n, |y| {
-        gather_rows(y, q.add(c), ld, t_n, hs);
-        let (ds, y) = (d.as_ptr(), y.as_ptr());
-        tiles::weighted_rows(
-            dq,
-            ld,
-            ds,
-            by_row,
-            y,
-            hs,
-            t_n,
-            hs,
-            Triangle::Lower,
-            false,
-            1.0,
-        );
-    });
-    with_scratch(&TRANSPOSED, hs * t_n, |y| {
-        gather_rows(y, q, ld, t_n, hs);
-        let (ds, y) = (d.as_ptr(), y.as_ptr());
-        tiles::weighted_rows(
-            dk,
-            ld,
-            ds,
-            by_column,
-            y,
-            hs,
-            t_n,
-            hs,
-            Triangle::Upper,
-            false,
-            1.0,
-        );
-    });
+    weighted_gathered(dq, ld, d, by_row, q.add(c), ld, t_n, hs, Triangle::Lower);
+    weighted_gathered(dk, ld, d, by_column, q, ld, t_n, hs, Triangle::Upper);
 }
 
 /// The backward pass of one head with bf16 products. Same contract as [`head_backward_gemm`].

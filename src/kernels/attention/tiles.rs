@@ -5,9 +5,9 @@
 //! One head's products are small (64 x 64 x 32 at nanoGPT's CPU shape): through `gemm` each call
 //! spends about as long deciding, packing and dispatching as multiplying, and the causal mask
 //! can only be exploited in blocks of rows. These two kernels read their operands through
-//! strides without packing them (the caller gathers the rows a weighted sum reads again and
-//! again side by side first: see `gather_rows`), keep every partial sum in registers, and skip
-//! the masked triangle in steps of 8 columns:
+//! strides without packing them (the caller first gathers side by side the rows a weighted sum
+//! reads again and again: see `weighted_gathered`), keep every partial sum in registers, and
+//! skip the masked triangle in steps of 8 columns:
 //!
 //! - [`causal_scores`]: `S[t, u] = scale * X_t . Y_u` for `u` up to `t` (rounded up to 8), from
 //!   `X` (T, hs) and `Y^T` (hs, T): the scores `Q K^T`, and in the backward pass `dY V^T`.
