@@ -1198,31 +1198,45 @@ mod tests {
         }
     }
 
-    /// Split over two threads, a product gives the same result as on one (rows are split, each
-    /// row's sums are the same sums).
+    /// Split over threads, a product gives the same result as on one (rows are split, each row's
+    /// sums are the same sums), on both engines. The second shape's k spans three k-blocks and is
+    /// odd, and its 130 columns end in a partial panel.
     #[test]
     #[cfg_attr(target_arch = "wasm32", ignore = "threads: none in WebAssembly here")]
     fn threads_split_rows_without_changing_results() {
-        let (n, ic, oc) = (300, 130, 260);
-        let mut rng = Rng::new(5);
-        let inp = random_vec(n * ic, &mut rng, 1.0);
-        let w = random_vec(oc * ic, &mut rng, 1.0);
-        let dout = random_vec(n * oc, &mut rng, 1.0);
-        let mut packed = PackedWeight::new(oc, ic);
-        packed.pack_with(&w, Bf16Path::Portable);
-        let run_all = || {
-            let mut out = vec![0.0; n * oc];
-            forward_with(&mut out, &inp, &packed, Bf16Path::Portable);
-            let mut dw = vec![0.0; oc * ic];
-            weight_grad_shaped(&mut dw, false, &dout, &inp, n, Bf16Path::Portable);
-            (out, dw)
-        };
-        let one = crate::kernels::sequentially(run_all);
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(2)
-            .build()
-            .unwrap();
-        assert_eq!(pool.install(run_all), one);
+        let mut paths = vec![Bf16Path::Portable];
+        if crate::runtime::has_avx512_bf16() {
+            paths.push(Bf16Path::Avx512);
+        }
+        for (n, ic, oc) in [(300, 130, 260), (4 * KC_PAIRS + 7, 130, 100)] {
+            let mut rng = Rng::new(5);
+            let inp = random_vec(n * ic, &mut rng, 1.0);
+            let w = random_vec(oc * ic, &mut rng, 1.0);
+            let dout = random_vec(n * oc, &mut rng, 1.0);
+            for &path in &paths {
+                let mut packed = PackedWeight::new(oc, ic);
+                packed.pack_with(&w, path);
+                let run_all = || {
+                    let mut out = vec![0.0; n * oc];
+                    forward_with(&mut out, &inp, &packed, path);
+                    let mut dw = vec![1.0; oc * ic];
+                    weight_grad_shaped(&mut dw, true, &dout, &inp, n, path);
+                    (out, dw)
+                };
+                let one = crate::kernels::sequentially(run_all);
+                for threads in [2, 3] {
+                    let pool = rayon::ThreadPoolBuilder::new()
+                        .num_threads(threads)
+                        .build()
+                        .unwrap();
+                    let many = pool.install(run_all);
+                    assert!(
+                        many == one,
+                        "{n} x {ic} x {oc}, {path:?}, {threads} threads"
+                    );
+                }
+            }
+        }
     }
 
     /// Both engines pack the same bits (where the machine has AVX512_BF16).
