@@ -925,6 +925,61 @@ fn ctrl_c_saves_and_the_run_resumes() {
         .stdout(contains(format!("resuming layernorm at step {step}")));
 }
 
+/// A budgeted run stopped by Ctrl-C says it was stopped, not that its budget ran out (which
+/// told the learner the machine had slowed down).
+#[test]
+fn ctrl_c_in_a_budgeted_run_is_not_reported_as_the_budget_running_out() {
+    let dir = workspace();
+    let mut child = std::process::Command::new(BIN)
+        .current_dir(dir.path())
+        .args([
+            "train",
+            "--preset",
+            "layernorm",
+            "--time",
+            "10m",
+            "--set",
+            "eval_interval=50",
+            "--set",
+            "eval_iters=2",
+            "--out",
+            "run",
+            "--threads",
+            "1",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    // The steps are set from the pace within the first quarter of the budget; wait for the
+    // evaluation after that, then interrupt.
+    for line in lines.by_ref() {
+        if line.unwrap().starts_with("step 100:") {
+            break;
+        }
+    }
+    let killed = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    assert_eq!(child.wait().unwrap().code(), Some(130), "{rest:?}");
+    assert!(
+        rest.iter().any(|l| l.starts_with("time budget 10m: ")),
+        "{rest:?}"
+    );
+    assert!(
+        !rest.iter().any(|l| l.contains("budget ran out")),
+        "{rest:?}"
+    );
+    assert!(
+        rest.last().unwrap().starts_with("stopped at step "),
+        "{rest:?}"
+    );
+}
+
 /// `precision=bf16` on a CPU without AVX512_BF16 is a one-line error naming the way out (on one
 /// with it, the setting trains; tests/resume.rs covers bf16 runs on either).
 #[test]

@@ -477,7 +477,12 @@ pub fn run(args: TrainArgs, group: Group) -> Result<ExitCode> {
             );
         }
     }
-    report_budget(&run.trainer.config, run.trainer.step, &out);
+    report_budget(
+        &run.trainer.config,
+        run.trainer.step,
+        outcome.interrupted,
+        &out,
+    );
     report(&outcome, &out)
 }
 
@@ -494,8 +499,9 @@ fn length(train: &config::TrainConfig) -> String {
     }
 }
 
-/// A budgeted run: the steps its budget became, and where its schedule's decay began.
-fn report_budget(train: &config::TrainConfig, done: usize, out: &Path) {
+/// A budgeted run: the steps its budget became, and where its schedule's decay began; and, when
+/// it ended short of them without being stopped (Ctrl-C says so itself), that the budget did it.
+fn report_budget(train: &config::TrainConfig, done: usize, interrupted: bool, out: &Path) {
     let Some(at) = train.budget_fixed_at else {
         return;
     };
@@ -531,7 +537,7 @@ fn report_budget(train: &config::TrainConfig, done: usize, out: &Path) {
         config::duration_text(train.time_budget),
         train.steps,
     );
-    if done < train.steps {
+    if done < train.steps && !interrupted {
         // How far down its schedule the run got says whether the steps left matter: a step or
         // two at the floor of a decay do not.
         say!(
