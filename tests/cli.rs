@@ -865,31 +865,30 @@ fn eval_names_the_split_and_what_can_change() {
     );
 }
 
-#[test]
-fn ctrl_c_saves_and_the_run_resumes() {
-    let dir = workspace();
-    let d = dir.path();
+/// Trains `layernorm` in `dir` (out `run`, one thread, an evaluation every 50 steps) with `extra`
+/// arguments, interrupts it as a terminal's Ctrl-C would once step 100 is printed, and returns
+/// the lines printed after that, having checked that it exited as interrupted (130).
+fn interrupted_at_step_100(dir: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args = vec!["train", "--preset", "layernorm"];
+    args.extend_from_slice(extra);
+    args.extend([
+        "--set",
+        "eval_interval=50",
+        "--set",
+        "eval_iters=2",
+        "--out",
+        "run",
+        "--threads",
+        "1",
+    ]);
     let mut child = std::process::Command::new(BIN)
-        .current_dir(d)
-        .args([
-            "train",
-            "--preset",
-            "layernorm",
-            "--set",
-            "eval_interval=50",
-            "--set",
-            "eval_iters=2",
-            "--out",
-            "run",
-            "--threads",
-            "1",
-        ])
+        .current_dir(dir)
+        .args(&args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    // Wait until training is under way, then interrupt as a terminal's Ctrl-C would.
     for line in lines.by_ref() {
         if line.unwrap().starts_with("step 100:") {
             break;
@@ -901,8 +900,15 @@ fn ctrl_c_saves_and_the_run_resumes() {
         .unwrap();
     assert!(killed.success());
     let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(130), "{rest:?}");
+    assert_eq!(child.wait().unwrap().code(), Some(130), "{rest:?}");
+    rest
+}
+
+#[test]
+fn ctrl_c_saves_and_the_run_resumes() {
+    let dir = workspace();
+    let d = dir.path();
+    let rest = interrupted_at_step_100(d, &[]);
     let last = rest.last().unwrap();
     assert!(
         last.starts_with("stopped at step ") && last.contains("--resume --out run"),
@@ -926,46 +932,12 @@ fn ctrl_c_saves_and_the_run_resumes() {
 }
 
 /// A budgeted run stopped by Ctrl-C says it was stopped, not that its budget ran out (which
-/// told the learner the machine had slowed down).
+/// told the learner the machine had slowed down). Its steps are set from the pace after its
+/// warm-up (`calibration_steps`: 100 steps for `layernorm`), before step 100's evaluation line.
 #[test]
 fn ctrl_c_in_a_budgeted_run_is_not_reported_as_the_budget_running_out() {
     let dir = workspace();
-    let mut child = std::process::Command::new(BIN)
-        .current_dir(dir.path())
-        .args([
-            "train",
-            "--preset",
-            "layernorm",
-            "--time",
-            "10m",
-            "--set",
-            "eval_interval=50",
-            "--set",
-            "eval_iters=2",
-            "--out",
-            "run",
-            "--threads",
-            "1",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    // The steps are set from the pace within the first quarter of the budget; wait for the
-    // evaluation after that, then interrupt.
-    for line in lines.by_ref() {
-        if line.unwrap().starts_with("step 100:") {
-            break;
-        }
-    }
-    let killed = std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
-    assert_eq!(child.wait().unwrap().code(), Some(130), "{rest:?}");
+    let rest = interrupted_at_step_100(dir.path(), &["--time", "10m"]);
     assert!(
         rest.iter().any(|l| l.starts_with("time budget 10m: ")),
         "{rest:?}"
